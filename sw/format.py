@@ -97,9 +97,9 @@ def _bits_for(n):
 
 def _perfect_matching(support):
     """A perfect matching of a square boolean matrix (rows -> columns), by augmenting paths."""
-    size = support.shape[0]
-    match_col = -np.ones(size, dtype=np.int64)     # column -> row
-    neighbours = [np.flatnonzero(support[r]) for r in range(size)]
+    size = len(support)
+    neighbours = [[c for c, ok in enumerate(row) if ok] for row in support.tolist()]
+    match_col = [-1] * size                         # column -> row
 
     def augment(r, seen):
         for c in neighbours[r]:
@@ -111,7 +111,7 @@ def _perfect_matching(support):
         return False
 
     for r in range(size):
-        if not augment(r, np.zeros(size, dtype=bool)):
+        if not augment(r, [False] * size):
             raise AssertionError("a regular bipartite multigraph always has a perfect matching")
     match_row = np.empty(size, dtype=np.int64)
     match_row[match_col] = np.arange(size)
@@ -126,13 +126,16 @@ def _schedule_row_group(counts, lanes, per_row, depth):
     matchings (Birkhoff–von Neumann on counts). Returns a (depth, V) array: the bank each lane
     reads in each group, and a (depth, V) bool array: whether the lane carries a real weight.
     """
+    # Deal each row's weights to its e lanes bank by bank, round robin, so that each lane
+    # gets at most ceil(count / e) <= depth of them.
+    segments = counts.shape[0]
+    flat = counts.ravel()
+    row_of = np.repeat(np.repeat(np.arange(segments), lanes), flat)
+    bank_of = np.repeat(np.tile(np.arange(lanes), segments), flat)
+    first_of_row = np.concatenate([[0], np.cumsum(counts.sum(axis=1))])[row_of]
+    lane_of = row_of * per_row + (np.arange(row_of.size) - first_of_row) % per_row
     lane_counts = np.zeros((lanes, lanes), dtype=np.int64)
-    for row in range(counts.shape[0]):
-        # Deal the row's weights to its e lanes bank by bank, round robin, so that each lane
-        # gets at most ceil(count / e) <= depth of them.
-        banks = np.repeat(np.arange(lanes), counts[row])
-        lane_of = row * per_row + np.arange(banks.size) % per_row
-        np.add.at(lane_counts, (lane_of, banks), 1)
+    np.add.at(lane_counts, (lane_of, bank_of), 1)
     real = lane_counts.copy()
     # Pad to depth-regular with the northwest-corner rule on the deficits.
     row_deficit = depth - lane_counts.sum(axis=1)
@@ -150,18 +153,19 @@ def _schedule_row_group(counts, lanes, per_row, depth):
     bank_of_lane = np.empty((depth, lanes), dtype=np.int64)
     is_real = np.empty((depth, lanes), dtype=bool)
     remaining = lane_counts
+    all_lanes = np.arange(lanes)
     group = 0
     while group < depth:
         match = _perfect_matching(remaining > 0)
-        multiplicity = int(remaining[np.arange(lanes), match].min())
-        for _ in range(multiplicity):
-            bank_of_lane[group] = match
-            # A lane is real while it still has real weights in its matched bank.
-            take = real[np.arange(lanes), match] > 0
-            is_real[group] = take
-            real[np.arange(lanes)[take], match[take]] -= 1
-            group += 1
-        remaining[np.arange(lanes), match] -= multiplicity
+        multiplicity = int(remaining[all_lanes, match].min())
+        bank_of_lane[group:group + multiplicity] = match
+        # A lane is real while it still has real weights in its matched bank.
+        still_real = real[all_lanes, match]
+        is_real[group:group + multiplicity] = \
+            np.arange(multiplicity)[:, None] < still_real[None, :]
+        real[all_lanes, match] -= np.minimum(still_real, multiplicity)
+        remaining[all_lanes, match] -= multiplicity
+        group += multiplicity
     return bank_of_lane, is_real
 
 

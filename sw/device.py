@@ -354,7 +354,11 @@ class GoldenDevice(Accelerator):
         protocol.write_payload(self._cfg, mem, addr, words)     # the same range checks
         # The device stores raw bits; negative ints (ACTS) become their two's complement.
         bits = 8 * protocol.word_size(self._cfg, mem)
-        self.core.write(Memory(mem), addr, [int(w) & ((1 << bits) - 1) for w in words])
+        words = [int(w) & ((1 << bits) - 1) for w in words]
+        if Memory(mem) == Memory.ACTS:
+            # The golden core keeps activations as signed int8 values.
+            words = [w - 256 if w > 127 else w for w in words]
+        self.core.write(Memory(mem), addr, words)
 
     def read(self, mem, addr, count):
         protocol.read_payload(mem, addr, count)

@@ -232,3 +232,51 @@ def test_context_manager_closes_the_transport():
 def test_device_parameters_are_checked(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Device(FaultyTransport(ScriptedResponder(CFG)), **kwargs)
+
+
+# Targets ------------------------------------------------------------------------------------
+
+from gsaccel.sw.errors import BoardNotFound, GsaccelError  # noqa: E402
+from gsaccel.sw.serial_transport import SerialTransport  # noqa: E402
+from gsaccel.sw.targets import connect, parse_target  # noqa: E402
+
+
+@pytest.mark.parametrize("target, parsed", [
+    ("golden", ("golden", None, None)),
+    ("sim", ("sim", None, None)),
+    ("serial:/dev/ttyUSB1", ("serial", "/dev/ttyUSB1", 115200)),
+    ("serial:COM3@1000000", ("serial", "COM3", 1000000)),
+])
+def test_parse_target(target, parsed):
+    assert parse_target(target) == parsed
+
+
+@pytest.mark.parametrize("target, message", [
+    ("fpga", r"^Target must be one of golden, sim, serial:PORT\[@BAUD\], not 'fpga'$"),
+    ("serial:", r"^Serial target must name a port, as in serial:/dev/ttyUSB1, not 'serial:'$"),
+    ("serial:x@fast", r"^Baud rate of 'serial:x@fast' must be a positive integer, not 'fast'$"),
+])
+def test_parse_target_rejects(target, message):
+    with pytest.raises(GsaccelError, match=message):
+        parse_target(target)
+
+
+def test_serial_transport_moves_bytes_and_times_out():
+    with SerialTransport("loop://", 9600) as transport:
+        transport.send(b"\xa5abc")
+        assert transport.recv(4, timeout=1.0) == b"\xa5abc"
+        start = time.monotonic()
+        with pytest.raises(DeviceTimeout, match=r"must deliver 2 bytes within 0\.05 s, not 0$"):
+            transport.recv(2, timeout=0.05)
+        assert time.monotonic() - start < 1.0
+
+
+def test_serial_target_without_a_board_is_board_not_found():
+    with pytest.raises(BoardNotFound, match=r"^Serial port '/nonexistent/tty' cannot be opened"):
+        connect("serial:/nonexistent/tty")
+
+
+def test_serial_loopback_is_not_mistaken_for_a_device():
+    # A loopback echoes the HELLO request: right sequence number, wrong frame type.
+    with pytest.raises(FrameError, match=r"^Reply to HELLO must be DATA"):
+        connect("serial:loop://", timeout=0.2)

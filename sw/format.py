@@ -375,7 +375,8 @@ class GSMatrix:
     def _payload(self):
         rows, cols = self.shape
         values, col_idx = self.group_values, self.group_cols
-        parts = [_pack_bits(np.concatenate([[0], np.cumsum(self.rg_groups)]), 32)]
+        parts = [_pack_bits(np.concatenate([[0], np.cumsum(self.rg_groups)]),
+                            _bits_for(self.n_groups + 1))]
         if self.pattern == "gs-scatter":
             parts.append(_pack_bits(self.rg_rows.ravel() + 1, _bits_for(rows + 1)))
         code_width = 6 if self.encoding == "pow2" else 8
@@ -446,7 +447,7 @@ class GSMatrix:
                 raise ValueError("section overruns the payload")
             offset += 4 + length
         segments = lanes // per_row
-        pointers = _unpack_bits(parts.pop(0), 32, n_rg + 1)
+        pointers = _unpack_bits(parts.pop(0), _bits_for(n_groups + 1), n_rg + 1)
         rg_groups = np.diff(pointers)
         if pointers[0] != 0 or pointers[-1] != n_groups or (rg_groups < 1).any():
             raise ValueError("group pointers are not increasing from 0 to the group count")

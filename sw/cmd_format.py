@@ -1,0 +1,137 @@
+"""``gsaccel pack``, ``unpack`` and ``inspect``: the GS compact format from the command line."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .errors import FormatError, GsaccelError, ShapeError
+from .format import ENCODINGS, PATTERNS, GSMatrix
+
+__all__ = ["register"]
+
+
+def register(subparsers):
+    from .cli import add_command
+    pack = add_command(
+        subparsers, "pack",
+        help="pack an integer weight matrix (.npy) or every pruned layer of a model (.pt)",
+        description="Pack weights into the GS compact format (.gsf). A .npy matrix must already "
+                    "follow its pattern and encoding; a .pt model (torch.save of a pruned "
+                    "nn.Module) has each prunable layer quantised and packed by its mask.",
+        example="gsaccel pack --weights W.npy --pattern gs-gather --lanes 8 -o W.gsf")
+    pack.add_argument("model", nargs="?", metavar="MODEL.pt",
+                      help="a saved pruned model; packs every prunable layer into DIR/<layer>.gsf")
+    pack.add_argument("--weights", metavar="W.npy", help="a 2-D integer matrix")
+    pack.add_argument("--pattern", metavar="P", choices=PATTERNS, default=None,
+                      help=f"sparsity pattern: {', '.join(PATTERNS)} (default: %(default)s, "
+                           f"which means the layer's pruning metadata for a model)")
+    pack.add_argument("--lanes", metavar="V", type=int, default=8,
+                      help="lanes per group (default: %(default)s)")
+    pack.add_argument("--per-row", metavar="E", type=int, default=1,
+                      help="weights per row per group: 1 vertical, V horizontal "
+                           "(default: %(default)s)")
+    pack.add_argument("--encoding", metavar="ENC", choices=ENCODINGS, default="pow2",
+                      help="value encoding: pow2 or int8 (default: %(default)s)")
+    pack.add_argument("--row-order", metavar="ORDER.npy",
+                      help="gs-scatter: a permutation of the rows, V/e per row group")
+    pack.add_argument("-o", "--output", metavar="OUT", required=True,
+                      help="output .gsf file (or folder, for a model)")
+    pack.set_defaults(func=run_pack)
+
+    unpack = add_command(subparsers, "unpack", help="unpack a .gsf file into a dense .npy matrix",
+                         example="gsaccel unpack W.gsf -o W.npy")
+    unpack.add_argument("file", metavar="W.gsf")
+    unpack.add_argument("-o", "--output", metavar="W.npy", required=True)
+    unpack.set_defaults(func=run_unpack)
+
+    inspect = add_command(subparsers, "inspect",
+                          help="show shape, pattern, groups, padding and predicted cycles of "
+                               "a .gsf file",
+                          example="gsaccel inspect W.gsf --json")
+    inspect.add_argument("file", metavar="W.gsf")
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    inspect.set_defaults(func=run_inspect)
+
+
+def _load_npy(path, what):
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise ShapeError(f"{path}: no such file ({what})") from None
+    except ValueError as error:
+        raise FormatError(f"{path}: not a .npy array ({error})") from None
+
+
+def run_pack(args):
+    if args.model:
+        return _pack_model(args)
+    if not args.weights:
+        raise ShapeError("Nothing to pack: give --weights W.npy or a MODEL.pt")
+    weights = _load_npy(args.weights, "weights")
+    row_order = _load_npy(args.row_order, "row order") if args.row_order else None
+    matrix = GSMatrix.from_dense(weights, args.pattern or "unstructured", args.lanes,
+                                 args.per_row, args.encoding, row_order=row_order)
+    matrix.save(args.output)
+    _print_summary(args.output, matrix.stats())
+
+
+def _pack_model(args):
+    from .compiler import pack_model
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, matrix in pack_model(args.model, lanes=args.lanes, encoding=args.encoding,
+                                   pattern=args.pattern, per_row=args.per_row):
+        path = out / f"{name}.gsf"
+        matrix.save(path)
+        _print_summary(path, matrix.stats())
+
+
+def _print_summary(path, stats):
+    print(f"{path}: {stats['shape'][0]}x{stats['shape'][1]} {stats['pattern']} V={stats['lanes']} "
+          f"e={stats['per_row']}, {stats['nnz']} nonzeros, {stats['groups']} groups, "
+          f"utilisation {stats['utilisation']:.1%}, {stats['bytes']} bytes "
+          f"({stats['bytes_per_nonzero']:.2f} B/nz)")
+
+
+def run_unpack(args):
+    matrix = GSMatrix.load(args.file)
+    np.save(args.output, matrix.to_dense())
+    print(f"{args.output}: {matrix.shape[0]}x{matrix.shape[1]} int64")
+
+
+def run_inspect(args):
+    stats = GSMatrix.load(args.file).stats()
+    if args.json:
+        json.dump(stats, sys.stdout, indent=2)
+        print()
+        return
+    from rich.console import Console
+    from rich.table import Table
+    table = Table(title=str(args.file), show_header=False)
+    rows = [
+        ("shape", f"{stats['shape'][0]} x {stats['shape'][1]}"),
+        ("pattern", stats["pattern"]), ("lanes V", stats["lanes"]),
+        ("weights per row e", stats["per_row"]), ("encoding", stats["encoding"]),
+        ("nonzeros", stats["nnz"]), ("sparsity", f"{stats['sparsity']:.2%}"),
+        ("row groups", stats["rowgroups"]), ("groups", stats["groups"]),
+        ("groups per row group", _summarise(stats["groups_per_rowgroup"])),
+        ("padding lanes", stats["padding_lanes"]),
+        ("utilisation", f"{stats['utilisation']:.2%}"),
+        ("file bytes", stats["bytes"]),
+        ("bytes per nonzero", f"{stats['bytes_per_nonzero']:.3f}"),
+        ("CSR bytes (int8 + u16 index)", stats["csr_bytes"]),
+        ("dense int8 bytes", stats["dense_bytes"]),
+        ("predicted cycles", stats["cycles"]),
+        ("dense cycles", stats["dense_cycles"]),
+    ]
+    for key, value in rows:
+        table.add_row(key, str(value))
+    Console().print(table)
+
+
+def _summarise(values):
+    if len(values) <= 8:
+        return " ".join(map(str, values))
+    return f"{' '.join(map(str, values[:6]))} … (min {min(values)}, max {max(values)})"

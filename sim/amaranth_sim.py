@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from amaranth.lib import data
 from amaranth.sim import Simulator
 
 __all__ = ["stream_put", "stream_get", "run_sim", "seeded_rng", "background", "stall_pattern",
@@ -30,11 +31,14 @@ async def stream_put(ctx, stream, payload, *, stall=None):
     ctx : SimulatorContext
     stream : stream interface
     payload : int, dict or list
-        Anything ``ctx.set`` accepts for the stream's payload shape.
+        Anything ``ctx.set`` accepts for the stream's payload shape; an ``int`` for a layout
+        payload is taken as its packed bits (a word from :func:`gsaccel.sw.image.pack_word`).
     stall : iterator of bool, optional
         One value per offered cycle; a true value keeps ``valid`` low for that cycle (idle
         insertion).
     """
+    if isinstance(payload, int) and isinstance(stream.payload, data.View):
+        payload = stream.payload.shape().from_bits(payload)
     while stall is not None and next(stall):
         ctx.set(stream.valid, 0)
         await ctx.tick()
@@ -115,7 +119,9 @@ def run_sim(dut, *testbenches, name, deadline=100_000):
     sim.add_clock(CLOCK_PERIOD)
 
     async def watchdog(ctx):
-        await ctx.tick().repeat(deadline)
+        # Plain awaits (not .repeat()) so that the pending watchdog closes quietly at the end.
+        for _ in range(deadline):
+            await ctx.tick()
         raise TimeoutError(f"Simulation {name!r} did not finish within {deadline} cycles")
 
     for bench in testbenches:

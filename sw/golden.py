@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 # Pipeline constants of the RTL (docs/architecture.md, "Cycle model").
-ENGINE_LATENCY = 3    # cycles from a `last` group's acceptance to its sum vector in the queue
+ENGINE_LATENCY = 4    # cycles from a `last` group's acceptance to the writer starting its vector
 WRITE_LATENCY = 2     # cycles from the writer's last slot to its write landing
 LAYER_OVERHEAD = 2    # sequencer cycles to fetch a descriptor and start a layer
 BASIS_LATENCY = 3     # cycles from the last basis chunk's read to its write

@@ -1,0 +1,196 @@
+"""The gather engine: one group of V weights per cycle, V conflict-free bank reads, V lane
+products, a segmented adder tree and V/e accumulators that emit one sum vector per row group."""
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .config import CoreConfig
+from .lane import Lane, lane_nonzero
+from .layouts import group_layout
+from .scratchpad import bank_addr_width
+
+__all__ = ["GatherEngine", "sums_layout", "ENGINE_PIPELINE_DEPTH"]
+
+#: Register stages between a group's acceptance and its sum vector at ``o_sums``:
+#: bank read, lane products, adder tree + accumulators.
+ENGINE_PIPELINE_DEPTH = 3
+
+
+def sums_layout(cfg):
+    """One sum vector: V accumulator values, of which slots ``j < V/e`` are meaningful."""
+    return data.ArrayLayout(signed(cfg.acc_width), cfg.lanes)
+
+
+class GatherEngine(wiring.Component):
+    """Gather/accumulate engine.
+
+    Timing: a group accepted in cycle ``t`` presents its bank addresses in cycle ``t``
+    (combinationally from ``i_group``), gets bank data in ``t+1`` (registered products),
+    adds its products into the accumulators at the end of ``t+2``, and if it is a ``last``
+    group its sum vector is valid at ``o_sums`` in cycle ``t+3``.
+
+    A ``last`` group is accepted only while the engine holds a credit; it starts with
+    ``result_queue // V`` credits, takes one per accepted ``last`` group and gets one back per
+    ``credit`` pulse (usable the next cycle). The consumer of ``o_sums`` must therefore be able
+    to hold ``result_queue // V`` vectors; ``o_sums`` never stalls the pipeline (a vector
+    offered while ``ready`` is low is kept until taken, but the credit scheme guarantees the
+    next one never arrives before).
+
+    ``src`` and ``seg_log2`` must be stable from a layer's first accepted group until
+    ``idle``.
+
+    Parameters
+    ----------
+    cfg : CoreConfig
+
+    Members
+    -------
+    i_group : In(stream.Signature(group_layout(cfg)))
+    seg_log2 : In(3)
+        log2 of the segment length e (``1 << seg_log2 <= V``).
+    src : In(1)
+        Activation buffer read.
+    rd_addr : Out(BA).array(V)
+        Scratchpad bank read addresses.
+    rd_data : In(signed(8)).array(V)
+        Scratchpad bank read data (one cycle after the address).
+    o_sums : Out(stream.Signature(sums_layout(cfg)))
+    credit : In(1)
+        One pulse per sum vector the consumer has finished.
+    idle : Out(1)
+        No group in flight and no sum vector waiting (accumulators are clear between layers).
+    issue : Out(1)
+        A group is accepted this cycle.
+    issue_lanes : Out(range(V + 1))
+        Nonzero lanes of the group accepted this cycle (0 when none is).
+    stall : Out(1)
+        The offered group is a ``last`` group and no credit is free.
+
+    Raises
+    ------
+    TypeError
+        If ``cfg`` is not a :class:`CoreConfig`.
+    """
+
+    def __init__(self, cfg):
+        if not isinstance(cfg, CoreConfig):
+            raise TypeError(f"Configuration must be a CoreConfig, not {cfg!r}")
+        self._cfg = cfg
+        lanes, addr_width = cfg.lanes, bank_addr_width(cfg)
+        super().__init__({
+            "i_group":     In(stream.Signature(group_layout(cfg))),
+            "seg_log2":    In(3),
+            "src":         In(1),
+            "rd_addr":     Out(addr_width).array(lanes),
+            "rd_data":     In(signed(8)).array(lanes),
+            "o_sums":      Out(stream.Signature(sums_layout(cfg))),
+            "credit":      In(1),
+            "idle":        Out(1),
+            "issue":       Out(1),
+            "issue_lanes": Out(range(lanes + 1)),
+            "stall":       Out(1),
+        })
+
+    @property
+    def cfg(self):
+        return self._cfg
+
+    @property
+    def credits(self):
+        """Credits the engine starts with: sum vectors the consumer's queue holds."""
+        return self._cfg.result_queue // self._cfg.lanes
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._cfg
+        lanes, bank_bits, acc_width = cfg.lanes, cfg.bank_bits, cfg.acc_width
+        group = self.i_group.payload
+
+        # Credits ----------------------------------------------------------------------------
+        credits = Signal(range(self.credits + 1), init=self.credits)
+        no_credit = credits == 0
+        m.d.comb += [
+            self.i_group.ready.eq(~(group.last & no_credit)),
+            self.stall.eq(self.i_group.valid & group.last & no_credit),
+        ]
+        accept = Signal()
+        m.d.comb += [
+            accept.eq(self.i_group.valid & self.i_group.ready),
+            self.issue.eq(accept),
+        ]
+        take = accept & group.last
+        m.d.sync += credits.eq(credits - take + self.credit)
+
+        nonzero = [lane_nonzero(cfg, group.lanes[i].value) for i in range(lanes)]
+        m.d.comb += self.issue_lanes.eq(Mux(accept, sum(n.as_unsigned() for n in nonzero), 0))
+
+        # Stage 0: bank addresses (lane -> bank crossbar) ------------------------------------
+        # Nonzero lanes that name one bank name one column, so OR-ing their addresses is exact.
+        for bank in range(lanes):
+            address = Const(0, bank_addr_width(cfg) - 1)
+            for i in range(lanes):
+                col = group.lanes[i].col
+                hit = nonzero[i] & (col[:bank_bits] == bank)
+                address = address | Mux(hit, col[bank_bits:], 0)
+            m.d.comb += self.rd_addr[bank].eq(Cat(address, self.src))
+
+        s1_valid = Signal()
+        s1_last = Signal()
+        s1_bank = [Signal(range(lanes), name=f"s1_bank{i}") for i in range(lanes)]
+        s1_value = [Signal(cfg.value_width, name=f"s1_value{i}") for i in range(lanes)]
+        m.d.sync += [s1_valid.eq(accept), s1_last.eq(accept & group.last)]
+        for i in range(lanes):
+            lane = group.lanes[i]
+            m.d.sync += [s1_value[i].eq(lane.value), s1_bank[i].eq(lane.col[:bank_bits])]
+
+        # Stage 1: bank -> lane crossbar and lane products -----------------------------------
+        banks = Array(self.rd_data)
+        s2_valid = Signal()
+        s2_last = Signal()
+        s2_product = [Signal(signed(acc_width), name=f"s2_product{i}") for i in range(lanes)]
+        m.d.sync += [s2_valid.eq(s1_valid), s2_last.eq(s1_last)]
+        for i in range(lanes):
+            m.submodules[f"lane{i}"] = lane = Lane(cfg)
+            m.d.comb += [lane.x.eq(banks[s1_bank[i]]), lane.w.eq(s1_value[i])]
+            m.d.sync += s2_product[i].eq(lane.product)
+
+        # Stage 2: segmented adder tree and accumulators -------------------------------------
+        # Level k of the tree holds the sums of aligned runs of 2**k products; segment e = 2**s
+        # takes its V/e sums from level s.
+        levels = [s2_product]
+        while len(levels[-1]) > 1:
+            prev = levels[-1]
+            levels.append([(prev[2 * j] + prev[2 * j + 1])[:acc_width].as_signed()
+                           for j in range(len(prev) // 2)])
+        segment_sums = []
+        for j in range(lanes):
+            options = [(s, level[j]) for s, level in enumerate(levels) if j < len(level)]
+            total = Signal(signed(acc_width), name=f"segment_sum{j}")
+            with m.Switch(self.seg_log2):
+                for s, value in options:
+                    with m.Case(s):
+                        m.d.comb += total.eq(value)
+            segment_sums.append(total)
+
+        accumulators = [Signal(signed(acc_width), name=f"acc{j}") for j in range(lanes)]
+        out_valid = Signal()
+        out_sums = Signal(sums_layout(cfg))
+        with m.If(s2_valid):
+            for j in range(lanes):
+                updated = (accumulators[j] + segment_sums[j])[:acc_width]
+                with m.If(s2_last):
+                    m.d.sync += [accumulators[j].eq(0), out_sums[j].eq(updated)]
+                with m.Else():
+                    m.d.sync += accumulators[j].eq(updated)
+        with m.If(s2_valid & s2_last):
+            m.d.sync += out_valid.eq(1)
+        with m.Elif(self.o_sums.ready):
+            m.d.sync += out_valid.eq(0)
+        m.d.comb += [
+            self.o_sums.valid.eq(out_valid),
+            self.o_sums.payload.eq(out_sums),
+            self.idle.eq(~s1_valid & ~s2_valid & ~out_valid),
+        ]
+        return m
+

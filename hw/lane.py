@@ -1,0 +1,71 @@
+"""One lane's product: an int8 activation times a weight code, sign-extended to the
+accumulator width. A pow-2 code needs only a barrel shifter; int8 needs a multiplier."""
+
+from amaranth.hdl import Module, Mux, signed
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from .config import CoreConfig
+from .layouts import pow2_code_layout
+
+__all__ = ["Lane", "lane_nonzero"]
+
+
+def lane_nonzero(cfg, value):
+    """Whether a lane's value code (a ``cfg.value_width``-bit Value) is a nonzero weight."""
+    if cfg.encoding == "pow2":
+        return pow2_code_layout()(value).nonzero
+    return value != 0
+
+
+class Lane(wiring.Component):
+    """Combinational product of one activation and one weight code.
+
+    ``cfg.encoding == "pow2"``: ``product = ±(x << exp)`` if ``nonzero`` else 0 (a shift lane,
+    no multiplier). ``"int8"``: ``product = x * w`` with ``w`` the code read as signed 8 bits.
+
+    Parameters
+    ----------
+    cfg : CoreConfig
+
+    Members
+    -------
+    x : In(signed(8))
+        Activation.
+    w : In(cfg.value_width)
+        Weight code (``pow2_code_layout`` bits or a two's-complement int8).
+    product : Out(signed(cfg.acc_width))
+        Exact product, sign-extended.
+
+    Raises
+    ------
+    TypeError
+        If ``cfg`` is not a :class:`CoreConfig`.
+    """
+
+    def __init__(self, cfg):
+        if not isinstance(cfg, CoreConfig):
+            raise TypeError(f"Configuration must be a CoreConfig, not {cfg!r}")
+        self._cfg = cfg
+        super().__init__({
+            "x":       In(signed(8)),
+            "w":       In(cfg.value_width),
+            "product": Out(signed(cfg.acc_width)),
+        })
+
+    @property
+    def cfg(self):
+        return self._cfg
+
+    def elaborate(self, platform):
+        m = Module()
+        if self._cfg.encoding == "pow2":
+            code = pow2_code_layout()(self.w)
+            # The barrel shift of a signed value keeps its sign: 8 + 15 bits, never wraps in
+            # acc_width >= 24 bits, and neither does its negation.
+            shifted = self.x << code.exp
+            m.d.comb += self.product.eq(
+                Mux(code.nonzero, Mux(code.sign, -shifted, shifted), 0))
+        else:
+            m.d.comb += self.product.eq(self.x * self.w.as_signed())
+        return m

@@ -1,0 +1,216 @@
+"""The result writer: queues sum vectors, adds each slot's bias, requantises it to int8 and
+writes it to the scratchpad; and its requantiser."""
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.lib import stream, wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.wiring import In, Out
+
+from .config import CoreConfig
+from .engine import sums_layout
+from .layouts import row_layout
+from .scratchpad import bank_addr_width
+
+__all__ = ["Requantizer", "ResultWriter"]
+
+
+class Requantizer(wiring.Component):
+    """Combinational requantisation of an accumulator value to int8 (docs/architecture.md).
+
+    ``value`` (``acc_width`` bits, already wrapped); if ``shift > 0`` add
+    ``1 << (shift - 1)`` (round half up) and shift right arithmetically, computed exactly in
+    enough bits that it never wraps; saturate to [-128, 127]; then ``max(., 0)`` if ``relu``.
+
+    Parameters
+    ----------
+    acc_width : int
+        Width of ``value``.
+
+    Members
+    -------
+    value : In(signed(acc_width))
+    shift : In(5)
+    relu : In(1)
+    result : Out(signed(8))
+
+    Raises
+    ------
+    TypeError
+        If ``acc_width`` is not a positive integer.
+    ValueError
+        If ``acc_width`` is not between 8 and 32.
+    """
+
+    def __init__(self, *, acc_width):
+        if not isinstance(acc_width, int) or isinstance(acc_width, bool) or acc_width <= 0:
+            raise TypeError(f"Accumulator width must be a positive integer, not {acc_width!r}")
+        if not 8 <= acc_width <= 32:
+            raise ValueError(f"Accumulator width must be between 8 and 32, not {acc_width!r}")
+        self._acc_width = acc_width
+        super().__init__({
+            "value":  In(signed(acc_width)),
+            "shift":  In(5),
+            "relu":   In(1),
+            "result": Out(signed(8)),
+        })
+
+    @property
+    def acc_width(self):
+        return self._acc_width
+
+    def elaborate(self, platform):
+        m = Module()
+        # Wide enough for value + 2**30 (shift 31) without wrapping: the result is exact.
+        width = max(self._acc_width, 31) + 2
+        half = Signal(width)
+        m.d.comb += half.eq((Const(1, width + 1) << self.shift)[1:])  # (1 << shift) >> 1
+        rounded = Signal(signed(width))
+        m.d.comb += rounded.eq(self.value + half.as_signed())
+        shifted = Signal(signed(width))
+        m.d.comb += shifted.eq(rounded >> self.shift)
+        saturated = Signal(signed(8))
+        with m.If(shifted > 127):
+            m.d.comb += saturated.eq(127)
+        with m.Elif(shifted < -128):
+            m.d.comb += saturated.eq(-128)
+        with m.Else():
+            m.d.comb += saturated.eq(shifted)
+        m.d.comb += self.result.eq(Mux(self.relu & saturated[-1], 0, saturated))
+        return m
+
+
+class ResultWriter(wiring.Component):
+    """Requantising writer of sum vectors.
+
+    Sum vectors enter a :class:`~amaranth.lib.fifo.SyncFIFO` of ``result_queue // V``
+    vectors. The writer takes slot ``j`` (``j < V/e``) of the head vector with the next row
+    record in one cycle (a *slot cycle*), when both are available: in slot cycle ``s`` it
+    registers ``wrap(sum + bias)``, in ``s+1`` requantises it, and in ``s+2`` drives the
+    scratchpad write of element ``out_addr`` of buffer ``dst`` (if the record is ``valid``).
+    In the last slot cycle of a vector it pops the queue and pulses ``credit``.
+
+    ``seg_log2``, ``shift``, ``relu`` and ``dst`` must be stable during a layer.
+
+    Parameters
+    ----------
+    cfg : CoreConfig
+
+    Members
+    -------
+    i_sums : In(stream.Signature(sums_layout(cfg)))
+    i_row : In(stream.Signature(row_layout(cfg)))
+        One record per slot, in order.
+    seg_log2 : In(3)
+    shift : In(5)
+    relu : In(1)
+    dst : In(1)
+    wr_en : Out(1).array(V)
+    wr_addr : Out(BA).array(V)
+    wr_data : Out(signed(8)).array(V)
+    credit : Out(1)
+        Pulses in the last slot cycle of each vector.
+    idle : Out(1)
+        Queue empty and no write in flight.
+
+    Raises
+    ------
+    TypeError
+        If ``cfg`` is not a :class:`CoreConfig`.
+    """
+
+    def __init__(self, cfg):
+        if not isinstance(cfg, CoreConfig):
+            raise TypeError(f"Configuration must be a CoreConfig, not {cfg!r}")
+        self._cfg = cfg
+        lanes, addr_width = cfg.lanes, bank_addr_width(cfg)
+        super().__init__({
+            "i_sums":   In(stream.Signature(sums_layout(cfg))),
+            "i_row":    In(stream.Signature(row_layout(cfg))),
+            "seg_log2": In(3),
+            "shift":    In(5),
+            "relu":     In(1),
+            "dst":      In(1),
+            "wr_en":    Out(1).array(lanes),
+            "wr_addr":  Out(addr_width).array(lanes),
+            "wr_data":  Out(signed(8)).array(lanes),
+            "credit":   Out(1),
+            "idle":     Out(1),
+        })
+
+    @property
+    def cfg(self):
+        return self._cfg
+
+    @property
+    def queue_depth(self):
+        """Sum vectors the queue holds."""
+        return self._cfg.result_queue // self._cfg.lanes
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._cfg
+        lanes, bank_bits, acc_width = cfg.lanes, cfg.bank_bits, cfg.acc_width
+        layout = sums_layout(cfg)
+
+        m.submodules.queue = queue = SyncFIFO(width=layout.size, depth=self.queue_depth)
+        m.d.comb += [
+            queue.w_data.eq(self.i_sums.payload.as_value()),
+            queue.w_en.eq(self.i_sums.valid),
+            self.i_sums.ready.eq(queue.w_rdy),
+        ]
+        head = layout(queue.r_data)
+
+        # Slot cycle: pick slot j of the head vector, add the row's bias ---------------------
+        slot = Signal(range(lanes))
+        last_slot = Signal(range(lanes))
+        m.d.comb += last_slot.eq((Const(lanes, range(lanes + 1)) >> self.seg_log2) - 1)
+        take = Signal()
+        m.d.comb += [
+            self.i_row.ready.eq(queue.r_rdy),
+            take.eq(queue.r_rdy & self.i_row.valid),
+        ]
+        row = self.i_row.payload
+        s1_go = Signal()
+        s1_write = Signal()
+        s1_value = Signal(signed(acc_width))
+        s1_addr = Signal(cfg.col_width)
+        m.d.sync += s1_go.eq(take)
+        with m.If(take):
+            m.d.sync += [
+                s1_value.eq((head[slot] + row.bias)[:acc_width]),
+                s1_write.eq(row.valid),
+                s1_addr.eq(row.out_addr),
+            ]
+            with m.If(slot == last_slot):
+                m.d.sync += slot.eq(0)
+                m.d.comb += [queue.r_en.eq(1), self.credit.eq(1)]
+            with m.Else():
+                m.d.sync += slot.eq(slot + 1)
+
+        # Requantise ---------------------------------------------------------------------------
+        m.submodules.requantizer = requantizer = Requantizer(acc_width=acc_width)
+        m.d.comb += [
+            requantizer.value.eq(s1_value),
+            requantizer.shift.eq(self.shift),
+            requantizer.relu.eq(self.relu),
+        ]
+        s2_go = Signal()
+        s2_write = Signal()
+        s2_data = Signal(signed(8))
+        s2_addr = Signal(cfg.col_width)
+        m.d.sync += [
+            s2_go.eq(s1_go),
+            s2_write.eq(s1_go & s1_write),
+            s2_data.eq(requantizer.result),
+            s2_addr.eq(s1_addr),
+        ]
+
+        # Scratchpad write ---------------------------------------------------------------------
+        for bank in range(lanes):
+            m.d.comb += [
+                self.wr_en[bank].eq(s2_write & (s2_addr[:bank_bits] == bank)),
+                self.wr_addr[bank].eq(Cat(s2_addr[bank_bits:], self.dst)),
+                self.wr_data[bank].eq(s2_data),
+            ]
+        m.d.comb += self.idle.eq(~queue.r_rdy & ~s1_go & ~s2_go)
+        return m

@@ -40,7 +40,9 @@ class CoreConfig:
     layer_depth : int
         Layer descriptors in the layer table.
     result_queue : int
-        Depth of the result queue between the engine and the requantising writer.
+        Results the queue between the engine and the requantising writer holds; it holds
+        ``result_queue // lanes`` sum vectors, which must cover the engine latency for
+        horizontal layers to run without stalls.
     max_payload : int
         Largest frame payload the device accepts, in bytes.
     """
@@ -52,7 +54,7 @@ class CoreConfig:
     weight_depth: int = 2048
     row_depth: int = 1024
     layer_depth: int = 16
-    result_queue: int = 32
+    result_queue: int = 128
     max_payload: int = 1024
     act_width: int = 8
 

@@ -1,0 +1,195 @@
+"""The golden model: numerics at their edges, kernels against plain numpy, the core
+interpreter against the kernels, and the cycle model's invariants."""
+
+import numpy as np
+import pytest
+
+from gsaccel.hw.config import CoreConfig
+from gsaccel.hw.layouts import ErrorCode, Memory
+from gsaccel.sim.stimulus import PATTERN_CASES, random_pattern_matrix
+from gsaccel.sw import golden
+from gsaccel.sw.errors import CapacityError, DeviceError, ShapeError
+from gsaccel.sw.format import GSMatrix
+from gsaccel.sw.image import LayerSpec, build_image, pack_word, unpack_word
+from gsaccel.hw.layouts import group_layout, layer_layout, row_layout
+
+
+def reference_requantize(acc, shift, relu, width):
+    """Python integers, one value at a time: the rules of docs/numerics.md as prose."""
+    out = []
+    for a in acc:
+        a = ((int(a) + (1 << (width - 1))) % (1 << width)) - (1 << (width - 1))
+        if shift:
+            a = (a + (1 << (shift - 1))) // (1 << shift)        # floor division = arithmetic >>
+        a = max(-128, min(127, a))
+        out.append(max(a, 0) if relu else a)
+    return out
+
+
+@pytest.mark.parametrize("shift", [0, 1, 2, 7, 16, 31])
+@pytest.mark.parametrize("relu", [False, True])
+def test_requantize_matches_reference(rng, shift, relu):
+    width = 24
+    acc = np.concatenate([
+        rng.integers(-(1 << 30), 1 << 30, 500),                  # wraps
+        (np.arange(-8, 9) << max(shift - 1, 0)),                 # rounding ties
+        [-(1 << 23), (1 << 23) - 1, -(1 << 23) - 1, 1 << 23],    # wrap edges
+        [127 << shift, 128 << shift, -128 << shift, -129 << shift],  # saturation edges
+    ])
+    got = golden.requantize(acc, shift, relu, width)
+    assert got.dtype == np.int8
+    assert got.tolist() == reference_requantize(acc, shift, relu, width)
+
+
+def test_rounding_is_half_up():
+    assert golden.requantize([2, 6, 10, -2, -6, -10], 2, False).tolist() == [1, 2, 3, 0, -1, -2]
+    assert golden.requantize([1, 3, -1, -3], 1, False).tolist() == [1, 2, 0, -1]
+
+
+def test_requantize_rejects_a_bad_shift():
+    with pytest.raises(ShapeError, match=r"^Shift must be in \[0, 31\], not 32$"):
+        golden.requantize([0], 32, False)
+
+
+def test_quantize_inputs():
+    assert golden.quantize([0.0, 0.49, 0.5, -0.5, -0.51, 1000, -1000], 0).tolist() == \
+        [0, 0, 1, 0, -1, 127, -128]
+    assert golden.quantize([1.0, 0.25], -3).tolist() == [8, 2]
+    np.testing.assert_allclose(golden.dequantize([8, -3], -3), [1.0, -0.375])
+
+
+@pytest.mark.parametrize("lanes", [4, 8, 16])
+def test_gs_layer_against_numpy(rng, lanes):
+    for pattern, per_row in PATTERN_CASES(lanes):
+        for encoding in ("pow2", "int8"):
+            dense, order = random_pattern_matrix(rng, pattern, 2 * lanes + 3, 3 * lanes + 1,
+                                                 lanes, per_row, encoding, density=0.7)
+            matrix = GSMatrix.from_dense(dense, pattern, lanes, per_row, encoding,
+                                         row_order=order)
+            x = rng.integers(-128, 128, dense.shape[1])
+            bias = rng.integers(-5000, 5000, dense.shape[0])
+            expected = reference_requantize(dense @ x + bias, 6, True, 24)
+            assert golden.gs_layer(matrix, x, bias, 6, True).tolist() == expected
+
+
+def test_accumulator_wraps_like_the_hardware():
+    # 4 x (127 << 15) overflows 24 bits; the golden model wraps, as the lanes do.
+    matrix = GSMatrix.from_dense(np.full((1, 4), 1 << 15), "dense", 4, 4)
+    acc = golden.gs_matvec(matrix, np.full(4, 127), acc_width=24)
+    assert acc.tolist() == [((4 * 127 << 15) + (1 << 23)) % (1 << 24) - (1 << 23)]
+
+
+def test_basis_layer():
+    basis = np.array([[1, -2, 3], [0, 127, -128], [5, 5, 5]])
+    x = np.array([10, -20, 30, 1, 2, 3])
+    expected = np.concatenate([basis @ x[:3], basis @ x[3:]])
+    assert golden.basis_layer(basis, x, 2, 0).tolist() == reference_requantize(expected, 0,
+                                                                                 False, 24)
+
+
+def test_word_codec_round_trips():
+    cfg = CoreConfig(lanes=4, bank_depth=8)
+    row = {"out_addr": 17, "bias": -12345, "valid": 1}
+    assert unpack_word(row_layout(cfg), pack_word(row_layout(cfg), row)) == row
+    layer = unpack_word(layer_layout(cfg), pack_word(layer_layout(cfg), {
+        "kind": 1, "basis": [-128, 127, 0, 1, 2, 3, 4, 5, -6], "shift": 31}))
+    assert layer["basis"] == [-128, 127, 0, 1, 2, 3, 4, 5, -6] and layer["shift"] == 31
+    with pytest.raises(ValueError, match=r"^Field bias must be in"):
+        pack_word(row_layout(cfg), {"bias": 1 << 23})
+    group = pack_word(group_layout(cfg), {"lanes": [{"value": 33, "col": 31}] * 4, "last": 1})
+    assert group >> (group_layout(cfg).size - 1) == 1
+
+
+def build_program(rng, cfg):
+    lanes = cfg.lanes
+    layers, shapes = [], [13, 2 * lanes + 5, 3 * lanes + 1, 21, 11]
+    cases = [("gs-gather", 1), ("gs-scatter", 2), ("1xN", 1), ("unstructured", lanes)]
+    for index, (pattern, per_row) in enumerate(cases):
+        dense, order = random_pattern_matrix(rng, pattern, shapes[index + 1], shapes[index],
+                                             lanes, per_row, cfg.encoding, density=0.8)
+        matrix = GSMatrix.from_dense(dense, pattern, lanes, per_row, cfg.encoding,
+                                     row_order=order)
+        bias = rng.integers(-2000, 2000, dense.shape[0])
+        layers.append(LayerSpec(matrix=matrix, bias=bias, shift=int(rng.integers(2, 9)),
+                                relu=bool(index % 2), src=index % 2, dst=1 - index % 2))
+    layers.insert(2, LayerSpec(kind="basis", basis=rng.integers(-128, 128, (3, 3)),
+                               n_chunks=shapes[2] // 3, shift=7, src=0, dst=1))
+    # Re-chain buffers around the inserted basis layer.
+    for index, layer in enumerate(layers):
+        layer.src, layer.dst = index % 2, 1 - index % 2
+    return layers
+
+
+@pytest.mark.parametrize("encoding", ["pow2", "int8"])
+def test_core_interpreter_equals_the_kernels(rng, encoding):
+    cfg = CoreConfig(lanes=4, bank_depth=16, encoding=encoding)
+    layers = build_program(rng, cfg)
+    core = golden.GoldenCore(cfg)
+    core.load(build_image(cfg, layers))
+    x = rng.integers(-128, 128, layers[0].in_size)
+    core.write(Memory.ACTS, 0, x.tolist())
+    counters = core.run(0, len(layers))
+    buffers = [np.zeros(cfg.buffer_size, dtype=np.int64) for _ in range(2)]
+    buffers[0][:x.size] = x
+    cycles, groups, busy = golden.RUN_OVERHEAD, 0, 0
+    for layer in layers:
+        src = buffers[layer.src]
+        if layer.kind == "basis":
+            y = golden.basis_layer(layer.basis, src, layer.n_chunks, layer.shift, layer.relu)
+            cycles += golden.basis_layer_cycles(layer.n_chunks)
+        else:
+            y = golden.gs_layer(layer.matrix, src, layer.bias, layer.shift, layer.relu)
+            cycles += golden.gs_layer_cycles(layer.matrix.rg_groups, layer.matrix.segments,
+                                             cfg)[0]
+            groups += layer.matrix.n_groups
+            busy += layer.matrix.nnz
+        buffers[layer.dst][:y.size] = y
+    out = layers[-1]
+    got = core.read(Memory.ACTS, out.dst * cfg.buffer_size, out.out_size)
+    assert got == buffers[out.dst][:out.out_size].tolist()
+    assert counters["cycles"] == cycles
+    assert counters["groups"] == groups and counters["busy_lane_cycles"] == busy
+    assert core.read(Memory.COUNTERS, 0, 4) == [counters[k] for k in
+                                                ("cycles", "busy_lane_cycles", "stall_cycles",
+                                                 "groups")]
+
+
+def test_core_errors_carry_device_codes():
+    core = golden.GoldenCore(CoreConfig(lanes=4, bank_depth=4))
+    with pytest.raises(DeviceError) as info:
+        core.write(Memory.ACTS, 30, [1, 2, 3])
+    assert info.value.code == ErrorCode.BAD_ADDRESS
+    with pytest.raises(DeviceError) as info:
+        core.run(15, 2)
+    assert info.value.code == ErrorCode.BAD_LAYER
+    with pytest.raises(DeviceError) as info:
+        core.write(9, 0, [0])
+    assert info.value.code == ErrorCode.BAD_MEMORY
+
+
+def test_cycle_model():
+    lo, el, wl = golden.LAYER_OVERHEAD, golden.ENGINE_LATENCY, golden.WRITE_LATENCY
+    cfg = CoreConfig(lanes=8, result_queue=16)         # two sum vectors in flight
+    # Long row groups never stall: one cycle a group, then the last vector's fill and write.
+    assert golden.gs_layer_cycles([20] * 10, 8, cfg) == (lo + 199 + el + 8 + wl, 0)
+    # One group per row group with eight results each: the writer (one result a cycle) is the
+    # bottleneck, so the engine stalls and cycles follow results, not groups.
+    cycles, stalls = golden.gs_layer_cycles([1] * 100, 8, cfg)
+    assert cycles == lo + el + 800 + wl and stalls > 600
+    # Horizontal (one result per row group) with the default queue never waits for the writer.
+    assert golden.gs_layer_cycles([1] * 100, 1, CoreConfig(lanes=8)) == (lo + 99 + el + 1 + wl, 0)
+
+
+def test_image_capacity_errors(rng):
+    cfg = CoreConfig(lanes=4, bank_depth=4, weight_depth=8)
+    dense, _ = random_pattern_matrix(rng, "dense", 16, 16, 4, 1, "pow2", density=1.0)
+    matrix = GSMatrix.from_dense(dense, "dense", 4)
+    with pytest.raises(CapacityError, match=r"^Program needs 64 group words, the core's weight "
+                                            r"memory holds 8$"):
+        build_image(cfg, [LayerSpec(matrix=matrix)])
+    big = GSMatrix.from_dense(np.ones((4, 17)), "dense", 4)
+    with pytest.raises(CapacityError, match=r"^layer 0: 17 inputs and 4 outputs; a buffer holds "
+                                            r"16"):
+        build_image(cfg, [LayerSpec(matrix=big)])
+    with pytest.raises(ShapeError, match=r"matrix has 4 lanes and pow2 values, the core 8 lanes"):
+        build_image(CoreConfig(lanes=8), [LayerSpec(matrix=matrix)])

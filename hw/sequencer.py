@@ -1,10 +1,9 @@
 """The core's control path: the command processor (WRITE/READ/HELLO/RUN frames, the host
 memories) and the layer sequencer that runs a program on the datapath.
 
-Control timing (the cycle contract with ``gsaccel.sw.golden``; see docs/protocol.md):
-a RUN of ``n`` layers takes ``RUN_OVERHEAD + sum(layer cycles)`` counted cycles, where each
-layer spends ``LAYER_OVERHEAD`` cycles in the sequencer (descriptor fetch, load, and the step
-to the next layer) on top of its datapath time.
+Control timing (the cycle contract with ``gsaccel.sw.golden``; docs/protocol.md): a RUN
+counts ``RUN_OVERHEAD`` (= 1, its DONE cycle) plus, per layer, ``LAYER_OVERHEAD`` (= 3:
+descriptor FETCH, LOAD, and the step to the next layer) on top of the datapath's time.
 """
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
@@ -17,15 +16,7 @@ from .framing import frame_layout, reply_layout
 from .layouts import (COUNTER_NAMES, ErrorCode, FrameType, LayerKind, Memory as MemoryId, group_layout,
                       layer_layout, memory_depth, memory_layout, row_layout, word_bytes)
 
-__all__ = ["Sequencer", "CommandProcessor", "ScratchpadOwner", "SEQUENCER_LAYER_CYCLES",
-           "SEQUENCER_RUN_CYCLES"]
-
-#: Sequencer cycles per layer outside the datapath: FETCH (descriptor address), LOAD
-#: (descriptor registered, streams primed) and NEXT (step to the next layer).
-SEQUENCER_LAYER_CYCLES = 3
-#: Sequencer cycles per RUN outside its layers: the DONE cycle.
-SEQUENCER_RUN_CYCLES = 1
-
+__all__ = ["Sequencer", "CommandProcessor", "ScratchpadOwner"]
 
 class ScratchpadOwner(enum.Enum, shape=2):
     """Which block drives the scratchpad ports."""
@@ -71,9 +62,18 @@ class Sequencer(wiring.Component):
     are idle. For a BASIS layer it pulses ``basis_start`` and waits for ``basis_done``. Layers
     of another kind run as GS layers. The counters (``COUNTER_NAMES``) restart at ``start``.
 
-    Timing: ``start`` in cycle 0; FETCH in cycle 1; per layer FETCH, LOAD, the datapath
-    states, NEXT; then DONE (``done`` high) and idle. ``counters.cycles`` counts every cycle
-    from the first FETCH to DONE inclusive.
+    Timing (``counters.cycles`` counts every cycle from the first FETCH to DONE inclusive):
+
+    * ``start`` in cycle 0, the first FETCH (layer table address) in cycle 1;
+    * LOAD registers the descriptor and primes the streams: the first group and row record
+      are offered in the first GS cycle, which is cycle 0 of ``gs_layer_cycles``;
+    * GS ends in the first cycle in which every group is taken and the engine and writer are
+      idle; that cycle also steps to the next layer (FETCH or DONE follows);
+    * BASIS: BASIS_START (``basis_start``) then BASIS until ``basis_done``, then NEXT;
+    * DONE (``done`` high), then idle.
+
+    So a GS layer costs ``3 + max(issue end, writer end) + WRITE_LATENCY`` cycles and a BASIS
+    layer ``3 + n_chunks + BASIS_LATENCY``: ``LAYER_OVERHEAD = 3``, ``RUN_OVERHEAD = 1``.
 
     Parameters
     ----------
@@ -179,6 +179,14 @@ class Sequencer(wiring.Component):
                 groups.eq(groups + self.issue),
             ]
 
+        def step_layer():
+            m.d.sync += [index.eq(index + 1), left.eq(left - 1),
+                         self.owner.eq(ScratchpadOwner.HOST)]
+            with m.If(left == 1):
+                m.next = "DONE"
+            with m.Else():
+                m.next = "FETCH"
+
         with m.FSM(name="seq"):
             with m.State("IDLE"):
                 with m.If(self.start):
@@ -193,10 +201,22 @@ class Sequencer(wiring.Component):
                 m.next = "LOAD"
             with m.State("LOAD"):
                 m.d.comb += self.busy.eq(1)
-                m.d.sync += [layer.eq(self.layer_data),
-                             group_ptr.eq(self.layer_data.group_base),
-                             groups_left.eq(self.layer_data.group_count),
-                             row_ptr.eq(self.layer_data.row_base)]
+                m.d.sync += layer.eq(self.layer_data)
+                # Prime the group and row streams from the descriptor now, so that the first
+                # group is offered in the first GS cycle.
+                m.d.comb += [self.weight_addr.eq(self.layer_data.group_base),
+                             self.weight_en.eq(1),
+                             self.row_addr.eq(self.layer_data.row_base), self.row_en.eq(1)]
+                with m.If(self.layer_data.kind != LayerKind.BASIS):
+                    m.d.sync += [group_valid.eq(self.layer_data.group_count != 0),
+                                 row_valid.eq(1)]
+                m.d.sync += [
+                    group_ptr.eq(self.layer_data.group_base + 1),
+                    groups_left.eq(Mux(self.layer_data.group_count != 0,
+                                       self.layer_data.group_count - 1, 0)),
+                    row_ptr.eq(Mux(self.layer_data.row_base == cfg.row_depth - 1, 0,
+                                   self.layer_data.row_base + 1)),
+                ]
                 # Any kind but BASIS runs as GS, as in the golden model.
                 with m.If(self.layer_data.kind == LayerKind.BASIS):
                     m.d.sync += self.owner.eq(ScratchpadOwner.BASIS)
@@ -224,8 +244,9 @@ class Sequencer(wiring.Component):
                                  row_ptr.eq(Mux(row_ptr == cfg.row_depth - 1, 0, row_ptr + 1))]
                 with m.If((groups_left == 0) & ~group_valid & self.engine_idle &
                           self.writer_idle):
+                    # The layer's last cycle doubles as NEXT.
                     m.d.sync += [row_valid.eq(0), group_valid.eq(0)]
-                    m.next = "NEXT"
+                    step_layer()
             with m.State("BASIS_START"):
                 m.d.comb += [self.busy.eq(1), self.basis_start.eq(1)]
                 m.next = "BASIS"
@@ -235,12 +256,7 @@ class Sequencer(wiring.Component):
                     m.next = "NEXT"
             with m.State("NEXT"):
                 m.d.comb += self.busy.eq(1)
-                m.d.sync += [index.eq(index + 1), left.eq(left - 1),
-                             self.owner.eq(ScratchpadOwner.HOST)]
-                with m.If(left == 1):
-                    m.next = "DONE"
-                with m.Else():
-                    m.next = "FETCH"
+                step_layer()
             with m.State("DONE"):
                 m.d.comb += [self.busy.eq(1), self.done.eq(1)]
                 m.next = "IDLE"

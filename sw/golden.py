@@ -26,9 +26,9 @@ __all__ = [
 # Pipeline constants of the RTL (docs/architecture.md, "Cycle model").
 ENGINE_LATENCY = 4    # cycles from a `last` group's acceptance to the writer starting its vector
 WRITE_LATENCY = 2     # cycles from the writer's last slot to its write landing
-LAYER_OVERHEAD = 2    # sequencer cycles to fetch a descriptor and start a layer
+LAYER_OVERHEAD = 3    # sequencer cycles per layer: descriptor fetch, load, step to the next
 BASIS_LATENCY = 3     # cycles from the last basis chunk's read to its write
-RUN_OVERHEAD = 1      # cycles of a RUN outside its layers
+RUN_OVERHEAD = 1      # cycles of a RUN outside its layers (the sequencer's DONE cycle)
 
 
 # Scalar rules -----------------------------------------------------------------------------------

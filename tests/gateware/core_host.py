@@ -132,7 +132,7 @@ def random_matrix(rng, rows, cols, pattern, cfg, per_row=1, density=0.3):
     else:   # gs-gather: per row group, P rounds of a random bank permutation over the lanes
         segments = lanes // per_row
         for start in range(0, rows, segments):
-            for _ in range(int(rng.integers(1, 3))):
+            for _ in range(min(int(rng.integers(1, 3)), cols // lanes)):
                 perm = rng.permutation(lanes)
                 for slot, bank in enumerate(perm):
                     row = start + slot // per_row

@@ -570,8 +570,8 @@ def check_pattern(weights, pattern, lanes, per_row=1, *, row_order=None):
         if (counts != counts[0]).any():
             other = int(np.flatnonzero(counts != counts[0])[0])
             raise PatternError(f"row group {rg}: row {members[0]} keeps {counts[0]} weights and "
-                               f"row {members[other]} keeps {counts[other]}; all rows of a row "
-                               f"group must keep the same count")
+                               f"row {members[other]} keeps {counts[other]} weights; all rows "
+                               f"of a row group must keep the same count")
         if counts[0] % per_row:
             raise PatternError(f"row group {rg}: rows keep {counts[0]} weights, not a multiple "
                                f"of e={per_row}")

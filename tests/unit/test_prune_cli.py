@@ -1,0 +1,90 @@
+"""``gsaccel prune`` on a tiny saved model: output, metadata, and one-line typed errors."""
+
+import pytest
+import torch
+from torch import nn
+
+from gsaccel.sw.cli import main
+from gsaccel.sw.prune import PatternInfo, pattern_info, smartdeal_factors
+
+
+@pytest.fixture
+def model_path(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "tiny.pt"
+    torch.save(nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 4)), path)
+    return path
+
+
+@pytest.mark.parametrize("pattern,extra", [("gs-gather", []), ("gs-scatter", ["--per-row", "2"]),
+                                           ("1xN", []), ("unstructured", []),
+                                           ("smartdeal", ["--c-pattern", "gs-gather"])])
+def test_cli_prunes_and_saves(model_path, tmp_path, capsys, pattern, extra):
+    out = tmp_path / "out" / "pruned.pt"
+    status = main(["prune", str(model_path), "--pattern", pattern, "--sparsity", "0.5",
+                   "--lanes", "4", *extra, "-o", str(out)])
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert f"saved {out}" in printed and "total:" in printed
+    model = torch.load(out, weights_only=False)
+    per_row = 2 if extra == ["--per-row", "2"] else 1
+    info = pattern_info(model[1])
+    assert (info.pattern, info.lanes, info.per_row) == (pattern, 4, per_row)
+    if pattern == "smartdeal":
+        assert info == PatternInfo("smartdeal", 4, 1, "gs-gather")
+        assert smartdeal_factors(model[3])[0].shape == (4 * 4, 3)
+    else:
+        assert abs(float(model[1].weight_mask.mean()) - 0.5) <= 0.05
+
+
+def test_cli_exclude(model_path, tmp_path, capsys):
+    out = tmp_path / "p.pt"
+    assert main(["prune", str(model_path), "--pattern", "unstructured", "--sparsity", "0.25",
+                 "--exclude", "3", "-o", str(out)]) == 0
+    assert "3: 4x12 dense (excluded)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--pattern", "bogus", "--sparsity", "0.5"], "Pattern must be one of gs-gather, gs-scatter, "
+                                                  "1xN, smartdeal, unstructured, not 'bogus'"),
+    (["--pattern", "1xN", "--sparsity", "1.0"], "Sparsity must be a number in [0, 1), not 1.0"),
+    (["--pattern", "1xN", "--sparsity", "-0.5"], "Sparsity must be a number in [0, 1), not -0.5"),
+    (["--pattern", "1xN", "--sparsity", "0.5", "--lanes", "12"],
+     "Lane count must be a power of two in 2..16, not 12"),
+    (["--pattern", "gs-gather", "--sparsity", "0.5", "--lanes", "16"],
+     "Layer 3 has 12 input columns, fewer than the 16 lanes; a GS pattern needs at least one "
+     "column per bank"),
+])
+def test_cli_bad_arguments(model_path, tmp_path, capsys, args, message):
+    out = tmp_path / "never.pt"
+    assert main(["prune", str(model_path), *args, "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"gsaccel prune: error: {message}\n"
+    assert not out.exists()
+
+
+def test_cli_missing_and_wrong_files(tmp_path, capsys):
+    missing = tmp_path / "missing.pt"
+    assert main(["prune", str(missing), "--pattern", "1xN", "--sparsity", "0.5",
+                 "-o", str(tmp_path / "o.pt")]) == 1
+    assert capsys.readouterr().err == \
+        f"gsaccel prune: error: Model file must exist, not {str(missing)!r}\n"
+    state = tmp_path / "state.pt"
+    torch.save(nn.Linear(4, 4).state_dict(), state)
+    assert main(["prune", str(state), "--pattern", "1xN", "--sparsity", "0.5",
+                 "-o", str(tmp_path / "o.pt")]) == 1
+    assert "Model file must hold an nn.Module" in capsys.readouterr().err
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a pickle")
+    assert main(["prune", str(junk), "--pattern", "1xN", "--sparsity", "0.5",
+                 "-o", str(tmp_path / "o.pt")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("gsaccel prune: error: Model file must be a torch.save'd nn.Module")
+    assert err.count("\n") == 1
+
+
+def test_cli_help_has_example(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["prune", "--help"])
+    assert exit_info.value.code == 0
+    assert "example:\n  gsaccel prune mlp.pt --pattern gs-gather" in capsys.readouterr().out

@@ -17,6 +17,7 @@ __all__ = ["main", "build_parser"]
 # Command modules, in the order `gsaccel --help` lists them.
 COMMAND_MODULES = [
     "gsaccel.sw.cmd_format",     # pack, unpack, inspect
+    "gsaccel.sw.cmd_prune",      # prune
 ]
 
 

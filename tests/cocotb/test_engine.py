@@ -1,0 +1,27 @@
+"""Runs tests/cocotb/tb_engine.py on Verilator, one build per core configuration."""
+
+from pathlib import Path
+
+import pytest
+
+from gsaccel.hw.config import CoreConfig
+from gsaccel.sim.build import cached_verilog, run_cocotb
+from gsaccel.sim.datapath import Datapath
+
+HERE = Path(__file__).resolve().parent
+
+# Three builds cover V in {4, 8, 16} and both encodings; a small queue at V=4 makes the
+# credit stalls frequent.
+CONFIGS = [
+    CoreConfig(lanes=4, bank_depth=16, encoding="pow2", result_queue=4),
+    CoreConfig(lanes=8, bank_depth=16, encoding="int8", result_queue=16),
+    CoreConfig(lanes=16, bank_depth=8, encoding="pow2", result_queue=32),
+]
+
+
+@pytest.mark.verilator
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"V{c.lanes}-{c.encoding}")
+def test_engine(cfg):
+    build = cached_verilog(lambda: Datapath(cfg), "datapath", cfg)
+    run_cocotb(build, toplevel="datapath", test_module="tb_engine", test_dir=HERE, cfg=cfg,
+               timeout=600)

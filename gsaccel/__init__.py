@@ -2,6 +2,37 @@
 
 The distribution maps its top-level folders into one namespace: ``gsaccel.hw`` (gateware),
 ``gsaccel.sw`` (host side), ``gsaccel.sim`` (simulation harnesses) and ``gsaccel.boards``.
+
+The user-facing API is re-exported here and imported on first use, so that ``import
+gsaccel`` stays light (torch is loaded only by what needs it)::
+
+    model = gsaccel.prune(model, pattern="gs-gather", sparsity=0.75, lanes=8)
+    program = gsaccel.compile(model, example_input, lanes=8)
+    with gsaccel.connect("sim") as device: ...
+    accelerated = gsaccel.offload(model, target="sim", example_input=example_input)
 """
 
+import importlib
+
 __version__ = "0.1.0"
+__all__ = ["prune", "compile", "connect", "offload", "CoreConfig", "GSMatrix"]
+
+_EXPORTS = {
+    "prune":      ("gsaccel.sw.prune", "prune"),
+    "compile":    ("gsaccel.sw.compiler", "compile"),
+    "connect":    ("gsaccel.sw.targets", "connect"),
+    "offload":    ("gsaccel.sw.offload", "offload"),
+    "CoreConfig": ("gsaccel.hw.config", "CoreConfig"),
+    "GSMatrix":   ("gsaccel.sw.format", "GSMatrix"),
+}
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        module, attribute = _EXPORTS[name]
+        return getattr(importlib.import_module(module), attribute)
+    raise AttributeError(f"module 'gsaccel' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])

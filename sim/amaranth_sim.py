@@ -96,7 +96,8 @@ def seeded_rng(salt=0):
 
 
 def run_sim(dut, *testbenches, name, deadline=100_000):
-    """Simulate ``dut`` with a 1 MHz ``sync`` clock until every critical testbench returns.
+    """Simulate ``dut`` (with a 1 MHz ``sync`` clock if it has that domain) until every
+    critical testbench returns.
 
     Parameters
     ----------
@@ -105,7 +106,7 @@ def run_sim(dut, *testbenches, name, deadline=100_000):
     name : str
         Test name; the VCD goes to ``build/vcd/<name>.vcd`` when ``GSACCEL_VCD=1``.
     deadline : int
-        Clock cycles after which the run fails with :class:`TimeoutError` (every wait has a
+        Clock periods after which the run fails with :class:`TimeoutError` (every wait has a
         timeout).
 
     Raises
@@ -116,12 +117,13 @@ def run_sim(dut, *testbenches, name, deadline=100_000):
     if not isinstance(deadline, int) or deadline <= 0:
         raise TypeError(f"Deadline must be a positive integer, not {deadline!r}")
     sim = Simulator(dut)
-    sim.add_clock(CLOCK_PERIOD)
+    sim.add_clock(CLOCK_PERIOD, if_exists=True)     # combinational designs have no clock
 
     async def watchdog(ctx):
-        # Plain awaits (not .repeat()) so that the pending watchdog closes quietly at the end.
+        # Plain delays (not .repeat(), and no clock needed) so that the pending watchdog
+        # closes quietly at the end.
         for _ in range(deadline):
-            await ctx.tick()
+            await ctx.delay(CLOCK_PERIOD)
         raise TimeoutError(f"Simulation {name!r} did not finish within {deadline} cycles")
 
     for bench in testbenches:

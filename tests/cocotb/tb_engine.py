@@ -165,9 +165,10 @@ async def test_saturation_and_wrap(dut):
     await tb.reset()
     lanes = CFG.lanes
     cols = 2 * lanes + 1
-    big = 1 << 15 if CFG.encoding == "pow2" else -128
-    weights = np.full((lanes + 1, cols), big, dtype=np.int64)
-    weights[1::2] *= -1 if CFG.encoding == "pow2" else 1
+    # Rows alternate the most negative and the most positive weight of the encoding.
+    low, high = (-(1 << 15), 1 << 15) if CFG.encoding == "pow2" else (-128, 127)
+    weights = np.full((lanes + 1, cols), low, dtype=np.int64)
+    weights[1::2] = high
     from gsaccel.sw.format import GSMatrix
     matrix = GSMatrix.from_dense(weights, "dense", lanes, encoding=CFG.encoding)
     x = np.where(np.arange(cols) % 3 == 0, -128, 127)

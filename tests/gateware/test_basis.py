@@ -1,0 +1,94 @@
+# amaranth: UnusedElaboratable=no
+"""BasisUnit against gsaccel.sw.golden.basis_layer, with a behavioural model of the banked
+scratchpad (synchronous read, read-old-data), and its exact timing."""
+
+import numpy as np
+import pytest
+
+from gsaccel.hw.config import CoreConfig
+from gsaccel.hw.basis import BasisUnit
+from gsaccel.sim.amaranth_sim import background, run_sim, seeded_rng
+from gsaccel.sw import golden
+
+
+def test_rejects_bad_config():
+    with pytest.raises(TypeError, match=r"^Configuration must be a CoreConfig, not 4$"):
+        BasisUnit(4)
+    with pytest.raises(ValueError, match=r"^Basis unit lane count must be at least 4, so that "
+                                         r"a chunk's three elements fall in three banks, "
+                                         r"not 2$"):
+        BasisUnit(CoreConfig(lanes=2))
+
+
+def run_basis(cfg, acts, basis, n_chunks, shift, relu, src, dst):
+    """Run one basis layer on ``acts`` (2 x buffer_size); return the new acts, the cycle of
+    ``done`` (``start`` is cycle 0) and the busy cycles."""
+    dut = BasisUnit(cfg)
+    lanes, depth = cfg.lanes, cfg.bank_depth
+    banks = np.zeros((lanes, 2 * depth), dtype=np.int64)
+    for buffer in range(2):
+        for element in range(cfg.buffer_size):
+            banks[element % lanes, buffer * depth + element // lanes] = \
+                acts[buffer * cfg.buffer_size + element]
+    result = {}
+
+    async def memory(ctx):
+        async for _, _, *ports in ctx.tick().sample(*dut.rd_addr, *dut.wr_en, *dut.wr_addr,
+                                                    *dut.wr_data):
+            rd, en = ports[:lanes], ports[lanes:2 * lanes]
+            wr, data = ports[2 * lanes:3 * lanes], ports[3 * lanes:]
+            for bank in range(lanes):
+                ctx.set(dut.rd_data[bank], int(banks[bank, rd[bank]]))   # the old word
+            for bank in range(lanes):
+                if en[bank]:
+                    banks[bank, wr[bank]] = data[bank]
+
+    async def bench(ctx):
+        ctx.set(dut.n_chunks, n_chunks)
+        ctx.set(dut.basis, [int(v) for v in np.ravel(basis)])
+        ctx.set(dut.shift, shift)
+        ctx.set(dut.relu, relu)
+        ctx.set(dut.src, src)
+        ctx.set(dut.dst, dst)
+        await ctx.tick()
+        ctx.set(dut.start, 1)
+        cycle, busy_cycles = 0, 0
+        async for _, _, done, busy in ctx.tick().sample(dut.done, dut.busy):
+            ctx.set(dut.start, 0)
+            busy_cycles += busy
+            if done:
+                break
+            cycle += 1
+        result["done"] = cycle
+        result["busy"] = busy_cycles
+        for _ in range(3):                    # nothing is written after done
+            await ctx.tick()
+            assert not ctx.get(dut.busy)
+
+    run_sim(dut, bench, background(memory), name=f"basis_{lanes}")
+    out = np.zeros_like(acts)
+    for buffer in range(2):
+        for element in range(cfg.buffer_size):
+            out[buffer * cfg.buffer_size + element] = \
+                banks[element % lanes, buffer * depth + element // lanes]
+    return out, result["done"], result["busy"]
+
+
+@pytest.mark.parametrize("lanes,n_chunks", [(4, 5), (8, 1), (8, 13), (16, 10), (8, 0)])
+def test_basis_layer(lanes, n_chunks):
+    cfg = CoreConfig(lanes=lanes, bank_depth=8 if lanes == 16 else 16)
+    rng = seeded_rng(lanes + n_chunks)
+    for src, dst, shift, relu in ((0, 1, 6, 0), (1, 0, 0, 1), (0, 1, 31, 0), (1, 0, 3, 1)):
+        acts = rng.integers(-128, 128, 2 * cfg.buffer_size)
+        acts[src * cfg.buffer_size:][:3] = (-128, -128, 127)
+        basis = rng.integers(-128, 128, (3, 3))
+        basis[0] = (-128, -128, -128)         # z_0 up to 3 * 2**14: saturates at shift 0
+        out, done, busy = run_basis(cfg, acts, basis, n_chunks, shift, relu, src, dst)
+        expected = acts.copy()
+        if n_chunks:
+            expected[dst * cfg.buffer_size:][:3 * n_chunks] = golden.basis_layer(
+                basis, acts[src * cfg.buffer_size:][:cfg.buffer_size], n_chunks, shift, relu,
+                cfg.acc_width)
+        np.testing.assert_array_equal(out, expected)
+        assert done == n_chunks + golden.BASIS_LATENCY - 1
+        assert busy == done                   # cycles 1 .. done

@@ -18,6 +18,7 @@ __all__ = ["main", "build_parser"]
 COMMAND_MODULES = [
     "gsaccel.sw.cmd_format",     # pack, unpack, inspect
     "gsaccel.sw.cmd_prune",      # prune
+    "gsaccel.sw.cmd_board",      # build, flash
 ]
 
 

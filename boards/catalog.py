@@ -1,0 +1,170 @@
+"""The boards gsaccel builds for: pins, clocks, LEDs, the core size that fits, how to flash.
+
+Each board pairs an amaranth-boards platform with the choices of its top: the core clock (a PLL
+output where the oscillator is slow), the UART rate its USB bridge carries, which LED shows
+what, and the largest :class:`~gsaccel.hw.config.CoreConfig` that fits and meets timing
+(measured with ``gsaccel build``; see docs/boards.md).
+"""
+
+from dataclasses import dataclass, field
+
+from amaranth.build import Attrs
+from amaranth.vendor import LatticeECP5Platform
+from amaranth_boards.icebreaker import ICEBreakerPlatform
+from amaranth_boards.orangecrab_r0_2 import OrangeCrabR0_2_25FPlatform
+from amaranth_boards.resources import UARTResource
+from amaranth_boards.ulx3s import ULX3S_85F_Platform
+
+from ..hw.config import CoreConfig
+from ..sw.errors import BoardNotFound
+
+__all__ = ["Board", "BOARDS", "get_board", "OrangeCrab25FPlatform"]
+
+
+@dataclass(frozen=True)
+class Board:
+    """One supported board.
+
+    Attributes
+    ----------
+    name : str
+        Command-line name.
+    title : str
+    family : str
+        ``"ice40"`` or ``"ecp5"``.
+    device : str
+        FPGA part, for reports.
+    osc_hz : float
+        Board oscillator.
+    clk_hz : float
+        Default core clock (a PLL makes it when it differs from ``osc_hz``).
+    baud : int
+        Default UART rate.
+    config : CoreConfig
+        Default core size.
+    uart : tuple
+        ``(resource, number)`` of the serial pins.
+    leds : dict
+        Role (``idle``, ``busy``, ``error``) to ``(resource, number, subsignal or None)``.
+    reset_button : tuple or None
+        ``(resource, number)`` of a button that resets the design.
+    bootloader_button : tuple or None
+        ``(resource, number)`` of a button that reboots into the USB bootloader instead.
+    bitstream_ext : str
+        Extension of the file ``gsaccel flash`` loads.
+    """
+    name: str
+    title: str
+    family: str
+    device: str
+    platform_class: type
+    osc_hz: float
+    clk_hz: float
+    baud: int
+    config: CoreConfig
+    uart: tuple
+    leds: dict
+    reset_button: tuple = None
+    bootloader_button: tuple = None
+    bitstream_ext: str = "bit"
+    extra_resources: tuple = field(default=())
+    notes: str = ""
+
+    def platform(self):
+        """A fresh platform instance with this board's extra resources added."""
+        platform = self.platform_class()
+        if self.extra_resources:
+            platform.add_resources(list(self.extra_resources))
+        return platform
+
+
+class OrangeCrab25FPlatform(OrangeCrabR0_2_25FPlatform):
+    """The OrangeCrab r0.2 25F platform without its ``dfu-suffix`` build step: that tool is not
+    on PyPI, so :func:`~gsaccel.boards.build.add_dfu_suffix` writes the suffix instead."""
+
+    @property
+    def required_tools(self):
+        return LatticeECP5Platform.required_tools.fget(self)
+
+    @property
+    def command_templates(self):
+        return LatticeECP5Platform.command_templates.fget(self)
+
+
+ICEBREAKER = Board(
+    name="icebreaker",
+    title="1BitSquared iCEBreaker (iCE40UP5K-SG48)",
+    family="ice40",
+    device="iCE40UP5K",
+    platform_class=ICEBreakerPlatform,
+    osc_hz=12e6,
+    # 30 MHz = 12 MHz * 80 / 32 exactly, and 3 Mbaud (the FT2232H's top rate) is then 10
+    # clocks per bit.
+    clk_hz=30e6,
+    baud=3_000_000,
+    config=CoreConfig(lanes=8, bank_depth=64, weight_depth=256, row_depth=256,
+                      layer_depth=16, result_queue=16, max_payload=256),
+    uart=("uart", 0),
+    # The break-off PMOD's LEDs are attached at PMOD2 when the board ships.
+    leds={"idle": ("led_g", 0, None), "error": ("led_r", 0, None),
+          "busy": ("led_g", 1, None)},
+    reset_button=("button", 0),
+    bitstream_ext="bin",
+    extra_resources=tuple(ICEBreakerPlatform.break_off_pmod),
+)
+
+ULX3S_85F = Board(
+    name="ulx3s-85f",
+    title="Radiona ULX3S (LFE5U-85F-6BG381C)",
+    family="ecp5",
+    device="LFE5U-85F",
+    platform_class=ULX3S_85F_Platform,
+    osc_hz=25e6,
+    # 100 MHz = 25 MHz * 4; 3 Mbaud (the FT231X's top rate) is 33 1/3 clocks per bit.
+    clk_hz=100e6,
+    baud=3_000_000,
+    config=CoreConfig(lanes=16, bank_depth=256, weight_depth=4096, row_depth=4096,
+                      layer_depth=64, result_queue=64, max_payload=1024),
+    uart=("uart", 0),
+    leds={"idle": ("led", 0, None), "busy": ("led", 1, None), "error": ("led", 7, None)},
+    reset_button=("button_fire", 0),
+)
+
+ORANGECRAB = Board(
+    name="orangecrab",
+    title="Good Stuff Department OrangeCrab r0.2 (LFE5U-25F-8MG285C)",
+    family="ecp5",
+    device="LFE5U-25F",
+    platform_class=OrangeCrab25FPlatform,
+    osc_hz=48e6,
+    # The USB port carries the DFU bootloader, not a serial bridge: the UART is on the
+    # Feather header's pins 0 (RX) and 1 (TX), for an external 3.3 V USB-serial adapter.
+    clk_hz=48e6,
+    baud=3_000_000,
+    config=CoreConfig(lanes=16, bank_depth=128, weight_depth=1024, row_depth=1024,
+                      layer_depth=32, result_queue=32, max_payload=1024),
+    uart=("uart", 0),
+    leds={"idle": ("rgb_led", 0, "g"), "busy": ("rgb_led", 0, "b"),
+          "error": ("rgb_led", 0, "r")},
+    bootloader_button=("button", 0),
+    extra_resources=(UARTResource(0, rx="0", tx="1", conn=("io", 0),
+                                  attrs=Attrs(IO_TYPE="LVCMOS33", PULLMODE="UP")),),
+    notes="UART on header pins 0 (RX, FPGA input) and 1 (TX); the button reboots into DFU",
+)
+
+#: Boards by command-line name.
+BOARDS = {board.name: board for board in (ICEBREAKER, ULX3S_85F, ORANGECRAB)}
+
+
+def get_board(name):
+    """The :class:`Board` called ``name``.
+
+    Raises
+    ------
+    BoardNotFound
+        If no board has that name.
+    """
+    try:
+        return BOARDS[name]
+    except (KeyError, TypeError):
+        raise BoardNotFound(f"Board must be one of {', '.join(BOARDS)}, not {name!r}") from None

@@ -1,0 +1,224 @@
+"""The board top: clock and reset, the UART PHY, an input FIFO, a byte-stream core and LEDs.
+
+Only this module and the board descriptions touch ``platform``. The core is any component with
+``i_stream: In(stream.Signature(8))``, ``o_stream: Out(stream.Signature(8))``, ``busy: Out(1)``
+and ``error: Out(1)`` — :class:`~gsaccel.hw.core.GsaccelCore`, or :class:`LoopbackCore` to check
+a board's serial link without the accelerator.
+"""
+
+from amaranth.hdl import Cat, ClockDomain, ClockSignal, Elaboratable, Module, Signal
+from amaranth.lib import cdc, fifo, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from ..hw.uart import UARTReceiver, UARTTransmitter, uart_divisor
+from .pll import ecp5_pll, ecp5_pll_setting, ice40_pll, ice40_pll_setting
+
+__all__ = ["BoardTop", "LoopbackCore", "PulseStretcher"]
+
+# LED timing runs on a tick every 2**14 clocks (~1.8 kHz at 30 MHz).
+_PRESCALER_BITS = 14
+
+
+class LoopbackCore(wiring.Component):
+    """Echoes every byte back through a small FIFO; ``busy`` while bytes are queued.
+
+    Parameters
+    ----------
+    depth : int
+        FIFO depth in bytes.
+
+    Members
+    -------
+    i_stream : ``In(stream.Signature(8))``
+    o_stream : ``Out(stream.Signature(8))``
+    busy : ``Out(1)``
+    error : ``Out(1)``
+        Always low (the echo has no failure mode).
+    """
+
+    def __init__(self, *, depth=16):
+        if not isinstance(depth, int) or depth <= 0:
+            raise TypeError(f"FIFO depth must be a positive integer, not {depth!r}")
+        self._depth = depth
+        super().__init__({
+            "i_stream": In(stream.Signature(8)),
+            "o_stream": Out(stream.Signature(8)),
+            "busy":     Out(1),
+            "error":    Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.queue = queue = fifo.SyncFIFOBuffered(width=8, depth=self._depth)
+        m.d.comb += [
+            queue.w_data.eq(self.i_stream.payload),
+            queue.w_en.eq(self.i_stream.valid),
+            self.i_stream.ready.eq(queue.w_rdy),
+            self.o_stream.payload.eq(queue.r_data),
+            self.o_stream.valid.eq(queue.r_rdy),
+            queue.r_en.eq(self.o_stream.ready),
+            self.busy.eq(queue.r_rdy),
+        ]
+        return m
+
+
+class PulseStretcher(wiring.Component):
+    """Holds ``o`` high from a cycle in which ``i`` is high until ``ticks`` pulses of ``tick``
+    have passed (LEDs would not show single-cycle events).
+
+    A shared prescaler supplies ``tick``, so the counter here stays a few bits wide and off the
+    critical path.
+
+    Parameters
+    ----------
+    ticks : int
+
+    Members
+    -------
+    i : ``In(1)``
+    tick : ``In(1)``
+    o : ``Out(1)``
+    """
+
+    def __init__(self, *, ticks):
+        if not isinstance(ticks, int) or ticks <= 0:
+            raise TypeError(f"Stretch length must be a positive integer, not {ticks!r}")
+        self._ticks = ticks
+        super().__init__({"i": In(1), "tick": In(1), "o": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        remaining = Signal(range(self._ticks + 1))
+        with m.If(self.i):
+            m.d.sync += remaining.eq(self._ticks)
+        with m.Elif(self.tick & (remaining != 0)):
+            m.d.sync += remaining.eq(remaining - 1)
+        m.d.comb += self.o.eq(self.i | (remaining != 0))
+        return m
+
+
+class BoardTop(Elaboratable):
+    """A board design: ``core`` behind a UART at ``baud`` on the board's serial pins.
+
+    Parameters
+    ----------
+    board : :class:`~gsaccel.boards.catalog.Board`
+        Which board (pins, clock, LEDs).
+    core : wiring.Component
+        The byte-stream core (see the module docstring).
+    clk_hz : float
+        Core clock. If it differs from the board oscillator, a PLL makes it; the real PLL
+        output frequency is available as :attr:`clk_hz` after construction.
+    baud : int
+        UART rate; the divisor ``clk_hz / baud`` must be at least 4.
+    rx_fifo_depth : int
+        Bytes buffered between the receiver and the core, so the host may stream a frame
+        while the core is still busy with the previous one.
+    """
+
+    def __init__(self, *, board, core, clk_hz, baud, rx_fifo_depth=16):
+        self._board = board
+        self._core = core
+        self._baud = baud
+        self._rx_fifo_depth = rx_fifo_depth
+        if abs(clk_hz - board.osc_hz) < 1:
+            self._pll = None
+            self._clk_hz = board.osc_hz
+        elif board.family == "ice40":
+            self._pll = ice40_pll_setting(board.osc_hz, clk_hz)
+            self._clk_hz = self._pll.f_out
+        else:
+            self._pll = ecp5_pll_setting(board.osc_hz, clk_hz)
+            self._clk_hz = self._pll.f_out
+        self._divisor = uart_divisor(self._clk_hz, baud)
+        # Built here so that a clock too slow for the rate fails before elaboration.
+        self._rx = UARTReceiver(divisor=self._divisor)
+        self._tx = UARTTransmitter(divisor=self._divisor)
+
+    @property
+    def clk_hz(self):
+        return self._clk_hz
+
+    @property
+    def divisor(self):
+        return self._divisor
+
+    @property
+    def pll(self):
+        return self._pll
+
+    def elaborate(self, platform):
+        m = Module()
+        board = self._board
+
+        # Clock and reset -----------------------------------------------------------------
+        m.domains.sync = cd_sync = ClockDomain("sync")
+        locked = Signal()
+        if self._pll is None:
+            clk = platform.request(platform.default_clk, 0)
+            m.d.comb += [ClockSignal("sync").eq(clk.i), locked.eq(1)]
+        else:
+            # A net of the top's own, so that the constraint names a net that survives
+            # synthesis (nextpnr also derives it from the PLL; both must agree).
+            clk_pll = Signal(name="clk_pll")
+            if board.family == "ice40":
+                pad = platform.request(platform.default_clk, 0, dir="-")
+                m.submodules.pll = ice40_pll(self._pll, pad.io, clk_pll, locked)
+            else:
+                clk = platform.request(platform.default_clk, 0)
+                m.submodules.pll = ecp5_pll(self._pll, clk.i, clk_pll, locked)
+            m.d.comb += ClockSignal("sync").eq(clk_pll)
+            platform.add_clock_constraint(clk_pll, self._clk_hz)
+
+        reset_request = ~locked
+        if board.reset_button is not None:
+            button = platform.request(*board.reset_button)
+            reset_request = reset_request | button.i
+        m.submodules.reset_sync = cdc.ResetSynchronizer(reset_request, domain="sync")
+        if board.bootloader_button is not None:
+            # Pulling PROGRAMN reloads the configuration from flash, i.e. the bootloader, so
+            # the board can be re-flashed without unplugging it.
+            button = platform.request(*board.bootloader_button)
+            m.d.comb += platform.request("program", 0).o.eq(button.i)
+
+        # Serial link -----------------------------------------------------------------------
+        uart = platform.request(*board.uart)
+        m.submodules.rx = rx = self._rx
+        m.submodules.tx = tx = self._tx
+        m.d.comb += [rx.rx.eq(uart.rx.i), uart.tx.o.eq(tx.tx)]
+
+        m.submodules.rx_fifo = rx_fifo = fifo.SyncFIFOBuffered(width=8,
+                                                                depth=self._rx_fifo_depth)
+        m.submodules.core = core = self._core
+        m.d.comb += [
+            rx_fifo.w_data.eq(rx.o_stream.payload),
+            rx_fifo.w_en.eq(rx.o_stream.valid),
+            rx.o_stream.ready.eq(rx_fifo.w_rdy),
+            core.i_stream.payload.eq(rx_fifo.r_data),
+            core.i_stream.valid.eq(rx_fifo.r_rdy),
+            rx_fifo.r_en.eq(core.i_stream.ready),
+        ]
+        wiring.connect(m, core.o_stream, tx.i_stream)
+
+        # Status LEDs: idle, busy (stretched to ~50 ms), error (stretched to ~1 s). -------------
+        prescaler = Signal(_PRESCALER_BITS)
+        tick = Signal()
+        m.d.sync += Cat(prescaler, tick).eq(prescaler + 1)
+        tick_hz = self._clk_hz / (1 << _PRESCALER_BITS)
+        m.submodules.busy_led = busy_led = PulseStretcher(ticks=max(1, round(tick_hz / 20)))
+        m.submodules.error_led = error_led = PulseStretcher(ticks=max(1, round(tick_hz)))
+        m.d.comb += [
+            busy_led.tick.eq(tick),
+            error_led.tick.eq(tick),
+            busy_led.i.eq(core.busy | rx.busy | tx.busy),
+            error_led.i.eq(core.error | rx.framing_error | rx.overrun),
+        ]
+        status = {"idle": ~busy_led.o & ~error_led.o, "busy": busy_led.o,
+                  "error": error_led.o}
+        requested = {}
+        for role, (name, number, subsignal) in board.leds.items():
+            if (name, number) not in requested:
+                requested[name, number] = platform.request(name, number)
+            pins = requested[name, number]
+            m.d.comb += (getattr(pins, subsignal) if subsignal else pins).o.eq(status[role])
+        return m

@@ -9,6 +9,7 @@ import argparse
 import importlib
 import logging
 import sys
+import textwrap
 
 from .errors import GsaccelError
 
@@ -19,11 +20,22 @@ COMMAND_MODULES = [
     "gsaccel.sw.cmd_format",     # pack, unpack, inspect
     "gsaccel.sw.cmd_prune",      # prune
     "gsaccel.sw.cmd_board",      # build, flash
+    "gsaccel.sw.cmd_verilog",    # verilog
+    "gsaccel.sw.cmd_runtime",    # compile, run
+    "gsaccel.sw.cmd_demo",       # demo
+    "gsaccel.sw.cmd_bench",      # bench
 ]
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps examples as written and names each option's default, unless it has none."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "%(default)" in text or action.default in (None, False, argparse.SUPPRESS) \
+                or action.option_strings == [] and action.nargs in ("?", "*"):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def build_parser():
@@ -42,8 +54,11 @@ def build_parser():
 
 def add_command(subparsers, name, *, help, example, description=None):
     """Add a subcommand whose --help ends with a worked example."""
+    # Wrap one-line paragraphs; keep paragraphs the author laid out by hand.
+    paragraphs = (description or help).split("\n\n")
+    description = "\n\n".join(p if "\n" in p else textwrap.fill(p, 92) for p in paragraphs)
     return subparsers.add_parser(
-        name, help=help, description=description or help,
+        name, help=help, description=description,
         epilog=f"example:\n  {example}", formatter_class=_Formatter)
 
 

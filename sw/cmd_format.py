@@ -25,15 +25,15 @@ def register(subparsers):
                       help="a saved pruned model; packs every prunable layer into DIR/<layer>.gsf")
     pack.add_argument("--weights", metavar="W.npy", help="a 2-D integer matrix")
     pack.add_argument("--pattern", metavar="P", choices=PATTERNS, default=None,
-                      help=f"sparsity pattern: {', '.join(PATTERNS)} (default: %(default)s, "
-                           f"which means the layer's pruning metadata for a model)")
+                      help=f"sparsity pattern: {', '.join(PATTERNS)} (default: unstructured for a "
+                           f"matrix, each layer's pruning metadata for a model)")
     pack.add_argument("--lanes", metavar="V", type=int, default=8,
-                      help="lanes per group (default: %(default)s)")
+                      help="lanes per group")
     pack.add_argument("--per-row", metavar="E", type=int, default=1,
                       help="weights per row per group: 1 vertical, V horizontal "
-                           "(default: %(default)s)")
+                      )
     pack.add_argument("--encoding", metavar="ENC", choices=ENCODINGS, default="pow2",
-                      help="value encoding: pow2 or int8 (default: %(default)s)")
+                      help="value encoding: pow2 or int8")
     pack.add_argument("--row-order", metavar="ORDER.npy",
                       help="gs-scatter: a permutation of the rows, V/e per row group")
     pack.add_argument("-o", "--output", metavar="OUT", required=True,

@@ -18,6 +18,12 @@ from .layouts import (COUNTER_NAMES, ErrorCode, FrameType, LayerKind, Memory as 
 
 __all__ = ["Sequencer", "CommandProcessor", "ScratchpadOwner"]
 
+#: Fewest cycles a GS layer spends in the GS state. A layer with groups always takes more
+#: (its last write lands WRITE_LATENCY = 2 cycles after the writer's last slot); this makes an
+#: empty layer cost ``LAYER_OVERHEAD + 0 + WRITE_LATENCY`` too, as the golden model says.
+_MIN_GS_CYCLES = 3
+
+
 class ScratchpadOwner(enum.Enum, shape=2):
     """Which block drives the scratchpad ports."""
     HOST  = 0   # the command processor (WRITE/READ of ACTS)
@@ -150,6 +156,7 @@ class Sequencer(wiring.Component):
         groups_left = Signal(17)
         row_ptr = Signal(cfg.row_addr_width)
         group_valid = Signal()
+        gs_cycles = Signal(range(_MIN_GS_CYCLES))   # GS cycles so far, saturating
         row_valid = Signal()
         cycles, lane_cycles, stalls, groups = (self.counters[i] for i in range(4))
 
@@ -201,7 +208,7 @@ class Sequencer(wiring.Component):
                 m.next = "LOAD"
             with m.State("LOAD"):
                 m.d.comb += self.busy.eq(1)
-                m.d.sync += layer.eq(self.layer_data)
+                m.d.sync += [layer.eq(self.layer_data), gs_cycles.eq(0)]
                 # Prime the group and row streams from the descriptor now, so that the first
                 # group is offered in the first GS cycle.
                 m.d.comb += [self.weight_addr.eq(self.layer_data.group_base),
@@ -242,8 +249,10 @@ class Sequencer(wiring.Component):
                 with m.If(row_slot_free):
                     m.d.sync += [row_valid.eq(1),
                                  row_ptr.eq(Mux(row_ptr == cfg.row_depth - 1, 0, row_ptr + 1))]
+                m.d.sync += gs_cycles.eq(Mux(gs_cycles == _MIN_GS_CYCLES - 1, gs_cycles,
+                                             gs_cycles + 1))
                 with m.If((groups_left == 0) & ~group_valid & self.engine_idle &
-                          self.writer_idle):
+                          self.writer_idle & (gs_cycles == _MIN_GS_CYCLES - 1)):
                     # The layer's last cycle doubles as NEXT.
                     m.d.sync += [row_valid.eq(0), group_valid.eq(0)]
                     step_layer()

@@ -102,3 +102,17 @@ def test_control_blocks_reject_bad_config():
     for block in (Sequencer, CommandProcessor):
         with pytest.raises(TypeError, match=r"^Configuration must be a CoreConfig, not 'x'$"):
             block("x")
+
+
+def test_empty_layers_cost_what_golden_says():
+    from gsaccel.hw.layouts import LayerKind, layer_layout
+    from gsaccel.sw.image import pack_word
+    cfg = CFG
+    basis = pack_word(layer_layout(cfg), {"kind": LayerKind.BASIS, "src": 0, "dst": 1,
+                                          "group_count": 0, "basis": [1] * 9})
+    frames = [(FrameType.RUN, 1, protocol.run_payload(0, 1)),      # zeroed table: empty GS
+              (FrameType.RUN, 2, protocol.run_payload(0, 4)),
+              (FrameType.WRITE, 3, protocol.write_payload(cfg, Memory.LAYERS, 2, [basis])),
+              (FrameType.RUN, 4, protocol.run_payload(1, 3)),
+              (FrameType.READ, 5, protocol.read_payload(Memory.COUNTERS, 1, 3))]
+    _check_session(cfg, frames, name="cmd_empty_layers")

@@ -34,7 +34,8 @@ __all__ = [
     "PRUNE_PATTERNS", "PatternInfo", "prune", "PruningScheduler", "cubic_schedule",
     "pattern_info", "prunable_layers", "gemm_view", "restore", "gs_mask", "one_by_n_mask",
     "unstructured_mask", "block_redundancy_scores", "pow2_quantize", "smartdeal_decompose",
-    "smartdeal_factors", "smartdeal_cprime", "SMARTDEAL_EXP_MIN", "SMARTDEAL_EXP_MAX",
+    "smartdeal_factors", "smartdeal_cprime", "smartdeal_trainable", "smartdeal_freeze",
+    "SMARTDEAL_EXP_MIN", "SMARTDEAL_EXP_MAX",
 ]
 
 logger = logging.getLogger(__name__)
@@ -636,6 +637,84 @@ def smartdeal_cprime(module):
     c, _ = smartdeal_factors(module)
     rows = _dense_weight(module).shape[0]
     return c.reshape(rows, -1)
+
+
+def _pow2_torch(values):
+    """:func:`pow2_quantize` (without zeroing) in torch, for training."""
+    magnitude = values.abs().clamp_min(2.0 ** SMARTDEAL_EXP_MIN)
+    exponent = torch.floor(torch.log2(magnitude))
+    exponent = exponent + (magnitude >= 1.5 * torch.exp2(exponent)).to(exponent.dtype)
+    exponent = exponent.clamp(SMARTDEAL_EXP_MIN, SMARTDEAL_EXP_MAX)
+    return torch.where(values < 0, -1.0, 1.0).to(values.dtype) * torch.exp2(exponent)
+
+
+class _SmartDealWeight(nn.Module):
+    """Parametrisation weight = (pow2(C_latent) ⊙ support) · B, trained with a straight-through
+    estimator for the rounding; the support (zero positions of C) stays fixed."""
+
+    def __init__(self, c, basis, shape):
+        super().__init__()
+        self.c_latent = nn.Parameter(torch.as_tensor(c, dtype=torch.float32).clone())
+        self.basis = nn.Parameter(torch.as_tensor(basis, dtype=torch.float32).clone())
+        self.register_buffer("support", torch.as_tensor(c != 0))
+        self.shape = tuple(shape)
+
+    def quantised_c(self):
+        latent = self.c_latent
+        rounded = _pow2_torch(latent.detach())
+        return (latent + (rounded - latent).detach()) * self.support
+
+    def forward(self, original):
+        rows = self.shape[0]
+        cols = int(np.prod(self.shape[1:]))
+        weight = (self.quantised_c() @ self.basis).reshape(rows, -1)[:, :cols]
+        return weight.reshape(self.shape).to(original.dtype)
+
+
+def smartdeal_trainable(model):
+    """Make every SmartDeal layer of ``model`` train as C·B: the weight becomes a
+    ``torch.nn.utils.parametrize`` function of a latent C (rounded to powers of two in the
+    forward pass, straight-through in the backward pass, zeros fixed) and B. Call
+    :func:`smartdeal_freeze` after training. Returns the number of layers made trainable."""
+    from torch.nn.utils import parametrize
+    count = 0
+    for _, module in prunable_layers(model):
+        info = pattern_info(module)
+        if info is None or info.pattern != "smartdeal" or parametrize.is_parametrized(module):
+            continue
+        c, basis = smartdeal_factors(module)
+        parametrize.register_parametrization(
+            module, "weight", _SmartDealWeight(c, basis, module.weight.shape))
+        count += 1
+    return count
+
+
+def smartdeal_freeze(model):
+    """Undo :func:`smartdeal_trainable`: store the trained C (exact powers of two on the same
+    support) and B in ``smartdeal_C``/``smartdeal_B`` and set the plain weight to C·B."""
+    from torch.nn.utils import parametrize
+    for _, module in prunable_layers(model):
+        if not parametrize.is_parametrized(module, "weight"):
+            continue
+        param = module.parametrizations.weight[0]
+        if not isinstance(param, _SmartDealWeight):
+            continue
+        support = param.support.cpu().numpy()
+        c = pow2_quantize(param.c_latent.detach().cpu().numpy()) * support
+        basis = param.basis.detach().cpu().double().numpy()
+        parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+        rows = module.weight.shape[0]
+        cols = module.weight[0].numel()
+        with torch.no_grad():
+            module.weight.copy_(torch.as_tensor((c @ basis).reshape(rows, -1)[:, :cols],
+                                                dtype=module.weight.dtype)
+                                .reshape(module.weight.shape))
+        device = module.weight.device
+        _set_buffer(module, "smartdeal_C", torch.as_tensor(c, dtype=torch.float64,
+                                                           device=device))
+        _set_buffer(module, "smartdeal_B", torch.as_tensor(basis, dtype=torch.float64,
+                                                           device=device))
+    return model
 
 
 # Entry points ----------------------------------------------------------------------------------

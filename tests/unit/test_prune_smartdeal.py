@@ -118,3 +118,30 @@ def test_bad_smartdeal_options():
     with pytest.raises(PatternError, match=r"^Layer must be pruned with pattern 'smartdeal' to "
                                            r"have factors, not None$"):
         smartdeal_factors(nn.Linear(9, 8))
+
+
+def test_trainable_keeps_support_and_pow2(rng):
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 5))
+    prune(model, "smartdeal", 0.5, 8)
+    c_before, b_before = smartdeal_factors(model[0])
+    from gsaccel.sw.prune import smartdeal_freeze, smartdeal_trainable
+    assert smartdeal_trainable(model) == 2
+    x, target = torch.randn(32, 20), torch.randint(0, 5, (32,))
+    optimiser = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(20):
+        optimiser.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), target)
+        loss.backward()
+        optimiser.step()
+    smartdeal_freeze(model)
+    c_after, b_after = smartdeal_factors(model[0])
+    assert np.array_equal(c_after != 0, c_before != 0)          # zeros fixed
+    assert_pow2_or_zero(c_after)
+    assert not np.array_equal(b_after, b_before)                 # B trained
+    assert not np.array_equal(c_after, c_before)                 # some exponents moved
+    assert np.allclose((c_after @ b_after).reshape(16, 21)[:, :20], gemm_view(model[0]),
+                       atol=1e-6)
+    assert pattern_info(model[0]) == PatternInfo("smartdeal", 8, 1, "1xN")
+    assert sorted(name for name, _ in model.named_parameters()) == ["0.bias", "0.weight",
+                                                                     "2.bias", "2.weight"]

@@ -252,7 +252,7 @@ def lower(model, input_shape):
         if kind is None:
             unsupported(node)
 
-        name = node.name
+        name = str(node.target) if node.op == "call_module" else node.name
         if kind == "identity":
             pass
         elif kind == "flatten":

@@ -78,14 +78,62 @@ def run_pack(args):
 
 
 def _pack_model(args):
-    from .compiler import pack_model
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
     for name, matrix in pack_model(args.model, lanes=args.lanes, encoding=args.encoding,
                                    pattern=args.pattern, per_row=args.per_row):
-        path = out / f"{name}.gsf"
+        out = Path(args.output)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"{name or 'model'}.gsf"
         matrix.save(path)
         _print_summary(path, matrix.stats())
+
+
+def pack_model(path, *, lanes=8, encoding="pow2", pattern=None, per_row=1):
+    """``(layer name, GSMatrix)`` for every Linear/Conv2d of a torch.save'd model.
+
+    Each layer's masked weight (GEMM view, out × in·kh·kw) is quantised with a power-of-two
+    scale to ``encoding``, then packed with ``pattern`` or, when that is None, the pattern its
+    pruning recorded (``gsaccel.sw.prune.pattern_info``; unstructured when it has none).
+    """
+    import torch
+    from .compiler import _masked_weight, _scale_log2, quantize_weights
+    from .prune import pattern_info, prunable_layers
+    try:
+        model = torch.load(path, weights_only=False, map_location="cpu")
+    except FileNotFoundError:
+        raise ShapeError(f"{path}: no such file (model)") from None
+    except Exception as error:
+        raise FormatError(f"{path}: not a torch.save'd model ({error})") from None
+    if not isinstance(model, torch.nn.Module):
+        raise FormatError(f"{path}: holds a {type(model).__name__}, not an nn.Module; save the "
+                          f"model with torch.save(model, path)")
+    layers = prunable_layers(model)
+    if not layers:
+        raise ShapeError(f"{path}: the model has no Linear or Conv2d layer to pack")
+    for name, module in layers:
+        weight, mask = _masked_weight(module)
+        weight = weight.reshape(weight.shape[0], -1)
+        mask = None if mask is None else mask.reshape(weight.shape)
+        limit = 2 ** 15 if encoding == "pow2" else 127
+        kept = weight if mask is None else weight[mask]
+        scale = _scale_log2(float(np.abs(kept).max()) if kept.size else 0.0, limit)
+        q = quantize_weights(weight, mask, scale, encoding)
+        info = pattern_info(module)
+        layer_pattern, layer_e, order = pattern, per_row, None
+        if layer_pattern is None:
+            if info is not None and info.pattern in ("gs-gather", "gs-scatter", "1xN"):
+                layer_pattern, layer_e = info.pattern, info.per_row
+                if info.lanes != lanes:
+                    raise ShapeError(f"Layer {name!r} was pruned for {info.lanes} lanes, not "
+                                     f"{lanes}; pass --lanes {info.lanes}")
+            else:
+                layer_pattern = "unstructured"
+        if layer_pattern == "gs-scatter" and hasattr(module, "gsaccel_row_order"):
+            order = module.gsaccel_row_order.cpu().numpy()
+        try:
+            yield name, GSMatrix.from_dense(q, layer_pattern, lanes, layer_e, encoding,
+                                            row_order=order)
+        except GsaccelError as error:
+            raise type(error)(f"layer {name!r}: {error}") from None
 
 
 def _print_summary(path, stats):

@@ -1,0 +1,38 @@
+"""``gsaccel pack MODEL.pt``: every prunable layer of a saved pruned model, packed by its mask."""
+
+import numpy as np
+import pytest
+import torch
+
+from gsaccel.sw.cli import main
+from gsaccel.sw.format import GSMatrix
+from gsaccel.sw.prune import prune
+
+
+def test_pack_a_pruned_model(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(40, 24), torch.nn.ReLU(),
+                                torch.nn.Linear(24, 10))
+    prune(model, pattern="gs-gather", sparsity=0.75, lanes=8)
+    torch.save(model, tmp_path / "model.pt")
+    assert main(["pack", str(tmp_path / "model.pt"), "--lanes", "8",
+                 "-o", str(tmp_path / "out")]) == 0
+    for name, module in (("0", model[0]), ("2", model[2])):
+        matrix = GSMatrix.load(tmp_path / "out" / f"{name}.gsf")
+        assert matrix.pattern == "gs-gather" and matrix.encoding == "pow2"
+        mask = module.weight_mask.numpy() != 0
+        np.testing.assert_array_equal(matrix.to_dense() != 0, mask)
+    assert "0.gsf: 24x40 gs-gather V=8" in capsys.readouterr().out
+
+
+def test_pack_model_errors(tmp_path, capsys):
+    torch.save({"not": "a model"}, tmp_path / "dict.pt")
+    assert main(["pack", str(tmp_path / "dict.pt"), "-o", str(tmp_path / "out")]) == 1
+    assert "holds a dict, not an nn.Module" in capsys.readouterr().err
+    assert main(["pack", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "out")]) == 1
+    assert "no such file" in capsys.readouterr().err
+    model = torch.nn.Sequential(torch.nn.Linear(16, 8))
+    prune(model, pattern="gs-gather", sparsity=0.5, lanes=8)
+    torch.save(model, tmp_path / "m8.pt")
+    assert main(["pack", str(tmp_path / "m8.pt"), "--lanes", "4", "-o", str(tmp_path / "o")]) == 1
+    assert "was pruned for 8 lanes, not 4; pass --lanes 8" in capsys.readouterr().err

@@ -130,6 +130,12 @@ def _build(runner, build_dir, toplevel, timeout):
         if stamp.exists():
             return
         started = time.monotonic()
+        # The PyPI wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so the precompiled
+        # header is passed to the compiler as an input file and parallel builds of designs
+        # with "Slow" objects fail ("Vtop__pch.h.slow: linker input file not found").
+        # Variables in MAKEFLAGS act as command-line definitions and restore GCC's option.
+        os.environ["MAKEFLAGS"] = " ".join(
+            filter(None, [os.environ.get("MAKEFLAGS", ""), "CFG_CXXFLAGS_PCH_I=-include"]))
         with _deadline(timeout, f"Verilator build of {build_dir.name}"):
             runner.build(sources=[source], hdl_toplevel=toplevel, build_dir=build_dir,
                          build_args=["-Wno-fatal"], always=True,

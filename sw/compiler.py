@@ -169,10 +169,12 @@ def lower(model, input_shape):
     shape = tuple(input_shape)
     value = None                   # the node carrying the activation
 
+    activations = set()            # every node that carried the activation so far
+
     def uses_value(node):
         found = []
         fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(n))
-        return [n for n in found if n is value]
+        return [n for n in found if n in activations]
 
     def unsupported(node, why=""):
         raise UnsupportedError(f"Operation {_describe(node)} at node {node.name!r} is not "
@@ -188,6 +190,7 @@ def lower(model, input_shape):
             if value is not None:
                 unsupported(node, "the model must take exactly one input")
             value = node
+            activations.add(node)
             continue
         if node.op == "output":
             if node.args[0] is not value:
@@ -196,7 +199,11 @@ def lower(model, input_shape):
         if node.op == "get_attr":
             continue
         if not uses_value(node):
-            continue            # e.g. x.size(0): static shape arithmetic
+            continue            # static shape arithmetic, e.g. on x.size(0)
+        if (node.op == "call_method" and node.target in ("size", "dim")) or \
+                (node.op == "call_function" and getattr(node.target, "__name__", "") ==
+                 "getattr" and node.args[1:] == ("shape",)):
+            continue            # x.size(0), x.shape: read the shape, not the activation
         if len(uses_value(node)) != 1 or node.args[0] is not value:
             unsupported(node, "only a chain of single-input layers can be compiled")
 
@@ -337,6 +344,7 @@ def lower(model, input_shape):
             prev.foldable = False
             prev.op += "+BatchNorm"
         value = node
+        activations.add(node)
     if not layers:
         raise UnsupportedError("Model must contain at least one Linear, Conv2d or pooling "
                                "layer, not none")

@@ -7,7 +7,7 @@ a board's serial link without the accelerator.
 """
 
 from amaranth.hdl import Cat, ClockDomain, ClockSignal, Elaboratable, Module, Signal
-from amaranth.lib import cdc, fifo, stream, wiring
+from amaranth.lib import cdc, fifo, io, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..hw.uart import UARTReceiver, UARTTransmitter, uart_divisor
@@ -155,8 +155,8 @@ class BoardTop(Elaboratable):
         m.domains.sync = cd_sync = ClockDomain("sync")
         locked = Signal()
         if self._pll is None:
-            clk = platform.request(platform.default_clk, 0)
-            m.d.comb += [ClockSignal("sync").eq(clk.i), locked.eq(1)]
+            m.d.comb += [ClockSignal("sync").eq(self._input(m, platform, platform.default_clk)),
+                         locked.eq(1)]
         else:
             # A net of the top's own, so that the constraint names a net that survives
             # synthesis (nextpnr also derives it from the PLL; both must agree).
@@ -165,27 +165,28 @@ class BoardTop(Elaboratable):
                 pad = platform.request(platform.default_clk, 0, dir="-")
                 m.submodules.pll = ice40_pll(self._pll, pad.io, clk_pll, locked)
             else:
-                clk = platform.request(platform.default_clk, 0)
-                m.submodules.pll = ecp5_pll(self._pll, clk.i, clk_pll, locked)
+                clk = self._input(m, platform, platform.default_clk)
+                m.submodules.pll = ecp5_pll(self._pll, clk, clk_pll, locked)
             m.d.comb += ClockSignal("sync").eq(clk_pll)
             platform.add_clock_constraint(clk_pll, self._clk_hz)
 
         reset_request = ~locked
         if board.reset_button is not None:
-            button = platform.request(*board.reset_button)
-            reset_request = reset_request | button.i
+            reset_request = reset_request | self._input(m, platform, *board.reset_button)
         m.submodules.reset_sync = cdc.ResetSynchronizer(reset_request, domain="sync")
         if board.bootloader_button is not None:
             # Pulling PROGRAMN reloads the configuration from flash, i.e. the bootloader, so
             # the board can be re-flashed without unplugging it.
-            button = platform.request(*board.bootloader_button)
-            m.d.comb += platform.request("program", 0).o.eq(button.i)
+            button = self._input(m, platform, *board.bootloader_button)
+            m.d.comb += self._output(m, platform, "program", 0).eq(button)
 
         # Serial link -----------------------------------------------------------------------
-        uart = platform.request(*board.uart)
         m.submodules.rx = rx = self._rx
         m.submodules.tx = tx = self._tx
-        m.d.comb += [rx.rx.eq(uart.rx.i), uart.tx.o.eq(tx.tx)]
+        uart = platform.request(*board.uart, dir="-")
+        m.submodules.uart_rx_buffer = rx_buffer = io.Buffer("i", uart.rx)
+        m.submodules.uart_tx_buffer = tx_buffer = io.Buffer("o", uart.tx)
+        m.d.comb += [rx.rx.eq(rx_buffer.i), tx_buffer.o.eq(tx.tx)]
 
         m.submodules.rx_fifo = rx_fifo = fifo.SyncFIFOBuffered(width=8,
                                                                 depth=self._rx_fifo_depth)
@@ -218,7 +219,23 @@ class BoardTop(Elaboratable):
         requested = {}
         for role, (name, number, subsignal) in board.leds.items():
             if (name, number) not in requested:
-                requested[name, number] = platform.request(name, number)
-            pins = requested[name, number]
-            m.d.comb += (getattr(pins, subsignal) if subsignal else pins).o.eq(status[role])
+                requested[name, number] = platform.request(name, number, dir="-")
+            port = requested[name, number]
+            port = getattr(port, subsignal) if subsignal else port
+            m.submodules[f"led_{role}_buffer"] = buffer = io.Buffer("o", port)
+            m.d.comb += buffer.o.eq(status[role])
         return m
+
+    @staticmethod
+    def _input(m, platform, name, number=0):
+        """The value of a one-pin input resource, through an ``io.Buffer``."""
+        m.submodules[f"{name}_{number}_buffer"] = buffer = io.Buffer(
+            "i", platform.request(name, number, dir="-"))
+        return buffer.i
+
+    @staticmethod
+    def _output(m, platform, name, number=0):
+        """The signal driving a one-pin output resource, through an ``io.Buffer``."""
+        m.submodules[f"{name}_{number}_buffer"] = buffer = io.Buffer(
+            "o", platform.request(name, number, dir="-"))
+        return buffer.o

@@ -120,7 +120,7 @@ def run_compile(args):
     stats = program.stats()
     console.print(f"wrote {args.output}: {stats['layers']} layers, {stats['weight_bytes']} "
                   f"weight bytes, {stats['cycles']} cycles per inference, utilisation "
-                  f"{stats['utilisation']:.1%}")
+                  f"{stats['utilisation']:.1%}", soft_wrap=True)
 
 
 def program_table(program):
@@ -177,16 +177,17 @@ def run_run(args):
         if counters["groups"] else 0.0
     console.print(f"target {args.target}: {n} inputs, {counters['cycles'] / n:.1f} cycles per "
                   f"inference, {counters['stall_cycles'] / n:.1f} stall cycles, utilisation "
-                  f"{util:.1%}")
+                  f"{util:.1%}", soft_wrap=True)
     if labels is not None:
         accuracy = float((y.reshape(len(y), -1).argmax(axis=1) == labels).mean())
-        console.print(f"accuracy {accuracy:.2%} on {len(labels)} labelled inputs")
+        console.print(f"accuracy {accuracy:.2%} on {len(labels)} labelled inputs",
+                      soft_wrap=True)
     if model is not None:
         console.print(compare_table(rows, args.target))
         console.print(f"final output on {summary['samples']} inputs: argmax agreement with "
                       f"torch float {summary['agree_float']:.1%}, with golden "
                       f"{summary['agree_golden']:.1%}; {args.target} equals golden bit for bit: "
-                      f"{'yes' if summary['bit_exact'] else 'NO'}")
+                      f"{'yes' if summary['bit_exact'] else 'NO'}", soft_wrap=True)
         if not summary["bit_exact"]:
             return 1
     return 0

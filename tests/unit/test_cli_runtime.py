@@ -1,0 +1,111 @@
+"""gsaccel compile / run / demo from the command line, including every error path."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from gsaccel.sw.cli import main
+from gsaccel.sw.program import Program
+
+SEED = int(os.environ.get("GSACCEL_SEED", "1234"))
+
+
+@pytest.fixture
+def files(tmp_path):
+    torch.manual_seed(SEED)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(20, 24), nn.ReLU(), nn.Linear(24, 6)).eval()
+    torch.save(model, tmp_path / "m.pt")
+    rng = np.random.default_rng(SEED)
+    np.save(tmp_path / "x.npy", rng.normal(size=(32, 4, 5)).astype(np.float32))
+    np.save(tmp_path / "labels.npy", rng.integers(0, 6, 32))
+    return tmp_path
+
+
+def _one_error_line(capsys, command):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"gsaccel {command}: error: ")
+    return err[0]
+
+
+def test_compile_then_run_with_compare(files, capsys):
+    assert main(["compile", str(files / "m.pt"), "--example", str(files / "x.npy"),
+                 "--lanes", "4", "-o", str(files / "m.gsp")]) == 0
+    out = capsys.readouterr().out
+    assert "wrote" in out and "cycles per inference" in out
+    program = Program.load(files / "m.gsp")
+    assert program.cfg.lanes == 4 and program.input_shape == (4, 5)
+    assert main(["run", str(files / "m.gsp"), "--input", str(files / "x.npy"), "--target",
+                 "golden", "--labels", str(files / "labels.npy"), "--compare",
+                 str(files / "m.pt"), "-o", str(files / "y.npy")]) == 0
+    out = capsys.readouterr().out
+    assert "target golden: 32 inputs" in out
+    assert "accuracy" in out
+    assert "golden equals golden bit for bit: yes" in out
+    y = np.load(files / "y.npy")
+    assert np.array_equal(y, program.run_golden(np.load(files / "x.npy")))
+
+
+def test_run_one_input(files, capsys):
+    main(["compile", str(files / "m.pt"), "--example", str(files / "x.npy"), "-o",
+          str(files / "m.gsp")])
+    np.save(files / "one.npy", np.load(files / "x.npy")[0])
+    assert main(["run", str(files / "m.gsp"), "--input", str(files / "one.npy")]) == 0
+    assert "1 inputs" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["compile", "{d}/missing.pt", "--example", "{d}/x.npy", "-o", "{d}/o.gsp"],
+     "missing.pt: no such model file"),
+    (["compile", "{d}/m.pt", "--example", "{d}/missing.npy", "-o", "{d}/o.gsp"],
+     "missing.npy: no such example input file"),
+    (["compile", "{d}/x.npy", "--example", "{d}/x.npy", "-o", "{d}/o.gsp"],
+     "x.npy: not a torch model file"),
+    (["compile", "{d}/sd.pt", "--example", "{d}/x.npy", "-o", "{d}/o.gsp"],
+     "sd.pt: must hold a whole nn.Module (torch.save(model, ...)), not a OrderedDict"),
+    (["compile", "{d}/maxpool.pt", "--example", "{d}/img.npy", "-o", "{d}/o.gsp"],
+     "is not supported: the core has no max unit; use AvgPool2d"),
+    (["compile", "{d}/m.pt", "--example", "{d}/x.npy", "--lanes", "3", "-o", "{d}/o.gsp"],
+     "Core configuration is invalid: Lane count must be 2, 4, 8 or 16, not 3"),
+    (["run", "{d}/missing.gsp", "--input", "{d}/x.npy"], "missing.gsp: no such file"),
+    (["run", "{d}/x.npy", "--input", "{d}/x.npy"], "not a gsaccel program"),
+    (["run", "{d}/m.gsp", "--input", "{d}/bad.npy"], "inputs must have shape (N, 4, 5)"),
+    (["run", "{d}/m.gsp", "--input", "{d}/x.npy", "--target", "fpga"],
+     "Target must be one of golden, sim, serial:PORT[@BAUD], not 'fpga'"),
+    (["run", "{d}/m.gsp", "--input", "{d}/x.npy", "--target", "serial:/nonexistent/tty"],
+     "Serial port '/nonexistent/tty' cannot be opened"),
+])
+def test_errors_are_one_line_and_exit_1(files, capsys, argv, needle):
+    torch.save(torch.load(files / "m.pt", weights_only=False).state_dict(), files / "sd.pt")
+    torch.save(nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2)), files / "maxpool.pt")
+    np.save(files / "img.npy", np.zeros((2, 1, 6, 6), dtype=np.float32))
+    np.save(files / "bad.npy", np.zeros((3, 7)))
+    main(["compile", str(files / "m.pt"), "--example", str(files / "x.npy"), "-o",
+          str(files / "m.gsp")])
+    capsys.readouterr()
+    assert main([a.format(d=files) for a in argv]) == 1
+    assert needle in _one_error_line(capsys, argv[0])
+
+
+def test_demo_on_golden_is_consistent():
+    from rich.console import Console
+    from gsaccel.sw.demo import run_demo
+    console = Console(file=open(os.devnull, "w"), width=120)
+    result = run_demo(target="golden", epochs=4, finetune_epochs=1, console=console)
+    assert result["ran_on"] == "golden"
+    assert result["bit_exact"]
+    assert result["target_accuracy"] == result["golden_accuracy"] > 0.8
+    assert result["utilisation"] > 0.9            # GS-gather: almost no padding
+    assert result["weight_bytes"] < result["dense_int8_bytes"] / 2
+    assert result["cycles_per_inference"] == result["predicted_cycles"]
+
+
+def test_help_lists_the_runtime_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for command in ("compile", "run", "demo"):
+        assert command in out

@@ -189,6 +189,19 @@ def test_one_by_n_rules(rng, rows, channels, kernel, sparsity):
     assert np.array_equal(matrix.to_dense() != 0, mask)
 
 
+@seed(SEED)
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 40), channels=st.integers(1, 20), kernel=st.sampled_from([1, 4, 9]),
+       lanes=st.sampled_from([2, 4, 8, 16]), sparsity=st.floats(0.0, 0.99),
+       tau=st.sampled_from([0.0, 0.5]), data_seed=st.integers(0, 2**16))
+def test_one_by_n_property(rows, channels, kernel, lanes, sparsity, tau, data_seed):
+    weights = np.random.default_rng(data_seed).standard_normal((rows, channels * kernel))
+    mask = one_by_n_mask(weights, sparsity, lanes, kernel, tau=tau, seed=data_seed)
+    check_one_by_n(mask, lanes, kernel, math.floor(sparsity * channels))
+    if mask.any():
+        assert np.array_equal(pack(mask, "1xN", lanes, 1).to_dense() != 0, mask)
+
+
 def test_one_by_n_prunes_low_norm_blocks(rng):
     weights = rng.standard_normal((8, 16))
     weights[:, :8] *= 0.01                       # eight weak input channels

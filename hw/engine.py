@@ -10,11 +10,7 @@ from .lane import Lane, lane_nonzero
 from .layouts import group_layout
 from .scratchpad import bank_addr_width
 
-__all__ = ["GatherEngine", "sums_layout", "ENGINE_PIPELINE_DEPTH"]
-
-#: Register stages between a group's acceptance and its sum vector at ``o_sums``:
-#: bank read, lane products, adder tree + accumulators.
-ENGINE_PIPELINE_DEPTH = 3
+__all__ = ["GatherEngine", "sums_layout"]
 
 
 def sums_layout(cfg):

@@ -1,5 +1,6 @@
-"""A test harness around the GS datapath: scratchpad, gather engine and result writer wired as
-in the core, with a host port to the scratchpad so testbenches can load and read activations.
+"""A test harness around the datapath: scratchpad, gather engine, result writer and (V >= 4)
+basis unit wired as in the core, with a host port to the scratchpad so testbenches can load
+and read activations.
 
 Not part of the core (``hw/core.py`` wires the same blocks to the sequencer); the amaranth.sim
 and cocotb testbenches of the datapath use it as their DUT.
@@ -7,10 +8,11 @@ and cocotb testbenches of the datapath use it as their DUT.
 
 import numpy as np
 from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..hw.config import POW2_EXP_MAX, CoreConfig
+from ..hw.basis import BasisUnit
 from ..hw.engine import GatherEngine
 from ..hw.layouts import group_layout, row_layout
 from ..hw.scratchpad import BankedScratchpad
@@ -22,7 +24,10 @@ __all__ = ["Datapath", "random_weight_values", "random_gs_matrix", "layer_words"
 
 
 class Datapath(wiring.Component):
-    """GatherEngine + ResultWriter + BankedScratchpad, with a host scratchpad port.
+    """GatherEngine + ResultWriter + BasisUnit + BankedScratchpad, with a host scratchpad port.
+
+    The basis unit (present when V >= 4) owns the scratchpad from its ``start`` cycle until it
+    is no longer ``busy``; otherwise the engine reads and the writer (or the host) writes.
 
     Parameters
     ----------
@@ -44,6 +49,9 @@ class Datapath(wiring.Component):
         Element at the previous cycle's ``host_addr`` (when ``host_rd`` was high).
     issue, issue_lanes, stall, engine_idle, writer_idle : Out
         Engine and writer status.
+    basis_start, n_chunks, basis : In(1), In(16), In(ArrayLayout(signed(8), 9))
+        Basis layer control (V >= 4 only); ``dst``, ``src``, ``shift`` and ``relu`` are shared.
+    basis_busy, basis_done : Out(1)
     """
 
     def __init__(self, cfg):
@@ -68,6 +76,11 @@ class Datapath(wiring.Component):
             "stall":        Out(1),
             "engine_idle":  Out(1),
             "writer_idle":  Out(1),
+            **({"basis_start": In(1),
+                "n_chunks":    In(16),
+                "basis":       In(data.ArrayLayout(signed(8), 9)),
+                "basis_busy":  Out(1),
+                "basis_done":  Out(1)} if cfg.lanes >= 4 else {}),
         })
 
     @property
@@ -100,6 +113,23 @@ class Datapath(wiring.Component):
             self.writer_idle.eq(writer.idle),
         ]
 
+        basis = None
+        if cfg.lanes >= 4:
+            m.submodules.basis = basis = BasisUnit(cfg)
+            m.d.comb += [
+                basis.start.eq(self.basis_start),
+                basis.n_chunks.eq(self.n_chunks),
+                basis.basis.eq(self.basis),
+                basis.shift.eq(self.shift),
+                basis.relu.eq(self.relu),
+                basis.src.eq(self.src),
+                basis.dst.eq(self.dst),
+                self.basis_busy.eq(basis.busy),
+                self.basis_done.eq(basis.done),
+            ]
+            # Chunk 0 reads in the start cycle, so the unit owns the banks from then on.
+            basis_owns = basis.start | basis.busy
+
         element = self.host_addr[:cfg.col_width]
         host_bank = element[:bank_bits]
         host_bank_addr = Cat(element[bank_bits:], self.host_addr[cfg.col_width])
@@ -115,6 +145,15 @@ class Datapath(wiring.Component):
                 scratchpad.wr_data[bank].eq(Mux(host_write, self.host_wr_data,
                                                 writer.wr_data[bank])),
             ]
+            if basis is not None:
+                m.d.comb += basis.rd_data[bank].eq(scratchpad.rd_data[bank])
+                with m.If(basis_owns):
+                    m.d.comb += [
+                        scratchpad.rd_addr[bank].eq(basis.rd_addr[bank]),
+                        scratchpad.wr_en[bank].eq(basis.wr_en[bank]),
+                        scratchpad.wr_addr[bank].eq(basis.wr_addr[bank]),
+                        scratchpad.wr_data[bank].eq(basis.wr_data[bank]),
+                    ]
         read_bank = Signal(range(cfg.lanes))
         m.d.sync += read_bank.eq(host_bank)
         m.d.comb += self.host_rd_data.eq(Array(scratchpad.rd_data)[read_bank])

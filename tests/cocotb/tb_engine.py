@@ -1,7 +1,7 @@
-"""cocotb testbench of the GS datapath (GatherEngine + ResultWriter + BankedScratchpad, wired
-by ``gsaccel.sim.datapath.Datapath``): random layers of every pattern family and segment length,
-with idle group cycles and back-pressured rows, checked bit for bit and cycle for cycle against
-``gsaccel.sw.golden``."""
+"""cocotb testbench of the datapath (GatherEngine + ResultWriter + BasisUnit + BankedScratchpad,
+wired by ``gsaccel.sim.datapath.Datapath``): random GS layers of every pattern family and
+segment length, with idle group cycles and back-pressured rows, and SmartDeal basis layers,
+checked bit for bit and cycle for cycle against ``gsaccel.sw.golden``."""
 
 import itertools
 import logging
@@ -29,8 +29,9 @@ def pause_pattern(rng, probability):
         yield bool(probability) and rng.random() < probability
 
 
-class EngineTB:
-    """Drives the Datapath DUT: host port for activations, group and row stream sources."""
+class DatapathTB:
+    """Drives the Datapath DUT: host port for activations, group and row stream sources, basis
+    layer control."""
 
     def __init__(self, dut, cfg):
         self.dut, self.cfg = dut, cfg
@@ -39,6 +40,7 @@ class EngineTB:
         self.rows = StreamSource(dut, "i_row", dut.clk, layout=row_layout(cfg))
         dut.host_wr_en.value = 0
         dut.host_rd.value = 0
+        dut.basis_start.value = 0
 
     async def reset(self):
         self.dut.rst.value = 1
@@ -110,6 +112,31 @@ class EngineTB:
         return y, counters
 
 
+    async def run_basis(self, basis, x, n_chunks, shift, relu, src, dst, *,
+                        max_cycles=100_000):
+        """Run one basis layer on ``x`` in buffer ``src``; returns (dst buffer's first
+        ``3 * n_chunks + 3`` elements, cycles from ``start`` to the first idle cycle)."""
+        dut = self.dut
+        await self.write_buffer(dst, [-77] * (3 * n_chunks + 3))
+        await self.write_buffer(src, x)
+        dut.src.value, dut.dst.value = src, dst
+        dut.shift.value, dut.relu.value = shift, relu
+        dut.n_chunks.value = n_chunks
+        dut.basis.value = sum((int(v) & 0xFF) << (8 * i) for i, v in enumerate(np.ravel(basis)))
+        dut.basis_start.value = 1
+        await RisingEdge(dut.clk)                  # the start cycle, cycle 0
+        dut.basis_start.value = 0
+        for cycle in range(1, max_cycles):
+            await RisingEdge(dut.clk)
+            if int(dut.basis_done.value):
+                break
+        else:
+            raise TimeoutError(f"Basis layer did not finish within {max_cycles} cycles")
+        await RisingEdge(dut.clk)
+        assert not int(dut.basis_busy.value), "busy after done"
+        return await self.read_buffer(dst, 3 * n_chunks + 3), cycle + 1
+
+
 def layer_cases(cfg, rng):
     """Random layers: every pattern family, every segment length e, odd shapes."""
     lanes = cfg.lanes
@@ -136,7 +163,7 @@ def layer_cases(cfg, rng):
 @cocotb.parametrize(idle=[False, True], backpressure=[False, True])
 async def test_layers(dut, idle, backpressure):
     """Every pattern family and e, bit-exact; exact cycles when the streams run freely."""
-    tb = EngineTB(dut, CFG)
+    tb = DatapathTB(dut, CFG)
     await tb.reset()
     rng = np.random.default_rng([SEED, CFG.lanes, int(idle), int(backpressure)])
     if idle:
@@ -161,7 +188,7 @@ async def test_layers(dut, idle, backpressure):
 async def test_saturation_and_wrap(dut):
     """Dense rows of the largest weights on extreme inputs: accumulators wrap, outputs
     saturate at both ends."""
-    tb = EngineTB(dut, CFG)
+    tb = DatapathTB(dut, CFG)
     await tb.reset()
     lanes = CFG.lanes
     cols = 2 * lanes + 1
@@ -178,3 +205,24 @@ async def test_saturation_and_wrap(dut):
         expected = golden.gs_layer(matrix, x, bias, shift, 0, CFG.acc_width)
         assert np.array_equal(y, expected), f"shift {shift}: {y} != {expected}"
     assert {-128, 127} <= set(golden.gs_layer(matrix, x, bias, 0, 0, CFG.acc_width).tolist())
+
+
+@cocotb.test(timeout_time=10, timeout_unit="ms")
+async def test_basis_layers(dut):
+    """SmartDeal basis layers, both buffer directions, saturating and ReLU'd, exact cycles."""
+    tb = DatapathTB(dut, CFG)
+    await tb.reset()
+    rng = np.random.default_rng([SEED, CFG.lanes, 99])
+    for n_chunks, (src, dst), shift, relu in [(1, (0, 1), 0, 0), (7, (1, 0), 5, 1),
+                                              (CFG.buffer_size // 3 - 1, (0, 1), 9, 0),
+                                              (5, (1, 0), 31, 1)]:
+        x = rng.integers(-128, 128, 3 * n_chunks)
+        x[:3] = (-128, 127, -128)
+        basis = rng.integers(-128, 128, (3, 3))
+        basis[0] = (127, -128, 127)          # z_0 of the first chunk saturates low
+        y, cycles = await tb.run_basis(basis, x, n_chunks, shift, relu, src, dst)
+        expected = golden.basis_layer(basis, x, n_chunks, shift, relu, CFG.acc_width)
+        where = f"{n_chunks} chunks {src}->{dst} shift={shift} relu={relu}"
+        assert np.array_equal(y[:3 * n_chunks], expected), f"{where}: {y} != {expected}"
+        assert np.array_equal(y[3 * n_chunks:], [-77] * 3), f"{where}: wrote past the layer"
+        assert cycles == golden.basis_layer_cycles(n_chunks) - golden.LAYER_OVERHEAD, where

@@ -1,0 +1,16 @@
+"""cocotb tests: report which Verilator builds this session made and how long each took."""
+
+import time
+
+from gsaccel.sim.build import BUILD_ROOT, build_seconds
+
+_SESSION_START = time.time()
+
+
+def pytest_terminal_summary(terminalreporter):
+    built = [path.parent for path in BUILD_ROOT.glob("*/.verilator-built")
+             if path.stat().st_mtime >= _SESSION_START]
+    if built:
+        terminalreporter.section("Verilator builds")
+        for folder in sorted(built):
+            terminalreporter.write_line(f"{folder.name}: {build_seconds(folder):.1f} s")

@@ -39,6 +39,19 @@ _EXECUTABLE = "gsaccel_sim"
 _BUILD_TIMEOUT = 30 * 60
 
 
+_VERILATOR_FLAGS = [
+    "--cc", "--exe", "--build", "-O3", "-Wno-fatal", "-Wno-lint", "-Wno-style",
+    "--top-module", "gsaccel_core", "--prefix", "Vcore", "-o", _EXECUTABLE, "-j", "2",
+    "-CFLAGS", "-O2",
+    # -O2 rather than verilated.mk's -Os for the per-cycle code: a faster model.
+    "-MAKEFLAGS", "OPT_FAST=-O2",
+    # The wheel's verilated.mk leaves the precompiled-header include flag empty, which makes
+    # the compiler take the header's name for an input file; supply it.
+    "-MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include",
+]
+_TRACE_FLAGS = {None: [], "fst": ["--trace-fst"], "vcd": ["--trace"]}
+
+
 def _normalise_trace(trace):
     if trace is True:
         return "fst"
@@ -58,7 +71,8 @@ def _source_key(cfg, trace):
     # The HELLO reply is built by the host codec; it is part of the gateware.
     digest.update((Path(__file__).resolve().parent.parent / "sw" / "protocol.py").read_bytes())
     digest.update(HARNESS_SOURCE.read_bytes())
-    digest.update(f"{amaranth.__version__}|{verilator_version()}|{cfg.to_json()}|{trace}".encode())
+    digest.update(f"{amaranth.__version__}|{verilator_version()}|{cfg.to_json()}|{trace}|"
+                  f"{_VERILATOR_FLAGS}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -117,22 +131,8 @@ def _build(cfg, trace, build_dir):
     source.write_text(text)
     (build_dir / "cfg.json").write_text(cfg.to_json())
     (build_dir / "verilog.sha256").write_text(hashlib.sha256(text.encode()).hexdigest() + "\n")
-    command = [
-        "verilator", "--cc", "--exe", "--build", "-O3", "-Wno-fatal", "-Wno-lint",
-        "-Wno-style", "--top-module", "gsaccel_core", "--prefix", "Vcore",
-        "--Mdir", str(build_dir / "obj"), "-o", _EXECUTABLE, "-j", "2",
-        "-CFLAGS", "-O2",
-        # -O2 rather than verilated.mk's -Os for the per-cycle code: a faster model.
-        "-MAKEFLAGS", "OPT_FAST=-O2",
-        # The wheel's verilated.mk leaves the precompiled-header include flag empty, which
-        # makes the compiler take the header name as an input file; supply it.
-        "-MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include",
-        str(source), str(HARNESS_SOURCE),
-    ]
-    if trace == "fst":
-        command.insert(1, "--trace-fst")
-    elif trace == "vcd":
-        command.insert(1, "--trace")
+    command = (["verilator"] + _VERILATOR_FLAGS + _TRACE_FLAGS[trace]
+               + ["--Mdir", str(build_dir / "obj"), str(source), str(HARNESS_SOURCE)])
     log_path = build_dir / "build.log"
     env = verilator_env()
     try:

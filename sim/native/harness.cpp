@@ -4,7 +4,8 @@
 // fast as the core takes them (o_stream is always ready), writes reply bytes out when a
 // reply is complete (or a buffer fills), and blocks on stdin only when the core is idle
 // (busy low, nothing to send, no input pending), so an idle simulation costs no CPU. It
-// exits at end of input once the core is idle, printing the cycle count to stderr.
+// exits at end of input once the core is idle, printing the cycle count and the simulation
+// speed (cycles per second of running, not waiting, time) to stderr.
 //
 // Options:
 //   --trace FILE     dump waves (only in a build made with --trace-fst or --trace)
@@ -58,10 +59,11 @@ void on_sigusr1(int) { stats_requested = 1; }
 struct Stats {
     uint64_t cycles = 0, bytes_in = 0, bytes_out = 0;
     std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
+    double blocked = 0;   // seconds spent waiting for input: not simulation time
 
     void print(const char *what) const {
         double seconds = std::chrono::duration<double>(
-            std::chrono::steady_clock::now() - start).count();
+            std::chrono::steady_clock::now() - start).count() - blocked;
         std::fprintf(stderr,
                      "gsaccel-sim: %s cycles=%llu bytes_in=%llu bytes_out=%llu seconds=%.3f "
                      "cycles_per_second=%.0f\n",
@@ -72,8 +74,10 @@ struct Stats {
     }
 };
 
-// Read what stdin has: blocking waits for at least one byte. Returns false at EOF.
+// Replace ``buffer`` by what stdin has (possibly nothing, unless blocking: then wait for at
+// least one byte). Returns false at EOF.
 bool read_input(std::vector<uint8_t> &buffer, bool blocking) {
+    buffer.clear();
     if (!blocking) {
         struct pollfd pfd = {STDIN_FILENO, POLLIN, 0};
         int ready;
@@ -196,7 +200,11 @@ int main(int argc, char **argv) {
                 break;
             if (!eof && (idle || stats.cycles - last_poll >= POLL_INTERVAL)) {
                 input_pos = 0;
+                auto before = std::chrono::steady_clock::now();
                 eof = !read_input(input, idle);
+                if (idle)
+                    stats.blocked += std::chrono::duration<double>(
+                        std::chrono::steady_clock::now() - before).count();
                 last_poll = stats.cycles;
             }
         }

@@ -1,0 +1,153 @@
+"""The native Verilator harness behind VerilatorTransport: the real RTL over a pipe, compared
+with GoldenCore bit for bit and cycle for cycle, plus its error paths and speed."""
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gsaccel.hw.config import CoreConfig
+from gsaccel.hw.layouts import FrameType, LayerKind, Memory, layer_layout
+from gsaccel.sim.amaranth_sim import seeded_rng
+from gsaccel.sw import protocol
+from gsaccel.sw.device import Device
+from gsaccel.sw.errors import DeviceError, DeviceTimeout
+from gsaccel.sw.golden import GoldenCore
+from gsaccel.sw.image import LayerSpec, build_image, pack_word
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "gateware"))
+from core_host import image_requests, random_matrix, reference_reply  # noqa: E402
+
+pytestmark = pytest.mark.verilator
+
+#: The default core: the build the ``sim`` target uses, so tests and demo share one build.
+CFG = CoreConfig()
+
+
+@pytest.fixture(scope="module")
+def transport():
+    from gsaccel.sim.build import require_verilator
+    from gsaccel.sim.verilator_transport import VerilatorTransport
+    require_verilator()
+    transport = VerilatorTransport(CFG)
+    yield transport
+    transport.close()
+
+
+def exchange(transport, frames, timeout=30.0):
+    parser = protocol.FrameParser(max_payload=CFG.max_payload)
+    replies = []
+    for t, seq, payload in frames:
+        transport.send(protocol.encode_frame(t, seq, payload))
+        got = []
+        while not got:
+            got = parser.feed(transport.recv(max(parser.need(), 1), timeout=timeout))
+        replies += got
+    return [(f.seq, f.type, f.payload) for f in replies]
+
+
+def test_image_runs_like_golden(transport):
+    rng = seeded_rng(11)
+    cfg = CFG
+    n_in = 45
+    layers, cols, src = [], n_in, 0
+    for rows, pattern, per_row in [(70, "unstructured", 1), (37, "gs-gather", 4),
+                                   (64, "1xN", 1), (29, "gs-gather", 1), (12, "dense", 8)]:
+        matrix = random_matrix(rng, rows, cols, pattern, cfg, per_row=per_row)
+        layers.append(LayerSpec(kind="gs", matrix=matrix, bias=rng.integers(-2000, 2000, rows),
+                                shift=int(rng.integers(0, 6)), relu=bool(rng.integers(0, 2)),
+                                src=src, dst=1 - src))
+        cols, src = rows, 1 - src
+    layers.append(LayerSpec(kind="basis", basis=rng.integers(-128, 128, (3, 3)), n_chunks=4,
+                            shift=5, src=src, dst=1 - src))
+    image = build_image(cfg, layers)
+    frames, seq = image_requests(cfg, image)
+    frames.append((FrameType.HELLO, seq, b""))
+    for k in range(3):                    # several inferences with fresh inputs
+        x = rng.integers(-128, 128, n_in)
+        seq += 1
+        frames.append((FrameType.WRITE, seq & 0xFF,
+                       protocol.write_payload(cfg, Memory.ACTS, 0, (x & 0xFF).tolist())))
+        frames.append((FrameType.RUN, (seq + 1) & 0xFF, protocol.run_payload(0, len(layers))))
+        frames.append((FrameType.READ, (seq + 2) & 0xFF,
+                       protocol.read_payload(Memory.ACTS, 0, 2 * cfg.buffer_size // 2)))
+        frames.append((FrameType.READ, (seq + 3) & 0xFF,
+                       protocol.read_payload(Memory.ACTS, cfg.buffer_size, 128)))
+        seq += 4
+    golden = GoldenCore(cfg)
+    expected = [(s & 0xFF, *reference_reply(golden, t, p)) for t, s, p in frames]
+    got = exchange(transport, frames)
+    runs = [i for i, (t, _, _) in enumerate(frames) if t == FrameType.RUN]
+    for i in runs:
+        assert protocol.parse_counters(got[i][2]) == protocol.parse_counters(expected[i][2])
+    assert got == expected
+
+
+def test_device_api_over_sim(transport):
+    device = Device(transport, timeout=30.0)
+    assert device.hello() == CFG
+    device.write(Memory.ACTS, 100, [-5, 7, 127, -128])
+    assert device.read(Memory.ACTS, 100, 4) in ([-5, 7, 127, -128], [251, 7, 127, 128])
+
+
+def test_speed(transport):
+    """A long run: 16 layers of a full weight memory, repeated; reports cycles/s."""
+    rng = seeded_rng(12)
+    cfg = CFG
+    w = rng.choice([-4, -1, 1, 2, 8], size=(64, 256))
+    from gsaccel.sw.format import GSMatrix
+    matrix = GSMatrix.from_dense(w, "dense", cfg.lanes, 8, encoding=cfg.encoding)
+    image = build_image(cfg, [LayerSpec(kind="gs", matrix=matrix, shift=4, src=0, dst=1)])
+    desc = image.layers[0]
+    frames, seq = image_requests(cfg, image)
+    frames.append((FrameType.WRITE, seq, protocol.write_payload(cfg, Memory.LAYERS, 1,
+                                                              [desc] * 15)))
+    exchange(transport, frames)
+    start = time.perf_counter()
+    golden_cycles = GoldenCore(cfg)
+    golden_cycles.load(image)
+    golden_cycles.write(Memory.LAYERS, 1, [desc] * 15)
+    want = golden_cycles.run(0, 16)
+    for k in range(8):
+        got = exchange(transport, [(FrameType.RUN, k, protocol.run_payload(0, 16))])
+        assert protocol.parse_counters(got[0][2]) == want
+    seconds = time.perf_counter() - start
+    rate = 8 * want["cycles"] / seconds
+    print(f"simulated {8 * want['cycles']} cycles in {seconds:.3f} s: {rate / 1e6:.2f} M "
+          f"cycles/s (V={cfg.lanes}, round trips included)")
+    assert want["groups"] == 16 * matrix.n_groups
+    # A floor far under the target (>= 1 M/s) so a loaded machine does not fail the test.
+    assert rate > 1e5
+
+
+def test_timeout_and_dead_process():
+    from gsaccel.sim.build import require_verilator
+    from gsaccel.sim.verilator_transport import VerilatorTransport
+    require_verilator()
+    transport = VerilatorTransport(CFG)
+    with pytest.raises(DeviceTimeout, match=r"^The Verilator simulation must deliver 1 bytes "
+                                            r"within 0.2 s, not 0$"):
+        transport.recv(1, timeout=0.2)
+    transport.send(protocol.encode_frame(FrameType.HELLO, 1))
+    assert transport.recv(5, timeout=30)[:3] == bytes([0xA5, FrameType.DATA, 1])
+    transport._process.kill()
+    transport._process.wait(timeout=10)
+    with pytest.raises(DeviceError, match=r"^The Verilator simulation exited with status -9"):
+        transport.recv(100, timeout=5)
+    transport.close()
+    assert transport.stats is None or transport.stats.cycles > 0
+
+
+def test_stats_reported_at_exit():
+    from gsaccel.sim.build import require_verilator
+    from gsaccel.sim.verilator_transport import VerilatorTransport
+    require_verilator()
+    transport = VerilatorTransport(CFG)
+    transport.send(protocol.encode_frame(FrameType.RUN, 1, protocol.run_payload(0, 2)))
+    transport.recv(9 + 16, timeout=30)
+    transport.close()
+    # Reset, the frame's bytes and the run: at least the run's own cycles.
+    assert transport.stats.cycles > 2 * 5 and transport.stats.bytes_in == 11
+    assert transport.stats.bytes_out == 25

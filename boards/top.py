@@ -13,7 +13,7 @@ from amaranth.lib.wiring import In, Out
 from ..hw.uart import UARTReceiver, UARTTransmitter, uart_divisor
 from .pll import ecp5_pll, ecp5_pll_setting, ice40_pll, ice40_pll_setting
 
-__all__ = ["BoardTop", "LoopbackCore", "PulseStretcher"]
+__all__ = ["BoardTop", "SerialCore", "LoopbackCore", "PulseStretcher"]
 
 # LED timing runs on a tick every 2**14 clocks (~1.8 kHz at 30 MHz).
 _PRESCALER_BITS = 14
@@ -97,6 +97,75 @@ class PulseStretcher(wiring.Component):
         return m
 
 
+class SerialCore(wiring.Component):
+    """A byte-stream core behind a UART: what a board top wires to its pins, without the
+    platform (so it can be simulated bit by bit).
+
+    Parameters
+    ----------
+    core : wiring.Component
+        The byte-stream core (see the module docstring).
+    divisor : int, float or Fraction
+        Clock cycles per UART bit, at least 4.
+    rx_fifo_depth : int
+        Bytes buffered between the receiver and the core, so the host may stream a frame
+        while the core is still busy with the previous one.
+
+    Members
+    -------
+    rx : ``In(1)``
+        Serial line from the host (asynchronous; a synchroniser is inside).
+    tx : ``Out(1)``
+        Serial line to the host.
+    busy : ``Out(1)``
+        The core is busy or a byte is on either line.
+    error : ``Out(1)``
+        The core reports an error, or the receiver saw a framing error or an overrun.
+    """
+
+    def __init__(self, *, core, divisor, rx_fifo_depth=16):
+        if not isinstance(rx_fifo_depth, int) or rx_fifo_depth <= 0:
+            raise TypeError(f"Receive FIFO depth must be a positive integer, "
+                            f"not {rx_fifo_depth!r}")
+        self._core = core
+        self._rx_fifo_depth = rx_fifo_depth
+        # Built here so that a clock too slow for the rate fails before elaboration.
+        self._rx = UARTReceiver(divisor=divisor)
+        self._tx = UARTTransmitter(divisor=divisor)
+        super().__init__({
+            "rx":    In(1, init=1),
+            "tx":    Out(1, init=1),
+            "busy":  Out(1),
+            "error": Out(1),
+        })
+
+    @property
+    def divisor(self):
+        return self._rx.divisor
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.rx = rx = self._rx
+        m.submodules.tx = tx = self._tx
+        m.submodules.rx_fifo = rx_fifo = fifo.SyncFIFOBuffered(width=8,
+                                                                depth=self._rx_fifo_depth)
+        m.submodules.core = core = self._core
+        m.d.comb += [
+            rx.rx.eq(self.rx),
+            self.tx.eq(tx.tx),
+            rx_fifo.w_data.eq(rx.o_stream.payload),
+            rx_fifo.w_en.eq(rx.o_stream.valid),
+            rx.o_stream.ready.eq(rx_fifo.w_rdy),
+            core.i_stream.payload.eq(rx_fifo.r_data),
+            core.i_stream.valid.eq(rx_fifo.r_rdy),
+            rx_fifo.r_en.eq(core.i_stream.ready),
+            self.busy.eq(core.busy | rx.busy | tx.busy | rx_fifo.r_rdy),
+            self.error.eq(core.error | rx.framing_error | rx.overrun),
+        ]
+        wiring.connect(m, core.o_stream, tx.i_stream)
+        return m
+
+
 class BoardTop(Elaboratable):
     """A board design: ``core`` behind a UART at ``baud`` on the board's serial pins.
 
@@ -131,9 +200,8 @@ class BoardTop(Elaboratable):
             self._pll = ecp5_pll_setting(board.osc_hz, clk_hz)
             self._clk_hz = self._pll.f_out
         self._divisor = uart_divisor(self._clk_hz, baud)
-        # Built here so that a clock too slow for the rate fails before elaboration.
-        self._rx = UARTReceiver(divisor=self._divisor)
-        self._tx = UARTTransmitter(divisor=self._divisor)
+        self._serial = SerialCore(core=core, divisor=self._divisor,
+                                  rx_fifo_depth=rx_fifo_depth)
 
     @property
     def clk_hz(self):
@@ -181,25 +249,11 @@ class BoardTop(Elaboratable):
             m.d.comb += self._output(m, platform, "program", 0).eq(button)
 
         # Serial link -----------------------------------------------------------------------
-        m.submodules.rx = rx = self._rx
-        m.submodules.tx = tx = self._tx
+        m.submodules.serial = serial = self._serial
         uart = platform.request(*board.uart, dir="-")
         m.submodules.uart_rx_buffer = rx_buffer = io.Buffer("i", uart.rx)
         m.submodules.uart_tx_buffer = tx_buffer = io.Buffer("o", uart.tx)
-        m.d.comb += [rx.rx.eq(rx_buffer.i), tx_buffer.o.eq(tx.tx)]
-
-        m.submodules.rx_fifo = rx_fifo = fifo.SyncFIFOBuffered(width=8,
-                                                                depth=self._rx_fifo_depth)
-        m.submodules.core = core = self._core
-        m.d.comb += [
-            rx_fifo.w_data.eq(rx.o_stream.payload),
-            rx_fifo.w_en.eq(rx.o_stream.valid),
-            rx.o_stream.ready.eq(rx_fifo.w_rdy),
-            core.i_stream.payload.eq(rx_fifo.r_data),
-            core.i_stream.valid.eq(rx_fifo.r_rdy),
-            rx_fifo.r_en.eq(core.i_stream.ready),
-        ]
-        wiring.connect(m, core.o_stream, tx.i_stream)
+        m.d.comb += [serial.rx.eq(rx_buffer.i), tx_buffer.o.eq(serial.tx)]
 
         # Status LEDs: idle, busy (stretched to ~50 ms), error (stretched to ~1 s). -------------
         prescaler = Signal(_PRESCALER_BITS)
@@ -211,8 +265,8 @@ class BoardTop(Elaboratable):
         m.d.comb += [
             busy_led.tick.eq(tick),
             error_led.tick.eq(tick),
-            busy_led.i.eq(core.busy | rx.busy | tx.busy),
-            error_led.i.eq(core.error | rx.framing_error | rx.overrun),
+            busy_led.i.eq(serial.busy),
+            error_led.i.eq(serial.error),
         ]
         status = {"idle": ~busy_led.o & ~error_led.o, "busy": busy_led.o,
                   "error": error_led.o}

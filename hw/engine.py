@@ -44,7 +44,7 @@ class GatherEngine(wiring.Component):
     -------
     i_group : In(stream.Signature(group_layout(cfg)))
     seg_log2 : In(3)
-        log2 of the segment length e (``1 << seg_log2 <= V``).
+        log2 of the segment length e; values above ``log2(V)`` mean ``e = V``.
     src : In(1)
         Activation buffer read.
     rd_addr : Out(BA).array(V)
@@ -54,6 +54,9 @@ class GatherEngine(wiring.Component):
     o_sums : Out(stream.Signature(sums_layout(cfg)))
     credit : In(1)
         One pulse per sum vector the consumer has finished.
+    clear : In(1)
+        Zero the accumulators (pulse it while ``idle``, e.g. when a layer starts, so that the
+        groups of a previous layer after its last ``last`` group leave nothing behind).
     idle : Out(1)
         No group in flight and no sum vector waiting (accumulators are clear between layers).
     issue : Out(1)
@@ -82,6 +85,7 @@ class GatherEngine(wiring.Component):
             "rd_data":     In(signed(8)).array(lanes),
             "o_sums":      Out(stream.Signature(sums_layout(cfg))),
             "credit":      In(1),
+            "clear":       In(1),
             "idle":        Out(1),
             "issue":       Out(1),
             "issue_lanes": Out(range(lanes + 1)),
@@ -159,19 +163,26 @@ class GatherEngine(wiring.Component):
             prev = levels[-1]
             levels.append([(prev[2 * j] + prev[2 * j + 1])[:acc_width].as_signed()
                            for j in range(len(prev) // 2)])
+        # A seg_log2 beyond log2(V) means one segment of all V lanes, as in the golden model.
+        top = len(levels) - 1
         segment_sums = []
         for j in range(lanes):
-            options = [(s, level[j]) for s, level in enumerate(levels) if j < len(level)]
             total = Signal(signed(acc_width), name=f"segment_sum{j}")
             with m.Switch(self.seg_log2):
-                for s, value in options:
-                    with m.Case(s):
-                        m.d.comb += total.eq(value)
+                for s, level in enumerate(levels[:top]):
+                    if j < len(level):
+                        with m.Case(s):
+                            m.d.comb += total.eq(level[j])
+                if j == 0:
+                    with m.Default():
+                        m.d.comb += total.eq(levels[top][0])
             segment_sums.append(total)
 
         accumulators = [Signal(signed(acc_width), name=f"acc{j}") for j in range(lanes)]
         out_valid = Signal()
         out_sums = Signal(sums_layout(cfg))
+        with m.If(self.clear):
+            m.d.sync += [accumulator.eq(0) for accumulator in accumulators]
         with m.If(s2_valid):
             for j in range(lanes):
                 updated = (accumulators[j] + segment_sums[j])[:acc_width]

@@ -101,6 +101,7 @@ class ResultWriter(wiring.Component):
     i_row : In(stream.Signature(row_layout(cfg)))
         One record per slot, in order.
     seg_log2 : In(3)
+        log2 of e; a vector has V/e slots (one for values above ``log2(V)``).
     shift : In(5)
     relu : In(1)
     dst : In(1)
@@ -162,8 +163,10 @@ class ResultWriter(wiring.Component):
 
         # Slot cycle: pick slot j of the head vector, add the row's bias ---------------------
         slot = Signal(range(lanes))
+        # V/e - 1, with e = V for any seg_log2 beyond log2(V) (as the engine and golden model).
         last_slot = Signal(range(lanes))
-        m.d.comb += last_slot.eq((Const(lanes, range(lanes + 1)) >> self.seg_log2) - 1)
+        m.d.comb += last_slot.eq(Mux(self.seg_log2 >= bank_bits, 0,
+                                     (Const(lanes, range(lanes + 1)) >> self.seg_log2) - 1))
         take = Signal()
         m.d.comb += [
             self.i_row.ready.eq(queue.r_rdy),

@@ -39,6 +39,8 @@ class Datapath(wiring.Component):
     i_row : In(stream.Signature(row_layout(cfg)))
     seg_log2, src, dst, shift, relu : In
         Layer settings, stable during a layer.
+    clear : In(1)
+        Zero the engine's accumulators.
     host_addr : In(col_width + 1)
         ACTS address ``buffer * buffer_size + element``.
     host_wr_en, host_wr_data : In(1), In(signed(8))
@@ -62,6 +64,7 @@ class Datapath(wiring.Component):
             "i_group":      In(stream.Signature(group_layout(cfg))),
             "i_row":        In(stream.Signature(row_layout(cfg))),
             "seg_log2":     In(3),
+            "clear":        In(1),
             "src":          In(1),
             "dst":          In(1),
             "shift":        In(5),
@@ -102,6 +105,7 @@ class Datapath(wiring.Component):
             engine.seg_log2.eq(self.seg_log2),
             engine.src.eq(self.src),
             engine.credit.eq(writer.credit),
+            engine.clear.eq(self.clear),
             writer.seg_log2.eq(self.seg_log2),
             writer.dst.eq(self.dst),
             writer.shift.eq(self.shift),

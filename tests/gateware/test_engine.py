@@ -8,10 +8,12 @@ import pytest
 
 from gsaccel.hw.config import CoreConfig
 from gsaccel.hw.engine import GatherEngine
+from gsaccel.hw.layouts import group_layout
 from gsaccel.sim.amaranth_sim import (background, run_sim, seeded_rng, stall_pattern,
                                       stream_get, stream_put)
 from gsaccel.sim.datapath import Datapath, layer_words, random_gs_matrix
 from gsaccel.sw import golden
+from gsaccel.sw.format import GSMatrix
 
 
 def test_engine_rejects_bad_config():
@@ -40,17 +42,23 @@ async def read_buffer(ctx, dut, buffer, count, buffer_size):
 
 
 def run_layer(cfg, matrix, x, bias, shift, relu, *, group_stall=0.0, row_stall=0.0,
-              name="datapath", salt=0):
-    """Run one GS layer on the datapath; return (y, cycles or None, counters)."""
+              name="datapath", salt=0, seg_log2=None, leftover=(), clear=False):
+    """Run one GS layer on the datapath; return its outputs and counters.
+
+    ``leftover`` group words are issued first (as a previous layer's groups after its last
+    ``last`` group), then ``clear`` is pulsed if asked; counting starts at the layer's first
+    group.
+    """
     dut = Datapath(cfg)
     groups, rows = layer_words(cfg, matrix, bias)
     rng = seeded_rng(salt)
     loaded = []
+    issued_leftover = [0]
     result = {}
     buffer_size = cfg.buffer_size
 
     async def host(ctx):
-        ctx.set(dut.seg_log2, matrix.per_row.bit_length() - 1)
+        ctx.set(dut.seg_log2, matrix.per_row.bit_length() - 1 if seg_log2 is None else seg_log2)
         ctx.set(dut.src, 0)
         ctx.set(dut.dst, 1)
         ctx.set(dut.shift, shift)
@@ -58,7 +66,15 @@ def run_layer(cfg, matrix, x, bias, shift, relu, *, group_stall=0.0, row_stall=0
         # Fill the destination with a marker so that a missing write shows.
         await load_buffer(ctx, dut, 1, [-77] * matrix.shape[0], buffer_size)
         await load_buffer(ctx, dut, 0, x, buffer_size)
-        loaded.append(True)
+        if leftover:
+            loaded.append("leftover")
+            while issued_leftover[0] < len(leftover) or not ctx.get(dut.engine_idle):
+                await ctx.tick()
+            if clear:
+                ctx.set(dut.clear, 1)
+                await ctx.tick()
+                ctx.set(dut.clear, 0)
+        loaded.append("layer")
         # Sample at the clock edges, so that every testbench's writes of a cycle have
         # settled; cycle 0 is the one in which the first group is accepted.
         issued = busy = stall = 0
@@ -82,12 +98,17 @@ def run_layer(cfg, matrix, x, bias, shift, relu, *, group_stall=0.0, row_stall=0
     async def group_source(ctx):
         while not loaded:
             await ctx.tick()
+        for word in leftover:
+            await stream_put(ctx, dut.i_group, word)
+            issued_leftover[0] += 1
+        while loaded[-1] != "layer":
+            await ctx.tick()
         stall = stall_pattern(rng, group_stall)
         for word in groups:
             await stream_put(ctx, dut.i_group, word, stall=stall)
 
     async def row_source(ctx):
-        while not loaded:
+        while not loaded or loaded[-1] != "layer":
             await ctx.tick()
         stall = stall_pattern(rng, row_stall)
         for word in rows:
@@ -152,3 +173,42 @@ def test_datapath_queue_of_one(pattern, per_row, group_stall, row_stall):
         # A gs row group here has at most 3 groups, fewer than a vector's round trip.
         assert stalls > 0 or pattern == "1xN"
         assert (result["cycles"], result["stall"]) == (cycles - golden.LAYER_OVERHEAD, stalls)
+
+
+@pytest.mark.parametrize("clear", [True, False])
+def test_clear_drops_leftover_groups(clear):
+    """Groups after a layer's last ``last`` group leave partial sums in the accumulators;
+    ``clear`` drops them (as the golden model starts every layer from zero) — without it the
+    next layer's first row group is wrong, which shows this test can fail."""
+    cfg = CoreConfig(lanes=8, bank_depth=16, encoding="int8")
+    rng = seeded_rng(5)
+    matrix = random_gs_matrix(rng, "gs-gather", 12, 20, 8, 2, "int8")
+    x = rng.integers(-128, 128, 20)
+    x[0] = 100
+    bias = rng.integers(-50, 50, 12)
+    groups, _ = layer_words(cfg, matrix, bias)
+    last_bit = 1 << (group_layout(cfg).size - 1)
+    # Every lane of the leftover groups reads column 0 with weight 127: large partial sums.
+    leftover_matrix = GSMatrix.from_dense(np.full((4, 1), 127), "dense", 8, per_row=2,
+                                          encoding="int8")
+    leftover = [w & ~last_bit for w in layer_words(cfg, leftover_matrix, np.zeros(4))[0]] * 3
+    result = run_layer(cfg, matrix, x, bias, 11, 0, leftover=leftover, clear=clear,
+                       name=f"datapath_clear_{clear}")
+    expected = golden.gs_layer(matrix, x, bias, 11, 0, cfg.acc_width)
+    assert np.array_equal(result["y"], expected) == clear
+    cycles, _ = golden.gs_layer_cycles(matrix.rg_groups, matrix.segments, cfg)
+    assert result["cycles"] == cycles - golden.LAYER_OVERHEAD
+
+
+@pytest.mark.parametrize("seg_log2", [4, 7])
+def test_segment_beyond_lanes_means_all_lanes(seg_log2):
+    """seg_log2 > log2(V) (only a hand-written descriptor has it) acts as e = V, as in
+    golden.GoldenCore."""
+    cfg = CoreConfig(lanes=8, bank_depth=16, encoding="pow2")
+    rng = seeded_rng(6)
+    matrix = random_gs_matrix(rng, "gs-gather", 5, 19, 8, 8, "pow2")
+    x = rng.integers(-128, 128, 19)
+    bias = rng.integers(-1000, 1000, 5)
+    result = run_layer(cfg, matrix, x, bias, 7, 1, seg_log2=seg_log2,
+                       name=f"datapath_seg_{seg_log2}")
+    np.testing.assert_array_equal(result["y"], golden.gs_layer(matrix, x, bias, 7, 1))

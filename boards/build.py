@@ -311,9 +311,13 @@ def build_board(board, *, config=None, out_dir, clk_hz=None, baud=None, loopback
                    baud=board.baud if baud is None else baud)
     platform = board.platform()
     # Relative paths only: the WebAssembly tools see nothing outside their working folder.
+    overrides = {"nextpnr_opts": f"--report report.json --timing-allow-fail --seed {seed}"}
+    if board.family == "ice40":
+        # Map multipliers (int8 lanes, the SmartDeal basis unit) to the SB_MAC16 DSPs;
+        # synth_ice40 leaves them in LUTs unless asked. synth_ecp5 uses its DSPs by default.
+        overrides["synth_opts"] = "-dsp"
     plan = platform.build(top, name=name, build_dir=str(out_dir), do_build=False,
-                          do_program=False,
-                          nextpnr_opts=f"--report report.json --timing-allow-fail --seed {seed}")
+                          do_program=False, **overrides)
     plan.extract(str(out_dir))
     for stale in ("report.json", f"{name}.tim", f"{name}.json", f"{name}.asc",
                   f"{name}.config", f"{name}.bin", f"{name}.bit"):

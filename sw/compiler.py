@@ -586,32 +586,44 @@ def compile(model, example_input, lanes=8, encoding="pow2", cfg=None):
 
 
 def _pack(layer, q, cfg):
-    """Pack quantised weights with the layer's pattern, else the best pattern its mask fits."""
+    """Pack quantised weights with the layer's pattern, else the best pattern its mask fits.
+
+    The pruner's pattern (and e) wins when the weights still follow it. Otherwise: ``dense``
+    for an unpruned layer, else the first ``gs-gather`` e or ``1xN`` the mask satisfies, else
+    ``unstructured``; for ``dense`` and ``unstructured`` every e is tried and the fewest
+    groups win (e.g. a 10-row layer runs horizontally, e = V, instead of padding a row group).
+    """
     lanes, encoding = cfg.lanes, cfg.encoding
     info = layer.pattern
-    candidates = []
     if info is not None and info.pattern in ("gs-gather", "gs-scatter", "1xN") \
             and info.lanes == lanes:
-        candidates.append((info.pattern, info.per_row,
-                           layer.row_order if info.pattern == "gs-scatter" else None))
-    if layer.mask is None or layer.mask.all():
-        candidates.append(("dense", 1, None))
-    for e in _divisors(lanes):
-        candidates.append(("gs-gather", e, None))
-    candidates.append(("1xN", 1, None))
-    for pattern, per_row, order in candidates:
+        order = layer.row_order if info.pattern == "gs-scatter" else None
         try:
-            return GSMatrix.from_dense(q, pattern, lanes, per_row, encoding, row_order=order)
-        except PatternError:
-            continue
-    best = None
+            return GSMatrix.from_dense(q, info.pattern, lanes, info.per_row, encoding,
+                                       row_order=order)
+        except PatternError as error:
+            logger.warning("layer %s: weights no longer follow %s (%s); choosing a pattern",
+                           layer.name, info.pattern, error)
+    if layer.mask is None or layer.mask.all():
+        return _fewest_groups(q, "dense", cfg)
     for e in _divisors(lanes):
-        matrix = GSMatrix.from_dense(q, "unstructured", lanes, e, encoding)
+        try:
+            return GSMatrix.from_dense(q, "gs-gather", lanes, e, encoding)
+        except PatternError:
+            pass
+    try:
+        return GSMatrix.from_dense(q, "1xN", lanes, 1, encoding)
+    except PatternError:
+        pass
+    return _fewest_groups(q, "unstructured", cfg)
+
+
+def _fewest_groups(q, pattern, cfg):
+    best = None
+    for e in _divisors(cfg.lanes):
+        matrix = GSMatrix.from_dense(q, pattern, cfg.lanes, e, cfg.encoding)
         if best is None or matrix.n_groups < best.n_groups:
             best = matrix
-    if info is not None and info.pattern != "unstructured":
-        logger.warning("layer %s: weights do not follow pattern %s after lowering; packed as "
-                       "unstructured", layer.name, info.pattern)
     return best
 
 

@@ -242,7 +242,9 @@ class Device(Accelerator):
                 reply = self._await_reply(seq)
             except (DeviceTimeout, FrameError) as error:
                 if isinstance(error, DeviceTimeout):
+                    # The device may sit in a partial frame (bytes lost on the way): flush it.
                     self._parser.reset()
+                    self._resync()
                 if not idempotent:
                     raise _ReplyLost(f"Reply to {FrameType(type).name} must arrive intact, "
                                      f"but {error}") from error
@@ -260,14 +262,30 @@ class Device(Accelerator):
             logger.debug("<- %r", reply)
             if reply.type == FrameType.ERROR:
                 code = protocol.parse_error(reply.payload)
-                if code == ErrorCode.BAD_CRC and attempt < self._retries:
+                # The host never sends an over-long frame, so BAD_LENGTH means a length byte
+                # was corrupted on the way, like BAD_CRC: the frame was not executed.
+                if code in (ErrorCode.BAD_CRC, ErrorCode.BAD_LENGTH) \
+                        and attempt < self._retries:
                     attempt += 1
                     self.resends += 1
-                    logger.warning("device saw a bad CRC; resending %s", FrameType(type).name)
+                    logger.warning("device answered %s; resending %s", code.name,
+                                   FrameType(type).name)
+                    if code == ErrorCode.BAD_LENGTH:
+                        self._resync()
                     continue
                 name = code.name if isinstance(code, ErrorCode) else f"unknown code {code}"
                 raise DeviceError(f"Device rejected {FrameType(type).name} with {name}")
             return reply
+
+    def _resync(self):
+        """Complete any partial frame in the device's receiver (docs/protocol.md).
+
+        ``max_payload + 9`` zero bytes finish the longest frame the device accepts; the
+        rest are skipped as bytes outside a frame. A reply they provoke carries an old
+        sequence number and is discarded.
+        """
+        max_payload = (self._config or CoreConfig()).max_payload
+        self._transport.send(bytes(max_payload + protocol.FRAME_OVERHEAD))
 
     def _expect(self, reply, type, what):
         if reply.type != type:

@@ -38,7 +38,7 @@ from ..hw.layouts import (COUNTER_NAMES, FRAME_CRC_BYTES, FRAME_HEADER_BYTES, FR
 from .errors import FrameError
 
 __all__ = [
-    "Frame", "FrameParser", "encode_frame", "frame_crc", "MAX_FRAME_PAYLOAD",
+    "Frame", "FrameParser", "encode_frame", "frame_crc", "MAX_FRAME_PAYLOAD", "FRAME_OVERHEAD",
     "word_size", "words_to_bytes", "bytes_to_words",
     "hello_payload", "parse_hello",
     "write_payload", "parse_write", "max_write_words",
@@ -50,6 +50,9 @@ __all__ = [
 
 #: Largest length the u16 length field can carry.
 MAX_FRAME_PAYLOAD = 0xFFFF
+
+#: Bytes of a frame besides its payload: header and CRC.
+FRAME_OVERHEAD = FRAME_HEADER_BYTES + FRAME_CRC_BYTES
 
 _WRITE_HEADER = struct.Struct("<BH")     # mem, addr
 _READ = struct.Struct("<BHH")            # mem, addr, count

@@ -93,6 +93,8 @@ class FaultyTransport(Transport):
         data = bytearray(data)
         if fault == "corrupt_request":
             data[-2] ^= 0x10
+        elif fault == "truncate_request":
+            data = data[:len(data) // 2]
         reply = self.responder.handle(bytes(data))
         if self.silent:
             return
@@ -168,6 +170,17 @@ def test_one_fault_is_recovered_by_a_resend(fault):
     device.write(Memory.ACTS, 0, [1, 2, 3])
     assert device.read(Memory.ACTS, 0, 3) == [1, 2, 3]
     assert device.resends == 1
+
+
+def test_truncated_request_is_flushed_and_resent():
+    # The responder is left inside a partial frame; after the timeout the host sends
+    # max_payload + 9 zero bytes to complete it, then resends.
+    device, responder, transport = make({2: "truncate_request"})
+    device.hello()
+    device.write(Memory.ACTS, 0, [4, 5])
+    device.write(Memory.ACTS, 2, [6])
+    assert device.read(Memory.ACTS, 0, 3) == [4, 5, 6]
+    assert device.resends == 1 and device.stale_replies == 1
 
 
 def test_duplicate_reply_is_discarded_by_sequence_number():

@@ -770,8 +770,7 @@ def prune(model, pattern, sparsity, lanes=8, per_row=1, *, layers=None, exclude=
             _check_gs_shape(name, 3 * -(-view.shape[1] // 3), lanes)
         views.append(view)
     for (name, module), view in zip(selected, views):
-        kernel = view.shape[1] // module.weight_orig.shape[1] if hasattr(module, "weight_orig") \
-            else view.shape[1] // module.weight.shape[1]
+        kernel = view.shape[1] // _dense_weight(module).shape[1]     # kh·kw of a conv
         row_order = None
         if pattern == "smartdeal":
             error = _smartdeal_layer(module, sparsity, lanes, per_row,
@@ -833,8 +832,7 @@ class PruningScheduler:
                  layers=None, exclude=(), **options):
         if pattern == "1xN":
             options.setdefault("tau", 0.05)
-        check = {k: v for k, v in options.items()}
-        _check_arguments(pattern, sparsity, lanes, per_row, check)
+        _check_arguments(pattern, sparsity, lanes, per_row, options)
         if not isinstance(t0, int) or not isinstance(t1, int) or t1 < t0 or t0 < 0:
             raise PatternError(f"Schedule steps must satisfy 0 <= t0 <= t1, not t0={t0!r}, "
                                f"t1={t1!r}")

@@ -38,4 +38,4 @@ def run(args):
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2, sort_keys=True)
-    return 0 if result["bit_exact"] else 1
+    return 0 if result["bit_exact"] and result["cycle_exact"] else 1

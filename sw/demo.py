@@ -134,6 +134,8 @@ def _run_demo(*, target, lanes, sparsity, pattern, seed, epochs, finetune_epochs
     target_out = np.concatenate(outputs)
     result["target_accuracy"] = float((target_out.argmax(1) == y).mean())
     result["bit_exact"] = bool(np.array_equal(target_out, golden_out))
+    result["cycle_exact"] = all(totals[name] == golden.counters[name]
+                                for name in golden.counters)
     n = totals["inferences"]
     result["cycles_per_inference"] = totals["cycles"] / n
     result["stall_cycles_per_inference"] = totals["stall_cycles"] / n
@@ -149,6 +151,8 @@ def _run_demo(*, target, lanes, sparsity, pattern, seed, epochs, finetune_epochs
     table.add_row(f"{ran_on} accuracy", f"{result['target_accuracy']:.2%}")
     table.add_row("golden vs float argmax agreement", f"{result['golden_float_agreement']:.2%}")
     table.add_row(f"{ran_on} == golden, bit for bit", "yes" if result["bit_exact"] else "NO")
+    table.add_row(f"{ran_on} counters == golden cycle model",
+                  "yes" if result["cycle_exact"] else "NO")
     table.add_row("cycles per inference", f"{result['cycles_per_inference']:.0f}")
     table.add_row("stall cycles per inference", f"{result['stall_cycles_per_inference']:.0f}")
     table.add_row("lane utilisation", f"{result['utilisation']:.1%}")

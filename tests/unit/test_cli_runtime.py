@@ -96,7 +96,7 @@ def test_demo_on_golden_is_consistent():
     console = Console(file=open(os.devnull, "w"), width=120)
     result = run_demo(target="golden", epochs=4, finetune_epochs=1, console=console)
     assert result["ran_on"] == "golden"
-    assert result["bit_exact"]
+    assert result["bit_exact"] and result["cycle_exact"]
     assert result["target_accuracy"] == result["golden_accuracy"] > 0.8
     assert result["utilisation"] > 0.9            # GS-gather: almost no padding
     assert result["weight_bytes"] < result["dense_int8_bytes"] / 2

@@ -24,21 +24,29 @@ __all__ = ["VerilatorTransport", "SimStats"]
 logger = logging.getLogger(__name__)
 
 _STATS = re.compile(r"gsaccel-sim: (\w+) cycles=(\d+) bytes_in=(\d+) bytes_out=(\d+) "
-                    r"seconds=([\d.]+) cycles_per_second=([\d.]+)")
+                    r"seconds=([\d.]+) cycles_per_second=([\d.]+) cpu_seconds=([\d.]+)")
 
 
 class SimStats:
     """What the harness reports: simulated ``cycles``, ``bytes_in``, ``bytes_out``, the
-    wall-clock ``seconds`` it ran and ``cycles_per_second``."""
+    wall-clock ``seconds`` it ran (waiting for input excluded), ``cycles_per_second`` over
+    them, and the process's ``cpu_seconds``."""
 
-    def __init__(self, cycles, bytes_in, bytes_out, seconds, cycles_per_second):
+    def __init__(self, cycles, bytes_in, bytes_out, seconds, cycles_per_second, cpu_seconds):
         self.cycles, self.bytes_in, self.bytes_out = cycles, bytes_in, bytes_out
         self.seconds, self.cycles_per_second = seconds, cycles_per_second
+        self.cpu_seconds = cpu_seconds
+
+    @property
+    def cycles_per_cpu_second(self):
+        """The model's speed, independent of how loaded the machine is."""
+        return self.cycles / self.cpu_seconds if self.cpu_seconds > 0 else 0.0
 
     def __repr__(self):
         return (f"SimStats(cycles={self.cycles}, bytes_in={self.bytes_in}, "
                 f"bytes_out={self.bytes_out}, seconds={self.seconds:.3f}, "
-                f"cycles_per_second={self.cycles_per_second:.0f})")
+                f"cycles_per_second={self.cycles_per_second:.0f}, "
+                f"cpu_seconds={self.cpu_seconds:.3f})")
 
 
 class VerilatorTransport(Transport):
@@ -161,7 +169,7 @@ class VerilatorTransport(Transport):
         if found:
             _, *values = found[-1]
             self.stats = SimStats(int(values[0]), int(values[1]), int(values[2]),
-                                  float(values[3]), float(values[4]))
+                                  float(values[3]), float(values[4]), float(values[5]))
             logger.info("Verilator sim: %r", self.stats)
         self._stderr.close()
 

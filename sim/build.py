@@ -9,7 +9,6 @@ building the same folder twice) and runs a cocotb test module against it.
 import contextlib
 import fcntl
 import hashlib
-import json
 import logging
 import os
 import signal

@@ -3,7 +3,6 @@ wired by ``gsaccel.sim.datapath.Datapath``): random GS layers of every pattern f
 segment length, with idle group cycles and back-pressured rows, and SmartDeal basis layers,
 checked bit for bit and cycle for cycle against ``gsaccel.sw.golden``."""
 
-import itertools
 import logging
 import os
 

@@ -9,8 +9,7 @@ import pytest
 from gsaccel.hw.config import CoreConfig
 from gsaccel.hw.engine import GatherEngine
 from gsaccel.hw.layouts import group_layout
-from gsaccel.sim.amaranth_sim import (background, run_sim, seeded_rng, stall_pattern,
-                                      stream_get, stream_put)
+from gsaccel.sim.amaranth_sim import run_sim, seeded_rng, stall_pattern, stream_put
 from gsaccel.sim.datapath import Datapath, layer_words, random_gs_matrix
 from gsaccel.sw import golden
 from gsaccel.sw.format import GSMatrix

@@ -6,7 +6,6 @@ import itertools
 
 import numpy as np
 import pytest
-from amaranth.hdl import Fragment
 
 from gsaccel.hw.config import CoreConfig
 from gsaccel.hw.lane import Lane

@@ -2,7 +2,6 @@
 """Requantizer at its edges and ResultWriter on random vectors, stalled and free-running,
 against gsaccel.sw.golden.requantize."""
 
-import numpy as np
 import pytest
 
 from gsaccel.hw.config import CoreConfig

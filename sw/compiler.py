@@ -445,6 +445,41 @@ def _choose_weight_scale(layer, s_x, cfg, encoding):
         s += 1
 
 
+def _error_feedback_round(layer, q_plain, x, s_x, s_w, encoding, cfg):
+    """Round the weights column by column, pushing each column's rounding error onto the
+    columns not yet rounded, weighted by the calibration inputs' second moments (the
+    GPTQ/OBQ update), so that ``W·x`` rather than each weight is kept close.
+
+    ``x`` is the layer's input as the device sees it (dequantised int8), so upstream
+    quantisation error is compensated as well. Pruned weights stay exactly zero and kept
+    ones never round to zero. Falls back to plain rounding if the result would break the
+    accumulator bound.
+    """
+    weight = layer.weight / 2.0 ** s_w
+    rows, cols = weight.shape
+    kept = np.ones(weight.shape, bool) if layer.mask is None else layer.mask
+    hessian = x.T @ x / max(1, len(x))
+    damp = 0.01 * float(np.mean(np.diag(hessian))) + 1e-12
+    hessian = hessian + damp * np.eye(cols)
+    try:
+        inverse = np.linalg.cholesky(np.linalg.inv(hessian)).T      # upper triangular
+    except np.linalg.LinAlgError:
+        return q_plain
+    w = weight.copy()
+    q = np.zeros((rows, cols), dtype=np.int64)
+    for j in range(cols):
+        column = quantize_weights(w[:, j:j + 1], kept[:, j:j + 1], 0, encoding)[:, 0]
+        q[:, j] = column
+        error = (w[:, j] - column) / inverse[j, j]
+        w[:, j + 1:] -= np.outer(error, inverse[j, j + 1:])
+        w[:, j + 1:] *= kept[:, j + 1:]
+    bias = np.abs(layer.bias) / 2.0 ** (s_x + s_w)
+    worst = np.abs(q).sum(axis=1) * 128 + bias
+    if worst.max() >= (1 << (cfg.acc_width - 1)) // 2:
+        return q_plain
+    return q
+
+
 @dataclass
 class _Calibration:
     scale_log2: list = field(default_factory=list)
@@ -557,9 +592,12 @@ def compile(model, example_input, lanes=8, encoding="pow2", cfg=None):
         if s_y - s_x - s_w > 31:
             s_w = s_y - s_x - 31
             q = quantize_weights(layer.weight, layer.mask, s_w, encoding)
+        cols = layer.weight.shape[1]
+        if not layer.exact_pow2:
+            q = _error_feedback_round(layer, q, xq[:, :cols] * 2.0 ** s_x, s_x, s_w,
+                                      encoding, cfg)
         # Bias correction: fold the mean error of the quantised weights and inputs (what the
         # device computes on the calibration batch, before bias) into the bias.
-        cols = layer.weight.shape[1]
         exact = fin[:, :cols] @ layer.weight.T
         device = (xq[:, :cols] @ q.T).astype(np.float64) * 2.0 ** (s_x + s_w)
         bias = layer.bias + (exact - device).mean(axis=0)

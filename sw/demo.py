@@ -79,7 +79,14 @@ def _run_demo(*, target, lanes, sparsity, pattern, seed, epochs, finetune_epochs
     console.print(f"[bold]2. prune[/] {pattern} {sparsity:.0%} for V={lanes}, fine-tune "
                   f"{finetune_epochs} epochs")
     prune(model, pattern, sparsity, lanes=lanes)
-    train(model, data, finetune_epochs, seed=seed + 1)
+    if pattern == "smartdeal":
+        # Train C (straight-through pow2) and B, not a free weight that would leave C·B.
+        from .prune import smartdeal_freeze, smartdeal_trainable
+        smartdeal_trainable(model)
+        train(model, data, finetune_epochs, seed=seed + 1)
+        smartdeal_freeze(model)
+    else:
+        train(model, data, finetune_epochs, seed=seed + 1)
     model.eval()
     result["float_accuracy"] = evaluate(model, data)
 

@@ -95,6 +95,7 @@ def test_random_pruned_mlp_is_bit_exact(pattern):
     _assert_same_on_sim_and_golden(program, x.numpy())
 
 
+@pytest.mark.slow          # a second Verilator build (a larger weight memory)
 def test_conv_avgpool_linear_is_bit_exact():
     from gsaccel.sw.models import DigitsCNN
     torch.manual_seed(SEED)

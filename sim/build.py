@@ -21,6 +21,7 @@ from amaranth.back import verilog
 from ..hw.config import CoreConfig
 from ..sw.errors import ToolNotFound
 from .toolchain import MIN_VERILATOR, verilator_env, verilator_version
+from .verilog_text import compact_zero_memory_init
 
 __all__ = ["cached_verilog", "run_cocotb", "require_verilator", "BUILD_ROOT"]
 
@@ -57,7 +58,7 @@ def cached_verilog(component, name, cfg=None):
     if callable(component) and not hasattr(component, "elaborate"):
         component = component()
     cfg_text = _cfg_json(cfg)
-    text = verilog.convert(component, name=name, emit_src=False)
+    text = compact_zero_memory_init(verilog.convert(component, name=name, emit_src=False))
     digest = hashlib.sha256((text + "\0" + cfg_text).encode()).hexdigest()[:12]
     build_dir = BUILD_ROOT / f"{name}-{digest}"
     build_dir.mkdir(parents=True, exist_ok=True)

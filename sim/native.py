@@ -21,6 +21,7 @@ from pathlib import Path
 from ..hw.config import CoreConfig
 from ..sw.errors import GsaccelError, ToolNotFound
 from .toolchain import verilator_env, verilator_version
+from .verilog_text import compact_zero_memory_init
 
 __all__ = ["build_native", "NATIVE_ROOT", "HARNESS_SOURCE", "TRACE_KINDS"]
 
@@ -71,6 +72,7 @@ def _source_key(cfg, trace):
     # The HELLO reply is built by the host codec; it is part of the gateware.
     digest.update((Path(__file__).resolve().parent.parent / "sw" / "protocol.py").read_bytes())
     digest.update(HARNESS_SOURCE.read_bytes())
+    digest.update((Path(__file__).resolve().parent / "verilog_text.py").read_bytes())
     digest.update(f"{amaranth.__version__}|{verilator_version()}|{cfg.to_json()}|{trace}|"
                   f"{_VERILATOR_FLAGS}".encode())
     return digest.hexdigest()[:16]
@@ -126,7 +128,7 @@ def build_native(cfg, *, trace=False):
 
 def _build(cfg, trace, build_dir):
     from ..sw.cmd_verilog import core_verilog
-    text = core_verilog(cfg)
+    text = compact_zero_memory_init(core_verilog(cfg))
     source = build_dir / "gsaccel_core.v"
     source.write_text(text)
     (build_dir / "cfg.json").write_text(cfg.to_json())

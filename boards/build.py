@@ -237,6 +237,18 @@ def _pick_clock(fmax, target_mhz):
 
 # The build ------------------------------------------------------------------------------------
 
+#: SB_MAC16 blocks of the iCE40UP5K.
+_ICE40_DSPS = 8
+
+
+def _multipliers(config):
+    """Multipliers the core instantiates: the basis unit's 3x3 (B·x, with 4 or more lanes)
+    and one per int8 lane."""
+    if config is None:
+        return 0
+    return (9 if config.lanes >= 4 else 0) + (config.lanes if config.encoding == "int8" else 0)
+
+
 def make_core(config, *, loopback=False):
     """The byte-stream core of a board design: GsaccelCore(config), or a UART echo."""
     if loopback:
@@ -312,9 +324,11 @@ def build_board(board, *, config=None, out_dir, clk_hz=None, baud=None, loopback
     platform = board.platform()
     # Relative paths only: the WebAssembly tools see nothing outside their working folder.
     overrides = {"nextpnr_opts": f"--report report.json --timing-allow-fail --seed {seed}"}
-    if board.family == "ice40":
+    if board.family == "ice40" and 0 < _multipliers(config) <= _ICE40_DSPS:
         # Map multipliers (int8 lanes, the SmartDeal basis unit) to the SB_MAC16 DSPs;
-        # synth_ice40 leaves them in LUTs unless asked. synth_ecp5 uses its DSPs by default.
+        # synth_ice40 leaves them in LUTs unless asked (synth_ecp5 uses its DSPs by default).
+        # Yosys would map every multiplier, so only ask when they all fit: nextpnr fails on
+        # an over-full DSP column rather than falling back to LUTs.
         overrides["synth_opts"] = "-dsp"
     plan = platform.build(top, name=name, build_dir=str(out_dir), do_build=False,
                           do_program=False, **overrides)

@@ -35,6 +35,7 @@ class BasisUnit(wiring.Component):
     -------
     start : In(1)
     n_chunks : In(16)
+        Chunks; more than ``buffer_size // 3`` are clamped to that.
     basis : In(data.ArrayLayout(signed(8), 9))
         B, row-major.
     shift : In(5)
@@ -96,6 +97,10 @@ class BasisUnit(wiring.Component):
         # layer's last cycle, n_chunks + BASIS_LATENCY - 1, in which `done` pulses.
         launch = Signal()
         m.d.comb += launch.eq(self.start & ~self.busy)
+        # A layer covers at most one buffer: more chunks are clamped, as in the golden model.
+        limit = cfg.buffer_size // 3
+        n_chunks = Signal(16)
+        m.d.comb += n_chunks.eq(Mux(self.n_chunks > limit, limit, self.n_chunks))
         remaining = Signal(17)
         issuing = Signal()                      # chunks 1.. left to issue
         chunk = Signal(16)                      # next chunk to issue (after chunk 0)
@@ -103,8 +108,8 @@ class BasisUnit(wiring.Component):
         with m.If(launch):
             m.d.sync += [
                 self.busy.eq(1),
-                remaining.eq(self.n_chunks + 1),
-                issuing.eq(self.n_chunks > 1),
+                remaining.eq(n_chunks + 1),
+                issuing.eq(n_chunks > 1),
                 chunk.eq(1),
                 col.eq(3),
             ]
@@ -116,12 +121,12 @@ class BasisUnit(wiring.Component):
                 m.d.sync += remaining.eq(remaining - 1)
             with m.If(issuing):
                 m.d.sync += [chunk.eq(chunk + 1), col.eq(col + 3)]
-                with m.If(chunk + 1 == self.n_chunks):
+                with m.If(chunk + 1 == n_chunks):
                     m.d.sync += issuing.eq(0)
         issue = Signal()
         issue_col = Signal.like(col)
         m.d.comb += [
-            issue.eq((launch & (self.n_chunks != 0)) | (self.busy & issuing)),
+            issue.eq((launch & (n_chunks != 0)) | (self.busy & issuing)),
             issue_col.eq(Mux(launch, 0, col)),
         ]
 

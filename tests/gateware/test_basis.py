@@ -7,8 +7,10 @@ import pytest
 
 from gsaccel.hw.config import CoreConfig
 from gsaccel.hw.basis import BasisUnit
+from gsaccel.hw.layouts import LayerKind, Memory, layer_layout
 from gsaccel.sim.amaranth_sim import background, run_sim, seeded_rng
 from gsaccel.sw import golden
+from gsaccel.sw.image import pack_word
 
 
 def test_rejects_bad_config():
@@ -74,7 +76,8 @@ def run_basis(cfg, acts, basis, n_chunks, shift, relu, src, dst):
     return out, result["done"], result["busy"]
 
 
-@pytest.mark.parametrize("lanes,n_chunks", [(4, 5), (8, 1), (8, 13), (16, 10), (8, 0)])
+@pytest.mark.parametrize("lanes,n_chunks", [(4, 5), (8, 1), (8, 13), (16, 10), (8, 0),
+                                            (4, 21), (4, 22), (4, 1000)])
 def test_basis_layer(lanes, n_chunks):
     cfg = CoreConfig(lanes=lanes, bank_depth=8 if lanes == 16 else 16)
     rng = seeded_rng(lanes + n_chunks)
@@ -84,11 +87,14 @@ def test_basis_layer(lanes, n_chunks):
         basis = rng.integers(-128, 128, (3, 3))
         basis[0] = (-128, -128, -128)         # z_0 up to 3 * 2**14: saturates at shift 0
         out, done, busy = run_basis(cfg, acts, basis, n_chunks, shift, relu, src, dst)
-        expected = acts.copy()
-        if n_chunks:
-            expected[dst * cfg.buffer_size:][:3 * n_chunks] = golden.basis_layer(
-                basis, acts[src * cfg.buffer_size:][:cfg.buffer_size], n_chunks, shift, relu,
-                cfg.acc_width)
+        # Through the golden core: it clamps a layer to one buffer as the RTL does.
+        core = golden.GoldenCore(cfg)
+        core.write(Memory.ACTS, 0, acts.tolist())
+        core.write(Memory.LAYERS, 0, [pack_word(layer_layout(cfg), {
+            "kind": LayerKind.BASIS, "src": src, "dst": dst, "relu": relu, "shift": shift,
+            "group_count": n_chunks, "basis": [int(v) for v in basis.ravel()]})])
+        counters = core.run(0, 1)
+        expected = np.array(core.read(Memory.ACTS, 0, 2 * cfg.buffer_size))
         np.testing.assert_array_equal(out, expected)
-        assert done == n_chunks + golden.BASIS_LATENCY - 1
+        assert done + 1 == counters["cycles"] - golden.RUN_OVERHEAD - golden.LAYER_OVERHEAD
         assert busy == done                   # cycles 1 .. done

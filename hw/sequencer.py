@@ -400,11 +400,14 @@ class CommandProcessor(wiring.Component):
 
         word_size = Signal(8)
         depth = Signal(17)
+        read_bytes = Signal(16 + 8)           # bytes a READ of hdr's count would return
         with m.Switch(mem_sel):
             for mem_id in mem_ids:
                 with m.Case(mem_id):
+                    # Constant products: no multiplier for one size check.
                     m.d.comb += [word_size.eq(word_sizes[mem_id]),
-                                 depth.eq(memory_depth(cfg, mem_id))]
+                                 depth.eq(memory_depth(cfg, mem_id)),
+                                 read_bytes.eq(hdr[24:40] * word_sizes[mem_id])]
 
         # Memory ports: the sequencer reads while it runs, the host otherwise.
         for mem_id, (wr, rd, port_name) in host_mems.items():
@@ -484,13 +487,13 @@ class CommandProcessor(wiring.Component):
                             error(ErrorCode.BAD_LENGTH)
                         with m.Elif(mem_sel > MemoryId.COUNTERS):
                             error(ErrorCode.BAD_MEMORY)
-                        with m.Elif(read_count * word_size > cfg.max_payload):
+                        with m.Elif(read_bytes > cfg.max_payload):
                             error(ErrorCode.BAD_LENGTH)
                         with m.Elif(addr_hi + read_count > depth):
                             error(ErrorCode.BAD_ADDRESS)
                         with m.Else():
                             m.d.sync += [cur.eq(addr_hi), count.eq(read_count)]
-                            reply(FrameType.DATA, read_count * word_size, "READ_FIRST")
+                            reply(FrameType.DATA, read_bytes, "READ_FIRST")
                     with m.Case(FrameType.RUN):
                         first, layers = hdr[0:8], hdr[8:16]
                         with m.If(frame.length != 2):

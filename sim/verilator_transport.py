@@ -23,6 +23,10 @@ __all__ = ["VerilatorTransport", "SimStats"]
 
 logger = logging.getLogger(__name__)
 
+#: Seconds ``send`` may take to hand its bytes over (the harness takes them at one per
+#: simulated cycle, about a million a second).
+_SEND_TIMEOUT = 60.0
+
 _STATS = re.compile(r"gsaccel-sim: (\w+) cycles=(\d+) bytes_in=(\d+) bytes_out=(\d+) "
                     r"seconds=([\d.]+) cycles_per_second=([\d.]+) cpu_seconds=([\d.]+)")
 
@@ -92,6 +96,7 @@ class VerilatorTransport(Transport):
                                          stdout=subprocess.PIPE, stderr=self._stderr,
                                          bufsize=0)
         os.set_blocking(self._process.stdout.fileno(), False)
+        os.set_blocking(self._process.stdin.fileno(), False)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._process.stdout, selectors.EVENT_READ)
         self._pending = bytearray()
@@ -116,16 +121,44 @@ class VerilatorTransport(Transport):
         return self._stderr.read().decode(errors="replace")[-400:].strip()
 
     def send(self, data):
+        """Write all of ``data``, reading replies meanwhile: a host that sends a lot before it
+        reads must not leave the harness blocked on a full output pipe while this blocks on
+        a full input pipe."""
         if self._process is None:
             raise DeviceError("The Verilator transport is closed")
         self._check_alive()
-        try:
-            self._process.stdin.write(bytes(data))
-            self._process.stdin.flush()
-        except BrokenPipeError:
-            self._process.wait(timeout=5)
-            self._check_alive()
-            raise
+        view = memoryview(bytes(data))
+        stdin, stdout = self._process.stdin, self._process.stdout
+        deadline = time.monotonic() + _SEND_TIMEOUT
+        with selectors.DefaultSelector() as selector:
+            selector.register(stdin, selectors.EVENT_WRITE)
+            selector.register(stdout, selectors.EVENT_READ)
+            while view:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise DeviceTimeout(f"The Verilator simulation must take {len(data)} bytes "
+                                        f"within {_SEND_TIMEOUT:g} s, not "
+                                        f"{len(data) - len(view)}")
+                for key, _ in selector.select(remaining):
+                    if key.fileobj is stdout:
+                        chunk = stdout.read(65536)
+                        if chunk == b"":
+                            self._process.wait(timeout=5)
+                            self._check_alive()
+                            raise DeviceError("The Verilator simulation closed its output")
+                        if chunk:
+                            self._pending += chunk
+                    else:
+                        try:
+                            written = os.write(stdin.fileno(), view[:65536])
+                        except BlockingIOError:
+                            continue
+                        except BrokenPipeError:
+                            self._process.wait(timeout=5)
+                            self._check_alive()
+                            raise DeviceError("The Verilator simulation closed its input") \
+                                from None
+                        view = view[written:]
 
     def recv(self, n, *, timeout):
         if self._process is None:

@@ -160,3 +160,18 @@ def test_stats_reported_at_exit():
     # Reset, the frame's bytes and the run: at least the run's own cycles.
     assert transport.stats.cycles > 2 * 5 and transport.stats.bytes_in == 11
     assert transport.stats.bytes_out == 25
+
+
+def test_many_requests_before_reading():
+    """A host may queue far more than a pipe holds before it reads the replies."""
+    from gsaccel.sim.build import require_verilator
+    from gsaccel.sim.verilator_transport import VerilatorTransport
+    require_verilator()
+    count = protocol.max_read_words(CFG, Memory.ACTS)
+    request = protocol.encode_frame(FrameType.READ, 5, protocol.read_payload(Memory.ACTS, 0,
+                                                                            count))
+    n = 200                                     # 200 replies of ~1 KB: several pipe buffers
+    with VerilatorTransport(CFG) as transport:
+        transport.send(request * n)
+        frames = protocol.FrameParser().feed(transport.recv(n * (count + 9), timeout=60))
+    assert len(frames) == n and all(f.payload == bytes(count) for f in frames)

@@ -105,7 +105,8 @@ class Accelerator:
         return self.program
 
     def infer_quantized(self, xq):
-        """Run int8 inputs (``(N, n_inputs)`` or ``(n_inputs,)``); return int8 outputs.
+        """Run int8 inputs (``(N, input_size)`` or ``(input_size,)``, zero-padded as
+        :meth:`Program.quantize_input` makes them); return int8 outputs.
 
         The output has shape ``(N, n_outputs)`` (or ``(n_outputs,)`` for one input).
         """
@@ -113,8 +114,8 @@ class Accelerator:
         xq = np.asarray(xq)
         single = xq.ndim == 1
         xq = np.atleast_2d(xq)
-        if xq.ndim != 2 or xq.shape[1] != program.n_inputs:
-            raise ShapeError(f"Quantised input must have shape (N, {program.n_inputs}), "
+        if xq.ndim != 2 or xq.shape[1] != program.input_size:
+            raise ShapeError(f"Quantised input must have shape (N, {program.input_size}), "
                              f"not {xq.shape}")
         if xq.size and (xq.min() < -128 or xq.max() > 127):
             raise ShapeError(f"Quantised input must lie in -128..127, not "

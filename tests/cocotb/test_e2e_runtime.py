@@ -83,7 +83,7 @@ def test_every_layer_is_bit_exact(digits_program):
     assert summary["agree_golden"] == 1.0
 
 
-@pytest.mark.parametrize("pattern", ["gs-scatter", "1xN", "unstructured"])
+@pytest.mark.parametrize("pattern", ["gs-scatter", "1xN", "unstructured", "smartdeal"])
 def test_random_pruned_mlp_is_bit_exact(pattern):
     from gsaccel.sw.prune import prune
     torch.manual_seed(SEED)

@@ -166,6 +166,18 @@ def test_smartdeal_becomes_basis_and_pow2_layers():
     _check_against_float(model, x, program, "pow2")
 
 
+def test_smartdeal_first_layer_reads_a_zero_padded_input():
+    from gsaccel.sw.prune import prune
+    model = _mlp((31, 20, 6), SEED)
+    prune(model, "smartdeal", 0.5, lanes=8)
+    x = _inputs((31,))
+    program = compile(model, x, lanes=8)
+    assert [s.kind for s in program.layers] == ["basis", "gs", "basis", "gs"]
+    assert program.input_size == 33 and program.n_inputs == 31
+    assert (program.quantize_input(x.numpy())[:, 31:] == 0).all()
+    _check_against_float(model, x, program, "pow2")
+
+
 def test_trained_digits_mlp_agrees_with_float():
     from gsaccel.sw.models import DigitsMLP, digits_data, train
     from gsaccel.sw.prune import prune

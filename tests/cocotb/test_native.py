@@ -5,17 +5,16 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from gsaccel.hw.config import CoreConfig
-from gsaccel.hw.layouts import FrameType, LayerKind, Memory, layer_layout
+from gsaccel.hw.layouts import FrameType, Memory
 from gsaccel.sim.amaranth_sim import seeded_rng
 from gsaccel.sw import protocol
 from gsaccel.sw.device import Device
 from gsaccel.sw.errors import DeviceError, DeviceTimeout
 from gsaccel.sw.golden import GoldenCore
-from gsaccel.sw.image import LayerSpec, build_image, pack_word
+from gsaccel.sw.image import LayerSpec, build_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "gateware"))
 from core_host import image_requests, random_matrix, reference_reply  # noqa: E402

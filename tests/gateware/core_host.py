@@ -12,7 +12,6 @@ from gsaccel.hw.layouts import ErrorCode, FrameType, Memory, memory_depth
 from gsaccel.sim.amaranth_sim import run_sim, seeded_rng, stall_pattern, stream_get, stream_put
 from gsaccel.sw import protocol
 from gsaccel.sw.errors import DeviceError
-from gsaccel.sw.golden import GoldenCore
 
 
 def run_core(cfg, requests, *, idle=0.0, stall=0.0, name, deadline=200_000, dut=None):

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from gsaccel.hw.config import CoreConfig
-from gsaccel.hw.core import GsaccelCore
 from gsaccel.hw.layouts import FrameType, Memory
 from gsaccel.sim.amaranth_sim import seeded_rng
 from gsaccel.sw import protocol

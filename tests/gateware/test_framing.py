@@ -1,6 +1,5 @@
 # amaranth: UnusedElaboratable=no
 import re
-import struct
 
 import pytest
 

@@ -162,7 +162,7 @@ def sim_speed(cfg, progress):
         device.run_layers(0, 1)                          # warm up
         started = time.perf_counter()
         cycles = 0
-        for _ in range(5):
+        for _ in range(40):
             cycles += device.run_layers(0, 1)["cycles"]
         elapsed = time.perf_counter() - started
     progress("sim speed")

@@ -293,3 +293,22 @@ def test_serial_loopback_is_not_mistaken_for_a_device():
     # A loopback echoes the HELLO request: right sequence number, wrong frame type.
     with pytest.raises(FrameError, match=r"^Reply to HELLO must be DATA"):
         connect("serial:loop://", timeout=0.2)
+
+
+def test_lost_run_reply_repeats_the_whole_inference():
+    from gsaccel.sw.format import GSMatrix
+    from gsaccel.sw.image import LayerSpec
+    from gsaccel.sw.program import Program
+    matrix = GSMatrix.from_dense(np.eye(4, dtype=np.int64), "unstructured", 4)
+    program = Program(CFG, [LayerSpec("gs", matrix, np.zeros(4, np.int64), 0, False, 0, 1)],
+                      input_shape=(4,), input_scale_log2=0, output_shape=(4,),
+                      output_scale_log2=0)
+    # Requests: HELLO, 3 x WRITE (load), WRITE (input), RUN (reply dropped), WRITE, RUN, READ.
+    device, responder, _ = make({5: "drop"})
+    device.load(program)
+    device.infer_quantized(np.array([[1, 2, 3, 4]]))
+    assert responder.runs == 2
+    assert responder.requests[-5:] == [FrameType.WRITE, FrameType.RUN, FrameType.WRITE,
+                                       FrameType.RUN, FrameType.READ]
+    assert responder.mems[Memory.ACTS][:4] == [1, 2, 3, 4]
+    assert device.counters["inferences"] == 1 and device.counters["cycles"] == 102

@@ -26,9 +26,9 @@ from gsaccel.sw.protocol import (encode_frame, hello_payload, read_payload, word
 from gsaccel.sim.amaranth_sim import (background, seeded_rng, stall_pattern, stream_get,
                                       stream_put)
 
-# Clock cycles per bit: 12 MHz / 3 Mbaud, 25 MHz / 3 Mbaud, 30 MHz / 3 Mbaud, 48 MHz / 3 Mbaud,
-# 100 MHz / 3 Mbaud, 25 MHz / 921600 baud (a float ratio).
-DIVISORS = [4, Fraction(25, 3), 10, 16, Fraction(100, 3), 25e6 / 921600]
+# Clock cycles per bit: 12, 15 and 18 MHz / 3 Mbaud (iCEBreaker clocks), 25 MHz / 3 Mbaud,
+# 48 MHz / 3 Mbaud (OrangeCrab), 100 MHz / 3 Mbaud (ULX3S), 25 MHz / 921600 baud (a float).
+DIVISORS = [4, 5, 6, Fraction(25, 3), 16, Fraction(100, 3), 25e6 / 921600]
 DRIFTS = [-0.02, 0.0, 0.02]
 
 

@@ -174,6 +174,7 @@ def run_cocotb(build_dir, *, toplevel, test_module, test_dir, cfg=None, extra_en
     TimeoutError
         If the build or the simulation overruns ``timeout``.
     """
+    from cocotb_tools.check_results import get_results
     from cocotb_tools.runner import get_runner
 
     require_verilator()
@@ -190,15 +191,25 @@ def run_cocotb(build_dir, *, toplevel, test_module, test_dir, cfg=None, extra_en
                     **(extra_env or {})}
         test_env = {key: str(value) for key, value in test_env.items() if value != ""}
         log = build_dir / f"{test_module}-{os.getpid()}.log"
+
+        def failure(reason):
+            tail = log.read_text(errors="replace").splitlines()[-60:] if log.exists() else []
+            return AssertionError(f"cocotb tests in {test_module} {reason}; log {log}:\n" +
+                                  "\n".join(tail))
+
         try:
             with _deadline(timeout, f"cocotb run of {test_module} on {build_dir.name}"):
-                runner.test(test_module=test_module, hdl_toplevel=toplevel, hdl_toplevel_lang="verilog",
-                            build_dir=build_dir, test_dir=build_dir, extra_env=test_env,
-                            testcase=testcase, log_file=log)
-        except SystemExit as exit:
-            tail = log.read_text(errors="replace").splitlines()[-60:] if log.exists() else []
-            raise AssertionError(f"cocotb tests in {test_module} failed (exit {exit.code}); "
-                                 f"log {log}:\n" + "\n".join(tail)) from None
+                results = runner.test(test_module=test_module, hdl_toplevel=toplevel,
+                                      hdl_toplevel_lang="verilog", build_dir=build_dir,
+                                      test_dir=build_dir, extra_env=test_env,
+                                      testcase=testcase, log_file=log)
+        except SystemExit as exit:           # how the runner reports failures under pytest
+            raise failure(f"failed (exit {exit.code})") from None
+    # Outside pytest the runner only returns the results file: check it here too, and treat
+    # a run that ran no test (a testcase filter that matched nothing) as a failure.
+    tests, failed = get_results(results)
+    if failed or not tests:
+        raise failure(f"failed {failed} of {tests}")
     return log
 
 

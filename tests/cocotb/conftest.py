@@ -1,4 +1,5 @@
-"""cocotb tests: report which Verilator builds this session made and how long each took."""
+"""cocotb tests: report the Verilator builds that finished during this session (in any
+process) and how long each took."""
 
 import time
 
@@ -11,6 +12,6 @@ def pytest_terminal_summary(terminalreporter):
     built = [path.parent for path in BUILD_ROOT.glob("*/.verilator-built")
              if path.stat().st_mtime >= _SESSION_START]
     if built:
-        terminalreporter.section("Verilator builds")
+        terminalreporter.section("Verilator builds finished during this session")
         for folder in sorted(built):
             terminalreporter.write_line(f"{folder.name}: {build_seconds(folder):.1f} s")

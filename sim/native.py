@@ -156,4 +156,9 @@ def _build(cfg, trace, build_dir):
                                "install build-essential")
         raise GsaccelError(f"Verilator build failed with status {result.returncode}; last "
                            f"lines of {log_path}:\n" + "\n".join(tail))
+    # Objects and precompiled headers are >100 MB per build and never reused (a changed
+    # design gets a new folder): keep the executable, the Verilog and the log.
+    for pattern in ("*.o", "*.gch", "*.a", "*.d"):
+        for path in (build_dir / "obj").glob(pattern):
+            path.unlink(missing_ok=True)
     logger.info("built %s", build_dir / "obj" / _EXECUTABLE)

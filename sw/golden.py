@@ -113,12 +113,13 @@ def basis_layer(basis, x, n_chunks, shift=0, relu=False, acc_width=24):
 
 # Cycle model ------------------------------------------------------------------------------------
 
-def gs_layer_cycles(rg_groups, segments, cfg: CoreConfig):
+def gs_layer_cycles(rg_groups, segments, cfg: CoreConfig, trailing_groups=0):
     """(cycles, stall cycles) of one GS layer on the core (docs/architecture.md).
 
     One group issues per cycle; a row group's last group needs a credit (a free slot in the
     sum-vector queue, in-flight vectors included); the writer spends ``segments`` cycles per
-    vector and returns the credit when it is done.
+    vector and returns the credit when it is done. ``trailing_groups`` after the final
+    ``last`` group (only a hand-written descriptor has them) issue but emit nothing.
     """
     credits = cfg.result_queue // cfg.lanes
     returns = deque()               # cycles from which returned credits can be used
@@ -139,6 +140,7 @@ def gs_layer_cycles(rg_groups, segments, cfg: CoreConfig):
         writer_free = start + segments
         returns.append(writer_free)
         issue += 1
+    issue += trailing_groups
     end = max(issue, writer_free) + WRITE_LATENCY
     return LAYER_OVERHEAD + end, stalls
 
@@ -246,9 +248,11 @@ class GoldenCore:
                 writes, layer_counters = self._run_gs(desc, src)
                 for name, value in layer_counters.items():
                     counters[name] += value
-            if desc["src"] != desc["dst"]:
-                addrs, values = writes
-                acts[dst_base + addrs] = values
+            # src == dst is a descriptor build_image refuses: the RTL then writes while it
+            # reads; here every read sees the layer's input, which matches it only where no
+            # write overtakes a read.
+            addrs, values = writes
+            acts[dst_base + addrs] = values
         self.counters = {name: int(value) & 0xFFFFFFFF for name, value in counters.items()}
         return dict(self.counters)
 
@@ -280,9 +284,9 @@ class GoldenCore:
         # Later writes to one address win, as in the hardware's write order.
         _, keep = np.unique(addrs[::-1], return_index=True)
         keep = len(addrs) - 1 - keep
-        cycles, stalls = gs_layer_cycles(rg_groups, segments, cfg)
         tail = len(values) - (ends[-1] + 1 if n_emit else 0)
-        counters = {"cycles": int(cycles + tail), "stall_cycles": stalls, "groups": len(values),
+        cycles, stalls = gs_layer_cycles(rg_groups, segments, cfg, trailing_groups=tail)
+        counters = {"cycles": int(cycles), "stall_cycles": stalls, "groups": len(values),
                     "busy_lane_cycles": int(np.count_nonzero(values))}
         return (addrs[keep], y[keep]), counters
 

@@ -323,7 +323,12 @@ def build_board(board, *, config=None, out_dir, clk_hz=None, baud=None, loopback
                    baud=board.baud if baud is None else baud)
     platform = board.platform()
     # Relative paths only: the WebAssembly tools see nothing outside their working folder.
-    overrides = {"nextpnr_opts": f"--report report.json --timing-allow-fail --seed {seed}"}
+    nextpnr_opts = f"--report report.json --timing-allow-fail --seed {seed}"
+    if board.family == "ecp5":
+        # router2 routes the V-wide crossbar of an ECP5 build in minutes where the default
+        # router1 takes over an hour.
+        nextpnr_opts += " --router router2"
+    overrides = {"nextpnr_opts": nextpnr_opts}
     if board.family == "ice40" and 0 < _multipliers(config) <= _ICE40_DSPS:
         # Map multipliers (int8 lanes, the SmartDeal basis unit) to the SB_MAC16 DSPs;
         # synth_ice40 leaves them in LUTs unless asked (synth_ecp5 uses its DSPs by default).

@@ -120,8 +120,9 @@ ULX3S_85F = Board(
     device="LFE5U-85F",
     platform_class=ULX3S_85F_Platform,
     osc_hz=25e6,
-    # 100 MHz = 25 MHz * 4; 3 Mbaud (the FT231X's top rate) is 33 1/3 clocks per bit.
-    clk_hz=100e6,
+    # 30 MHz = 25 MHz * 6 / 5 (the core's Fmax at V = 16 is below 40 MHz, see
+    # docs/boards.md); 3 Mbaud (the FT231X's top rate) is then 10 clocks per bit.
+    clk_hz=30e6,
     baud=3_000_000,
     config=CoreConfig(lanes=16, bank_depth=256, weight_depth=4096, row_depth=4096,
                       layer_depth=64, result_queue=64, max_payload=1024),
@@ -139,7 +140,8 @@ ORANGECRAB = Board(
     osc_hz=48e6,
     # The USB port carries the DFU bootloader, not a serial bridge: the UART is on the
     # Feather header's pins 0 (RX) and 1 (TX), for an external 3.3 V USB-serial adapter.
-    clk_hz=48e6,
+    # 32 MHz = 48 MHz * 2 / 3 (below the core's Fmax); 3 Mbaud is 10 2/3 clocks per bit.
+    clk_hz=32e6,
     baud=3_000_000,
     config=CoreConfig(lanes=16, bank_depth=128, weight_depth=1024, row_depth=1024,
                       layer_depth=32, result_queue=32, max_payload=1024),

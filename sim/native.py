@@ -55,7 +55,7 @@ _TRACE_FLAGS = {None: [], "fst": ["--trace-fst"], "vcd": ["--trace"]}
 
 def _normalise_trace(trace):
     if trace is True:
-        return "fst"
+        return "vcd"
     if trace is False:
         return None
     if trace not in TRACE_KINDS:
@@ -95,8 +95,8 @@ def build_native(cfg, *, trace=False):
     ----------
     cfg : CoreConfig
     trace : bool or str
-        ``False`` (no waves, fastest), ``True``/``"fst"`` (``--trace-fst``) or ``"vcd"``
-        (``--trace``). A trace build is a separate cached build.
+        ``False`` (no waves, fastest), ``True``/``"vcd"`` (``--trace``) or ``"fst"``
+        (``--trace-fst``; needs the LZ4 headers). A trace build is a separate cached build.
 
     Raises
     ------
@@ -154,6 +154,9 @@ def _build(cfg, trace, build_dir):
         if any("g++: not found" in line or "c++: not found" in line for line in tail):
             raise ToolNotFound("A C++ compiler (g++) is needed to build the Verilator sim; "
                                "install build-essential")
+        if any("lz4.h" in line for line in tail):
+            raise ToolNotFound("FST tracing needs the LZ4 headers (lz4.h, Debian package "
+                               "liblz4-dev); install them or trace to a .vcd file instead")
         raise GsaccelError(f"Verilator build failed with status {result.returncode}; last "
                            f"lines of {log_path}:\n" + "\n".join(tail))
     # Objects and precompiled headers are >100 MB per build and never reused (a changed

@@ -64,7 +64,7 @@ class VerilatorTransport(Transport):
     cfg : CoreConfig
         The core to simulate.
     trace : str or Path, optional
-        Write a waveform there (FST, or VCD if the name ends in ``.vcd``); uses a separate
+        Write a waveform there (FST if the name ends in ``.fst``, else VCD); uses a separate
         build with tracing compiled in, which is slower.
 
     Attributes
@@ -84,7 +84,7 @@ class VerilatorTransport(Transport):
         if not isinstance(cfg, CoreConfig):
             raise TypeError(f"Configuration must be a CoreConfig, not {cfg!r}")
         self._cfg = cfg
-        kind = None if trace is None else ("vcd" if str(trace).endswith(".vcd") else "fst")
+        kind = None if trace is None else ("fst" if str(trace).endswith(".fst") else "vcd")
         self._executable = build_native(cfg, trace=kind or False)
         command = [str(self._executable)]
         if trace is not None:

@@ -174,3 +174,17 @@ def test_many_requests_before_reading():
         transport.send(request * n)
         frames = protocol.FrameParser().feed(transport.recv(n * (count + 9), timeout=60))
     assert len(frames) == n and all(f.payload == bytes(count) for f in frames)
+
+
+@pytest.mark.slow
+def test_trace_build_writes_waves(tmp_path):
+    """A trace build (a separate cached build) dumps a VCD of the run."""
+    from gsaccel.sim.build import require_verilator
+    from gsaccel.sim.verilator_transport import VerilatorTransport
+    require_verilator()
+    waves = tmp_path / "core.vcd"
+    with VerilatorTransport(CFG, trace=waves) as transport:
+        transport.send(protocol.encode_frame(FrameType.HELLO, 3))
+        reply = transport.recv(9 + 24, timeout=60)
+    assert reply[:3] == bytes([0xA5, FrameType.DATA, 3])
+    assert waves.stat().st_size > 1000

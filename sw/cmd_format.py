@@ -78,25 +78,34 @@ def run_pack(args):
 
 
 def _pack_model(args):
-    for name, matrix in pack_model(args.model, lanes=args.lanes, encoding=args.encoding,
-                                   pattern=args.pattern, per_row=args.per_row):
+    for name, matrix, basis in pack_model(args.model, lanes=args.lanes, encoding=args.encoding,
+                                          pattern=args.pattern, per_row=args.per_row):
         out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)
         path = out / f"{name or 'model'}.gsf"
         matrix.save(path)
         _print_summary(path, matrix.stats())
+        if basis is not None:
+            basis_path = out / f"{name or 'model'}.basis.npy"
+            np.save(basis_path, basis)
+            print(f"{basis_path}: SmartDeal basis B (3x3 float); the .gsf holds C' times "
+                  f"2**10")
 
 
 def pack_model(path, *, lanes=8, encoding="pow2", pattern=None, per_row=1):
-    """``(layer name, GSMatrix)`` for every Linear/Conv2d of a torch.save'd model.
+    """``(layer name, GSMatrix, SmartDeal basis or None)`` for every Linear/Conv2d of a
+    torch.save'd model.
 
     Each layer's masked weight (GEMM view, out × in·kh·kw) is quantised with a power-of-two
     scale to ``encoding``, then packed with ``pattern`` or, when that is None, the pattern its
-    pruning recorded (``gsaccel.sw.prune.pattern_info``; unstructured when it has none).
+    pruning recorded (``gsaccel.sw.prune.pattern_info``; unstructured when it has none). A
+    SmartDeal layer packs C′ (its power-of-two factor, exact: scaled by 2**10 to integers)
+    under its C pattern, and returns B beside it.
     """
     import torch
     from .compiler import _masked_weight, _scale_log2, quantize_weights
-    from .prune import pattern_info, prunable_layers
+    from .prune import (SMARTDEAL_EXP_MIN, pattern_info, prunable_layers, smartdeal_cprime,
+                        smartdeal_factors)
     try:
         model = torch.load(path, weights_only=False, map_location="cpu")
     except FileNotFoundError:
@@ -110,6 +119,18 @@ def pack_model(path, *, lanes=8, encoding="pow2", pattern=None, per_row=1):
     if not layers:
         raise ShapeError(f"{path}: the model has no Linear or Conv2d layer to pack")
     for name, module in layers:
+        info = pattern_info(module)
+        if info is not None and info.pattern == "smartdeal" and pattern is None:
+            c_prime = smartdeal_cprime(module) * 2.0 ** -SMARTDEAL_EXP_MIN
+            order = getattr(module, "gsaccel_row_order", None)
+            try:
+                yield name, GSMatrix.from_dense(
+                    np.round(c_prime).astype(np.int64), info.c_pattern, lanes, info.per_row,
+                    "pow2", row_order=None if order is None or info.c_pattern != "gs-scatter"
+                    else order.cpu().numpy()), smartdeal_factors(module)[1]
+            except GsaccelError as error:
+                raise type(error)(f"layer {name!r}: {error}") from None
+            continue
         weight, mask = _masked_weight(module)
         weight = weight.reshape(weight.shape[0], -1)
         mask = None if mask is None else mask.reshape(weight.shape)
@@ -117,7 +138,6 @@ def pack_model(path, *, lanes=8, encoding="pow2", pattern=None, per_row=1):
         kept = weight if mask is None else weight[mask]
         scale = _scale_log2(float(np.abs(kept).max()) if kept.size else 0.0, limit)
         q = quantize_weights(weight, mask, scale, encoding)
-        info = pattern_info(module)
         layer_pattern, layer_e, order = pattern, per_row, None
         if layer_pattern is None:
             if info is not None and info.pattern in ("gs-gather", "gs-scatter", "1xN"):
@@ -131,7 +151,7 @@ def pack_model(path, *, lanes=8, encoding="pow2", pattern=None, per_row=1):
             order = module.gsaccel_row_order.cpu().numpy()
         try:
             yield name, GSMatrix.from_dense(q, layer_pattern, lanes, layer_e, encoding,
-                                            row_order=order)
+                                            row_order=order), None
         except GsaccelError as error:
             raise type(error)(f"layer {name!r}: {error}") from None
 

@@ -36,3 +36,16 @@ def test_pack_model_errors(tmp_path, capsys):
     torch.save(model, tmp_path / "m8.pt")
     assert main(["pack", str(tmp_path / "m8.pt"), "--lanes", "4", "-o", str(tmp_path / "o")]) == 1
     assert "was pruned for 8 lanes, not 4; pass --lanes 8" in capsys.readouterr().err
+
+
+def test_pack_a_smartdeal_model_packs_c_prime_and_basis(tmp_path):
+    from gsaccel.sw.prune import smartdeal_factors
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(30, 16))
+    prune(model, pattern="smartdeal", sparsity=0.5, lanes=8)
+    torch.save(model, tmp_path / "sd.pt")
+    assert main(["pack", str(tmp_path / "sd.pt"), "-o", str(tmp_path / "out")]) == 0
+    matrix = GSMatrix.load(tmp_path / "out" / "0.gsf")
+    c, b = smartdeal_factors(model[0])
+    np.testing.assert_array_equal(matrix.to_dense(), (c.reshape(16, -1) * 2 ** 10).round())
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "0.basis.npy"), b)

@@ -89,6 +89,9 @@ class GsaccelCore(wiring.Component):
         wiring.connect(m, proc.o_row, writer.i_row)
         wiring.connect(m, engine.o_sums, writer.i_sums)
         m.d.comb += [
+            # Every layer starts from zero accumulators, as the golden model does, even if a
+            # hand-written descriptor ended the previous one inside a row group.
+            engine.clear.eq(proc.owner == ScratchpadOwner.HOST),
             engine.credit.eq(writer.credit),
             engine.seg_log2.eq(proc.seg_log2), engine.src.eq(proc.src),
             writer.seg_log2.eq(proc.seg_log2), writer.shift.eq(proc.shift),

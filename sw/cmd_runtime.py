@@ -59,6 +59,9 @@ def register(subparsers):
                      help="the torch model the program came from: per-layer error table")
     run.add_argument("--compare-samples", metavar="N", type=int, default=64,
                      help="inputs used for the per-layer table (default: %(default)s)")
+    run.add_argument("--waves", metavar="FILE",
+                     help="sim target: dump the RTL waveform to FILE (.vcd, or .fst where "
+                          "liblz4 is installed)")
     run.add_argument("-o", "--output", metavar="Y.npy",
                      help="save the dequantised float32 outputs")
     run.set_defaults(func=run_run)
@@ -163,7 +166,7 @@ def run_run(args):
             raise ShapeError(f"{args.labels}: labels must have shape ({len(x)},), "
                              f"not {labels.shape}")
     model = load_model(args.compare) if args.compare else None
-    with connect(args.target, cfg=program.cfg) as device:
+    with connect(args.target, cfg=program.cfg, waves=args.waves) as device:
         device.load(program)
         y = device.run(x)
         counters = dict(device.counters)

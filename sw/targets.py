@@ -47,7 +47,7 @@ def parse_target(target):
     raise GsaccelError(f"Target must be one of {', '.join(TARGETS)}, not {target!r}")
 
 
-def connect(target, *, cfg=None, timeout=None, retries=3):
+def connect(target, *, cfg=None, timeout=None, retries=3, waves=None):
     """Open ``target`` and return its device (a context manager).
 
     Parameters
@@ -62,6 +62,9 @@ def connect(target, *, cfg=None, timeout=None, retries=3):
         Seconds to wait for each reply (default 10 for ``sim``, 2 for a board).
     retries : int
         Resends after a lost or corrupt frame.
+    waves : str or Path, optional
+        ``sim`` only: dump the RTL's waveform there (``.fst`` or ``.vcd``), from a separate
+        trace-enabled build.
 
     Returns
     -------
@@ -69,6 +72,8 @@ def connect(target, *, cfg=None, timeout=None, retries=3):
         :class:`GoldenDevice` or :class:`Device`.
     """
     kind, port, baud = parse_target(target)
+    if waves is not None and kind != "sim":
+        raise GsaccelError(f"Waveforms come from the sim target only, not {target!r}")
     cfg = CoreConfig() if cfg is None else cfg
     if kind == "golden":
         return GoldenDevice(cfg)
@@ -78,7 +83,7 @@ def connect(target, *, cfg=None, timeout=None, retries=3):
         except ImportError as error:
             raise ToolNotFound(f"The sim target needs gsaccel.sim.verilator_transport, which "
                                f"cannot be imported: {error}") from None
-        transport = VerilatorTransport(cfg)
+        transport = VerilatorTransport(cfg, trace=waves)
         device = Device(transport, timeout=10.0 if timeout is None else timeout,
                         retries=retries)
         try:

@@ -188,3 +188,21 @@ def test_trace_build_writes_waves(tmp_path):
         reply = transport.recv(9 + 24, timeout=60)
     assert reply[:3] == bytes([0xA5, FrameType.DATA, 3])
     assert waves.stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_run_command_dumps_waves(tmp_path):
+    """`gsaccel run --target sim --waves F` runs the program on a trace build and writes F."""
+    import numpy as np
+    import torch
+    from gsaccel.sim.build import require_verilator
+    from gsaccel.sw.cli import main
+    require_verilator()
+    torch.manual_seed(0)
+    torch.save(torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU()), tmp_path / "m.pt")
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((3, 6)))
+    assert main(["compile", str(tmp_path / "m.pt"), "--example", str(tmp_path / "x.npy"),
+                 "--bank-depth", "16", "-o", str(tmp_path / "m.gsp")]) == 0
+    assert main(["run", str(tmp_path / "m.gsp"), "--input", str(tmp_path / "x.npy"),
+                 "--target", "sim", "--waves", str(tmp_path / "run.vcd")]) == 0
+    assert (tmp_path / "run.vcd").stat().st_size > 1000

@@ -77,6 +77,8 @@ def test_run_one_input(files, capsys):
      "Target must be one of golden, sim, serial:PORT[@BAUD], not 'fpga'"),
     (["run", "{d}/m.gsp", "--input", "{d}/x.npy", "--target", "serial:/nonexistent/tty"],
      "Serial port '/nonexistent/tty' cannot be opened"),
+    (["run", "{d}/m.gsp", "--input", "{d}/x.npy", "--waves", "{d}/w.vcd"],
+     "Waveforms come from the sim target only, not 'golden'"),
 ])
 def test_errors_are_one_line_and_exit_1(files, capsys, argv, needle):
     torch.save(torch.load(files / "m.pt", weights_only=False).state_dict(), files / "sd.pt")

@@ -226,8 +226,8 @@ class BoardTop(Elaboratable):
             m.d.comb += [ClockSignal("sync").eq(self._input(m, platform, platform.default_clk)),
                          locked.eq(1)]
         else:
-            # A net of the top's own, so that the constraint names a net that survives
-            # synthesis (nextpnr also derives it from the PLL; both must agree).
+            # nextpnr derives the clock constraint from the PLL's dividers (an explicit one
+            # would name a net that synthesis renames).
             clk_pll = Signal(name="clk_pll")
             if board.family == "ice40":
                 pad = platform.request(platform.default_clk, 0, dir="-")
@@ -236,7 +236,6 @@ class BoardTop(Elaboratable):
                 clk = self._input(m, platform, platform.default_clk)
                 m.submodules.pll = ecp5_pll(self._pll, clk, clk_pll, locked)
             m.d.comb += ClockSignal("sync").eq(clk_pll)
-            platform.add_clock_constraint(clk_pll, self._clk_hz)
 
         reset_request = ~locked
         if board.reset_button is not None:

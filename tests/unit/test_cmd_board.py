@@ -189,18 +189,29 @@ def test_board_top_clocks():
         BoardTop(board=icebreaker, core=LoopbackCore(), clk_hz=12e6, baud=4_000_000)
 
 
-def test_board_plans_have_constraints():
+def test_board_plans():
     for board in BOARDS.values():
         top = BoardTop(board=board, core=LoopbackCore(), clk_hz=board.clk_hz, baud=board.baud)
         plan = board.platform().prepare(top, name="top")
-        constraints = plan.files["top.pcf" if board.family == "ice40" else "top.lpf"]
-        if top.pll is not None:
-            # The PLL output is constrained at the frequency it really reaches.
-            expected = (f"set_frequency clk_pll {top.clk_hz / 1e6}" if board.family == "ice40"
-                        else f'FREQUENCY NET "clk_pll" {top.clk_hz} HZ;')
-            assert expected in constraints
+        rtlil = plan.files["top.il"]
+        # The PLL's dividers make the clock the UART divisor was computed for (nextpnr derives
+        # the timing constraint from the same dividers).
+        if top.pll is None:
+            assert "SB_PLL40_PAD" not in rtlil and "EHXPLLL" not in rtlil
+        elif board.family == "ice40":
+            assert (f"parameter \\DIVF {top.pll.divf}\n" in rtlil
+                    and f"parameter \\DIVQ {top.pll.divq}\n" in rtlil)
+        else:
+            assert (f"parameter \\CLKFB_DIV {top.pll.clkfb_div}\n" in rtlil
+                    and f"parameter \\CLKI_DIV {top.pll.clki_div}\n" in rtlil)
+        assert top.pll is None or top.pll.f_out == board.clk_hz
         # Amaranth's script must not call tools that are not on PyPI (dfu-suffix).
         assert "dfu-suffix" not in plan.files["build_top.sh"]
+    # The iCEBreaker's PLL, as the 30 MHz loopback build uses it.
+    top = BoardTop(board=BOARDS["icebreaker"], core=LoopbackCore(), clk_hz=30e6,
+                   baud=3_000_000)
+    rtlil = BOARDS["icebreaker"].platform().prepare(top, name="top").files["top.il"]
+    assert "cell \\SB_PLL40_PAD \\pll\n" in rtlil and "parameter \\DIVF 79\n" in rtlil
 
 
 # Reports --------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ clock.
 
 from dataclasses import dataclass
 
-from amaranth.hdl import Instance, Signal
+from amaranth.hdl import Instance
 
 __all__ = ["ICE40PLLSetting", "ECP5PLLSetting", "ice40_pll_setting", "ecp5_pll_setting",
            "ice40_pll", "ecp5_pll"]

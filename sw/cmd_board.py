@@ -114,7 +114,6 @@ def cmd_build(args):
 
     from ..boards.build import BuildError, build_board
     from ..boards.catalog import get_board
-    from ..hw.config import CoreConfig
 
     board = get_board(args.board)
     changes = {name: value for name, value in (

@@ -4,7 +4,6 @@
 No board is attached here: flashing is tested up to the loader's own "no device" answer.
 """
 
-import json
 import os
 import re
 import shutil

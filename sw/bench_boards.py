@@ -32,6 +32,7 @@ def markdown_table(rows):
     lines = ["| board | V | depth | LUT | FF | BRAM | DSP | Fmax (MHz) | target (MHz) | note |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, result, note in rows:
+        note = note.replace("|", "\\|")          # error messages may hold a pipe
         if result is None:
             lines.append(f"| {name} | | | | | | | | | {note} |")
             continue
@@ -74,7 +75,7 @@ def run(*, out_dir, quick=False, doc_path=_DOC, progress=None):
             result = getattr(error, "result", None)
             note = f"{type(error).__name__}: {error}"
         logger.info("%s built in %.0f s", name, time.monotonic() - started)
-        rows.append((name, result, note.replace("|", "/")))
+        rows.append((name, result, note))
     table = markdown_table(rows)
     if doc_path is not None and Path(doc_path).parent.is_dir():
         Path(doc_path).write_text(

@@ -305,3 +305,20 @@ def test_dfu_suffix():
     assert suffix[:12] == bytes([0xFF, 0xFF, 0xF0, 0x5A, 0x09, 0x12, 0x00, 0x01]) + b"UFD" \
         + bytes([16])
     assert int.from_bytes(suffix[12:], "little") == _crc32_no_final_xor(image[:-4])
+
+
+def test_bench_table():
+    from gsaccel.boards.build import BuildResult
+    from gsaccel.sw.bench_boards import markdown_table
+    cfg = BOARDS["icebreaker"].config
+    result = BuildResult(board="icebreaker", config=cfg, clk_hz=12e6, baud=3_000_000,
+                         resources={"LUT": (3060, 5280), "FF": (1488, 5280), "BRAM": (22, 30),
+                                    "SPRAM": (0, 4), "DSP": (0, 8)},
+                         fmax_mhz=17.59, target_mhz=12.0, bitstream=Path("top.bin"),
+                         log=Path("build.log"), seconds=361.8)
+    lines = markdown_table([("icebreaker", result, "362 s build"),
+                            ("ulx3s-85f", None, "does not fit: a|b")]).splitlines()
+    assert lines[2] == (f"| icebreaker | {cfg.lanes} | {cfg.bank_depth} | 3060/5280 (58%) | "
+                        f"1488/5280 (28%) | 22/30 (73%) | 0/8 (0%) | 17.6 | 12.0 | "
+                        f"362 s build |")
+    assert lines[3] == "| ulx3s-85f | | | | | | | | | does not fit: a\\|b |"

@@ -213,7 +213,9 @@ def run(*, out_dir, quick=False):
     plot = _plot(results, out_dir, lanes)
     text = "\n".join([
         "# Hardware benchmarks", "",
-        "Regenerate with `gsaccel bench hw` (add `--quick` for a small layer).", "",
+        "Regenerate with `gsaccel bench hw` (add `--quick` for a small layer). Board "
+        "resources and Fmax: [benchmarks-boards.md](benchmarks-boards.md) (`gsaccel bench "
+        "boards`); pruning accuracy: [pruning.md](pruning.md) (`gsaccel bench pruning`).", "",
         "## Cycles and utilisation per pattern", "", table, "",
         f"![speed-up per pattern](img/{plot.name})", "",
         "## One lane after yosys `synth_ice40`", "", lanes_md, "",

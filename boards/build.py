@@ -325,8 +325,8 @@ def build_board(board, *, config=None, out_dir, clk_hz=None, baud=None, loopback
     # Relative paths only: the WebAssembly tools see nothing outside their working folder.
     nextpnr_opts = f"--report report.json --timing-allow-fail --seed {seed}"
     if board.family == "ecp5":
-        # router2 routes the V-wide crossbar of an ECP5 build in minutes where the default
-        # router1 takes over an hour.
+        # router2 routed the OrangeCrab's V = 16 core in about 10 minutes; router1 had not
+        # finished the ULX3S's after 20 (docs/boards.md).
         nextpnr_opts += " --router router2"
     overrides = {"nextpnr_opts": nextpnr_opts}
     if board.family == "ice40" and 0 < _multipliers(config) <= _ICE40_DSPS:

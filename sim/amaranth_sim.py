@@ -4,6 +4,7 @@ deadline and optional VCDs, and the seeded random generator every randomised tes
 Tests import these; nobody copies them (STYLE.md §2).
 """
 
+import gc
 import os
 from pathlib import Path
 
@@ -140,3 +141,9 @@ def run_sim(dut, *testbenches, name, deadline=100_000):
             sim.run()
     else:
         sim.run()
+    # Background testbenches still waiting on the clock are closed when they are collected,
+    # and closing one raises inside Amaranth; collect them here, at a safe point, rather than
+    # wherever the garbage collector next runs (on Python 3.11, possibly in the middle of
+    # pytest compiling a module, which then crashes the whole run).
+    del sim
+    gc.collect()

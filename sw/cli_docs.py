@@ -23,14 +23,21 @@ page. Typed errors (bad shapes, files, frames, missing tools or boards) print on
 
 def render():
     # A fixed width keeps the page identical on every terminal.
+    saved = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = "100"
-    parser = build_parser()
-    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    parts = [INTRO]
-    for choice in action._choices_actions:
-        sub = action.choices[choice.dest]
-        parts.append(f"## gsaccel {choice.dest}\n\n{choice.help}.\n\n```\n"
-                     f"{sub.format_help().rstrip()}\n```\n")
+    try:
+        parser = build_parser()
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parts = [INTRO]
+        for choice in action._choices_actions:
+            sub = action.choices[choice.dest]
+            parts.append(f"## gsaccel {choice.dest}\n\n{choice.help}.\n\n```\n"
+                         f"{sub.format_help().rstrip()}\n```\n")
+    finally:
+        if saved is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = saved
     return "\n".join(parts)
 
 

@@ -11,7 +11,7 @@ __all__ = ["SerialTransport", "DEFAULT_BAUD"]
 logger = logging.getLogger(__name__)
 
 #: The UART rate the board tops use unless told otherwise.
-DEFAULT_BAUD = 115200
+DEFAULT_BAUD = 3_000_000   # every board top runs its UART at 3 Mbaud (docs/boards.md)
 
 
 class SerialTransport(Transport):

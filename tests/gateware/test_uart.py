@@ -7,7 +7,6 @@ under test; the DUT sees the level at each integer clock. The reference receiver
 middle of each bit of its own bit time.
 """
 
-import gc
 import math
 from fractions import Fraction
 
@@ -83,13 +82,7 @@ def random_bytes(rng, count):
     return edge_cases + [int(b) for b in rng.integers(0, 256, count - len(edge_cases))]
 
 
-def run_sim(*args, **kwargs):
-    amaranth_sim.run_sim(*args, **kwargs)
-    # The runner's suspended background testbenches raise when finalised; collect them here,
-    # at a safe point, rather than inside whatever allocation triggers the next GC (under
-    # CPython 3.11 that can be the AST builder of pytest's assertion rewriter, which then
-    # fails with "AST constructor recursion depth mismatch").
-    gc.collect()
+run_sim = amaranth_sim.run_sim
 
 
 def _id(value):

@@ -257,7 +257,7 @@ from gsaccel.sw.targets import connect, parse_target  # noqa: E402
 @pytest.mark.parametrize("target, parsed", [
     ("golden", ("golden", None, None)),
     ("sim", ("sim", None, None)),
-    ("serial:/dev/ttyUSB1", ("serial", "/dev/ttyUSB1", 115200)),
+    ("serial:/dev/ttyUSB1", ("serial", "/dev/ttyUSB1", 3_000_000)),
     ("serial:COM3@1000000", ("serial", "COM3", 1000000)),
 ])
 def test_parse_target(target, parsed):

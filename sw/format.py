@@ -601,8 +601,34 @@ def _broadcast_groups(weights, kept, lanes, rg_rows):
     return np.concatenate(values), np.concatenate(col_idx), np.asarray(rg_groups, dtype=np.int64)
 
 
+def _horizontal_groups(weights, kept, lanes, rg_rows):
+    """e = V: every row group is one row and lane i may read bank i, so group t simply takes
+    each bank's t-th kept column of the row: max(1, largest bank load) groups, all rows at
+    once, without any matching."""
+    rows = rg_rows[:, 0]
+    r_idx, c_idx = np.nonzero(kept[rows])                  # row-group-major, column order
+    bank = c_idx % lanes
+    key = r_idx * lanes + bank
+    order = np.lexsort((c_idx, key))
+    key_sorted = key[order]
+    starts = np.flatnonzero(np.r_[True, key_sorted[1:] != key_sorted[:-1]])
+    rank = np.empty(key.size, dtype=np.int64)
+    rank[order] = np.arange(key.size) - np.repeat(starts, np.diff(np.r_[starts, key.size]))
+    loads = np.zeros(rows.size, dtype=np.int64)
+    np.maximum.at(loads, r_idx, rank + 1)
+    rg_groups = np.maximum(loads, 1)
+    first = np.concatenate([[0], np.cumsum(rg_groups)[:-1]])
+    values = np.zeros((int(rg_groups.sum()), lanes), dtype=np.int64)
+    col_idx = np.zeros_like(values)
+    values[first[r_idx] + rank, bank] = weights[rows[r_idx], c_idx]
+    col_idx[first[r_idx] + rank, bank] = c_idx
+    return values, col_idx, rg_groups
+
+
 def _gs_groups(weights, kept, lanes, per_row, rg_rows):
     """Exact decomposition of every row group into max(ceil(count/e), bank load) groups."""
+    if per_row == lanes:
+        return _horizontal_groups(weights, kept, lanes, rg_rows)
     cols = weights.shape[1]
     segments = lanes // per_row
     bank_of_col = np.arange(cols) % lanes

@@ -15,6 +15,7 @@ was lost is never resent on its own: :meth:`Accelerator.run` writes the input ag
 repeats the whole inference.
 """
 
+import abc
 import logging
 import time
 
@@ -34,7 +35,7 @@ class _ReplyLost(FrameError):
     """The reply to a non-idempotent request was lost; the device state is unknown."""
 
 
-class Accelerator:
+class Accelerator(abc.ABC):
     """What every target offers: raw memory access, RUN, and program-level inference.
 
     Subclasses implement :attr:`config`, :meth:`write`, :meth:`read` and :meth:`run_layers`.
@@ -56,20 +57,24 @@ class Accelerator:
 
     # Raw access ---------------------------------------------------------------------------
     @property
+    @abc.abstractmethod
     def config(self) -> CoreConfig:
-        raise NotImplementedError
+        """The core this target runs."""
 
+    @abc.abstractmethod
     def write(self, mem, addr, words):
-        raise NotImplementedError
+        """Write ``words`` to memory ``mem`` from ``addr``."""
 
+    @abc.abstractmethod
     def read(self, mem, addr, count):
-        raise NotImplementedError
+        """Read ``count`` words of memory ``mem`` from ``addr``."""
 
+    @abc.abstractmethod
     def run_layers(self, first, count):
-        raise NotImplementedError
+        """Run layers ``first .. first+count-1``; return the counters."""
 
     def close(self):
-        pass
+        """Release the target (nothing to release by default)."""
 
     def __enter__(self):
         return self

@@ -4,7 +4,7 @@ from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .config import CoreConfig
+from .config import check_config
 from .scratchpad import bank_addr_width
 from .writer import Requantizer
 
@@ -59,8 +59,7 @@ class BasisUnit(wiring.Component):
     """
 
     def __init__(self, cfg):
-        if not isinstance(cfg, CoreConfig):
-            raise TypeError(f"Configuration must be a CoreConfig, not {cfg!r}")
+        check_config(cfg)
         if cfg.lanes < 4:
             raise ValueError(f"Basis unit lane count must be at least 4, so that a chunk's "
                              f"three elements fall in three banks, not {cfg.lanes!r}")

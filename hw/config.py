@@ -3,7 +3,7 @@ golden model and the host runtime derive their widths from."""
 
 from dataclasses import dataclass
 
-__all__ = ["CoreConfig", "ENCODINGS", "POW2_EXP_MAX"]
+__all__ = ["CoreConfig", "check_config", "ENCODINGS", "POW2_EXP_MAX"]
 
 #: Weight value encodings the lanes understand.
 ENCODINGS = ("pow2", "int8")
@@ -132,3 +132,10 @@ class CoreConfig:
     def from_json(cls, text):
         import json
         return cls(**json.loads(text))
+
+
+def check_config(cfg):
+    """Raise TypeError unless ``cfg`` is a :class:`CoreConfig` (every block's first check)."""
+    if not isinstance(cfg, CoreConfig):
+        raise TypeError(f"Configuration must be a CoreConfig, not {cfg!r}")
+    return cfg

@@ -5,7 +5,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .basis import BasisUnit
-from .config import CoreConfig
+from .config import check_config
 from .engine import GatherEngine
 from .framing import FrameReceiver, FrameTransmitter
 from .scratchpad import BankedScratchpad
@@ -47,8 +47,7 @@ class GsaccelCore(wiring.Component):
     """
 
     def __init__(self, cfg):
-        if not isinstance(cfg, CoreConfig):
-            raise TypeError(f"Configuration must be a CoreConfig, not {cfg!r}")
+        check_config(cfg)
         self._cfg = cfg
         super().__init__({
             "i_stream": In(stream.Signature(8)),

@@ -5,7 +5,7 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .config import CoreConfig
+from .config import check_config
 from .lane import Lane, lane_nonzero
 from .layouts import group_layout
 from .scratchpad import bank_addr_width
@@ -73,8 +73,7 @@ class GatherEngine(wiring.Component):
     """
 
     def __init__(self, cfg):
-        if not isinstance(cfg, CoreConfig):
-            raise TypeError(f"Configuration must be a CoreConfig, not {cfg!r}")
+        check_config(cfg)
         self._cfg = cfg
         lanes, addr_width = cfg.lanes, bank_addr_width(cfg)
         super().__init__({

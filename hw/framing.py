@@ -9,7 +9,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .config import CoreConfig
+from .config import CoreConfig, check_config
 from .crc import Crc32
 from .layouts import ErrorCode, FRAME_SYNC
 
@@ -17,8 +17,7 @@ __all__ = ["FrameReceiver", "FrameTransmitter", "frame_layout", "reply_layout"]
 
 
 def _check_cfg(cfg):
-    if not isinstance(cfg, CoreConfig):
-        raise TypeError(f"Configuration must be a CoreConfig, not {cfg!r}")
+    check_config(cfg)
     if cfg.max_payload > 65535:
         raise ValueError(f"Maximum payload must fit the 16-bit length field, "
                          f"not {cfg.max_payload!r}")

@@ -5,7 +5,7 @@ from amaranth.hdl import Module, Mux, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from .config import CoreConfig
+from .config import check_config
 from .layouts import pow2_code_layout
 
 __all__ = ["Lane", "lane_nonzero"]
@@ -44,8 +44,7 @@ class Lane(wiring.Component):
     """
 
     def __init__(self, cfg):
-        if not isinstance(cfg, CoreConfig):
-            raise TypeError(f"Configuration must be a CoreConfig, not {cfg!r}")
+        check_config(cfg)
         self._cfg = cfg
         super().__init__({
             "x":       In(signed(8)),

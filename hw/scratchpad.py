@@ -5,7 +5,7 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .config import CoreConfig
+from .config import check_config
 
 __all__ = ["BankedScratchpad", "bank_addr_width"]
 
@@ -16,8 +16,7 @@ def bank_addr_width(cfg):
 
 
 def _check_cfg(cfg):
-    if not isinstance(cfg, CoreConfig):
-        raise TypeError(f"Configuration must be a CoreConfig, not {cfg!r}")
+    check_config(cfg)
 
 
 class BankedScratchpad(wiring.Component):

@@ -11,7 +11,7 @@ from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .config import CoreConfig
+from .config import check_config
 from .framing import frame_layout, reply_layout
 from .layouts import (COUNTER_NAMES, ErrorCode, FrameType, LayerKind, Memory as MemoryId, group_layout,
                       layer_layout, memory_depth, memory_layout, row_layout, word_bytes)
@@ -32,8 +32,7 @@ class ScratchpadOwner(enum.Enum, shape=2):
 
 
 def _check_cfg(cfg):
-    if not isinstance(cfg, CoreConfig):
-        raise TypeError(f"Configuration must be a CoreConfig, not {cfg!r}")
+    check_config(cfg)
 
 
 def _datapath_members(cfg):

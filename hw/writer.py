@@ -6,7 +6,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
-from .config import CoreConfig
+from .config import check_config
 from .engine import sums_layout
 from .layouts import row_layout
 from .scratchpad import bank_addr_width
@@ -120,8 +120,7 @@ class ResultWriter(wiring.Component):
     """
 
     def __init__(self, cfg):
-        if not isinstance(cfg, CoreConfig):
-            raise TypeError(f"Configuration must be a CoreConfig, not {cfg!r}")
+        check_config(cfg)
         self._cfg = cfg
         lanes, addr_width = cfg.lanes, bank_addr_width(cfg)
         super().__init__({

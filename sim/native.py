@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..hw.config import CoreConfig
+from ..hw.config import check_config
 from ..sw.errors import GsaccelError, ToolNotFound
 from .toolchain import verilator_env, verilator_version
 from .verilog_text import compact_zero_memory_init
@@ -107,8 +107,7 @@ def build_native(cfg, *, trace=False):
     GsaccelError
         If the build fails (the log is in the build folder).
     """
-    if not isinstance(cfg, CoreConfig):
-        raise TypeError(f"Configuration must be a CoreConfig, not {cfg!r}")
+    check_config(cfg)
     trace = _normalise_trace(trace)
     key = _source_key(cfg, trace)
     build_dir = NATIVE_ROOT / key

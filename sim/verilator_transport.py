@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..hw.config import CoreConfig
+from ..hw.config import check_config
 from ..sw.errors import DeviceError, DeviceTimeout
 from ..sw.transport import Transport
 from .native import build_native
@@ -81,8 +81,7 @@ class VerilatorTransport(Transport):
     """
 
     def __init__(self, cfg, *, trace=None):
-        if not isinstance(cfg, CoreConfig):
-            raise TypeError(f"Configuration must be a CoreConfig, not {cfg!r}")
+        check_config(cfg)
         self._cfg = cfg
         kind = None if trace is None else ("fst" if str(trace).endswith(".fst") else "vcd")
         self._executable = build_native(cfg, trace=kind or False)

@@ -98,6 +98,11 @@ class CoreConfig:
         return self.lanes * self.bank_depth
 
     @property
+    def result_vectors(self):
+        """Sum vectors the result queue holds: the engine's credits."""
+        return self.result_queue // self.lanes
+
+    @property
     def bank_bits(self):
         """Bits that select a bank: log2(lanes)."""
         return self.lanes.bit_length() - 1

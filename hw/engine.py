@@ -98,7 +98,7 @@ class GatherEngine(wiring.Component):
     @property
     def credits(self):
         """Credits the engine starts with: sum vectors the consumer's queue holds."""
-        return self._cfg.result_queue // self._cfg.lanes
+        return self._cfg.result_vectors
 
     def elaborate(self, platform):
         m = Module()

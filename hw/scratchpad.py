@@ -15,10 +15,6 @@ def bank_addr_width(cfg):
     return (2 * cfg.bank_depth - 1).bit_length()
 
 
-def _check_cfg(cfg):
-    check_config(cfg)
-
-
 class BankedScratchpad(wiring.Component):
     """V banks of ``2 * bank_depth`` int8 words, one per lane.
 
@@ -47,7 +43,7 @@ class BankedScratchpad(wiring.Component):
     """
 
     def __init__(self, cfg):
-        _check_cfg(cfg)
+        check_config(cfg)
         self._cfg = cfg
         lanes, addr_width = cfg.lanes, bank_addr_width(cfg)
         super().__init__({

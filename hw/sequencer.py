@@ -31,10 +31,6 @@ class ScratchpadOwner(enum.Enum, shape=2):
     BASIS = 2   # basis unit
 
 
-def _check_cfg(cfg):
-    check_config(cfg)
-
-
 def _datapath_members(cfg):
     """The sequencer's ports towards the engine, writer and basis unit (its point of view)."""
     return {
@@ -120,7 +116,7 @@ class Sequencer(wiring.Component):
     """
 
     def __init__(self, cfg):
-        _check_cfg(cfg)
+        check_config(cfg)
         self._cfg = cfg
         super().__init__({
             "start":       In(1),
@@ -326,7 +322,7 @@ class CommandProcessor(wiring.Component):
     """
 
     def __init__(self, cfg):
-        _check_cfg(cfg)
+        check_config(cfg)
         self._cfg = cfg
         super().__init__({
             "i_frame":     In(stream.Signature(frame_layout(cfg))),

@@ -144,7 +144,7 @@ class ResultWriter(wiring.Component):
     @property
     def queue_depth(self):
         """Sum vectors the queue holds."""
-        return self._cfg.result_queue // self._cfg.lanes
+        return self._cfg.result_vectors
 
     def elaborate(self, platform):
         m = Module()

@@ -121,7 +121,7 @@ def gs_layer_cycles(rg_groups, segments, cfg: CoreConfig, trailing_groups=0):
     vector and returns the credit when it is done. ``trailing_groups`` after the final
     ``last`` group (only a hand-written descriptor has them) issue but emit nothing.
     """
-    credits = cfg.result_queue // cfg.lanes
+    credits = cfg.result_vectors
     returns = deque()               # cycles from which returned credits can be used
     issue = 0                       # cycle the next group issues in
     writer_free = 0                 # cycle the writer can start the next vector

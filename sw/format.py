@@ -18,7 +18,7 @@ from .errors import EncodingError, FormatError, PatternError, ShapeError
 
 __all__ = [
     "PATTERNS", "ENCODINGS", "GSMatrix", "check_pattern", "pow2_encode", "pow2_decode",
-    "GSF_MAGIC", "GSF_VERSION",
+    "GSF_MAGIC", "GSF_VERSION", "seal", "check_sealed",
 ]
 
 PATTERNS = ("gs-gather", "gs-scatter", "1xN", "unstructured", "dense")
@@ -29,6 +29,24 @@ GSF_VERSION = 1
 # magic, version u16, pattern u8, encoding u8, lanes u8, per_row u8, rows u32, cols u32,
 # row groups u32, groups u32, payload bytes u32
 _HEADER = struct.Struct("<4sHBBBBIIIII")
+
+
+# Sealed files -------------------------------------------------------------------------------------
+
+def seal(body):
+    """``body`` followed by its CRC-32 (little-endian): how .gsf and .gsp files end."""
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def check_sealed(data, expected, source):
+    """Raise :class:`FormatError` unless ``data`` is exactly ``expected`` bytes whose last four
+    are the CRC-32 of the rest."""
+    if len(data) != expected:
+        raise FormatError(f"{source}: truncated or padded: {len(data)} bytes, header says "
+                          f"{expected}")
+    (crc,) = struct.unpack_from("<I", data, expected - 4)
+    if crc != zlib.crc32(data[:expected - 4]):
+        raise FormatError(f"{source}: CRC-32 mismatch; the file is corrupt")
 
 
 # Value codes ----------------------------------------------------------------------------------
@@ -401,8 +419,7 @@ class GSMatrix:
                               ENCODINGS.index(self.encoding), self.lanes, self.per_row,
                               self.shape[0], self.shape[1], self.n_rowgroups, self.n_groups,
                               len(payload))
-        body = header + payload
-        return body + struct.pack("<I", zlib.crc32(body))
+        return seal(header + payload)
 
     @classmethod
     def from_bytes(cls, data, *, source="data"):
@@ -419,12 +436,7 @@ class GSMatrix:
             raise FormatError(f"{source}: GS file version {version} is not supported; this "
                               f"gsaccel reads version {GSF_VERSION}")
         expected = _HEADER.size + payload_len + 4
-        if len(data) != expected:
-            raise FormatError(f"{source}: truncated or padded: {len(data)} bytes, header says "
-                              f"{expected}")
-        (crc,) = struct.unpack_from("<I", data, expected - 4)
-        if crc != zlib.crc32(data[:expected - 4]):
-            raise FormatError(f"{source}: CRC-32 mismatch; the file is corrupt")
+        check_sealed(data, expected, source)
         if (pattern >= len(PATTERNS) or encoding >= len(ENCODINGS) or lanes not in (2, 4, 8, 16)
                 or per_row < 1 or lanes % per_row or rows == 0 or cols == 0):
             raise FormatError(f"{source}: inconsistent header (pattern {pattern}, encoding "

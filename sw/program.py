@@ -22,7 +22,6 @@ Anything truncated, corrupt, of another version or not a program raises
 import dataclasses
 import json
 import struct
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +29,7 @@ import numpy as np
 
 from ..hw.config import CoreConfig
 from .errors import FormatError, ShapeError
-from .format import GSMatrix
+from .format import GSMatrix, check_sealed, seal
 from .golden import basis_layer, dequantize, gs_layer, quantize
 from .image import LayerSpec, build_image
 
@@ -213,7 +212,7 @@ class Program:
         header = json.dumps(header, sort_keys=True).encode()
         body = (_PREFIX.pack(GSP_MAGIC, GSP_VERSION, len(header)) + header
                 + struct.pack("<I", len(payload)) + bytes(payload))
-        return body + struct.pack("<I", zlib.crc32(body))
+        return seal(body)
 
     @classmethod
     def from_bytes(cls, data, *, source="data"):
@@ -234,12 +233,7 @@ class Program:
                               f"{len(data)} bytes")
         (plen,) = struct.unpack_from("<I", data, _PREFIX.size + hlen)
         expected = _PREFIX.size + hlen + 4 + plen + 4
-        if len(data) != expected:
-            raise FormatError(f"{source}: truncated or padded: {len(data)} bytes, header says "
-                              f"{expected}")
-        (crc,) = struct.unpack_from("<I", data, expected - 4)
-        if crc != zlib.crc32(data[:expected - 4]):
-            raise FormatError(f"{source}: CRC-32 mismatch; the file is corrupt")
+        check_sealed(data, expected, source)
         payload = data[_PREFIX.size + hlen + 4:expected - 4]
         try:
             header = json.loads(data[_PREFIX.size:_PREFIX.size + hlen])

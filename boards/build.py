@@ -242,11 +242,11 @@ _ICE40_DSPS = 8
 
 
 def _multipliers(config):
-    """Multipliers the core instantiates: the basis unit's 3x3 (B·x, with 4 or more lanes)
-    and one per int8 lane."""
+    """Multipliers the core instantiates: the basis unit's 3x3 (B·x, if it has one) and one
+    per int8 lane."""
     if config is None:
         return 0
-    return (9 if config.lanes >= 4 else 0) + (config.lanes if config.encoding == "int8" else 0)
+    return (9 if config.basis else 0) + (config.lanes if config.encoding == "int8" else 0)
 
 
 def make_core(config, *, loopback=False):

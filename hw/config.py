@@ -45,6 +45,10 @@ class CoreConfig:
         horizontal layers to run without stalls.
     max_payload : int
         Largest frame payload the device accepts, in bytes.
+    basis : bool
+        Include the SmartDeal basis unit (BASIS layers, ``z = B·x``). It needs at least 4
+        lanes (it reads a 3-element chunk per cycle), so with fewer the field is set to
+        False; it costs 9 multipliers and about 1100 LUTs, so small FPGAs leave it out.
     """
 
     lanes: int = 8
@@ -57,6 +61,7 @@ class CoreConfig:
     result_queue: int = 128
     max_payload: int = 1024
     act_width: int = 8
+    basis: bool = True
 
     def __post_init__(self):
         for name in ("lanes", "bank_depth", "acc_width", "weight_depth", "row_depth",
@@ -72,6 +77,10 @@ class CoreConfig:
         if self.encoding not in ENCODINGS:
             raise ValueError(f"Encoding must be one of {', '.join(ENCODINGS)}, "
                              f"not {self.encoding!r}")
+        if not isinstance(self.basis, bool):
+            raise TypeError(f"Basis must be a bool, not {self.basis!r}")
+        if self.lanes < 4:
+            object.__setattr__(self, "basis", False)
         if self.act_width != 8:
             raise ValueError(f"Activation width must be 8, not {self.act_width!r}")
         if self.acc_width < (lo := self.act_width + POW2_EXP_MAX + 1):

@@ -21,8 +21,8 @@ class GsaccelCore(wiring.Component):
 
     The scratchpad ports belong to the host (WRITE/READ of ACTS) between runs, to the engine
     (reads) and writer (writes) during a GS layer and to the basis unit during a BASIS layer.
-    With fewer than 4 lanes there is no basis unit and a BASIS layer ends at once, writing
-    nothing.
+    A core without a basis unit (``cfg.basis`` false: ``basis=False``, or fewer than 4
+    lanes) ends a BASIS layer at once, writing nothing.
 
     Parameters
     ----------
@@ -70,7 +70,7 @@ class GsaccelCore(wiring.Component):
         m.submodules.scratchpad = pad = BankedScratchpad(cfg)
         m.submodules.engine = engine = GatherEngine(cfg)
         m.submodules.writer = writer = ResultWriter(cfg)
-        basis = BasisUnit(cfg) if lanes >= 4 else None
+        basis = BasisUnit(cfg) if cfg.basis else None
         if basis is not None:
             m.submodules.basis = basis
 

@@ -17,7 +17,7 @@ __all__ = [
     "pow2_code_layout", "lane_layout", "group_layout", "row_layout", "layer_layout",
     "LayerKind", "Memory", "FrameType", "ErrorCode", "FRAME_SYNC", "FRAME_HEADER_BYTES",
     "FRAME_CRC_BYTES", "HELLO_MAGIC", "PROTOCOL_VERSION", "word_bytes", "memory_layout",
-    "memory_depth", "HELLO_FORMAT", "COUNTER_NAMES",
+    "memory_depth", "HELLO_FORMAT", "HELLO_FEATURE_BASIS", "COUNTER_NAMES",
 ]
 
 
@@ -69,8 +69,12 @@ class LayerKind(enum.Enum, shape=unsigned(2)):
 
 
 def layer_layout(cfg: CoreConfig = None):
-    """A layer-table word. For ``BASIS`` layers ``group_count`` is the number of chunks."""
-    return data.StructLayout({
+    """A layer-table word. For ``BASIS`` layers ``group_count`` is the number of chunks.
+
+    The 3x3 basis is part of the word only on a core with a basis unit (``cfg.basis``):
+    without it the table is 72 bits narrower, which saves five block RAMs on an iCE40.
+    """
+    fields = {
         "kind":        LayerKind,
         "src":         unsigned(1),     # activation buffer read
         "dst":         unsigned(1),     # activation buffer written
@@ -80,8 +84,10 @@ def layer_layout(cfg: CoreConfig = None):
         "group_base":  unsigned(16),
         "group_count": unsigned(16),
         "row_base":    unsigned(16),
-        "basis":       data.ArrayLayout(signed(8), 9),  # B row-major, BASIS layers only
-    })
+    }
+    if (cfg or CoreConfig()).basis:
+        fields["basis"] = data.ArrayLayout(signed(8), 9)    # B row-major, BASIS layers only
+    return data.StructLayout(fields)
 
 
 class Memory(py_enum.IntEnum):
@@ -128,7 +134,7 @@ FRAME_SYNC = 0xA5
 FRAME_HEADER_BYTES = 5      # sync, type, seq, length
 FRAME_CRC_BYTES = 4
 HELLO_MAGIC = b"GSAC"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 
 class FrameType(py_enum.IntEnum):
@@ -154,8 +160,11 @@ class ErrorCode(py_enum.IntEnum):
 
 #: HELLO reply payload (struct module format, little-endian): magic, protocol version, lanes,
 #: bank depth, encoding (0 pow2, 1 int8), accumulator width, weight depth, row depth,
-#: layer depth, result queue depth, max payload.
-HELLO_FORMAT = "<4sBBHBBIIHHH"
+#: layer depth, result queue depth, max payload, features (``HELLO_FEATURE_*`` bits).
+HELLO_FORMAT = "<4sBBHBBIIHHHB"
+
+#: HELLO feature bit: the core has a basis unit (runs SmartDeal BASIS layers).
+HELLO_FEATURE_BASIS = 0x01
 
 #: The four u32 counters, in the order RUN replies with them and COUNTERS reads them.
 COUNTER_NAMES = ("cycles", "busy_lane_cycles", "stall_cycles", "groups")

@@ -168,7 +168,7 @@ class Sequencer(wiring.Component):
             self.relu.eq(layer.relu),
             self.src.eq(layer.src),
             self.dst.eq(layer.dst),
-            self.basis.eq(layer.basis),
+            self.basis.eq(layer.basis if cfg.basis else 0),
             self.n_chunks.eq(layer.group_count),
         ]
 

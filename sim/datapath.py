@@ -83,7 +83,7 @@ class Datapath(wiring.Component):
                 "n_chunks":    In(16),
                 "basis":       In(data.ArrayLayout(signed(8), 9)),
                 "basis_busy":  Out(1),
-                "basis_done":  Out(1)} if cfg.lanes >= 4 else {}),
+                "basis_done":  Out(1)} if cfg.basis else {}),
         })
 
     @property
@@ -118,7 +118,7 @@ class Datapath(wiring.Component):
         ]
 
         basis = None
-        if cfg.lanes >= 4:
+        if cfg.basis:
             m.submodules.basis = basis = BasisUnit(cfg)
             m.d.comb += [
                 basis.start.eq(self.basis_start),

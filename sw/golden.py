@@ -236,6 +236,11 @@ class GoldenCore:
             desc = unpack_word(layer_layout(cfg), self._mems[Memory.LAYERS][index])
             src = acts[desc["src"] * cfg.buffer_size:][:cfg.buffer_size].astype(np.int64)
             dst_base = desc["dst"] * cfg.buffer_size
+            if desc["kind"] == LayerKind.BASIS.value and not cfg.basis:
+                # No basis unit: the sequencer's BASIS_START and BASIS states pass at once
+                # and nothing is written.
+                counters["cycles"] += LAYER_OVERHEAD + 2
+                continue
             if desc["kind"] == LayerKind.BASIS.value:
                 n = desc["group_count"]
                 if 3 * n > cfg.buffer_size:

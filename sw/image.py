@@ -213,8 +213,10 @@ def build_image(cfg: CoreConfig, layers):
             if basis.shape != (3, 3) or (basis < -128).any() or (basis > 127).any():
                 raise ShapeError(f"{where}: basis must be a 3x3 int8 matrix, not shape "
                                  f"{basis.shape}")
-            if cfg.lanes < 4:
-                raise ShapeError(f"{where}: basis layers need at least 4 lanes, not {cfg.lanes}")
+            if not cfg.basis:
+                raise ShapeError(f"{where}: this core has no basis unit (it needs basis=True "
+                                 f"and at least 4 lanes, not {cfg.lanes}); build one with it "
+                                 f"or prune without SmartDeal")
             if not 0 < spec.n_chunks <= 65535:
                 raise ShapeError(f"{where}: chunk count must be in [1, 65535], not "
                                  f"{spec.n_chunks}")

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from ..hw.config import ENCODINGS, CoreConfig
 from ..hw.layouts import (COUNTER_NAMES, FRAME_CRC_BYTES, FRAME_HEADER_BYTES, FRAME_SYNC,
-                          HELLO_FORMAT, HELLO_MAGIC, PROTOCOL_VERSION, ErrorCode, FrameType,
+                          HELLO_FEATURE_BASIS, HELLO_FORMAT, HELLO_MAGIC, PROTOCOL_VERSION, ErrorCode, FrameType,
                           Memory, memory_depth, memory_layout, word_bytes)
 from .errors import FrameError
 
@@ -230,7 +230,8 @@ def hello_payload(cfg):
     """The device's HELLO reply describing ``cfg``."""
     return _HELLO.pack(HELLO_MAGIC, PROTOCOL_VERSION, cfg.lanes, cfg.bank_depth,
                        ENCODINGS.index(cfg.encoding), cfg.acc_width, cfg.weight_depth,
-                       cfg.row_depth, cfg.layer_depth, cfg.result_queue, cfg.max_payload)
+                       cfg.row_depth, cfg.layer_depth, cfg.result_queue, cfg.max_payload,
+                       HELLO_FEATURE_BASIS if cfg.basis else 0)
 
 
 def parse_hello(payload):
@@ -244,7 +245,7 @@ def parse_hello(payload):
     if len(payload) != _HELLO.size:
         raise FrameError(f"HELLO reply must be {_HELLO.size} bytes, not {len(payload)}")
     (magic, version, lanes, bank_depth, encoding, acc_width, weight_depth, row_depth,
-     layer_depth, result_queue, max_payload) = _HELLO.unpack(payload)
+     layer_depth, result_queue, max_payload, features) = _HELLO.unpack(payload)
     if magic != HELLO_MAGIC:
         raise FrameError(f"HELLO magic must be {HELLO_MAGIC!r}, not {magic!r}")
     if version != PROTOCOL_VERSION:
@@ -255,7 +256,7 @@ def parse_hello(payload):
         return CoreConfig(lanes=lanes, bank_depth=bank_depth, encoding=ENCODINGS[encoding],
                           acc_width=acc_width, weight_depth=weight_depth, row_depth=row_depth,
                           layer_depth=layer_depth, result_queue=result_queue,
-                          max_payload=max_payload)
+                          max_payload=max_payload, basis=bool(features & HELLO_FEATURE_BASIS))
     except (TypeError, ValueError) as error:
         raise FrameError(f"HELLO reply describes an invalid core: {error}") from None
 

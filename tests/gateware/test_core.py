@@ -105,3 +105,36 @@ def test_layer_cut_inside_a_row_group_leaks_nothing():
     assert [(f.seq, f.type, f.payload) for f in got] == expected
     outputs = np.frombuffer(expected[-1][2], dtype=np.int8).astype(int)
     assert np.count_nonzero(np.abs(outputs) < 127) >= 3
+
+
+def test_core_without_basis_unit_passes_over_a_basis_descriptor():
+    """``basis=False`` leaves the unit out: build_image refuses a BASIS layer, and a
+    hand-written BASIS descriptor runs as the golden model says (nothing written, the
+    sequencer's two BASIS states only)."""
+    from gsaccel.hw.layouts import LayerKind, layer_layout
+    from gsaccel.sw.errors import ShapeError
+    from gsaccel.sw.image import pack_word
+    cfg = CoreConfig(lanes=4, bank_depth=8, weight_depth=64, row_depth=32, layer_depth=4,
+                     result_queue=8, max_payload=96, basis=False)
+    assert "basis" not in layer_layout(cfg).members
+    rng = seeded_rng(7)
+    with pytest.raises(ShapeError, match=r"^layer 0: this core has no basis unit"):
+        build_image(cfg, [LayerSpec(kind="basis", basis=np.eye(3, dtype=int), n_chunks=2)])
+    matrix = random_matrix(rng, 6, 9, "dense", cfg, per_row=4, density=1.0)
+    image = build_image(cfg, [LayerSpec(matrix=matrix, shift=7, src=0, dst=1)])
+    image.layers.append(pack_word(layer_layout(cfg), {
+        "kind": LayerKind.BASIS, "src": 1, "dst": 0, "group_count": 3, "shift": 1}))
+    frames, seq = image_requests(cfg, image)
+    x = rng.integers(-128, 128, 9)
+    frames += [(FrameType.WRITE, seq, protocol.write_payload(cfg, Memory.ACTS, 0,
+                                                             (x & 0xFF).tolist())),
+               (FrameType.RUN, seq + 1, protocol.run_payload(0, 2)),
+               (FrameType.READ, seq + 2, protocol.read_payload(Memory.ACTS, 0, 9)),
+               (FrameType.READ, seq + 3, protocol.read_payload(Memory.ACTS, 32, 6))]
+    golden = GoldenCore(cfg)
+    expected = [(s, *reference_reply(golden, t, p)) for t, s, p in frames]
+    got = run_core(cfg, [(protocol.encode_frame(t, s, p), 1) for t, s, p in frames],
+                   name="core_no_basis", deadline=100_000)
+    assert [(f.seq, f.type, f.payload) for f in got] == expected
+    # The basis layer left buffer 0 (its destination) holding the input.
+    assert np.frombuffer(expected[-2][2], dtype=np.int8).tolist() == x.tolist()

@@ -22,16 +22,17 @@ class GatherEngine(wiring.Component):
     """Gather/accumulate engine.
 
     Timing: a group accepted in cycle ``t`` presents its bank addresses in cycle ``t``
-    (combinationally from ``i_group``), gets bank data in ``t+1`` (registered products),
-    adds its products into the accumulators at the end of ``t+2``, and if it is a ``last``
-    group its sum vector is valid at ``o_sums`` in cycle ``t+3``.
+    (combinationally from ``i_group``), gets bank data through the crossbar in ``t+1``, its
+    lane products in ``t+2`` and its segment sums in ``t+3`` (each registered), adds them
+    into the accumulators in ``t+4``; if it is a ``last`` group its sum vector is offered at
+    ``o_sums`` in that same cycle ``t+4``, combinationally from the accumulator adders.
 
     A ``last`` group is accepted only while the engine holds a credit; it starts with
     ``result_queue // V`` credits, takes one per accepted ``last`` group and gets one back per
     ``credit`` pulse (usable the next cycle). The consumer of ``o_sums`` must therefore be able
-    to hold ``result_queue // V`` vectors; ``o_sums`` never stalls the pipeline (a vector
-    offered while ``ready`` is low is kept until taken, but the credit scheme guarantees the
-    next one never arrives before).
+    to hold ``result_queue // V`` vectors and take a vector in the one cycle it is offered:
+    ``o_sums.ready`` is not looked at (the credit scheme makes it always high when it
+    matters), and the pipeline never stalls.
 
     ``src`` and ``seg_log2`` must be stable from a layer's first accepted group until
     ``idle``.
@@ -58,7 +59,7 @@ class GatherEngine(wiring.Component):
         Zero the accumulators (pulse it while ``idle``, e.g. when a layer starts, so that the
         groups of a previous layer after its last ``last`` group leave nothing behind).
     idle : Out(1)
-        No group in flight and no sum vector waiting (accumulators are clear between layers).
+        No group in flight (accumulators are clear between layers).
     issue : Out(1)
         A group is accepted this cycle.
     issue_lanes : Out(range(V + 1))
@@ -143,60 +144,71 @@ class GatherEngine(wiring.Component):
             lane = group.lanes[i]
             m.d.sync += [s1_value[i].eq(lane.value), s1_bank[i].eq(lane.col[:bank_bits])]
 
-        # Stage 1: bank -> lane crossbar and lane products -----------------------------------
+        # Stage 1: bank -> lane crossbar -----------------------------------------------------
+        # Each stage below ends in a register, so no path crosses more than one of: the bank
+        # RAM's output and the V:1 crossbar, a lane's shift, the adder tree, the accumulator.
         banks = Array(self.rd_data)
         s2_valid = Signal()
         s2_last = Signal()
-        s2_product = [Signal(signed(acc_width), name=f"s2_product{i}") for i in range(lanes)]
+        s2_x = [Signal(signed(8), name=f"s2_x{i}") for i in range(lanes)]
+        s2_value = [Signal(cfg.value_width, name=f"s2_value{i}") for i in range(lanes)]
         m.d.sync += [s2_valid.eq(s1_valid), s2_last.eq(s1_last)]
         for i in range(lanes):
-            m.submodules[f"lane{i}"] = lane = Lane(cfg)
-            m.d.comb += [lane.x.eq(banks[s1_bank[i]]), lane.w.eq(s1_value[i])]
-            m.d.sync += s2_product[i].eq(lane.product)
+            m.d.sync += [s2_x[i].eq(banks[s1_bank[i]]), s2_value[i].eq(s1_value[i])]
 
-        # Stage 2: segmented adder tree and accumulators -------------------------------------
+        # Stage 2: lane products -------------------------------------------------------------
+        s3_valid = Signal()
+        s3_last = Signal()
+        s3_product = [Signal(signed(acc_width), name=f"s3_product{i}") for i in range(lanes)]
+        m.d.sync += [s3_valid.eq(s2_valid), s3_last.eq(s2_last)]
+        for i in range(lanes):
+            m.submodules[f"lane{i}"] = lane = Lane(cfg)
+            m.d.comb += [lane.x.eq(s2_x[i]), lane.w.eq(s2_value[i])]
+            m.d.sync += s3_product[i].eq(lane.product)
+
+        # Stage 3: segmented adder tree ------------------------------------------------------
         # Level k of the tree holds the sums of aligned runs of 2**k products; segment e = 2**s
         # takes its V/e sums from level s.
-        levels = [s2_product]
+        levels = [s3_product]
         while len(levels[-1]) > 1:
             prev = levels[-1]
             levels.append([(prev[2 * j] + prev[2 * j + 1])[:acc_width].as_signed()
                            for j in range(len(prev) // 2)])
         # A seg_log2 beyond log2(V) means one segment of all V lanes, as in the golden model.
         top = len(levels) - 1
-        segment_sums = []
-        for j in range(lanes):
-            total = Signal(signed(acc_width), name=f"segment_sum{j}")
+        s4_valid = Signal()
+        s4_last = Signal()
+        segment_sums = [Signal(signed(acc_width), name=f"s4_segment_sum{j}")
+                        for j in range(lanes)]
+        m.d.sync += [s4_valid.eq(s3_valid), s4_last.eq(s3_last)]
+        for j, total in enumerate(segment_sums):
             with m.Switch(self.seg_log2):
                 for s, level in enumerate(levels[:top]):
                     if j < len(level):
                         with m.Case(s):
-                            m.d.comb += total.eq(level[j])
+                            m.d.sync += total.eq(level[j])
                 if j == 0:
                     with m.Default():
-                        m.d.comb += total.eq(levels[top][0])
-            segment_sums.append(total)
+                        m.d.sync += total.eq(levels[top][0])
 
+        # Stage 4: accumulators --------------------------------------------------------------
         accumulators = [Signal(signed(acc_width), name=f"acc{j}") for j in range(lanes)]
-        out_valid = Signal()
-        out_sums = Signal(sums_layout(cfg))
+        updated = [Signal(signed(acc_width), name=f"updated{j}") for j in range(lanes)]
+        m.d.comb += [updated[j].eq((accumulators[j] + segment_sums[j])[:acc_width])
+                     for j in range(lanes)]
         with m.If(self.clear):
             m.d.sync += [accumulator.eq(0) for accumulator in accumulators]
-        with m.If(s2_valid):
-            for j in range(lanes):
-                updated = (accumulators[j] + segment_sums[j])[:acc_width]
-                with m.If(s2_last):
-                    m.d.sync += [accumulators[j].eq(0), out_sums[j].eq(updated)]
-                with m.Else():
-                    m.d.sync += accumulators[j].eq(updated)
-        with m.If(s2_valid & s2_last):
-            m.d.sync += out_valid.eq(1)
-        with m.Elif(self.o_sums.ready):
-            m.d.sync += out_valid.eq(0)
+        with m.If(s4_valid):
+            with m.If(s4_last):
+                m.d.sync += [accumulator.eq(0) for accumulator in accumulators]
+            with m.Else():
+                m.d.sync += [accumulators[j].eq(updated[j]) for j in range(lanes)]
+        # A row group's sum vector goes straight from the adders into the consumer's queue
+        # (no output register: V * acc_width flip-flops fewer); a credit guarantees room.
         m.d.comb += [
-            self.o_sums.valid.eq(out_valid),
-            self.o_sums.payload.eq(out_sums),
-            self.idle.eq(~s1_valid & ~s2_valid & ~out_valid),
+            self.o_sums.valid.eq(s4_valid & s4_last),
+            self.o_sums.payload.eq(Cat(*updated)),
+            self.idle.eq(~s1_valid & ~s2_valid & ~s3_valid & ~s4_valid),
         ]
         return m
 

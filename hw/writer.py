@@ -60,8 +60,11 @@ class Requantizer(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        # Wide enough for value + 2**30 (shift 31) without wrapping: the result is exact.
-        width = max(self._acc_width, 31) + 2
+        # A shift of acc_width or more rounds every value to 0: value + 2**(shift-1) lies in
+        # [0, 2**shift). Below that, value + 2**(shift-1) fits acc_width + 1 bits, so the
+        # exact datapath is 25 bits wide rather than the 33 that shift 31 would need.
+        width = self._acc_width + 1
+        in_range = self.shift < self._acc_width
         half = Signal(width)
         m.d.comb += half.eq((Const(1, width + 1) << self.shift)[1:])  # (1 << shift) >> 1
         rounded = Signal(signed(width))
@@ -75,7 +78,7 @@ class Requantizer(wiring.Component):
             m.d.comb += saturated.eq(-128)
         with m.Else():
             m.d.comb += saturated.eq(shifted)
-        m.d.comb += self.result.eq(Mux(self.relu & saturated[-1], 0, saturated))
+        m.d.comb += self.result.eq(Mux(~in_range | (self.relu & saturated[-1]), 0, saturated))
         return m
 
 

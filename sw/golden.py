@@ -19,12 +19,13 @@ from .image import unpack_word
 __all__ = [
     "wrap", "requantize", "quantize", "dequantize", "lane_products", "gs_matvec", "gs_layer",
     "basis_layer", "gs_layer_cycles", "basis_layer_cycles", "GoldenCore", "pow2_encode",
-    "pow2_decode", "ENGINE_LATENCY", "WRITE_LATENCY", "LAYER_OVERHEAD", "BASIS_LATENCY",
-    "RUN_OVERHEAD",
+    "pow2_decode", "ENGINE_LATENCY", "ENGINE_DRAIN", "WRITE_LATENCY", "LAYER_OVERHEAD",
+    "BASIS_LATENCY", "RUN_OVERHEAD",
 ]
 
 # Pipeline constants of the RTL (docs/architecture.md, "Cycle model").
-ENGINE_LATENCY = 4    # cycles from a `last` group's acceptance to the writer starting its vector
+ENGINE_LATENCY = 5    # cycles from a `last` group's acceptance to the writer starting its vector
+ENGINE_DRAIN = 4      # cycles from the issue cycle after a layer's last group to the engine idle
 WRITE_LATENCY = 2     # cycles from the writer's last slot to its write landing
 LAYER_OVERHEAD = 3    # sequencer cycles per layer: descriptor fetch, load, step to the next
 BASIS_LATENCY = 3     # cycles from the last basis chunk's read to its write
@@ -141,7 +142,8 @@ def gs_layer_cycles(rg_groups, segments, cfg: CoreConfig, trailing_groups=0):
         returns.append(writer_free)
         issue += 1
     issue += trailing_groups
-    end = max(issue, writer_free) + WRITE_LATENCY
+    # The writer's last write, or (after trailing groups) the engine's pipeline emptying.
+    end = max(writer_free + WRITE_LATENCY, issue + ENGINE_DRAIN if issue else 0)
     return LAYER_OVERHEAD + end, stalls
 
 

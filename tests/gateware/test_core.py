@@ -76,21 +76,24 @@ def test_core_runs_image_like_golden(lanes, encoding):
     assert np.count_nonzero(outputs) and np.count_nonzero(np.abs(outputs.astype(int)) < 127)
 
 
-def test_layer_cut_inside_a_row_group_leaks_nothing():
+@pytest.mark.parametrize("per_row,cut", [(4, 2), (1, 1)])
+def test_layer_cut_inside_a_row_group_leaks_nothing(per_row, cut):
     """A hand-written descriptor may end a layer inside a row group: its trailing groups cost
-    issue cycles, emit nothing, and must not leak partial sums into the next layer."""
+    issue cycles, emit nothing, and must not leak partial sums into the next layer. With
+    ``per_row=1`` eight trailing groups outlast the writer, so the layer ends when the
+    engine's pipeline drains (``golden.ENGINE_DRAIN``)."""
     from gsaccel.hw.layouts import layer_layout
     from gsaccel.sw.image import pack_word, unpack_word
     cfg = CoreConfig(lanes=4, bank_depth=8, weight_depth=64, row_depth=32, layer_depth=4,
                      result_queue=8, max_payload=96)
     rng = seeded_rng(99)
-    first = random_matrix(rng, 5, 9, "dense", cfg, per_row=4, density=1.0)  # 5 row groups of 3
+    first = random_matrix(rng, 5, 9, "dense", cfg, per_row=per_row, density=1.0)
     second = random_matrix(rng, 6, 5, "dense", cfg, per_row=1, density=1.0)
     # Shifts keep the outputs off the int8 rails, so a leaked partial sum would show.
     image = build_image(cfg, [LayerSpec(matrix=first, shift=9, src=0, dst=1),
                               LayerSpec(matrix=second, shift=8, src=1, dst=0)])
     descriptor = unpack_word(layer_layout(cfg), image.layers[0])
-    descriptor["group_count"] -= 2                 # the last row group loses its last group
+    descriptor["group_count"] -= cut               # the last row group loses its last group
     image.layers[0] = pack_word(layer_layout(cfg), descriptor)
     frames, seq = image_requests(cfg, image)
     x = rng.integers(-128, 128, 9)
@@ -101,7 +104,7 @@ def test_layer_cut_inside_a_row_group_leaks_nothing():
     golden = GoldenCore(cfg)
     expected = [(s, *reference_reply(golden, t, p)) for t, s, p in frames]
     got = run_core(cfg, [(protocol.encode_frame(t, s, p), 1) for t, s, p in frames],
-                   name="core_cut_row_group", deadline=100_000)
+                   name=f"core_cut_row_group_{per_row}", deadline=100_000)
     assert [(f.seq, f.type, f.payload) for f in got] == expected
     outputs = np.frombuffer(expected[-1][2], dtype=np.int8).astype(int)
     assert np.count_nonzero(np.abs(outputs) < 127) >= 3

@@ -61,7 +61,10 @@ class BankedScratchpad(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         for bank in range(self._cfg.lanes):
-            memory = Memory(shape=signed(8), depth=2 * self._cfg.bank_depth, init=[])
+            # Block RAM even where Yosys would pick LUT RAM (ECP5 at small depths): LUT RAM
+            # reads asynchronously, which puts the bank read on the engine's address path.
+            memory = Memory(shape=signed(8), depth=2 * self._cfg.bank_depth, init=[],
+                            attrs={"ram_style": "block"})
             m.submodules[f"bank{bank}"] = memory
             read = memory.read_port()
             write = memory.write_port()

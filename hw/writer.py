@@ -17,6 +17,9 @@ __all__ = ["Requantizer", "ResultWriter"]
 class Requantizer(wiring.Component):
     """Combinational requantisation of an accumulator value to int8 (docs/architecture.md).
 
+    ``shift`` is sampled a cycle ahead: ``result`` uses the ``shift`` of the previous cycle
+    (it is a layer constant, set long before the first value of a layer arrives).
+
     ``value`` (``acc_width`` bits, already wrapped); if ``shift > 0`` add
     ``1 << (shift - 1)`` (round half up) and shift right arithmetically, computed exactly in
     enough bits that it never wraps; saturate to [-128, 127]; then ``max(., 0)`` if ``relu``.
@@ -64,9 +67,12 @@ class Requantizer(wiring.Component):
         # [0, 2**shift). Below that, value + 2**(shift-1) fits acc_width + 1 bits, so the
         # exact datapath is 25 bits wide rather than the 33 that shift 31 would need.
         width = self._acc_width + 1
-        in_range = self.shift < self._acc_width
+        # ``shift`` is a layer constant: what depends on it alone is registered, which takes
+        # the decode of ``1 << shift`` off the path through the adder and the shifter.
+        in_range = Signal(init=1)           # the values for shift = 0, its reset value
         half = Signal(width)
-        m.d.comb += half.eq((Const(1, width + 1) << self.shift)[1:])  # (1 << shift) >> 1
+        m.d.sync += [in_range.eq(self.shift < self._acc_width),
+                     half.eq((Const(1, width + 1) << self.shift)[1:])]  # (1 << shift) >> 1
         rounded = Signal(signed(width))
         m.d.comb += rounded.eq(self.value + half.as_signed())
         shifted = Signal(signed(width))

@@ -6,15 +6,15 @@ counts ``RUN_OVERHEAD`` (= 1, its DONE cycle) plus, per layer, ``LAYER_OVERHEAD`
 descriptor FETCH, LOAD, and the step to the next layer) on top of the datapath's time.
 """
 
-from amaranth.hdl import Array, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, enum, stream, wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .config import check_config
 from .framing import frame_layout, reply_layout
 from .layouts import (COUNTER_NAMES, ErrorCode, FrameType, LayerKind, Memory as MemoryId, group_layout,
                       layer_layout, memory_depth, memory_layout, row_layout, word_bytes)
+from .memory import SimpleDualPortMemory, SinglePortMemory
 
 __all__ = ["Sequencer", "CommandProcessor", "ScratchpadOwner"]
 
@@ -286,6 +286,12 @@ class CommandProcessor(wiring.Component):
       DATA with the four u32 counters when the run is done;
     * any other type: ``BAD_TYPE``.
 
+    The memories are byte-granular (words padded to whole bytes): a WRITE stores each payload
+    byte in its lane as it arrives and a READ picks each reply byte from the addressed word.
+    The row memory is a :class:`~gsaccel.hw.memory.SinglePortMemory` (SPRAM on an iCE40
+    UltraPlus), the layer table and weights block RAM. How many cycles a request takes is no
+    part of the contract, only the run's (``counters.cycles``).
+
     Parameters
     ----------
     cfg : CoreConfig
@@ -360,14 +366,9 @@ class CommandProcessor(wiring.Component):
                 m.d.comb += getattr(seq, name).eq(getattr(self, name))
 
         # Host memories ---------------------------------------------------------------------
-        host_mems = {}
-        for mem_id, layout, port_name in ((MemoryId.LAYERS, layer_layout(cfg), "layer"),
-                                          (MemoryId.WEIGHTS, group_layout(cfg), "weight"),
-                                          (MemoryId.ROWS, row_layout(cfg), "row")):
-            mem = Memory(shape=layout.size, depth=memory_depth(cfg, mem_id), init=[])
-            m.submodules[f"{port_name}_mem"] = mem
-            host_mems[mem_id] = (mem.write_port(), mem.read_port(), port_name)
-
+        # Byte-granular (8-bit write lanes, word padded to whole bytes): a WRITE puts each
+        # payload byte straight into its lane and a READ picks the byte out of the addressed
+        # word, so nothing word-wide is registered or multiplexed on the host side.
         mem_ids = list(MemoryId)
         word_sizes = {mem_id: word_bytes(memory_layout(cfg, mem_id)) for mem_id in mem_ids}
         max_word = max(word_sizes.values())
@@ -376,48 +377,86 @@ class CommandProcessor(wiring.Component):
         frame = self.i_frame.payload
         hdr = Signal(40)                      # first five payload bytes
         hdr_index = Signal(range(6))
-        mem_sel = Signal(8)                   # memory id of the request
-        addr_hi = hdr[8:24]
-        cur = Signal(17)                      # word address being read or written
-        count = Signal(17)                    # words left to read
-        words = Signal(17)                    # words in a WRITE
-        rest = Signal(17)                     # bytes of a WRITE not yet counted into words
-        ptr = Signal(17)                      # payload byte index
+        mem_sel, addr_hi, hdr_count = hdr[0:8], hdr[8:24], hdr[24:40]
+        kind = Signal(range(FrameType.RUN + 1))  # request type (0: any unknown one)
+        mem = Signal(range(len(MemoryId)))    # memory of the request, once checked
+        cur = Signal(17)                      # word address being checked, read or written
+        rest = Signal(16)                     # bytes (WRITE) or words (READ) still to go
+        ptr = Signal(range(max(cfg.max_payload, len(hello)) + 1))  # payload / HELLO byte index
+        ptr_end = Signal()                    # ``ptr`` is past the WRITE payload
+        word_size = Signal(range(max_word + 1))
+        last_byte = Signal(range(max_word))   # word_size - 1
+        step = Signal(range(max_word + 1))    # what a word takes off ``rest``
+        rest_next = rest - step
         byte_index = Signal(range(max_word))  # byte within the word
-        word = Signal(8 * max_word)
-        data_valid = Signal()                 # a payload byte arrives this cycle
-        write_pending = Signal()              # ``word`` is complete: write it this cycle
-        err_code = Signal(8)
+        # A payload byte arrives this cycle (only in WRITE_DATA): write it to lane ``lane`` of
+        # word ``cur`` of the memory ``write_to`` (both one-hot, so that the write enables are
+        # one gate from registers).
+        data_valid = Signal()
+        lane = Signal(max_word)
+        write_to = Signal(MemoryId.ACTS + 1)
+        rd_byte = Signal(8)                   # byte ``byte_index`` of word ``cur`` (READ)
+        tx_byte = Signal(8)                   # the READ byte on ``o_data``
+        tx_last = Signal()                    # ... is its word's last
+        bad_len = Signal()
+        bad_mem = Signal()
+        bad_layer = Signal()
+        bad_addr = Signal()
+        fits = Signal()                       # the size loop takes another word
+        err_code = Signal(range(max(ErrorCode) + 1))
         reply_type = Signal(8)
         reply_seq = Signal(8)
-        reply_len = Signal(16)
+        reply_len = Signal(17)                # also a READ's byte count while it is checked
         replying = Signal()
 
-        word_size = Signal(8)
-        depth = Signal(17)
-        read_bytes = Signal(16 + 8)           # bytes a READ of hdr's count would return
-        with m.Switch(mem_sel):
-            for mem_id in mem_ids:
-                with m.Case(mem_id):
-                    # Constant products: no multiplier for one size check.
-                    m.d.comb += [word_size.eq(word_sizes[mem_id]),
-                                 depth.eq(memory_depth(cfg, mem_id)),
-                                 read_bytes.eq(hdr[24:40] * word_sizes[mem_id])]
+        def write_enables(mem_id, size):
+            return Cat(data_valid & write_to[mem_id] & lane[k] for k in range(size))
 
-        # Memory ports: the sequencer reads while it runs, the host otherwise.
-        for mem_id, (wr, rd, port_name) in host_mems.items():
-            m.d.comb += [
-                wr.addr.eq(cur), wr.data.eq(word),
-                wr.en.eq(write_pending & (mem_sel == mem_id)),
-                getattr(seq, f"{port_name}_data").eq(rd.data),
-            ]
+        read_data = {}
+        for mem_id, port_name in ((MemoryId.LAYERS, "layer"), (MemoryId.WEIGHTS, "weight")):
+            size = word_sizes[mem_id]
+            m.submodules[f"{port_name}_mem"] = store = SimpleDualPortMemory(
+                width=8 * size, depth=memory_depth(cfg, mem_id), granularity=8)
+            m.d.comb += [store.wr_addr.eq(cur), store.wr_data.eq(Cat([self.pl_data] * size)),
+                         store.wr_en.eq(write_enables(mem_id, size)),
+                         getattr(seq, f"{port_name}_data").eq(store.rd_data)]
+            read_data[mem_id] = store.rd_data
+            # The sequencer reads while it runs, the host otherwise.
             if port_name == "layer":
-                m.d.comb += rd.addr.eq(Mux(seq.busy, seq.layer_addr, cur))
+                m.d.comb += [store.rd_addr.eq(Mux(seq.busy, seq.layer_addr, cur)),
+                             store.rd_en.eq(1)]
             else:
-                m.d.comb += [rd.addr.eq(Mux(seq.busy, getattr(seq, f"{port_name}_addr"), cur)),
-                             rd.en.eq(~seq.busy | getattr(seq, f"{port_name}_en"))]
-        m.d.comb += [self.act_addr.eq(cur), self.act_wr_data.eq(word[:8]),
-                     self.act_wr_en.eq(write_pending & (mem_sel == MemoryId.ACTS))]
+                m.d.comb += [store.rd_addr.eq(Mux(seq.busy, seq.weight_addr, cur)),
+                             store.rd_en.eq(~seq.busy | seq.weight_en)]
+        # The row memory is the one that fits an iCE40UP's SPRAM: the sequencer reads it only
+        # while it runs and the host only while it does not, so one address port serves both.
+        size = word_sizes[MemoryId.ROWS]
+        m.submodules.row_mem = rows = SinglePortMemory(width=8 * size, depth=cfg.row_depth,
+                                                       granularity=8)
+        m.d.comb += [rows.addr.eq(Mux(seq.busy, seq.row_addr, cur)),
+                     rows.rd_en.eq(~seq.busy | seq.row_en),
+                     rows.wr_en.eq(write_enables(MemoryId.ROWS, size)),
+                     rows.wr_data.eq(Cat([self.pl_data] * size)),
+                     seq.row_data.eq(rows.rd_data)]
+        read_data[MemoryId.ROWS] = rows.rd_data
+        m.d.comb += [self.act_addr.eq(cur), self.act_wr_data.eq(self.pl_data),
+                     self.act_wr_en.eq(write_enables(MemoryId.ACTS, 1))]
+
+        # The read port data holds while ``cur`` does, so the bytes of a word are picked from
+        # it one by one.
+        with m.Switch(mem):
+            for mem_id, value in read_data.items():
+                # Bits past the layout's are padding: they read as zeros, as in the golden
+                # model, whatever the host wrote there.
+                bits = memory_layout(cfg, mem_id).size
+                word = Cat(value[:bits], Const(0, len(value) - bits))
+                with m.Case(mem_id):
+                    m.d.comb += rd_byte.eq(word.word_select(byte_index, 8))
+            with m.Case(MemoryId.ACTS):
+                m.d.comb += rd_byte.eq(self.act_rd_data)
+            with m.Case(MemoryId.COUNTERS):
+                m.d.comb += rd_byte.eq(seq.counters.as_value().word_select(
+                    Cat(byte_index[:2], cur[:2]), 8))
 
         m.d.comb += [
             self.o_reply.valid.eq(replying),
@@ -428,8 +467,10 @@ class CommandProcessor(wiring.Component):
 
         def reply(type_, length, next_state):
             # Latch the header and release the receiver: the payload is no longer needed.
-            m.d.sync += [reply_type.eq(type_), reply_seq.eq(frame.seq), reply_len.eq(length),
-                         replying.eq(1), self.error.eq(type_ == FrameType.ERROR)]
+            m.d.sync += [reply_type.eq(type_), reply_seq.eq(frame.seq), replying.eq(1),
+                         self.error.eq(type_ == FrameType.ERROR)]
+            if length is not None:
+                m.d.sync += reply_len.eq(length)
             m.d.comb += self.i_frame.ready.eq(1)
             m.next = next_state
 
@@ -437,6 +478,12 @@ class CommandProcessor(wiring.Component):
             m.d.sync += err_code.eq(code)
             reply(FrameType.ERROR, 1, "SEND_ERROR")
 
+        def load_byte():
+            m.d.sync += [tx_byte.eq(rd_byte), tx_last.eq(byte_index == last_byte),
+                         byte_index.eq(byte_index + 1)]
+
+        # The checks run over several cycles (DECODE, CHECK, SIZE, VERDICT), each deciding
+        # from registers only, so no check is a long path from the frame into the FSM.
         with m.FSM(name="cmd") as fsm:
             with m.State("IDLE"):
                 with m.If(self.i_frame.valid):
@@ -455,124 +502,150 @@ class CommandProcessor(wiring.Component):
                     for k in range(1, 6):
                         with m.Case(k):
                             m.d.sync += hdr[8 * (k - 1):8 * k].eq(self.pl_data)
-                            if k == 1:
-                                m.d.sync += mem_sel.eq(self.pl_data)
                 with m.If(hdr_index == 5):
                     m.next = "DECODE"
 
             with m.State("DECODE"):
-                with m.Switch(frame.type):
+                # Register what the checks compare: flags for the length, memory and layer
+                # checks, the word size, and the start of the size loop.
+                is_write = frame.type == FrameType.WRITE
+                m.d.sync += [
+                    kind.eq(0), mem.eq(mem_sel),
+                    cur.eq(addr_hi), reply_len.eq(0),
+                    rest.eq(Mux(is_write, frame.length - 3, hdr_count)),
+                    bad_mem.eq(mem_sel > Mux(is_write, MemoryId.ACTS, MemoryId.COUNTERS)),
+                    bad_layer.eq((hdr[8:16] == 0) |
+                                 (hdr[0:8] + hdr[8:16] > cfg.layer_depth)),
+                ]
+                for type_, good_length in ((FrameType.HELLO, lambda n: n == 0),
+                                           (FrameType.WRITE, lambda n: n >= 3),
+                                           (FrameType.READ, lambda n: n == 5),
+                                           (FrameType.RUN, lambda n: n == 2)):
+                    with m.If(frame.type == type_):
+                        m.d.sync += [kind.eq(type_), bad_len.eq(~good_length(frame.length))]
+                with m.Switch(mem_sel[:len(mem)]):
+                    for mem_id in mem_ids:
+                        with m.Case(mem_id):
+                            size = word_sizes[mem_id]
+                            # WRITE counts bytes down by whole words, READ words down by one.
+                            m.d.sync += [word_size.eq(size), last_byte.eq(size - 1),
+                                         step.eq(Mux(is_write, size, 1))]
+                m.next = "CHECK"
+
+            with m.State("CHECK"):
+                with m.Switch(kind):
                     with m.Case(FrameType.HELLO):
-                        with m.If(frame.length != 0):
+                        with m.If(bad_len):
                             error(ErrorCode.BAD_LENGTH)
                         with m.Else():
                             m.d.sync += ptr.eq(0)
                             reply(FrameType.DATA, len(hello), "SEND_HELLO")
-                    with m.Case(FrameType.WRITE):
-                        with m.If(frame.length < 3):
+                    with m.Case(FrameType.WRITE, FrameType.READ):
+                        with m.If(bad_len):
                             error(ErrorCode.BAD_LENGTH)
-                        with m.Elif(mem_sel > MemoryId.ACTS):
+                        with m.Elif(bad_mem):
                             error(ErrorCode.BAD_MEMORY)
                         with m.Else():
-                            m.d.sync += [rest.eq(frame.length - 3), words.eq(0)]
-                            m.next = "WRITE_SIZE"
-                    with m.Case(FrameType.READ):
-                        read_count = hdr[24:40]
-                        with m.If(frame.length != 5):
-                            error(ErrorCode.BAD_LENGTH)
-                        with m.Elif(mem_sel > MemoryId.COUNTERS):
-                            error(ErrorCode.BAD_MEMORY)
-                        with m.Elif(read_bytes > cfg.max_payload):
-                            error(ErrorCode.BAD_LENGTH)
-                        with m.Elif(addr_hi + read_count > depth):
-                            error(ErrorCode.BAD_ADDRESS)
-                        with m.Else():
-                            m.d.sync += [cur.eq(addr_hi), count.eq(read_count)]
-                            reply(FrameType.DATA, read_bytes, "READ_FIRST")
+                            m.next = "SIZE"
                     with m.Case(FrameType.RUN):
-                        first, layers = hdr[0:8], hdr[8:16]
-                        with m.If(frame.length != 2):
+                        with m.If(bad_len):
                             error(ErrorCode.BAD_LENGTH)
-                        with m.Elif((layers == 0) | (first + layers > cfg.layer_depth)):
+                        with m.Elif(bad_layer):
                             error(ErrorCode.BAD_LAYER)
                         with m.Else():
-                            m.d.comb += [seq.start.eq(1), seq.first.eq(first),
-                                         seq.count.eq(layers)]
+                            m.d.comb += [seq.start.eq(1), seq.first.eq(hdr[0:8]),
+                                         seq.count.eq(hdr[8:16])]
                             m.next = "RUN"
                     with m.Default():
                         error(ErrorCode.BAD_TYPE)
 
-            with m.State("WRITE_SIZE"):
-                # Count whole words by repeated subtraction (no divider for one check).
-                with m.If(rest >= word_size):
-                    m.d.sync += [rest.eq(rest - word_size), words.eq(words + 1)]
-                with m.Elif(rest != 0):
-                    error(ErrorCode.BAD_LENGTH)
-                with m.Elif(addr_hi + words > depth):
-                    error(ErrorCode.BAD_ADDRESS)
+            with m.State("SIZE"):
+                # One word per two cycles, no multiplier or divider: a WRITE takes a word's
+                # bytes off ``rest`` (its length after the header) while a whole word is left,
+                # a READ one word off ``rest`` (its count) until none is left. Either way
+                # ``cur`` ends at the end address and ``reply_len`` at the bytes counted;
+                # past max_payload a READ stops at once, so the loop is short whatever the
+                # count. The test is registered: the comparison's carry chain ends there.
+                over = reply_len > cfg.max_payload
+                m.d.sync += fits.eq((rest >= step) & ~over)
+                m.next = "SIZE_STEP"
+            with m.State("SIZE_STEP"):
+                with m.If(fits):
+                    m.d.sync += [rest.eq(rest_next), cur.eq(cur + 1),
+                                 reply_len.eq(reply_len + word_size)]
+                    m.next = "SIZE"
                 with m.Else():
-                    m.d.sync += [cur.eq(addr_hi), ptr.eq(3), byte_index.eq(0),
-                                 data_valid.eq(0), write_pending.eq(0)]
+                    # A WRITE leaves a partial word, a READ too many bytes: BAD_LENGTH.
+                    m.d.sync += bad_len.eq((rest != 0) | (reply_len > cfg.max_payload))
+                    with m.Switch(mem):
+                        for mem_id in mem_ids:
+                            with m.Case(mem_id):
+                                m.d.sync += bad_addr.eq(cur > memory_depth(cfg, mem_id))
+                    m.next = "VERDICT"
+
+            with m.State("VERDICT"):
+                with m.If(bad_len):
+                    error(ErrorCode.BAD_LENGTH)
+                with m.Elif(bad_addr):
+                    error(ErrorCode.BAD_ADDRESS)
+                with m.Elif(kind == FrameType.WRITE):
+                    # ``rest`` counts the payload bytes (``reply_len``) down, so that the end
+                    # of the payload is a flag, not a comparison with the frame length.
+                    m.d.sync += [cur.eq(addr_hi), ptr.eq(3), rest.eq(reply_len), step.eq(1),
+                                 ptr_end.eq(reply_len == 0), data_valid.eq(0),
+                                 byte_index.eq(0), lane.eq(1),
+                                 write_to.eq(Cat(mem == i for i in range(len(write_to))))]
                     m.next = "WRITE_DATA"
+                with m.Else():
+                    m.d.sync += [cur.eq(addr_hi), rest.eq(hdr_count)]
+                    reply(FrameType.DATA, None, "READ_FIRST")   # reply_len: the bytes counted
 
             with m.State("WRITE_DATA"):
-                # Three overlapped steps per byte: address the payload buffer, place the byte
-                # in ``word``, write a completed word (``word`` is sampled at the same edge
-                # the next word's first byte lands, so no cycle is lost).
+                # Two overlapped steps per byte: address the payload buffer, then write the
+                # byte that arrives into its lane of word ``cur``.
                 m.d.comb += self.pl_addr.eq(ptr)
-                with m.If(ptr != frame.length):
-                    m.d.sync += [ptr.eq(ptr + 1), data_valid.eq(1)]
-                with m.Else():
-                    m.d.sync += data_valid.eq(0)
-                m.d.sync += write_pending.eq(0)
+                m.d.sync += data_valid.eq(~ptr_end)
+                with m.If(~ptr_end):
+                    m.d.sync += [ptr.eq(ptr + 1), rest.eq(rest_next), ptr_end.eq(rest == 1)]
                 with m.If(data_valid):
-                    m.d.sync += word.word_select(byte_index, 8).eq(self.pl_data)
-                    with m.If(byte_index == word_size - 1):
-                        m.d.sync += [byte_index.eq(0), write_pending.eq(1)]
+                    with m.If(byte_index == last_byte):
+                        m.d.sync += [byte_index.eq(0), lane.eq(1), cur.eq(cur + 1)]
                     with m.Else():
-                        m.d.sync += byte_index.eq(byte_index + 1)
-                with m.If(write_pending):
-                    m.d.sync += cur.eq(cur + 1)
-                with m.If((ptr == frame.length) & ~data_valid & ~write_pending):
+                        m.d.sync += [byte_index.eq(byte_index + 1), lane.eq(lane << 1)]
+                with m.If(ptr_end & ~data_valid):
                     reply(FrameType.ACK, 0, "WAIT_REPLY")
 
             with m.State("RUN"):
                 with m.If(seq.done):
-                    m.d.sync += [mem_sel.eq(MemoryId.COUNTERS), cur.eq(0),
-                                 count.eq(len(COUNTER_NAMES))]
+                    m.d.sync += [mem.eq(MemoryId.COUNTERS), cur.eq(0),
+                                 rest.eq(len(COUNTER_NAMES)), step.eq(1), last_byte.eq(3)]
                     reply(FrameType.DATA, 4 * len(COUNTER_NAMES), "READ_FIRST")
 
             with m.State("READ_FIRST"):
-                with m.If(count == 0):
+                m.d.sync += byte_index.eq(0)
+                with m.If(rest == 0):
                     m.next = "WAIT_REPLY"
                 with m.Else():
                     m.next = "READ_ADDR"
             with m.State("READ_ADDR"):
-                # ``cur`` is on the read ports now; the word arrives next cycle.
-                m.next = "READ_LATCH"
-            with m.State("READ_LATCH"):
-                with m.Switch(mem_sel):
-                    for mem_id, (wr, rd, _) in host_mems.items():
-                        with m.Case(mem_id):
-                            m.d.sync += word.eq(rd.data)
-                    with m.Case(MemoryId.ACTS):
-                        m.d.sync += word.eq(self.act_rd_data.as_unsigned())
-                    with m.Case(MemoryId.COUNTERS):
-                        m.d.sync += word.eq(Array(seq.counters[i] for i in range(4))[cur[:2]])
-                m.d.sync += byte_index.eq(0)
+                # ``cur`` is on the read ports now; its word arrives next cycle and holds.
+                m.next = "READ_LOAD"
+            with m.State("READ_LOAD"):
+                load_byte()
                 m.next = "READ_BYTES"
             with m.State("READ_BYTES"):
-                m.d.comb += [self.o_data.valid.eq(1),
-                             self.o_data.payload.eq(word.word_select(byte_index, 8))]
+                # The byte on offer is registered (the next one is picked meanwhile), so the
+                # memory-to-transmitter path ends here.
+                m.d.comb += [self.o_data.valid.eq(1), self.o_data.payload.eq(tx_byte)]
                 with m.If(self.o_data.ready):
-                    with m.If(byte_index == word_size - 1):
-                        m.d.sync += [byte_index.eq(0), cur.eq(cur + 1), count.eq(count - 1)]
-                        with m.If(count == 1):
+                    with m.If(tx_last):
+                        m.d.sync += [byte_index.eq(0), cur.eq(cur + 1), rest.eq(rest_next)]
+                        with m.If(rest == 1):
                             m.next = "WAIT_REPLY"
                         with m.Else():
                             m.next = "READ_ADDR"
                     with m.Else():
-                        m.d.sync += byte_index.eq(byte_index + 1)
+                        load_byte()
 
             with m.State("SEND_HELLO"):
                 m.d.comb += [self.o_data.valid.eq(1),

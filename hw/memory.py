@@ -1,0 +1,248 @@
+"""RAMs shaped for the FPGAs' memory blocks.
+
+:class:`SimpleDualPortMemory` is an ``amaranth.lib.memory.Memory`` that maps onto block RAM
+with no logic around it; :class:`SinglePortMemory` goes into the SB_SPRAM256KA blocks of an
+iCE40 UltraPlus, which leaves the 4-kbit block RAMs to the rest of the core.
+"""
+
+from amaranth.hdl import Cat, ClockDomain, ClockSignal, Const, Instance, Module, Signal
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["SimpleDualPortMemory", "SinglePortMemory", "uses_spram", "SPRAM_WIDTH", "SPRAM_DEPTH",
+           "SPRAM_COUNT"]
+
+#: Geometry of one iCE40 UltraPlus SB_SPRAM256KA, and how many an iCE40UP has.
+SPRAM_WIDTH = 16
+SPRAM_DEPTH = 16384
+SPRAM_COUNT = 4
+#: SB_SPRAM256KA write enables (MASKWREN) are per nibble.
+_SPRAM_MASK_BITS = 4
+
+
+def uses_spram(platform):
+    """Whether :class:`SinglePortMemory` builds SB_SPRAM256KA blocks for ``platform``."""
+    from amaranth.vendor import LatticeICE40Platform
+    return (isinstance(platform, LatticeICE40Platform) and
+            str(platform.device).startswith("iCE40UP"))
+
+
+def _check_geometry(width, depth, granularity):
+    for name, value in (("width", width), ("depth", depth), ("granularity", granularity)):
+        if value is None and name == "granularity":
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise TypeError(f"{name.capitalize()} must be a positive integer, not {value!r}")
+    granularity = width if granularity is None else granularity
+    if width % granularity:
+        raise ValueError(f"Width {width} must be a multiple of the granularity {granularity}")
+    return granularity
+
+
+class SimpleDualPortMemory(wiring.Component):
+    """A synchronous RAM with one write port and one read port that maps onto bare block RAM.
+
+    It behaves as an Amaranth ``Memory`` with a non-transparent read port: a read sees the
+    writes of earlier cycles, not one issued in its own cycle. Written as such, it would cost
+    a register and a multiplexer per data bit around an iCE40 block RAM, which cannot return
+    the old word when one address is read and written at the same edge (yosys adds the logic
+    that does). Instead, the write inputs are registered and written at the falling edge of
+    the next cycle: in time for that cycle's read, too late for the read issued with the
+    write. The block RAM then writes on the falling edge straight from those registers (the
+    routing has half a cycle); they are all the logic there is, and identical data bits (a
+    replicated byte) share one.
+
+    Parameters
+    ----------
+    width : int
+        Bits per word.
+    depth : int
+        Words.
+    granularity : int, optional
+        Bits per write lane (``width`` must be a multiple of it); default: the whole word.
+
+    Members
+    -------
+    wr_addr : In(range(depth))
+    wr_en : In(width // granularity)
+        Write the lanes whose bit is set (lane ``k`` is ``wr_data`` bits ``k * granularity``
+        up) to ``wr_addr``.
+    wr_data : In(width)
+    rd_addr : In(range(depth))
+    rd_en : In(1)
+        Read ``rd_addr``: its word, as written before this cycle, is on ``rd_data`` from the
+        next cycle. While ``rd_en`` is low, ``rd_data`` holds.
+    rd_data : Out(width)
+
+    Raises
+    ------
+    TypeError
+        If ``width``, ``depth`` or ``granularity`` is not a positive integer.
+    ValueError
+        If ``width`` is not a multiple of ``granularity``.
+    """
+
+    def __init__(self, *, width, depth, granularity=None):
+        granularity = _check_geometry(width, depth, granularity)
+        self._width, self._depth, self._granularity = width, depth, granularity
+        super().__init__({
+            "wr_addr": In(range(depth)),
+            "wr_en":   In(width // granularity),
+            "wr_data": In(width),
+            "rd_addr": In(range(depth)),
+            "rd_en":   In(1),
+            "rd_data": Out(width),
+        })
+
+    @property
+    def width(self):
+        return self._width
+
+    @property
+    def depth(self):
+        return self._depth
+
+    @property
+    def granularity(self):
+        return self._granularity
+
+    def elaborate(self, platform):
+        m = Module()
+        m.domains.write = write = ClockDomain(clk_edge="neg", local=True, reset_less=True)
+        m.d.comb += write.clk.eq(ClockSignal("sync"))
+        wr_addr = Signal.like(self.wr_addr, reset_less=True)
+        wr_en = Signal.like(self.wr_en)
+        wr_data = Signal.like(self.wr_data, reset_less=True)
+        m.d.sync += [wr_addr.eq(self.wr_addr), wr_en.eq(self.wr_en), wr_data.eq(self.wr_data)]
+        m.submodules.mem = mem = Memory(shape=self._width, depth=self._depth, init=[])
+        wr = mem.write_port(granularity=self._granularity, domain="write")
+        rd = mem.read_port()
+        m.d.comb += [wr.addr.eq(wr_addr), wr.data.eq(wr_data), wr.en.eq(wr_en),
+                     rd.addr.eq(self.rd_addr), rd.en.eq(self.rd_en), self.rd_data.eq(rd.data)]
+        return m
+
+
+class SinglePortMemory(wiring.Component):
+    """A synchronous single-port RAM: one address, used by a read or a write each cycle.
+
+    On an iCE40 UltraPlus platform (``LatticeICE40Platform`` with an ``iCE40UP*`` device) it
+    is built from ``ceil(width / 16)`` SB_SPRAM256KA blocks side by side; elsewhere (and in
+    simulation, ``platform=None``) from a :class:`SimpleDualPortMemory`. Both behave alike
+    for every use that does not read ``rd_data`` after a write before reading again. The
+    contents start as zeros in the generic memory and are undefined in SPRAM.
+
+    Parameters
+    ----------
+    width : int
+        Bits per word.
+    depth : int
+        Words.
+    granularity : int, optional
+        Bits per write lane (``width`` must be a multiple of it, and on SPRAM it must be a
+        multiple of 4, the SPRAM's nibble write mask); default: the whole word.
+
+    Members
+    -------
+    addr : In(range(depth))
+        Word address of the read or write.
+    rd_en : In(1)
+        Read ``addr``: its word is on ``rd_data`` from the next cycle until the next read or
+        write. While ``rd_en`` is low and nothing is written, ``rd_data`` holds.
+    wr_en : In(width // granularity)
+        Write the lanes whose bit is set (lane ``k`` is ``wr_data`` bits
+        ``k * granularity`` up) to ``addr``. A write takes the port: ``rd_en`` is ignored in
+        that cycle and ``rd_data`` is undefined after it (SPRAM drives X) until the next read.
+    wr_data : In(width)
+    rd_data : Out(width)
+
+    Raises
+    ------
+    TypeError
+        If ``width``, ``depth`` or ``granularity`` is not a positive integer.
+    ValueError
+        If ``width`` is not a multiple of ``granularity``; on elaboration for an iCE40UP, if
+        ``depth`` exceeds 16384 words, ``granularity`` is not a multiple of 4 or the width
+        needs more SB_SPRAM256KA blocks than the device has.
+    """
+
+    def __init__(self, *, width, depth, granularity=None):
+        granularity = _check_geometry(width, depth, granularity)
+        self._width, self._depth, self._granularity = width, depth, granularity
+        super().__init__({
+            "addr":    In(range(depth)),
+            "rd_en":   In(1),
+            "wr_en":   In(width // granularity),
+            "wr_data": In(width),
+            "rd_data": Out(width),
+        })
+
+    @property
+    def width(self):
+        return self._width
+
+    @property
+    def depth(self):
+        return self._depth
+
+    @property
+    def granularity(self):
+        return self._granularity
+
+    def elaborate(self, platform):
+        if uses_spram(platform):
+            return self._elaborate_spram(platform)
+        m = Module()
+        m.submodules.ram = ram = SimpleDualPortMemory(
+            width=self._width, depth=self._depth, granularity=self._granularity)
+        m.d.comb += [
+            ram.wr_addr.eq(self.addr), ram.wr_data.eq(self.wr_data), ram.wr_en.eq(self.wr_en),
+            # A write cycle does not read, as in SPRAM (whose output is X then instead).
+            ram.rd_addr.eq(self.addr), ram.rd_en.eq(self.rd_en & ~self.wr_en.any()),
+            self.rd_data.eq(ram.rd_data),
+        ]
+        return m
+
+    def _elaborate_spram(self, platform):
+        width, depth, granularity = self._width, self._depth, self._granularity
+        blocks = -(-width // SPRAM_WIDTH)
+        if depth > SPRAM_DEPTH:
+            raise ValueError(f"Depth {depth} exceeds the {SPRAM_DEPTH} words of an "
+                             f"SB_SPRAM256KA on the {platform.device}")
+        if granularity % _SPRAM_MASK_BITS:
+            raise ValueError(f"Granularity {granularity} must be a multiple of "
+                             f"{_SPRAM_MASK_BITS} (the SB_SPRAM256KA nibble write mask)")
+        if blocks > SPRAM_COUNT:
+            raise ValueError(f"Width {width} needs {blocks} SB_SPRAM256KA, the "
+                             f"{platform.device} has {SPRAM_COUNT}")
+        m = Module()
+        writing, select = Signal(), Signal()
+        m.d.comb += [writing.eq(self.wr_en.any()), select.eq(self.rd_en | writing)]
+        data_in = Cat(self.wr_data, Const(0, blocks * SPRAM_WIDTH - width))
+        data_out = []
+        for block in range(blocks):
+            # Nibble n of the padded word belongs to write lane 4n // granularity; the padding
+            # past ``width`` is never written.
+            mask = []
+            for nibble in range(block * SPRAM_WIDTH // _SPRAM_MASK_BITS,
+                                (block + 1) * SPRAM_WIDTH // _SPRAM_MASK_BITS):
+                lane = nibble * _SPRAM_MASK_BITS // granularity
+                mask.append(self.wr_en[lane] if lane < len(self.wr_en) else Const(0))
+            out = Signal(SPRAM_WIDTH, name=f"spram{block}_data")
+            data_out.append(out)
+            # CHIPSELECT only for a read or a write: a deselected SPRAM keeps DATAOUT.
+            m.submodules[f"spram{block}"] = Instance(
+                "SB_SPRAM256KA",
+                i_ADDRESS=Cat(self.addr, Const(0, 14 - len(self.addr))),
+                i_DATAIN=data_in[block * SPRAM_WIDTH:(block + 1) * SPRAM_WIDTH],
+                i_MASKWREN=Cat(*mask),
+                i_WREN=writing,
+                i_CHIPSELECT=select,
+                i_CLOCK=ClockSignal("sync"),
+                i_STANDBY=Const(0),
+                i_SLEEP=Const(0),
+                i_POWEROFF=Const(1),    # active low
+                o_DATAOUT=out,
+            )
+        m.d.comb += self.rd_data.eq(Cat(*data_out)[:width])
+        return m

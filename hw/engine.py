@@ -1,7 +1,7 @@
 """The gather engine: one group of V weights per cycle, V conflict-free bank reads, V lane
 products, a segmented adder tree and V/e accumulators that emit one sum vector per row group."""
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -126,35 +126,39 @@ class GatherEngine(wiring.Component):
         m.d.comb += self.issue_lanes.eq(Mux(accept, sum(n.as_unsigned() for n in nonzero), 0))
 
         # Stage 0: bank addresses (lane -> bank crossbar) ------------------------------------
-        # Nonzero lanes that name one bank name one column, so OR-ing their addresses is exact.
+        # hits[i][b]: lane i reads bank b. Nonzero lanes that name one bank name one column, so
+        # OR-ing their addresses is exact; a padding lane hits no bank.
+        hits = [Cat(nonzero[i] & (group.lanes[i].col[:bank_bits] == bank)
+                    for bank in range(lanes)) for i in range(lanes)]
         for bank in range(lanes):
             address = Const(0, bank_addr_width(cfg) - 1)
             for i in range(lanes):
-                col = group.lanes[i].col
-                hit = nonzero[i] & (col[:bank_bits] == bank)
-                address = address | Mux(hit, col[bank_bits:], 0)
+                address = address | Mux(hits[i][bank], group.lanes[i].col[bank_bits:], 0)
             m.d.comb += self.rd_addr[bank].eq(Cat(address, self.src))
 
         s1_valid = Signal()
         s1_last = Signal()
-        s1_bank = [Signal(range(lanes), name=f"s1_bank{i}") for i in range(lanes)]
+        s1_hits = [Signal(lanes, name=f"s1_hits{i}") for i in range(lanes)]
         s1_value = [Signal(cfg.value_width, name=f"s1_value{i}") for i in range(lanes)]
         m.d.sync += [s1_valid.eq(accept), s1_last.eq(accept & group.last)]
         for i in range(lanes):
-            lane = group.lanes[i]
-            m.d.sync += [s1_value[i].eq(lane.value), s1_bank[i].eq(lane.col[:bank_bits])]
+            m.d.sync += [s1_value[i].eq(group.lanes[i].value), s1_hits[i].eq(hits[i])]
 
         # Stage 1: bank -> lane crossbar -----------------------------------------------------
         # Each stage below ends in a register, so no path crosses more than one of: the bank
         # RAM's output and the V:1 crossbar, a lane's shift, the adder tree, the accumulator.
-        banks = Array(self.rd_data)
+        # The crossbar is an AND-OR of the one-hot hits (about 5 LUT4 per bit where a V:1
+        # multiplexer on a bank index takes 7), and a padding lane reads 0.
         s2_valid = Signal()
         s2_last = Signal()
         s2_x = [Signal(signed(8), name=f"s2_x{i}") for i in range(lanes)]
         s2_value = [Signal(cfg.value_width, name=f"s2_value{i}") for i in range(lanes)]
         m.d.sync += [s2_valid.eq(s1_valid), s2_last.eq(s1_last)]
         for i in range(lanes):
-            m.d.sync += [s2_x[i].eq(banks[s1_bank[i]]), s2_value[i].eq(s1_value[i])]
+            x = Const(0, 8)
+            for bank in range(lanes):
+                x = x | (s1_hits[i][bank].replicate(8) & self.rd_data[bank].as_unsigned())
+            m.d.sync += [s2_x[i].eq(x), s2_value[i].eq(s1_value[i])]
 
         # Stage 2: lane products -------------------------------------------------------------
         s3_valid = Signal()

@@ -119,10 +119,10 @@ def cmd_build(args):
     changes = {name: value for name, value in (
         ("lanes", args.lanes), ("bank_depth", args.depth), ("weight_depth", args.weights),
         ("row_depth", args.rows), ("encoding", args.encoding)) if value is not None}
+    if args.lanes is not None and board.config.result_queue < args.lanes:
+        changes["result_queue"] = args.lanes    # room for at least one row group's sums
     try:
         config = dataclasses.replace(board.config, **changes)
-        if config.result_queue < config.lanes:
-            config = dataclasses.replace(config, result_queue=config.lanes)
     except (TypeError, ValueError) as error:
         raise BuildConfigError(str(error)) from None
     out_dir = Path(args.output or Path("build") / "boards" / board.name)

@@ -125,16 +125,12 @@ class GatherEngine(wiring.Component):
         nonzero = [lane_nonzero(cfg, group.lanes[i].value) for i in range(lanes)]
         m.d.comb += self.issue_lanes.eq(Mux(accept, sum(n.as_unsigned() for n in nonzero), 0))
 
-        # Stage 0: bank addresses (lane -> bank crossbar) ------------------------------------
-        # hits[i][b]: lane i reads bank b. Nonzero lanes that name one bank name one column, so
-        # OR-ing their addresses is exact; a padding lane hits no bank.
-        hits = [Cat(nonzero[i] & (group.lanes[i].col[:bank_bits] == bank)
-                    for bank in range(lanes)) for i in range(lanes)]
+        # Stage 0: bank addresses, straight from the group word (the packer routed them) ----
+        # hits[i][b]: lane i reads bank b; a padding lane hits no bank.
+        hits = [Cat(nonzero[i] & (group.lanes[i].bank == bank) for bank in range(lanes))
+                for i in range(lanes)]
         for bank in range(lanes):
-            address = Const(0, bank_addr_width(cfg) - 1)
-            for i in range(lanes):
-                address = address | Mux(hits[i][bank], group.lanes[i].col[bank_bits:], 0)
-            m.d.comb += self.rd_addr[bank].eq(Cat(address, self.src))
+            m.d.comb += self.rd_addr[bank].eq(Cat(group.bank_addr[bank], self.src))
 
         s1_valid = Signal()
         s1_last = Signal()

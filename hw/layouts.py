@@ -31,22 +31,30 @@ def pow2_code_layout():
 
 
 def lane_layout(cfg: CoreConfig):
-    """One lane of a group: a weight code and the column of x it multiplies.
+    """One lane of a group: a weight code and the bank holding the x it multiplies.
 
-    The column's low ``bank_bits`` select the bank, the rest are the bank-local address.
-    A lane whose value is zero is padding: it requests no bank and adds nothing.
+    A lane whose value is zero is padding: it reads no bank and adds nothing.
     """
     return data.StructLayout({
         "value": unsigned(cfg.value_width),
-        "col":   unsigned(cfg.col_width),
+        "bank":  unsigned(cfg.bank_bits),
     })
 
 
 def group_layout(cfg: CoreConfig):
-    """A weight-memory word: V lanes processed in one cycle; ``last`` ends a row group."""
+    """A weight-memory word: V lanes processed in one cycle; ``last`` ends a row group.
+
+    Lane ``i`` multiplies element ``col = bank_addr[b] * V + b`` of the source buffer, with
+    ``b = lanes[i].bank``. The packer stores each bank's address (the gather's V indirect
+    accesses) rather than each lane's column: the words go from the weight memory to the
+    banks with no crossbar on the address side, and because a group's nonzero lanes read
+    distinct banks (the GS patterns are conflict-free) nothing is lost. A bank no lane reads
+    has address 0.
+    """
     return data.StructLayout({
-        "lanes": data.ArrayLayout(lane_layout(cfg), cfg.lanes),
-        "last":  unsigned(1),
+        "lanes":     data.ArrayLayout(lane_layout(cfg), cfg.lanes),
+        "bank_addr": data.ArrayLayout(unsigned(cfg.col_width - cfg.bank_bits), cfg.lanes),
+        "last":      unsigned(1),
     })
 
 

@@ -207,17 +207,18 @@ class GoldenCore:
         key = (base, count)
         if key not in self._decoded:
             cfg, lanes = self.cfg, self.cfg.lanes
-            lane_bits = cfg.value_width + cfg.col_width
             words = self._mems[Memory.WEIGHTS][base:base + count]
+            layout = group_layout(cfg)
             codes = np.zeros((count, lanes), dtype=np.int64)
             cols = np.zeros((count, lanes), dtype=np.int64)
             last = np.zeros(count, dtype=bool)
             for g, word in enumerate(words):
-                for lane in range(lanes):
-                    lane_word = word >> (lane * lane_bits)
-                    codes[g, lane] = lane_word & ((1 << cfg.value_width) - 1)
-                    cols[g, lane] = (lane_word >> cfg.value_width) & ((1 << cfg.col_width) - 1)
-                last[g] = (word >> (lanes * lane_bits)) & 1
+                fields = unpack_word(layout, word)
+                for lane, lane_fields in enumerate(fields["lanes"]):
+                    bank = lane_fields["bank"]
+                    codes[g, lane] = lane_fields["value"]
+                    cols[g, lane] = fields["bank_addr"][bank] * lanes + bank
+                last[g] = fields["last"]
             if cfg.encoding == "pow2":
                 values = pow2_decode(codes)
             else:

@@ -140,22 +140,34 @@ class DeviceImage:
 
 
 def _group_words(cfg, matrix):
+    """The weight-memory words of ``matrix``: per lane its code and bank, per bank the
+    address its one reader wants (``group_layout``)."""
     values = matrix.group_values
     codes = pow2_encode(values) if cfg.encoding == "pow2" else values
     last = matrix.group_last
-    layout = group_layout(cfg)
-    # Vectorised packing: every lane field at its offset; Python ints for the wide word.
-    lane_bits = cfg.value_width + cfg.col_width
-    words = []
+    lanes, bank_bits = cfg.lanes, cfg.bank_bits
+    addr_bits = cfg.col_width - bank_bits
+    lane_bits = cfg.value_width + bank_bits
     value_mask = (1 << cfg.value_width) - 1
+    cols = np.asarray(matrix.group_cols, dtype=np.int64)
+    banks, addrs = cols % lanes, cols // lanes
+    words = []
     for g in range(matrix.n_groups):
-        word = int(last[g]) << (cfg.lanes * lane_bits)
-        for lane in range(cfg.lanes):
-            lane_word = (int(codes[g, lane]) & value_mask) | int(matrix.group_cols[g, lane]) \
-                << cfg.value_width
-            word |= lane_word << (lane * lane_bits)
+        word = int(last[g]) << (lanes * (lane_bits + addr_bits))
+        bank_addr = [None] * lanes
+        for lane in range(lanes):
+            if values[g, lane] == 0:
+                continue                        # padding: bank 0, reads nothing
+            bank, addr = int(banks[g, lane]), int(addrs[g, lane])
+            if bank_addr[bank] not in (None, addr):
+                raise ShapeError(f"group {g} reads two columns of bank {bank}; a GS matrix "
+                                 f"must be conflict-free")
+            bank_addr[bank] = addr
+            word |= ((int(codes[g, lane]) & value_mask) | bank << cfg.value_width) \
+                << (lane * lane_bits)
+        for bank, addr in enumerate(bank_addr):
+            word |= (addr or 0) << (lanes * lane_bits + bank * addr_bits)
         words.append(word)
-    assert layout.size == cfg.lanes * lane_bits + 1
     return words
 
 

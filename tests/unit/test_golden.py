@@ -96,8 +96,10 @@ def test_word_codec_round_trips():
     assert layer["basis"] == [-128, 127, 0, 1, 2, 3, 4, 5, -6] and layer["shift"] == 31
     with pytest.raises(ValueError, match=r"^Field bias must be in"):
         pack_word(row_layout(cfg), {"bias": 1 << 23})
-    group = pack_word(group_layout(cfg), {"lanes": [{"value": 33, "col": 31}] * 4, "last": 1})
+    group = pack_word(group_layout(cfg), {"lanes": [{"value": 33, "bank": 3}] * 4,
+                                          "bank_addr": [1, 2, 0, 7], "last": 1})
     assert group >> (group_layout(cfg).size - 1) == 1
+    assert unpack_word(group_layout(cfg), group)["bank_addr"] == [1, 2, 0, 7]
 
 
 def build_program(rng, cfg):
@@ -193,3 +195,15 @@ def test_image_capacity_errors(rng):
         build_image(cfg, [LayerSpec(matrix=big)])
     with pytest.raises(ShapeError, match=r"matrix has 4 lanes and pow2 values, the core 8 lanes"):
         build_image(CoreConfig(lanes=8), [LayerSpec(matrix=matrix)])
+
+
+def test_image_refuses_a_group_that_reads_one_bank_twice():
+    """Group words carry one address per bank, so two nonzero lanes of a group must not
+    name two columns of one bank; build_image says which group does."""
+    cfg = CoreConfig(lanes=4, bank_depth=4)
+    matrix = GSMatrix.from_dense(np.ones((4, 8)), "dense", 4)
+    matrix.group_cols = matrix.group_cols.copy()
+    matrix.group_cols[1, 0] = (matrix.group_cols[1, 1] + 4) % 8   # same bank, other column
+    with pytest.raises(ShapeError, match=r"^group 1 reads two columns of bank \d; a GS matrix "
+                                         r"must be conflict-free$"):
+        build_image(cfg, [LayerSpec(matrix=matrix)])

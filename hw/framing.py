@@ -111,6 +111,10 @@ class FrameReceiver(wiring.Component):
         m.d.comb += take.eq(self.i_stream.valid & self.i_stream.ready)
         length_lo = Signal(8)
         index = Signal(range(cfg.max_payload + 1))
+        # Payload bytes still to come: the end test is then a compare of a register with a
+        # constant, not of an incremented index with the length (a carry chain and a
+        # 16-bit compare in front of the FSM).
+        remaining = Signal(range(cfg.max_payload + 1))
         rx_crc = Signal(24)      # the first three CRC bytes, little-endian
         frame = self.o_frame.payload
         m.d.comb += [wr.addr.eq(index), wr.data.eq(byte), crc.data.eq(byte)]
@@ -140,7 +144,7 @@ class FrameReceiver(wiring.Component):
                 m.d.comb += [self.i_stream.ready.eq(1), self.in_frame.eq(1), crc.en.eq(take)]
                 length = Cat(length_lo, byte)
                 with m.If(take):
-                    m.d.sync += [frame.length.eq(length), index.eq(0)]
+                    m.d.sync += [frame.length.eq(length), index.eq(0), remaining.eq(length)]
                     with m.If(length > cfg.max_payload):
                         # Nothing of this frame can be trusted any more: report it, then
                         # hunt for the next SYNC.
@@ -154,8 +158,8 @@ class FrameReceiver(wiring.Component):
                 m.d.comb += [self.i_stream.ready.eq(1), self.in_frame.eq(1), crc.en.eq(take),
                              wr.en.eq(take)]
                 with m.If(take):
-                    m.d.sync += index.eq(index + 1)
-                    with m.If(index + 1 == frame.length):
+                    m.d.sync += [index.eq(index + 1), remaining.eq(remaining - 1)]
+                    with m.If(remaining == 1):
                         m.next = "CRC_0"
             for k in range(4):
                 with m.State(f"CRC_{k}"):
@@ -226,7 +230,7 @@ class FrameTransmitter(wiring.Component):
         out = self.o_stream
         sent = Signal()
         m.d.comb += [sent.eq(out.valid & out.ready), crc.data.eq(out.payload)]
-        count = Signal(16)
+        remaining = Signal(16)      # payload bytes still to send (see the receiver)
 
         with m.FSM(name="tx"):
             with m.State("IDLE"):
@@ -247,7 +251,7 @@ class FrameTransmitter(wiring.Component):
                         if k < 3:
                             m.next = header[k + 1][0]
                         else:
-                            m.d.sync += count.eq(0)
+                            m.d.sync += remaining.eq(reply.length)
                             with m.If(reply.length == 0):
                                 m.next = "CRC_0"
                             with m.Else():
@@ -256,8 +260,8 @@ class FrameTransmitter(wiring.Component):
                 m.d.comb += [out.payload.eq(self.i_data.payload), out.valid.eq(self.i_data.valid),
                              self.i_data.ready.eq(out.ready), self.busy.eq(1), crc.en.eq(sent)]
                 with m.If(sent):
-                    m.d.sync += count.eq(count + 1)
-                    with m.If(count + 1 == reply.length):
+                    m.d.sync += remaining.eq(remaining - 1)
+                    with m.If(remaining == 1):
                         m.next = "CRC_0"
             for k in range(4):
                 with m.State(f"CRC_{k}"):

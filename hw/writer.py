@@ -172,8 +172,9 @@ class ResultWriter(wiring.Component):
         # Slot cycle: pick slot j of the head vector, add the row's bias ---------------------
         slot = Signal(range(lanes))
         # V/e - 1, with e = V for any seg_log2 beyond log2(V) (as the engine and golden model).
+        # seg_log2 is a layer constant: registered, this is off the slot -> pop -> credit path.
         last_slot = Signal(range(lanes))
-        m.d.comb += last_slot.eq(Mux(self.seg_log2 >= bank_bits, 0,
+        m.d.sync += last_slot.eq(Mux(self.seg_log2 >= bank_bits, 0,
                                      (Const(lanes, range(lanes + 1)) >> self.seg_log2) - 1))
         take = Signal()
         m.d.comb += [

@@ -19,9 +19,9 @@ from .memory import SimpleDualPortMemory, SinglePortMemory
 __all__ = ["Sequencer", "CommandProcessor", "ScratchpadOwner"]
 
 #: Fewest cycles a GS layer spends in the GS state. A layer with groups always takes more
-#: (its last write lands WRITE_LATENCY = 2 cycles after the writer's last slot); this makes an
+#: (its last write lands WRITE_LATENCY = 3 cycles after the writer's last slot); this makes an
 #: empty layer cost ``LAYER_OVERHEAD + 0 + WRITE_LATENCY`` too, as the golden model says.
-_MIN_GS_CYCLES = 3
+_MIN_GS_CYCLES = 4
 
 
 class ScratchpadOwner(enum.Enum, shape=2):

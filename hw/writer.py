@@ -15,10 +15,12 @@ __all__ = ["Requantizer", "ResultWriter"]
 
 
 class Requantizer(wiring.Component):
-    """Combinational requantisation of an accumulator value to int8 (docs/architecture.md).
+    """Requantisation of an accumulator value to int8 (docs/architecture.md).
 
     ``shift`` is sampled a cycle ahead: ``result`` uses the ``shift`` of the previous cycle
-    (it is a layer constant, set long before the first value of a layer arrives).
+    (it is a layer constant, set long before the first value of a layer arrives). With
+    ``pipelined``, the shifted value is registered before it is saturated, so ``result`` is
+    that of the previous cycle's ``value`` (and ``relu``); otherwise it is combinational.
 
     ``value`` (``acc_width`` bits, already wrapped); if ``shift > 0`` add
     ``1 << (shift - 1)`` (round half up) and shift right arithmetically, computed exactly in
@@ -28,6 +30,8 @@ class Requantizer(wiring.Component):
     ----------
     acc_width : int
         Width of ``value``.
+    pipelined : bool
+        Register between the shift and the saturation (one cycle of latency).
 
     Members
     -------
@@ -44,12 +48,13 @@ class Requantizer(wiring.Component):
         If ``acc_width`` is not between 8 and 32.
     """
 
-    def __init__(self, *, acc_width):
+    def __init__(self, *, acc_width, pipelined=False):
         if not isinstance(acc_width, int) or isinstance(acc_width, bool) or acc_width <= 0:
             raise TypeError(f"Accumulator width must be a positive integer, not {acc_width!r}")
         if not 8 <= acc_width <= 32:
             raise ValueError(f"Accumulator width must be between 8 and 32, not {acc_width!r}")
         self._acc_width = acc_width
+        self._pipelined = bool(pipelined)
         super().__init__({
             "value":  In(signed(acc_width)),
             "shift":  In(5),
@@ -76,7 +81,14 @@ class Requantizer(wiring.Component):
         rounded = Signal(signed(width))
         m.d.comb += rounded.eq(self.value + half.as_signed())
         shifted = Signal(signed(width))
-        m.d.comb += shifted.eq(rounded >> self.shift)
+        relu = Signal()
+        # The rounding add and the barrel shift, then (a cycle later if pipelined) the
+        # saturation compares: on an iCE40 the two together are the writer's longest path.
+        domain = m.d.sync if self._pipelined else m.d.comb
+        domain += [shifted.eq(rounded >> self.shift), relu.eq(self.relu)]
+        if self._pipelined:
+            in_range_now, in_range = in_range, Signal(init=1)
+            m.d.sync += in_range.eq(in_range_now)
         saturated = Signal(signed(8))
         with m.If(shifted > 127):
             m.d.comb += saturated.eq(127)
@@ -84,7 +96,7 @@ class Requantizer(wiring.Component):
             m.d.comb += saturated.eq(-128)
         with m.Else():
             m.d.comb += saturated.eq(shifted)
-        m.d.comb += self.result.eq(Mux(~in_range | (self.relu & saturated[-1]), 0, saturated))
+        m.d.comb += self.result.eq(Mux(~in_range | (relu & saturated[-1]), 0, saturated))
         return m
 
 
@@ -94,8 +106,9 @@ class ResultWriter(wiring.Component):
     Sum vectors enter a :class:`~amaranth.lib.fifo.SyncFIFO` of ``result_queue // V``
     vectors. The writer takes slot ``j`` (``j < V/e``) of the head vector with the next row
     record in one cycle (a *slot cycle*), when both are available: in slot cycle ``s`` it
-    registers ``wrap(sum + bias)``, in ``s+1`` requantises it, and in ``s+2`` drives the
-    scratchpad write of element ``out_addr`` of buffer ``dst`` (if the record is ``valid``).
+    registers ``wrap(sum + bias)``, in ``s+1`` rounds and shifts it, in ``s+2`` saturates
+    it, and in ``s+3`` drives the scratchpad write of element ``out_addr`` of buffer ``dst``
+    (if the record is ``valid``).
     In the last slot cycle of a vector it pops the queue and pulses ``credit``.
 
     ``seg_log2``, ``shift``, ``relu`` and ``dst`` must be stable during a layer.
@@ -200,7 +213,8 @@ class ResultWriter(wiring.Component):
                 m.d.sync += slot.eq(slot + 1)
 
         # Requantise ---------------------------------------------------------------------------
-        m.submodules.requantizer = requantizer = Requantizer(acc_width=acc_width)
+        m.submodules.requantizer = requantizer = Requantizer(acc_width=acc_width,
+                                                              pipelined=True)
         m.d.comb += [
             requantizer.value.eq(s1_value),
             requantizer.shift.eq(self.shift),
@@ -208,21 +222,25 @@ class ResultWriter(wiring.Component):
         ]
         s2_go = Signal()
         s2_write = Signal()
-        s2_data = Signal(signed(8))
         s2_addr = Signal(cfg.col_width)
+        m.d.sync += [s2_go.eq(s1_go), s2_write.eq(s1_go & s1_write), s2_addr.eq(s1_addr)]
+        s3_go = Signal()
+        s3_write = Signal()
+        s3_data = Signal(signed(8))
+        s3_addr = Signal(cfg.col_width)
         m.d.sync += [
-            s2_go.eq(s1_go),
-            s2_write.eq(s1_go & s1_write),
-            s2_data.eq(requantizer.result),
-            s2_addr.eq(s1_addr),
+            s3_go.eq(s2_go),
+            s3_write.eq(s2_write),
+            s3_data.eq(requantizer.result),
+            s3_addr.eq(s2_addr),
         ]
 
         # Scratchpad write ---------------------------------------------------------------------
         for bank in range(lanes):
             m.d.comb += [
-                self.wr_en[bank].eq(s2_write & (s2_addr[:bank_bits] == bank)),
-                self.wr_addr[bank].eq(Cat(s2_addr[bank_bits:], self.dst)),
-                self.wr_data[bank].eq(s2_data),
+                self.wr_en[bank].eq(s3_write & (s3_addr[:bank_bits] == bank)),
+                self.wr_addr[bank].eq(Cat(s3_addr[bank_bits:], self.dst)),
+                self.wr_data[bank].eq(s3_data),
             ]
-        m.d.comb += self.idle.eq(~queue.r_rdy & ~s1_go & ~s2_go)
+        m.d.comb += self.idle.eq(~queue.r_rdy & ~s1_go & ~s2_go & ~s3_go)
         return m

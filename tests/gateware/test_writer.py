@@ -36,9 +36,10 @@ def edge_values(acc_width, shift):
     return sorted(v for v in values if lo <= v <= hi)
 
 
-@pytest.mark.parametrize("acc_width", [24, 32, 17])
-def test_requantizer_edges(acc_width):
-    dut = Requantizer(acc_width=acc_width)
+@pytest.mark.parametrize("acc_width,pipelined", [(24, False), (32, False), (17, False),
+                                               (24, True)])
+def test_requantizer_edges(acc_width, pipelined):
+    dut = Requantizer(acc_width=acc_width, pipelined=pipelined)
     cases = [(v, s, r) for s in range(32) for v in edge_values(acc_width, s) for r in (0, 1)]
 
     async def bench(ctx):
@@ -48,11 +49,13 @@ def test_requantizer_edges(acc_width):
                 await ctx.tick()
             ctx.set(dut.value, value)
             ctx.set(dut.relu, relu)
+            if pipelined:                           # the result follows a cycle later
+                await ctx.tick()
             await ctx.delay(1e-9)
             expected = int(golden.requantize(value, shift, relu, acc_width))
             assert ctx.get(dut.result) == expected, (value, shift, relu)
 
-    run_sim(dut, bench, name=f"requantizer_{acc_width}", deadline=10 ** 6)
+    run_sim(dut, bench, name=f"requantizer_{acc_width}_{pipelined}", deadline=10 ** 6)
     shifts = {s for _, s, _ in cases}
     assert shifts == set(range(32))
     # The cases reach both saturation limits and exact ties.

@@ -229,7 +229,17 @@ class FrameTransmitter(wiring.Component):
         reply = self.i_reply.payload
         out = self.o_stream
         sent = Signal()
-        m.d.comb += [sent.eq(out.valid & out.ready), crc.data.eq(out.payload)]
+        m.d.comb += sent.eq(out.valid & out.ready)
+        # The CRC takes each byte a cycle after it is sent (registered input): the byte comes
+        # through the FSM's output multiplexer, often from the command processor, and the
+        # XOR network after that was the core's longest path. CRC_WAIT gives it that cycle.
+        crc_en = Signal()
+        crc_clear = Signal()
+        crc_data = Signal(8)
+        add_to_crc = Signal()
+        clear_crc = Signal()
+        m.d.sync += [crc_en.eq(add_to_crc), crc_clear.eq(clear_crc), crc_data.eq(out.payload)]
+        m.d.comb += [crc.en.eq(crc_en), crc.clear.eq(crc_clear), crc.data.eq(crc_data)]
         remaining = Signal(16)      # payload bytes still to send (see the receiver)
 
         with m.FSM(name="tx"):
@@ -239,30 +249,34 @@ class FrameTransmitter(wiring.Component):
             with m.State("SYNC"):
                 m.d.comb += [out.payload.eq(FRAME_SYNC), out.valid.eq(1), self.busy.eq(1)]
                 with m.If(sent):
-                    m.d.comb += crc.clear.eq(1)
+                    m.d.comb += clear_crc.eq(1)
                     m.next = "TYPE"
             header = [("TYPE", reply.type), ("SEQ", reply.seq),
                       ("LENGTH_LO", reply.length[:8]), ("LENGTH_HI", reply.length[8:])]
             for k, (state, value) in enumerate(header):
                 with m.State(state):
                     m.d.comb += [out.payload.eq(value), out.valid.eq(1), self.busy.eq(1),
-                                 crc.en.eq(sent)]
+                                 add_to_crc.eq(sent)]
                     with m.If(sent):
                         if k < 3:
                             m.next = header[k + 1][0]
                         else:
                             m.d.sync += remaining.eq(reply.length)
                             with m.If(reply.length == 0):
-                                m.next = "CRC_0"
+                                m.next = "CRC_WAIT"
                             with m.Else():
                                 m.next = "DATA"
             with m.State("DATA"):
                 m.d.comb += [out.payload.eq(self.i_data.payload), out.valid.eq(self.i_data.valid),
-                             self.i_data.ready.eq(out.ready), self.busy.eq(1), crc.en.eq(sent)]
+                             self.i_data.ready.eq(out.ready), self.busy.eq(1),
+                             add_to_crc.eq(sent)]
                 with m.If(sent):
                     m.d.sync += remaining.eq(remaining - 1)
                     with m.If(remaining == 1):
-                        m.next = "CRC_0"
+                        m.next = "CRC_WAIT"
+            with m.State("CRC_WAIT"):
+                m.d.comb += self.busy.eq(1)
+                m.next = "CRC_0"
             for k in range(4):
                 with m.State(f"CRC_{k}"):
                     m.d.comb += [out.payload.eq(crc.crc[8 * k:8 * k + 8]), out.valid.eq(1),

@@ -98,15 +98,16 @@ ICEBREAKER = Board(
     device="iCE40UP5K",
     platform_class=ICEBreakerPlatform,
     osc_hz=12e6,
-    # The oscillator's 12 MHz: the core's Fmax here is 16.5-18.6 MHz (its command
-    # processor's address check, not the lanes, is the critical path; docs/boards.md) and
-    # the PLL's lowest output is 16 MHz. 3 Mbaud (the FT2232H's top rate) is 4 clocks/bit.
-    clk_hz=12e6,
+    # 30 MHz from the PLL (12 MHz * 80 / 32); 3 Mbaud (the FT2232H's top rate) is then 10
+    # clocks per bit.
+    clk_hz=30e6,
     baud=3_000_000,
-    # V = 2: at V = 4 the core needs 6101 logic cells and 10 multipliers (8152 cells
-    # without DSPs) of the 5280 cells and 8 DSPs; V = 2 has no basis unit and fits in 74%.
-    config=CoreConfig(lanes=2, bank_depth=256, weight_depth=512, row_depth=512,
-                      layer_depth=8, result_queue=4, max_payload=256),
+    # V = 8 shift lanes: 4250 of 5280 logic cells, all 30 EBR (16 of them for the 121-bit
+    # group words) and the row memory in 3 of the 4 SPRAMs; Fmax 31.0 MHz. No basis unit: it
+    # needs nine multipliers (the UP5K has eight DSPs) and about 1100 LUTs; a one-vector
+    # result queue saves 192 flip-flops. docs/boards.md.
+    config=CoreConfig(lanes=8, bank_depth=64, weight_depth=512, row_depth=1024,
+                      layer_depth=8, result_queue=8, max_payload=256, basis=False),
     uart=("uart", 0),
     # The break-off PMOD's LEDs are attached at PMOD2 when the board ships.
     leds={"idle": ("led_g", 0, None), "error": ("led_r", 0, None),

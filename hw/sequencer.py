@@ -172,13 +172,21 @@ class Sequencer(wiring.Component):
             self.n_chunks.eq(layer.group_count),
         ]
 
-        # Counters: every cycle of a run counts; the datapath reports its own events.
+        # Counters: every cycle of a run counts; the datapath reports its own events. They
+        # are counted a cycle late, from registers: the events come combinationally from the
+        # weight memory's output, and the 32-bit adds after them made the longest path. A
+        # layer's last group issues cycles before its end, so the sums are complete at DONE.
+        issued_lanes = Signal.like(self.issue_lanes)
+        stalled = Signal()
+        issued = Signal()
+        m.d.sync += [issued_lanes.eq(Mux(self.issue, self.issue_lanes, 0)),
+                     stalled.eq(self.stall), issued.eq(self.issue)]
         with m.If(self.busy):
             m.d.sync += [
                 cycles.eq(cycles + 1),
-                lane_cycles.eq(lane_cycles + Mux(self.issue, self.issue_lanes, 0)),
-                stalls.eq(stalls + self.stall),
-                groups.eq(groups + self.issue),
+                lane_cycles.eq(lane_cycles + issued_lanes),
+                stalls.eq(stalls + stalled),
+                groups.eq(groups + issued),
             ]
 
         def step_layer():

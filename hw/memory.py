@@ -40,7 +40,23 @@ def _check_geometry(width, depth, granularity):
     return granularity
 
 
-class SimpleDualPortMemory(wiring.Component):
+class _Geometry:
+    """The ``width``, ``depth`` and ``granularity`` that both memories are built with."""
+
+    @property
+    def width(self):
+        return self._width
+
+    @property
+    def depth(self):
+        return self._depth
+
+    @property
+    def granularity(self):
+        return self._granularity
+
+
+class SimpleDualPortMemory(_Geometry, wiring.Component):
     """A synchronous RAM with one write port and one read port that maps onto bare block RAM.
 
     It behaves as an Amaranth ``Memory`` with a non-transparent read port: a read sees the
@@ -95,18 +111,6 @@ class SimpleDualPortMemory(wiring.Component):
             "rd_data": Out(width),
         })
 
-    @property
-    def width(self):
-        return self._width
-
-    @property
-    def depth(self):
-        return self._depth
-
-    @property
-    def granularity(self):
-        return self._granularity
-
     def elaborate(self, platform):
         m = Module()
         m.domains.write = write = ClockDomain(clk_edge="neg", local=True, reset_less=True)
@@ -123,7 +127,7 @@ class SimpleDualPortMemory(wiring.Component):
         return m
 
 
-class SinglePortMemory(wiring.Component):
+class SinglePortMemory(_Geometry, wiring.Component):
     """A synchronous single-port RAM: one address, used by a read or a write each cycle.
 
     On an iCE40 UltraPlus platform (``LatticeICE40Platform`` with an ``iCE40UP*`` device) it
@@ -176,18 +180,6 @@ class SinglePortMemory(wiring.Component):
             "wr_data": In(width),
             "rd_data": Out(width),
         })
-
-    @property
-    def width(self):
-        return self._width
-
-    @property
-    def depth(self):
-        return self._depth
-
-    @property
-    def granularity(self):
-        return self._granularity
 
     def elaborate(self, platform):
         if uses_spram(platform):

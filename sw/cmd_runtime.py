@@ -37,6 +37,9 @@ def register(subparsers):
                           help="group words in the weight memory (default: %(default)s)")
     compile_.add_argument("--row-depth", metavar="R", type=int, default=1024,
                           help="row records in the row memory (default: %(default)s)")
+    compile_.add_argument("--board", metavar="BOARD",
+                          help="compile for this board's default core (icebreaker, "
+                               "ulx3s-85f, orangecrab) instead of the size options above")
     compile_.add_argument("-o", "--output", metavar="M.gsp", required=True,
                           help="program file to write")
     compile_.set_defaults(func=run_compile)
@@ -111,11 +114,16 @@ def run_compile(args):
     from ..hw.config import CoreConfig
     model = load_model(args.model)
     example = load_array(args.example, "example input")
-    try:
-        cfg = CoreConfig(lanes=args.lanes, encoding=args.encoding, bank_depth=args.bank_depth,
-                         weight_depth=args.weight_depth, row_depth=args.row_depth)
-    except (TypeError, ValueError) as error:
-        raise GsaccelError(f"Core configuration is invalid: {error}") from None
+    if args.board is not None:
+        from ..boards.catalog import get_board
+        cfg = get_board(args.board).config
+    else:
+        try:
+            cfg = CoreConfig(lanes=args.lanes, encoding=args.encoding,
+                             bank_depth=args.bank_depth, weight_depth=args.weight_depth,
+                             row_depth=args.row_depth)
+        except (TypeError, ValueError) as error:
+            raise GsaccelError(f"Core configuration is invalid: {error}") from None
     program = compile(model, example, cfg=cfg)
     program.save(args.output)
     console = _console()

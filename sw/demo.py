@@ -34,7 +34,8 @@ def run_demo(*, target="sim", lanes=8, sparsity=0.75, pattern="gs-gather", seed=
         ``serial:PORT[@BAUD]``.
     lanes, sparsity, pattern, seed
         V, the pruned fraction, the pruning pattern (``gsaccel.sw.prune.PRUNE_PATTERNS``) and
-        the seed of the data split, initialisation and minibatches.
+        the seed of the data split, initialisation and minibatches. A ``serial:`` target's
+        board says what its core is (HELLO), and its V replaces ``lanes``.
     allow_fallback : bool
         If the ``sim`` target cannot be built (no Verilator harness), run on ``golden`` and say
         so loudly instead of failing.
@@ -54,18 +55,37 @@ def run_demo(*, target="sim", lanes=8, sparsity=0.75, pattern="gs-gather", seed=
 
 def _run_demo(*, target, lanes, sparsity, pattern, seed, epochs, finetune_epochs, console,
               allow_fallback):
+    from ..hw.config import CoreConfig
+    from .targets import connect
+
+    # A board's core is what its bitstream made it: ask it (HELLO) before pruning, then
+    # prune and compile for that core. The sim and golden targets are built for the lanes.
+    board = connect(target) if target.startswith("serial") else None
+    try:
+        cfg = board.config if board is not None else CoreConfig(lanes=lanes)
+        return _train_prune_run(
+            target=target, cfg=cfg, board=board, sparsity=sparsity, pattern=pattern,
+            seed=seed, epochs=epochs, finetune_epochs=finetune_epochs, console=console,
+            allow_fallback=allow_fallback)
+    finally:
+        if board is not None:
+            board.close()
+
+
+def _train_prune_run(*, target, cfg, board, sparsity, pattern, seed, epochs,
+                     finetune_epochs, console, allow_fallback):
     import torch
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn)
     from rich.table import Table
 
-    from ..hw.config import CoreConfig
     from .compiler import compile
     from .device import GoldenDevice
     from .models import DigitsMLP, digits_data, evaluate, train
     from .prune import prune
     from .targets import connect
 
+    lanes = cfg.lanes
     result = DemoResult(target=target, lanes=lanes, sparsity=sparsity, pattern=pattern,
                         seed=seed)
     start = time.monotonic()
@@ -91,7 +111,6 @@ def _run_demo(*, target, lanes, sparsity, pattern, seed, epochs, finetune_epochs
     result["float_accuracy"] = evaluate(model, data)
 
     console.print("[bold]3. compile[/] calibrating on 512 training images")
-    cfg = CoreConfig(lanes=lanes)
     program = compile(model, data.x_train[:512], cfg=cfg)
     stats = program.stats()
     result.update(weight_bytes=stats["weight_bytes"], nnz=stats["nnz"], groups=stats["groups"],
@@ -113,7 +132,7 @@ def _run_demo(*, target, lanes, sparsity, pattern, seed, epochs, finetune_epochs
 
     ran_on = target
     try:
-        device = connect(target, cfg=cfg)
+        device = board if board is not None else connect(target, cfg=cfg)
     except ToolNotFound as error:
         if not (allow_fallback and target == "sim"):
             raise

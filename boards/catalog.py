@@ -102,8 +102,8 @@ ICEBREAKER = Board(
     # clocks per bit.
     clk_hz=30e6,
     baud=3_000_000,
-    # V = 8 shift lanes: 4250 of 5280 logic cells, all 30 EBR (16 of them for the 121-bit
-    # group words) and the row memory in 3 of the 4 SPRAMs; Fmax 31.0 MHz. No basis unit: it
+    # V = 8 shift lanes: 4271 of 5280 logic cells, all 30 EBR (16 of them for the 121-bit
+    # group words) and the row memory in 3 of the 4 SPRAMs; Fmax 30.7 MHz. No basis unit: it
     # needs nine multipliers (the UP5K has eight DSPs) and about 1100 LUTs; a one-vector
     # result queue saves 192 flip-flops. docs/boards.md.
     config=CoreConfig(lanes=8, bank_depth=64, weight_depth=512, row_depth=1024,
@@ -124,7 +124,7 @@ ULX3S_85F = Board(
     device="LFE5U-85F",
     platform_class=ULX3S_85F_Platform,
     osc_hz=25e6,
-    # V = 16 at 40 MHz = 25 MHz * 8 / 5, below the core's Fmax (about 50 MHz; the 100 MHz
+    # V = 16 at 40 MHz = 25 MHz * 8 / 5, below the core's Fmax (51.6 MHz; the 100 MHz
     # target needs more pipelining, see docs/boards.md); 3 Mbaud (the FT231X's top rate) is
     # then 13 1/3 clocks per bit.
     clk_hz=40e6,
@@ -145,7 +145,8 @@ ORANGECRAB = Board(
     osc_hz=48e6,
     # The USB port carries the DFU bootloader, not a serial bridge: the UART is on the
     # Feather header's pins 0 (RX) and 1 (TX), for an external 3.3 V USB-serial adapter.
-    # 32 MHz = 48 MHz * 2 / 3 (below the core's Fmax); 3 Mbaud is 10 2/3 clocks per bit.
+    # 32 MHz = 48 MHz * 2 / 3 (the core's Fmax is 67.1 MHz); 3 Mbaud is 10 2/3 clocks per
+    # bit.
     clk_hz=32e6,
     baud=3_000_000,
     config=CoreConfig(lanes=16, bank_depth=128, weight_depth=1024, row_depth=1024,

@@ -53,3 +53,11 @@ def test_random_traffic(lanes, bank_depth):
         assert expected is not None
 
     run_sim(dut, bench, name=f"scratchpad_{lanes}")
+
+
+def test_banks_ask_for_block_ram():
+    """Each bank carries ``ram_style = "block"``: Yosys would otherwise put small banks in
+    ECP5 LUT RAM, whose asynchronous read lands on the engine's address path."""
+    from amaranth.back import rtlil
+    text = rtlil.convert(BankedScratchpad(CoreConfig(lanes=4, bank_depth=16)))
+    assert text.count('attribute \\ram_style "block"') == 4

@@ -21,6 +21,7 @@ import zlib
 from pathlib import Path
 
 from ..hw.config import CoreConfig
+from ..hw.memory import YOSYS_COLLISION_FREE
 from ..sw.errors import CapacityError, GsaccelError, ToolNotFound, UnsupportedError
 from .catalog import get_board
 from .top import BoardTop, LoopbackCore
@@ -328,7 +329,14 @@ def build_board(board, *, config=None, out_dir, clk_hz=None, baud=None, loopback
         # router2 routed the OrangeCrab's V = 16 core in about 10 minutes; router1 had not
         # finished the ULX3S's after 20 (docs/boards.md).
         nextpnr_opts += " --router router2"
-    overrides = {"nextpnr_opts": nextpnr_opts}
+    # One-hot state machines: Amaranth's FSMs are binary-encoded registers with an initial
+    # value, which Yosys leaves alone unless told; decoding them took two LUT levels in front
+    # of every control decision. (The initial value does not matter: the reset synchroniser
+    # resets the design at power-up.)
+    # And no logic around the block RAMs for read-write collisions that never happen.
+    overrides = {"nextpnr_opts": nextpnr_opts,
+                 "script_after_read": "\n".join([
+                     'setattr -set fsm_encoding "one-hot" w:*_state', YOSYS_COLLISION_FREE])}
     if board.family == "ice40" and 0 < _multipliers(config) <= _ICE40_DSPS:
         # Map multipliers (int8 lanes, the SmartDeal basis unit) to the SB_MAC16 DSPs;
         # synth_ice40 leaves them in LUTs unless asked (synth_ecp5 uses its DSPs by default).

@@ -1,4 +1,4 @@
-"""The board top: clock and reset, the UART PHY, an input FIFO, a byte-stream core and LEDs.
+"""The board top: clock and reset, the UART PHY, byte FIFOs, a byte-stream core and LEDs.
 
 Only this module and the board descriptions touch ``platform``. The core is any component with
 ``i_stream: In(stream.Signature(8))``, ``o_stream: Out(stream.Signature(8))``, ``busy: Out(1)``
@@ -149,6 +149,9 @@ class SerialCore(wiring.Component):
         m.submodules.tx = tx = self._tx
         m.submodules.rx_fifo = rx_fifo = fifo.SyncFIFOBuffered(width=8,
                                                                 depth=self._rx_fifo_depth)
+        # A small queue before the transmitter, so that the UART's bit timing is no part of
+        # the core's reply handshake (a long path from the baud phase into the core's FSMs).
+        m.submodules.tx_fifo = tx_fifo = fifo.SyncFIFOBuffered(width=8, depth=4)
         m.submodules.core = core = self._core
         m.d.comb += [
             rx.rx.eq(self.rx),
@@ -159,10 +162,15 @@ class SerialCore(wiring.Component):
             core.i_stream.payload.eq(rx_fifo.r_data),
             core.i_stream.valid.eq(rx_fifo.r_rdy),
             rx_fifo.r_en.eq(core.i_stream.ready),
-            self.busy.eq(core.busy | rx.busy | tx.busy | rx_fifo.r_rdy),
+            tx_fifo.w_data.eq(core.o_stream.payload),
+            tx_fifo.w_en.eq(core.o_stream.valid),
+            core.o_stream.ready.eq(tx_fifo.w_rdy),
+            tx.i_stream.payload.eq(tx_fifo.r_data),
+            tx.i_stream.valid.eq(tx_fifo.r_rdy),
+            tx_fifo.r_en.eq(tx.i_stream.ready),
+            self.busy.eq(core.busy | rx.busy | tx.busy | rx_fifo.r_rdy | tx_fifo.r_rdy),
             self.error.eq(core.error | rx.framing_error | rx.overrun),
         ]
-        wiring.connect(m, core.o_stream, tx.i_stream)
         return m
 
 

@@ -8,7 +8,12 @@ from .config import check_config
 from .scratchpad import bank_addr_width
 from .writer import Requantizer
 
-__all__ = ["BasisUnit"]
+__all__ = ["BasisUnit", "BASIS_LATENCY"]
+
+#: Cycles from a chunk's issue to its write: the read ports' registers, the scratchpad's
+#: two, x, the products, z, the requantiser's two, the saturated results, and the write
+#: ports' registers.
+BASIS_LATENCY = 10
 
 
 class BasisUnit(wiring.Component):
@@ -17,15 +22,18 @@ class BasisUnit(wiring.Component):
     For chunk ``g``: ``x = src[3g : 3g+3]`` (three distinct banks, as V >= 4),
     ``z = B · x`` exactly, ``dst[3g+k] = requantize(z_k, shift, relu)``.
 
-    Timing (``docs/gateware.md``): with ``start`` pulsed in cycle 0, chunk ``g`` presents its
-    bank addresses in cycle ``g``, x is registered at the end of ``g+1``, z at the end of
-    ``g+2``, and its three writes are driven in cycle ``g+3``. ``done`` pulses in cycle
-    ``n_chunks + BASIS_LATENCY - 1`` (``BASIS_LATENCY = 3``), the last write cycle when
+    Timing (``docs/gateware.md``): with ``start`` pulsed in cycle 0, chunk ``g`` issues in
+    cycle ``g``, presents its bank addresses (registers) in ``g+1``, gets its bank data in
+    ``g+3``, x is registered at the end of ``g+3``, the products at the end of ``g+4``, z at
+    the end of ``g+5``, the requantiser's two stages at the ends of ``g+6`` and ``g+7``, the
+    saturated results at the end of ``g+8``, the write ports at the end of ``g+9``, so its
+    three writes are driven in cycle ``g+10``. ``done`` pulses in cycle
+    ``n_chunks + BASIS_LATENCY - 1`` (``BASIS_LATENCY = 10``), the last write cycle when
     ``n_chunks > 0``; ``busy`` is high from cycle 1 through that cycle, and ``start`` is ignored
     while ``busy``.
 
     The settings (``n_chunks``, ``basis``, ``shift``, ``relu``, ``src``, ``dst``) must be
-    stable from ``start`` until ``done``.
+    stable from the cycle before ``start`` until ``done``.
 
     Parameters
     ----------
@@ -97,88 +105,105 @@ class BasisUnit(wiring.Component):
         launch = Signal()
         m.d.comb += launch.eq(self.start & ~self.busy)
         # A layer covers at most one buffer: more chunks are clamped, as in the golden model.
+        # (Registered: ``n_chunks`` is stable a cycle before ``start``.)
         limit = cfg.buffer_size // 3
         n_chunks = Signal(16)
-        m.d.comb += n_chunks.eq(Mux(self.n_chunks > limit, limit, self.n_chunks))
+        m.d.sync += n_chunks.eq(Mux(self.n_chunks > limit, limit, self.n_chunks))
         remaining = Signal(17)
+        at_end = Signal()                       # remaining == 0
         issuing = Signal()                      # chunks 1.. left to issue
-        chunk = Signal(16)                      # next chunk to issue (after chunk 0)
-        col = Signal(cfg.col_width + 2)         # its first element
+        to_issue = Signal(16)                   # chunks left to issue after the next one
+        # The next chunk's three elements, registers (0, 1, 2 between layers), so that the
+        # bank addresses are decoded from registers only.
+        element = [Signal(cfg.col_width + 2, init=k, name=f"element{k}") for k in range(3)]
+        # The end tests are registered flags, set a cycle ahead.
         with m.If(launch):
             m.d.sync += [
                 self.busy.eq(1),
-                remaining.eq(n_chunks + 1),
+                remaining.eq(n_chunks + BASIS_LATENCY - 2),
+                at_end.eq(0),
                 issuing.eq(n_chunks > 1),
-                chunk.eq(1),
-                col.eq(3),
+                to_issue.eq(n_chunks - 2),
             ]
         with m.Elif(self.busy):
-            with m.If(remaining == 0):
+            with m.If(at_end):
                 m.d.comb += self.done.eq(1)
                 m.d.sync += self.busy.eq(0)
+                m.d.sync += [element[k].eq(k) for k in range(3)]
             with m.Else():
-                m.d.sync += remaining.eq(remaining - 1)
+                m.d.sync += [remaining.eq(remaining - 1), at_end.eq(remaining == 1)]
             with m.If(issuing):
-                m.d.sync += [chunk.eq(chunk + 1), col.eq(col + 3)]
-                with m.If(chunk + 1 == n_chunks):
+                m.d.sync += to_issue.eq(to_issue - 1)
+                with m.If(to_issue == 0):
                     m.d.sync += issuing.eq(0)
         issue = Signal()
-        issue_col = Signal.like(col)
-        m.d.comb += [
-            issue.eq((launch & (n_chunks != 0)) | (self.busy & issuing)),
-            issue_col.eq(Mux(launch, 0, col)),
-        ]
+        m.d.comb += issue.eq((launch & (n_chunks != 0)) | (self.busy & issuing))
+        with m.If(issue):
+            m.d.sync += [element[k].eq(element[k] + 3) for k in range(3)]
 
-        # Stage 0: read the chunk's three elements (three distinct banks) --------------------
-        element = [(issue_col + k)[:cfg.col_width] for k in range(3)]
+        # Stages 0 and 1: decode the chunk's three elements (three distinct banks) into the
+        # read ports, which are registers: the unit may sit far from the banks ---------------
+        element = [element[k][:cfg.col_width] for k in range(3)]
         for bank in range(lanes):
             address = 0
             for k in range(3):
                 address = address | ((element[k][:bank_bits] == bank).replicate(
                     cfg.col_width - bank_bits) & element[k][bank_bits:])
-            m.d.comb += self.rd_addr[bank].eq(Cat(address, self.src))
+            m.d.sync += self.rd_addr[bank].eq(Cat(address, self.src))
 
-        s1_valid = Signal()
-        s1_element = [Signal(cfg.col_width, name=f"s1_element{k}") for k in range(3)]
-        m.d.sync += s1_valid.eq(issue)
-        m.d.sync += [s1_element[k].eq(element[k]) for k in range(3)]
+        # The pipeline's valid bits: valid[k] is chunk g's in cycle g + k.
+        valid = [issue] + [Signal(name=f"s{k}_valid") for k in range(1, BASIS_LATENCY + 1)]
+        for k in range(1, BASIS_LATENCY + 1):
+            m.d.sync += valid[k].eq(valid[k - 1])
 
-        # Stage 1: bank -> element crossbar, register x ---------------------------------------
+        # Stage 3: bank -> element crossbar (the bank data arrives two cycles after its
+        # address), register x ----------------------------------------------------------------
         banks = Array(self.rd_data)
-        s2_valid = Signal()
-        s2_element = [Signal(cfg.col_width, name=f"s2_element{k}") for k in range(3)]
+        bank_of = [[element[k][:bank_bits]] for k in range(3)]
+        for k in range(3):
+            for stage in (1, 2, 3):
+                bank_of[k].append(Signal(bank_bits, name=f"s{stage}_bank{k}"))
+                m.d.sync += bank_of[k][-1].eq(bank_of[k][-2])
         x = [Signal(signed(8), name=f"x{k}") for k in range(3)]
-        m.d.sync += s2_valid.eq(s1_valid)
-        for k in range(3):
-            m.d.sync += [x[k].eq(banks[s1_element[k][:bank_bits]]),
-                         s2_element[k].eq(s1_element[k])]
+        m.d.sync += [x[k].eq(banks[bank_of[k][-1]]) for k in range(3)]
 
-        # Stage 2: z = B · x, exact (|z| <= 3 * 2**14 fits 17 bits), register z ----------------
-        s3_valid = Signal()
-        s3_element = [Signal(cfg.col_width, name=f"s3_element{k}") for k in range(3)]
+        # Stages 4 and 5: z = B · x, exact (|z| <= 3 * 2**14 fits 17 bits): the nine products
+        # are registered, then their sums ----------------------------------------------------
+        products = [[Signal(signed(16), name=f"p{k}{i}") for i in range(3)] for k in range(3)]
+        m.d.sync += [products[k][i].eq(self.basis[3 * k + i] * x[i])
+                     for k in range(3) for i in range(3)]
         z = [Signal(signed(acc_width), name=f"z{k}") for k in range(3)]
-        m.d.sync += s3_valid.eq(s2_valid)
-        for k in range(3):
-            m.d.sync += [
-                z[k].eq(sum(self.basis[3 * k + i] * x[i] for i in range(3))),
-                s3_element[k].eq(s2_element[k]),
-            ]
+        m.d.sync += [z[k].eq(products[k][0] + products[k][1] + products[k][2])
+                     for k in range(3)]
 
-        # Stage 3: requantise and write the three elements (three distinct banks) -----------
+        # Stages 6 to 9: requantise (two cycles), saturate, and write the three elements (three
+        # distinct banks) of the chunk that reaches the end: its columns count up by 3 from
+        # 0, as the reads did ------------------------------------------------------------------
+        written = valid[BASIS_LATENCY - 1]
+        targets = [Signal(cfg.col_width + 2, init=k, name=f"target{k}") for k in range(3)]
+        with m.If(launch):
+            m.d.sync += [target.eq(k) for k, target in enumerate(targets)]
+        with m.Elif(written):
+            m.d.sync += [target.eq(target + 3) for target in targets]
         results = []
         for k in range(3):
-            m.submodules[f"requantizer{k}"] = requantizer = Requantizer(acc_width=acc_width)
+            m.submodules[f"requantizer{k}"] = requantizer = Requantizer(acc_width=acc_width,
+                                                                        pipelined=True)
             m.d.comb += [
                 requantizer.value.eq(z[k]),
                 requantizer.shift.eq(self.shift),
                 requantizer.relu.eq(self.relu),
             ]
-            results.append(requantizer.result)
+            result = Signal(signed(8), name=f"result{k}")
+            m.d.sync += result.eq(requantizer.result)
+            results.append(result)
+        # The write ports are registers: the scratchpad's RAMs take them without logic between.
         for bank in range(lanes):
+            m.d.sync += self.wr_en[bank].eq(0)
             for k in range(3):
-                target = s3_element[k]
-                with m.If(s3_valid & (target[:bank_bits] == bank)):
-                    m.d.comb += [
+                target = targets[k][:cfg.col_width]
+                with m.If(written & (target[:bank_bits] == bank)):
+                    m.d.sync += [
                         self.wr_en[bank].eq(1),
                         self.wr_addr[bank].eq(Cat(target[bank_bits:], self.dst)),
                         self.wr_data[bank].eq(results[k]),

@@ -111,12 +111,13 @@ class GsaccelCore(wiring.Component):
 
         # Scratchpad ownership ---------------------------------------------------------------
         # Host accesses are single elements: element a is in bank a % V at bank address a // V
-        # (both buffers included); the read data comes back from the bank chosen a cycle ago.
+        # (both buffers included); the read data comes back from the bank chosen
         host_bank = proc.act_addr[:cfg.bank_bits] if cfg.bank_bits else 0
         host_bank_addr = proc.act_addr >> cfg.bank_bits
-        host_bank_q = Signal(range(lanes))
-        m.d.sync += host_bank_q.eq(host_bank)
-        m.d.comb += proc.act_rd_data.eq(Array(pad.rd_data)[host_bank_q])
+        # (two cycles ago: the scratchpad's latency).
+        host_bank_q = [Signal(range(lanes), name=f"host_bank_q{k}") for k in range(2)]
+        m.d.sync += [host_bank_q[0].eq(host_bank), host_bank_q[1].eq(host_bank_q[0])]
+        m.d.comb += proc.act_rd_data.eq(Array(pad.rd_data)[host_bank_q[1]])
         for bank in range(lanes):
             m.d.comb += [engine.rd_data[bank].eq(pad.rd_data[bank])]
             if basis is not None:

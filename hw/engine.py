@@ -22,10 +22,12 @@ class GatherEngine(wiring.Component):
     """Gather/accumulate engine.
 
     Timing: a group accepted in cycle ``t`` presents its bank addresses in cycle ``t``
-    (combinationally from ``i_group``), gets bank data through the crossbar in ``t+1``, its
-    lane products in ``t+2`` and its segment sums in ``t+3`` (each registered), adds them
-    into the accumulators in ``t+4``; if it is a ``last`` group its sum vector is offered at
-    ``o_sums`` in that same cycle ``t+4``, combinationally from the accumulator adders.
+    (combinationally from ``i_group``, which should come from a register), gets its bank data
+    through the crossbar in ``t+2`` (the scratchpad's latency), negates it in ``t+3``, has
+    its lane products in ``t+4``, half the adder tree in ``t+5`` and its segment sums in
+    ``t+6`` (each registered), and adds them into the accumulators in ``t+7``; if it is a
+    ``last`` group its sum vector is offered at ``o_sums`` in that same cycle ``t+7``,
+    combinationally from the accumulator adders. Each stage is short enough for 100 MHz on an ECP5.
 
     A ``last`` group is accepted only while the engine holds a credit; it starts with
     ``result_queue // V`` credits, takes one per accepted ``last`` group and gets one back per
@@ -51,7 +53,7 @@ class GatherEngine(wiring.Component):
     rd_addr : Out(BA).array(V)
         Scratchpad bank read addresses.
     rd_data : In(signed(8)).array(V)
-        Scratchpad bank read data (one cycle after the address).
+        Scratchpad bank read data (two cycles after the address).
     o_sums : Out(stream.Signature(sums_layout(cfg)))
     credit : In(1)
         One pulse per sum vector the consumer has finished.
@@ -108,8 +110,10 @@ class GatherEngine(wiring.Component):
         group = self.i_group.payload
 
         # Credits ----------------------------------------------------------------------------
+        # ``no_credit`` is a register (credits == 0), as ``ready`` fans out to the sequencer's
+        # whole group register.
         credits = Signal(range(self.credits + 1), init=self.credits)
-        no_credit = credits == 0
+        no_credit = Signal(init=self.credits == 0)
         m.d.comb += [
             self.i_group.ready.eq(~(group.last & no_credit)),
             self.stall.eq(self.i_group.valid & group.last & no_credit),
@@ -120,7 +124,9 @@ class GatherEngine(wiring.Component):
             self.issue.eq(accept),
         ]
         take = accept & group.last
-        m.d.sync += credits.eq(credits - take + self.credit)
+        credits_next = Signal.like(credits)
+        m.d.comb += credits_next.eq(credits - take + self.credit)
+        m.d.sync += [credits.eq(credits_next), no_credit.eq(credits_next == 0)]
 
         nonzero = [lane_nonzero(cfg, group.lanes[i].value) for i in range(lanes)]
         m.d.comb += self.issue_lanes.eq(Mux(accept, sum(n.as_unsigned() for n in nonzero), 0))
@@ -132,83 +138,100 @@ class GatherEngine(wiring.Component):
         for bank in range(lanes):
             m.d.comb += self.rd_addr[bank].eq(Cat(group.bank_addr[bank], self.src))
 
-        s1_valid = Signal()
-        s1_last = Signal()
+        # The pipeline registers of stages 1 .. 7 (valid and last of each).
+        valid = [accept] + [Signal(name=f"s{k}_valid") for k in range(1, 8)]
+        last = [accept & group.last] + [Signal(name=f"s{k}_last") for k in range(1, 8)]
+        for k in range(1, 8):
+            m.d.sync += [valid[k].eq(valid[k - 1]), last[k].eq(last[k - 1])]
+
+        # Stages 1 and 2: the bank read, then the scratchpad's output register -----------
         s1_hits = [Signal(lanes, name=f"s1_hits{i}") for i in range(lanes)]
         s1_value = [Signal(cfg.value_width, name=f"s1_value{i}") for i in range(lanes)]
-        m.d.sync += [s1_valid.eq(accept), s1_last.eq(accept & group.last)]
+        s2_hits = [Signal(lanes, name=f"s2_hits{i}") for i in range(lanes)]
+        s2_value = [Signal(cfg.value_width, name=f"s2_value{i}") for i in range(lanes)]
         for i in range(lanes):
-            m.d.sync += [s1_value[i].eq(group.lanes[i].value), s1_hits[i].eq(hits[i])]
+            m.d.sync += [s1_value[i].eq(group.lanes[i].value), s1_hits[i].eq(hits[i]),
+                         s2_value[i].eq(s1_value[i]), s2_hits[i].eq(s1_hits[i])]
 
-        # Stage 1: bank -> lane crossbar -----------------------------------------------------
-        # Each stage below ends in a register, so no path crosses more than one of: the bank
-        # RAM's output and the V:1 crossbar, a lane's shift, the adder tree, the accumulator.
+        # Stages 3 to 5: bank -> lane crossbar, then the lanes -------------------------------
+        # Each stage below ends in a register, so no path crosses more than one of: the V:1
+        # crossbar, a lane's negation, a lane's shift, half the adder tree, the accumulator.
         # The crossbar is an AND-OR of the one-hot hits (about 5 LUT4 per bit where a V:1
         # multiplexer on a bank index takes 7), and a padding lane reads 0.
-        s2_valid = Signal()
-        s2_last = Signal()
-        s2_x = [Signal(signed(8), name=f"s2_x{i}") for i in range(lanes)]
-        s2_value = [Signal(cfg.value_width, name=f"s2_value{i}") for i in range(lanes)]
-        m.d.sync += [s2_valid.eq(s1_valid), s2_last.eq(s1_last)]
+        s5_product = [Signal(signed(acc_width), name=f"s5_product{i}") for i in range(lanes)]
         for i in range(lanes):
             x = Const(0, 8)
             for bank in range(lanes):
-                x = x | (s1_hits[i][bank].replicate(8) & self.rd_data[bank].as_unsigned())
-            m.d.sync += [s2_x[i].eq(x), s2_value[i].eq(s1_value[i])]
+                x = x | (s2_hits[i][bank].replicate(8) & self.rd_data[bank].as_unsigned())
+            s3_x = Signal(signed(8), name=f"s3_x{i}")
+            s3_value = Signal(cfg.value_width, name=f"s3_value{i}")
+            m.d.sync += [s3_x.eq(x), s3_value.eq(s2_value[i])]
+            # The lane registers its first step (stage 4), its product is stage 5's.
+            m.submodules[f"lane{i}"] = lane = Lane(cfg, pipelined=True)
+            m.d.comb += [lane.x.eq(s3_x), lane.w.eq(s3_value)]
+            m.d.sync += s5_product[i].eq(lane.product)
 
-        # Stage 2: lane products -------------------------------------------------------------
-        s3_valid = Signal()
-        s3_last = Signal()
-        s3_product = [Signal(signed(acc_width), name=f"s3_product{i}") for i in range(lanes)]
-        m.d.sync += [s3_valid.eq(s2_valid), s3_last.eq(s2_last)]
-        for i in range(lanes):
-            m.submodules[f"lane{i}"] = lane = Lane(cfg)
-            m.d.comb += [lane.x.eq(s2_x[i]), lane.w.eq(s2_value[i])]
-            m.d.sync += s3_product[i].eq(lane.product)
-
-        # Stage 3: segmented adder tree ------------------------------------------------------
+        # Stages 6 and 7: segmented adder tree -----------------------------------------------
         # Level k of the tree holds the sums of aligned runs of 2**k products; segment e = 2**s
-        # takes its V/e sums from level s.
-        levels = [s3_product]
-        while len(levels[-1]) > 1:
-            prev = levels[-1]
-            levels.append([(prev[2 * j] + prev[2 * j + 1])[:acc_width].as_signed()
-                           for j in range(len(prev) // 2)])
-        # A seg_log2 beyond log2(V) means one segment of all V lanes, as in the golden model.
-        top = len(levels) - 1
-        s4_valid = Signal()
-        s4_last = Signal()
-        segment_sums = [Signal(signed(acc_width), name=f"s4_segment_sum{j}")
-                        for j in range(lanes)]
-        m.d.sync += [s4_valid.eq(s3_valid), s4_last.eq(s3_last)]
-        for j, total in enumerate(segment_sums):
+        # takes its V/e sums from level s (a seg_log2 beyond log2(V) means one segment of all
+        # V lanes, as in the golden model). Stage 6 adds levels 1 .. split and registers the
+        # level that seg_log2 picks, or level `split` for the wider segments, which stage 7
+        # adds up from there.
+        def add_level(prev):
+            return [(prev[2 * j] + prev[2 * j + 1])[:acc_width].as_signed()
+                    for j in range(len(prev) // 2)]
+
+        top = lanes.bit_length() - 1
+        split = (top + 1) // 2
+        low = [s5_product]
+        for _ in range(split):
+            low.append(add_level(low[-1]))
+        s6_partial = [Signal(signed(acc_width), name=f"s6_partial{j}") for j in range(lanes)]
+        for j, partial in enumerate(s6_partial):
             with m.Switch(self.seg_log2):
-                for s, level in enumerate(levels[:top]):
+                for s, level in enumerate(low[:split]):
                     if j < len(level):
                         with m.Case(s):
-                            m.d.sync += total.eq(level[j])
-                if j == 0:
+                            m.d.sync += partial.eq(level[j])
+                if j < len(low[split]):
                     with m.Default():
-                        m.d.sync += total.eq(levels[top][0])
+                        m.d.sync += partial.eq(low[split][j])
+        high = [s6_partial[:len(low[split])]]
+        for _ in range(split, top):
+            high.append(add_level(high[-1]))
+        segment_sums = [Signal(signed(acc_width), name=f"s7_segment_sum{j}")
+                        for j in range(lanes)]
+        for j, total in enumerate(segment_sums):
+            with m.Switch(self.seg_log2):
+                for s in range(split + 1):
+                    with m.Case(s):
+                        m.d.sync += total.eq(s6_partial[j])
+                for s in range(split + 1, top):
+                    if j < len(high[s - split]):
+                        with m.Case(s):
+                            m.d.sync += total.eq(high[s - split][j])
+                if j < len(high[-1]):
+                    with m.Default():
+                        m.d.sync += total.eq(high[-1][j])
 
-        # Stage 4: accumulators --------------------------------------------------------------
+        # Stage 8: accumulators --------------------------------------------------------------
         accumulators = [Signal(signed(acc_width), name=f"acc{j}") for j in range(lanes)]
         updated = [Signal(signed(acc_width), name=f"updated{j}") for j in range(lanes)]
         m.d.comb += [updated[j].eq((accumulators[j] + segment_sums[j])[:acc_width])
                      for j in range(lanes)]
         with m.If(self.clear):
             m.d.sync += [accumulator.eq(0) for accumulator in accumulators]
-        with m.If(s4_valid):
-            with m.If(s4_last):
+        with m.If(valid[7]):
+            with m.If(last[7]):
                 m.d.sync += [accumulator.eq(0) for accumulator in accumulators]
             with m.Else():
                 m.d.sync += [accumulators[j].eq(updated[j]) for j in range(lanes)]
         # A row group's sum vector goes straight from the adders into the consumer's queue
         # (no output register: V * acc_width flip-flops fewer); a credit guarantees room.
         m.d.comb += [
-            self.o_sums.valid.eq(s4_valid & s4_last),
+            self.o_sums.valid.eq(valid[7] & last[7]),
             self.o_sums.payload.eq(Cat(*updated)),
-            self.idle.eq(~s1_valid & ~s2_valid & ~s3_valid & ~s4_valid),
+            self.idle.eq(~Cat(*valid[1:]).any()),
         ]
         return m
 

@@ -6,12 +6,12 @@ A frame is ``SYNC | type | seq | length u16 LE | payload | crc32 u32 LE`` with t
 
 from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .config import CoreConfig, check_config
 from .crc import Crc32
 from .layouts import ErrorCode, FRAME_SYNC
+from .memory import SimpleDualPortMemory
 
 __all__ = ["FrameReceiver", "FrameTransmitter", "frame_layout", "reply_layout"]
 
@@ -70,7 +70,7 @@ class FrameReceiver(wiring.Component):
     rd_addr : In(range(cfg.max_payload))
         Payload buffer read address.
     rd_data : Out(8)
-        Payload byte at ``rd_addr``, the cycle after (synchronous read).
+        Payload byte at the ``rd_addr`` of two cycles ago.
     in_frame : Out(1)
         A frame has started and is not yet handed on.
 
@@ -101,10 +101,12 @@ class FrameReceiver(wiring.Component):
         cfg = self._cfg
         m = Module()
         m.submodules.crc = crc = Crc32()
-        m.submodules.buffer = buffer = Memory(shape=8, depth=cfg.max_payload, init=[])
-        wr = buffer.write_port()
-        rd = buffer.read_port(transparent_for=(wr,))
-        m.d.comb += [rd.addr.eq(self.rd_addr), self.rd_data.eq(rd.data)]
+        # The payload is read only once the frame is complete, so the buffer is a plain
+        # falling-edge-write RAM (no bypass logic); its output is registered, as a block
+        # RAM's clock-to-output leaves no time for the logic after it.
+        m.submodules.buffer = buffer = SimpleDualPortMemory(width=8, depth=cfg.max_payload)
+        m.d.comb += [buffer.rd_addr.eq(self.rd_addr), buffer.rd_en.eq(1)]
+        m.d.sync += self.rd_data.eq(buffer.rd_data)
 
         byte = self.i_stream.payload
         take = Signal()          # a byte is accepted at this edge
@@ -117,31 +119,30 @@ class FrameReceiver(wiring.Component):
         remaining = Signal(range(cfg.max_payload + 1))
         rx_crc = Signal(24)      # the first three CRC bytes, little-endian
         frame = self.o_frame.payload
-        m.d.comb += [wr.addr.eq(index), wr.data.eq(byte), crc.data.eq(byte)]
+        m.d.comb += [buffer.wr_addr.eq(index), buffer.wr_data.eq(byte), crc.data.eq(byte)]
 
-        with m.FSM(name="rx"):
+        with m.FSM(name="rx") as fsm:
             with m.State("HUNT"):
-                m.d.comb += self.i_stream.ready.eq(1)
                 with m.If(take & (byte == FRAME_SYNC)):
                     m.d.comb += crc.clear.eq(1)
                     m.next = "TYPE"
             with m.State("TYPE"):
-                m.d.comb += [self.i_stream.ready.eq(1), self.in_frame.eq(1), crc.en.eq(take)]
+                m.d.comb += crc.en.eq(take)
                 with m.If(take):
                     m.d.sync += frame.type.eq(byte)
                     m.next = "SEQ"
             with m.State("SEQ"):
-                m.d.comb += [self.i_stream.ready.eq(1), self.in_frame.eq(1), crc.en.eq(take)]
+                m.d.comb += crc.en.eq(take)
                 with m.If(take):
                     m.d.sync += frame.seq.eq(byte)
                     m.next = "LENGTH_LO"
             with m.State("LENGTH_LO"):
-                m.d.comb += [self.i_stream.ready.eq(1), self.in_frame.eq(1), crc.en.eq(take)]
+                m.d.comb += crc.en.eq(take)
                 with m.If(take):
                     m.d.sync += length_lo.eq(byte)
                     m.next = "LENGTH_HI"
             with m.State("LENGTH_HI"):
-                m.d.comb += [self.i_stream.ready.eq(1), self.in_frame.eq(1), crc.en.eq(take)]
+                m.d.comb += crc.en.eq(take)
                 length = Cat(length_lo, byte)
                 with m.If(take):
                     m.d.sync += [frame.length.eq(length), index.eq(0), remaining.eq(length)]
@@ -155,15 +156,13 @@ class FrameReceiver(wiring.Component):
                     with m.Else():
                         m.next = "PAYLOAD"
             with m.State("PAYLOAD"):
-                m.d.comb += [self.i_stream.ready.eq(1), self.in_frame.eq(1), crc.en.eq(take),
-                             wr.en.eq(take)]
+                m.d.comb += [crc.en.eq(take), buffer.wr_en.eq(take)]
                 with m.If(take):
                     m.d.sync += [index.eq(index + 1), remaining.eq(remaining - 1)]
                     with m.If(remaining == 1):
                         m.next = "CRC_0"
             for k in range(4):
                 with m.State(f"CRC_{k}"):
-                    m.d.comb += [self.i_stream.ready.eq(1), self.in_frame.eq(1)]
                     with m.If(take):
                         if k < 3:
                             m.d.sync += rx_crc[8 * k:8 * k + 8].eq(byte)
@@ -173,10 +172,14 @@ class FrameReceiver(wiring.Component):
                             m.d.sync += frame.error.eq(Mux(good, 0, ErrorCode.BAD_CRC))
                             m.next = "REPORT"
             with m.State("REPORT"):
-                m.d.comb += [self.o_frame.valid.eq(1), self.in_frame.eq(1)]
+                m.d.comb += self.o_frame.valid.eq(1)
                 with m.If(self.o_frame.ready):
                     m.d.sync += frame.error.eq(0)
                     m.next = "HUNT"
+        # Every state but REPORT takes bytes: one state bit, as the ready goes through the
+        # FIFO before the core.
+        m.d.comb += [self.i_stream.ready.eq(~fsm.ongoing("REPORT")),
+                     self.in_frame.eq(~fsm.ongoing("HUNT"))]
         return m
 
 
@@ -242,12 +245,12 @@ class FrameTransmitter(wiring.Component):
         m.d.comb += [crc.en.eq(crc_en), crc.clear.eq(crc_clear), crc.data.eq(crc_data)]
         remaining = Signal(16)      # payload bytes still to send (see the receiver)
 
-        with m.FSM(name="tx"):
+        with m.FSM(name="tx") as fsm:
             with m.State("IDLE"):
                 with m.If(self.i_reply.valid):
                     m.next = "SYNC"
             with m.State("SYNC"):
-                m.d.comb += [out.payload.eq(FRAME_SYNC), out.valid.eq(1), self.busy.eq(1)]
+                m.d.comb += out.payload.eq(FRAME_SYNC)
                 with m.If(sent):
                     m.d.comb += clear_crc.eq(1)
                     m.next = "TYPE"
@@ -255,8 +258,7 @@ class FrameTransmitter(wiring.Component):
                       ("LENGTH_LO", reply.length[:8]), ("LENGTH_HI", reply.length[8:])]
             for k, (state, value) in enumerate(header):
                 with m.State(state):
-                    m.d.comb += [out.payload.eq(value), out.valid.eq(1), self.busy.eq(1),
-                                 add_to_crc.eq(sent)]
+                    m.d.comb += [out.payload.eq(value), add_to_crc.eq(sent)]
                     with m.If(sent):
                         if k < 3:
                             m.next = header[k + 1][0]
@@ -267,24 +269,27 @@ class FrameTransmitter(wiring.Component):
                             with m.Else():
                                 m.next = "DATA"
             with m.State("DATA"):
-                m.d.comb += [out.payload.eq(self.i_data.payload), out.valid.eq(self.i_data.valid),
-                             self.i_data.ready.eq(out.ready), self.busy.eq(1),
-                             add_to_crc.eq(sent)]
+                m.d.comb += [out.payload.eq(self.i_data.payload),
+                             self.i_data.ready.eq(out.ready), add_to_crc.eq(sent)]
                 with m.If(sent):
                     m.d.sync += remaining.eq(remaining - 1)
                     with m.If(remaining == 1):
                         m.next = "CRC_WAIT"
             with m.State("CRC_WAIT"):
-                m.d.comb += self.busy.eq(1)
                 m.next = "CRC_0"
             for k in range(4):
                 with m.State(f"CRC_{k}"):
-                    m.d.comb += [out.payload.eq(crc.crc[8 * k:8 * k + 8]), out.valid.eq(1),
-                                 self.busy.eq(1)]
+                    m.d.comb += out.payload.eq(crc.crc[8 * k:8 * k + 8])
                     with m.If(sent):
                         if k < 3:
                             m.next = f"CRC_{k + 1}"
                         else:
                             m.d.comb += self.i_reply.ready.eq(1)
                             m.next = "IDLE"
+        # A byte is on offer in every state but IDLE and CRC_WAIT; in DATA, when the payload
+        # source offers one. (Decoded from three state bits, not ORed from ten.)
+        in_data = fsm.ongoing("DATA")
+        fixed_byte = ~(fsm.ongoing("IDLE") | fsm.ongoing("CRC_WAIT") | in_data)
+        m.d.comb += [out.valid.eq(Mux(in_data, self.i_data.valid, fixed_byte)),
+                     self.busy.eq(~fsm.ongoing("IDLE"))]
         return m

@@ -19,7 +19,7 @@ def lane_nonzero(cfg, value):
 
 
 class Lane(wiring.Component):
-    """Combinational product of one activation and one weight code.
+    """Product of one activation and one weight code.
 
     ``cfg.encoding == "pow2"``: ``product = ±(x << exp)`` if ``nonzero`` else 0 (a shift lane,
     no multiplier). ``"int8"``: ``product = x * w`` with ``w`` the code read as signed 8 bits.
@@ -27,6 +27,10 @@ class Lane(wiring.Component):
     Parameters
     ----------
     cfg : CoreConfig
+    pipelined : bool
+        Register in the middle: after the activation's negation (pow2) or before the
+        multiplier (int8), so ``product`` is that of the previous cycle's ``x`` and ``w``.
+        Otherwise the product is combinational.
 
     Members
     -------
@@ -43,9 +47,10 @@ class Lane(wiring.Component):
         If ``cfg`` is not a :class:`CoreConfig`.
     """
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, *, pipelined=False):
         check_config(cfg)
         self._cfg = cfg
+        self._pipelined = bool(pipelined)
         super().__init__({
             "x":       In(signed(8)),
             "w":       In(cfg.value_width),
@@ -58,16 +63,19 @@ class Lane(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        stage = m.d.sync if self._pipelined else m.d.comb
         if self._cfg.encoding == "pow2":
             code = pow2_code_layout()(self.w)
             # Zero and negate the 8-bit activation (9 bits: -(-128) = 128) before the barrel
             # shift, not the 24-bit product after it: a third fewer LUTs per lane. The shift
             # of a signed value keeps its sign: 9 + 15 bits never wrap in acc_width >= 24.
             signed_x = Signal(signed(9))
-            m.d.comb += [
-                signed_x.eq(Mux(code.nonzero, Mux(code.sign, -self.x, self.x), 0)),
-                self.product.eq(signed_x << code.exp),
-            ]
+            exp = Signal.like(code.exp)
+            stage += [signed_x.eq(Mux(code.nonzero, Mux(code.sign, -self.x, self.x), 0)),
+                      exp.eq(code.exp)]
+            m.d.comb += self.product.eq(signed_x << exp)
         else:
-            m.d.comb += self.product.eq(self.x * self.w.as_signed())
+            x, w = Signal.like(self.x), Signal(signed(8))
+            stage += [x.eq(self.x), w.eq(self.w.as_signed())]
+            m.d.comb += self.product.eq(x * w)
         return m

@@ -11,7 +11,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 __all__ = ["SimpleDualPortMemory", "SinglePortMemory", "uses_spram", "SPRAM_WIDTH", "SPRAM_DEPTH",
-           "SPRAM_COUNT"]
+           "SPRAM_COUNT", "YOSYS_COLLISION_FREE"]
 
 #: Geometry of one iCE40 UltraPlus SB_SPRAM256KA, and how many an iCE40UP has.
 SPRAM_WIDTH = 16
@@ -19,6 +19,16 @@ SPRAM_DEPTH = 16384
 SPRAM_COUNT = 4
 #: SB_SPRAM256KA write enables (MASKWREN) are per nibble.
 _SPRAM_MASK_BITS = 4
+
+#: The name of every :class:`SimpleDualPortMemory`'s RAM, by which the Yosys command below
+#: finds them.
+_COLLISION_FREE_NAME = "collision_free_ram"
+
+#: A Yosys command (for after ``read_rtlil``) that marks the read ports of every
+#: :class:`SimpleDualPortMemory` as undefined when they read the word being written: Amaranth
+#: says "old word", which Yosys would emulate with logic around the block RAM.
+YOSYS_COLLISION_FREE = (f"setparam -set COLLISION_X_MASK 1 "
+                        f"t:$memrd_v2 r:MEMID=\\{_COLLISION_FREE_NAME} %i")
 
 
 def uses_spram(platform):
@@ -59,15 +69,12 @@ class _Geometry:
 class SimpleDualPortMemory(_Geometry, wiring.Component):
     """A synchronous RAM with one write port and one read port that maps onto bare block RAM.
 
-    It behaves as an Amaranth ``Memory`` with a non-transparent read port: a read sees the
-    writes of earlier cycles, not one issued in its own cycle. Written as such, it would cost
-    a register and a multiplexer per data bit around an iCE40 block RAM, which cannot return
-    the old word when one address is read and written at the same edge (yosys adds the logic
-    that does). Instead, the write inputs are registered and written at the falling edge of
-    the next cycle: in time for that cycle's read, too late for the read issued with the
-    write. The block RAM then writes on the falling edge straight from those registers (the
-    routing has half a cycle); they are all the logic there is, and identical data bits (a
-    replicated byte) share one.
+    A read sees the writes of earlier cycles. A read of the word being written in the same
+    cycle is undefined on an FPGA (in simulation it returns the old word): block RAMs do not
+    return the old word then, and emulating it would cost a register and a multiplexer per
+    data bit around the RAM (in front of its slow output) and a compare of the addresses.
+    gsaccel never reads a word in the cycle it writes it, and the board build tells Yosys so
+    (:data:`YOSYS_COLLISION_FREE`).
 
     Parameters
     ----------
@@ -77,6 +84,9 @@ class SimpleDualPortMemory(_Geometry, wiring.Component):
         Words.
     granularity : int, optional
         Bits per write lane (``width`` must be a multiple of it); default: the whole word.
+    block_ram : bool
+        Ask the synthesis tool for block RAM even where it would pick LUT RAM (small ECP5
+        memories), whose asynchronous read would put the RAM on the read address's path.
 
     Members
     -------
@@ -99,9 +109,10 @@ class SimpleDualPortMemory(_Geometry, wiring.Component):
         If ``width`` is not a multiple of ``granularity``.
     """
 
-    def __init__(self, *, width, depth, granularity=None):
+    def __init__(self, *, width, depth, granularity=None, block_ram=False):
         granularity = _check_geometry(width, depth, granularity)
         self._width, self._depth, self._granularity = width, depth, granularity
+        self._block_ram = bool(block_ram)
         super().__init__({
             "wr_addr": In(range(depth)),
             "wr_en":   In(width // granularity),
@@ -113,16 +124,12 @@ class SimpleDualPortMemory(_Geometry, wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.domains.write = write = ClockDomain(clk_edge="neg", local=True, reset_less=True)
-        m.d.comb += write.clk.eq(ClockSignal("sync"))
-        wr_addr = Signal.like(self.wr_addr, reset_less=True)
-        wr_en = Signal.like(self.wr_en)
-        wr_data = Signal.like(self.wr_data, reset_less=True)
-        m.d.sync += [wr_addr.eq(self.wr_addr), wr_en.eq(self.wr_en), wr_data.eq(self.wr_data)]
-        m.submodules.mem = mem = Memory(shape=self._width, depth=self._depth, init=[])
-        wr = mem.write_port(granularity=self._granularity, domain="write")
+        attrs = {"ram_style": "block"} if self._block_ram else None
+        m.submodules[_COLLISION_FREE_NAME] = mem = Memory(
+            shape=self._width, depth=self._depth, init=[], attrs=attrs)
+        wr = mem.write_port(granularity=self._granularity)
         rd = mem.read_port()
-        m.d.comb += [wr.addr.eq(wr_addr), wr.data.eq(wr_data), wr.en.eq(wr_en),
+        m.d.comb += [wr.addr.eq(self.wr_addr), wr.data.eq(self.wr_data), wr.en.eq(self.wr_en),
                      rd.addr.eq(self.rd_addr), rd.en.eq(self.rd_en), self.rd_data.eq(rd.data)]
         return m
 

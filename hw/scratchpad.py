@@ -1,11 +1,11 @@
 """The banked activation scratchpad: V single-read, single-write int8 banks."""
 
-from amaranth.hdl import Module, signed
+from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .config import check_config
+from .memory import SimpleDualPortMemory
 
 __all__ = ["BankedScratchpad", "bank_addr_width"]
 
@@ -19,9 +19,9 @@ class BankedScratchpad(wiring.Component):
     """V banks of ``2 * bank_depth`` int8 words, one per lane.
 
     Element ``c`` of buffer ``b`` lives in bank ``c % V`` at bank address
-    ``b * bank_depth + c // V`` (docs/architecture.md). Every bank has one synchronous read port
-    (data the cycle after the address) and one write port; a read and a write of the same
-    address in one cycle return the old word.
+    ``b * bank_depth + c // V`` (docs/architecture.md). Every bank has one read port, whose
+    data is registered once more after the RAM (data two cycles after the address), and one
+    write port; a read and a write of the same address in one cycle return the old word.
 
     Parameters
     ----------
@@ -32,7 +32,7 @@ class BankedScratchpad(wiring.Component):
     rd_addr : In(BA).array(V)
         Read address of each bank.
     rd_data : Out(signed(8)).array(V)
-        Word at the previous cycle's ``rd_addr``.
+        Word at the ``rd_addr`` of two cycles ago.
     wr_en, wr_addr, wr_data : In(1), In(BA), In(signed(8)), each ``.array(V)``
         Write port of each bank.
 
@@ -61,18 +61,21 @@ class BankedScratchpad(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         for bank in range(self._cfg.lanes):
-            # Block RAM even where Yosys would pick LUT RAM (ECP5 at small depths): LUT RAM
-            # reads asynchronously, which puts the bank read on the engine's address path.
-            memory = Memory(shape=signed(8), depth=2 * self._cfg.bank_depth, init=[],
-                            attrs={"ram_style": "block"})
-            m.submodules[f"bank{bank}"] = memory
-            read = memory.read_port()
-            write = memory.write_port()
+            # A falling-edge-write RAM: no bypass logic around the block RAM. Block RAM even
+            # where Yosys would pick LUT RAM (ECP5 at small depths): LUT RAM reads
+            # asynchronously, which puts the bank read on the engine's address path.
+            m.submodules[f"bank{bank}"] = ram = SimpleDualPortMemory(
+                width=8, depth=2 * self._cfg.bank_depth, block_ram=True)
+            # The RAM's output goes straight into a register: an ECP5 block RAM's
+            # clock-to-output (5.8 ns at speed grade 6) leaves no room for logic after it.
+            data = Signal(signed(8), name=f"rd_data{bank}")
+            m.d.sync += data.eq(ram.rd_data)
             m.d.comb += [
-                read.addr.eq(self.rd_addr[bank]),
-                self.rd_data[bank].eq(read.data),
-                write.addr.eq(self.wr_addr[bank]),
-                write.data.eq(self.wr_data[bank]),
-                write.en.eq(self.wr_en[bank]),
+                ram.rd_addr.eq(self.rd_addr[bank]),
+                ram.rd_en.eq(1),
+                self.rd_data[bank].eq(data),
+                ram.wr_addr.eq(self.wr_addr[bank]),
+                ram.wr_data.eq(self.wr_data[bank]),
+                ram.wr_en.eq(self.wr_en[bank]),
             ]
         return m

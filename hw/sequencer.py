@@ -2,8 +2,9 @@
 memories) and the layer sequencer that runs a program on the datapath.
 
 Control timing (the cycle contract with ``gsaccel.sw.golden``; docs/protocol.md): a RUN
-counts ``RUN_OVERHEAD`` (= 1, its DONE cycle) plus, per layer, ``LAYER_OVERHEAD`` (= 3:
-descriptor FETCH, LOAD, and the step to the next layer) on top of the datapath's time.
+counts ``RUN_OVERHEAD`` (= 1, its DONE cycle) plus, per layer, ``LAYER_OVERHEAD`` (= 5:
+descriptor FETCH and LOAD, PRIME and FILL of the streams, and the step to the next layer) on
+top of the datapath's time.
 """
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
@@ -19,9 +20,9 @@ from .memory import SimpleDualPortMemory, SinglePortMemory
 __all__ = ["Sequencer", "CommandProcessor", "ScratchpadOwner"]
 
 #: Fewest cycles a GS layer spends in the GS state. A layer with groups always takes more
-#: (its last write lands WRITE_LATENCY = 3 cycles after the writer's last slot); this makes an
+#: (its last write lands WRITE_LATENCY = 5 cycles after the writer's last slot); this makes an
 #: empty layer cost ``LAYER_OVERHEAD + 0 + WRITE_LATENCY`` too, as the golden model says.
-_MIN_GS_CYCLES = 4
+_MIN_GS_CYCLES = 6
 
 
 class ScratchpadOwner(enum.Enum, shape=2):
@@ -66,15 +67,20 @@ class Sequencer(wiring.Component):
     Timing (``counters.cycles`` counts every cycle from the first FETCH to DONE inclusive):
 
     * ``start`` in cycle 0, the first FETCH (layer table address) in cycle 1;
-    * LOAD registers the descriptor and primes the streams: the first group and row record
-      are offered in the first GS cycle, which is cycle 0 of ``gs_layer_cycles``;
+    * LOAD registers the descriptor, PRIME reads the first group word and row record and
+      FILL registers them: they are offered in the first GS cycle, which is cycle 0 of
+      ``gs_layer_cycles``;
     * GS ends in the first cycle in which every group is taken and the engine and writer are
       idle; that cycle also steps to the next layer (FETCH or DONE follows);
     * BASIS: BASIS_START (``basis_start``) then BASIS until ``basis_done``, then NEXT;
     * DONE (``done`` high), then idle.
 
-    So a GS layer costs ``3 + max(issue end, writer end) + WRITE_LATENCY`` cycles and a BASIS
-    layer ``3 + n_chunks + BASIS_LATENCY``: ``LAYER_OVERHEAD = 3``, ``RUN_OVERHEAD = 1``.
+    So a GS layer costs ``5 + max(issue end, writer end) + WRITE_LATENCY`` cycles and a BASIS
+    layer ``5 + n_chunks + BASIS_LATENCY``: ``LAYER_OVERHEAD = 5``, ``RUN_OVERHEAD = 1``.
+
+    Every memory read goes into a register before any logic sees it: the descriptor
+    (``layer_word``), the group word on offer and the row record on offer. Between runs they
+    follow the memories' read ports (a cycle late), for the command processor's reads.
 
     Parameters
     ----------
@@ -98,6 +104,10 @@ class Sequencer(wiring.Component):
         Weight memory read port (synchronous; data holds while ``weight_en`` is low).
     row_addr, row_en, row_data : Out, Out(1), In(row_layout(cfg))
         Row memory read port (likewise).
+    layer_word : Out(layer_layout(cfg))
+    group_word : Out(group_layout(cfg))
+    row_word : Out(row_layout(cfg))
+        The registered descriptor, group word and row record.
     o_group : Out(stream.Signature(group_layout(cfg)))
         To ``GatherEngine.i_group``.
     o_row : Out(stream.Signature(row_layout(cfg)))
@@ -133,6 +143,9 @@ class Sequencer(wiring.Component):
             "row_addr":    Out(cfg.row_addr_width),
             "row_en":      Out(1),
             "row_data":    In(row_layout(cfg)),
+            "layer_word":  Out(layer_layout(cfg)),
+            "group_word":  Out(group_layout(cfg)),
+            "row_word":    Out(row_layout(cfg)),
             **_datapath_members(cfg),
         })
 
@@ -144,15 +157,21 @@ class Sequencer(wiring.Component):
         cfg = self._cfg
         m = Module()
 
-        layer = Signal(layer_layout(cfg))
+        layer = self.layer_word     # the descriptor being run, registered
         index = Signal(8)           # layer being run
         left = Signal(9)            # layers left, including this one
-        group_ptr = Signal(cfg.weight_addr_width)
-        groups_left = Signal(17)
+        group_ptr = Signal(cfg.weight_addr_width)   # next group word to read
+        groups_left = Signal(17)                    # ... of this many
         row_ptr = Signal(cfg.row_addr_width)
-        group_valid = Signal()
+        # Each stream is a two-stage pipeline that stalls as a whole: the memory's output
+        # (``*_read``: it holds a word not yet taken) and the register on offer. The
+        # memories' outputs go straight into registers, as an ECP5 block RAM's slow
+        # clock-to-output (5.8 ns at speed grade 6) leaves no time for logic after it.
+        group_read, row_read = Signal(), Signal()
+        group_valid, row_valid = Signal(), Signal()
+        group_word = Signal(group_layout(cfg))
+        row_word = Signal(row_layout(cfg))
         gs_cycles = Signal(range(_MIN_GS_CYCLES))   # GS cycles so far, saturating
-        row_valid = Signal()
         cycles, lane_cycles, stalls, groups = (self.counters[i] for i in range(4))
 
         m.d.comb += [
@@ -160,9 +179,11 @@ class Sequencer(wiring.Component):
             self.weight_addr.eq(group_ptr),
             self.row_addr.eq(row_ptr),
             self.o_group.valid.eq(group_valid),
-            self.o_group.payload.eq(self.weight_data),
+            self.o_group.payload.eq(group_word),
             self.o_row.valid.eq(row_valid),
-            self.o_row.payload.eq(self.row_data),
+            self.o_row.payload.eq(row_word),
+            self.group_word.eq(group_word),
+            self.row_word.eq(row_word),
             self.seg_log2.eq(layer.seg_log2),
             self.shift.eq(layer.shift),
             self.relu.eq(layer.relu),
@@ -173,9 +194,9 @@ class Sequencer(wiring.Component):
         ]
 
         # Counters: every cycle of a run counts; the datapath reports its own events. They
-        # are counted a cycle late, from registers: the events come combinationally from the
-        # weight memory's output, and the 32-bit adds after them made the longest path. A
-        # layer's last group issues cycles before its end, so the sums are complete at DONE.
+        # are counted a cycle late, from registers, so that the 32-bit adds are a path of
+        # their own. A layer's last group issues cycles before its end, so the sums are
+        # complete at DONE.
         issued_lanes = Signal.like(self.issue_lanes)
         stalled = Signal()
         issued = Signal()
@@ -189,8 +210,33 @@ class Sequencer(wiring.Component):
                 groups.eq(groups + issued),
             ]
 
+        # The streams run (and may stall) in the GS state only; elsewhere the memories read
+        # every cycle. Both come from registers: they drive the memories' enables.
+        streaming = Signal()
+        group_free = ~streaming | ~group_valid | self.o_group.ready
+        row_free = ~streaming | ~row_valid | self.o_row.ready
+        m.d.comb += [self.weight_en.eq(group_free), self.row_en.eq(row_free)]
+        running = Signal()
+        m.d.comb += self.busy.eq(running)
+
+        def step_streams():
+            """Move each stream whose offered word is free (taken or absent) on by one: the
+            memory's word into the register, and the next word read (group words while
+            any are left, row records always, wrapping)."""
+            with m.If(group_free):
+                m.d.sync += [group_word.eq(self.weight_data), group_valid.eq(group_read)]
+                with m.If(groups_left != 0):
+                    m.d.sync += [group_read.eq(1), groups_left.eq(groups_left - 1),
+                                 group_ptr.eq(group_ptr + 1)]
+                with m.Else():
+                    m.d.sync += group_read.eq(0)
+            with m.If(row_free):
+                m.d.sync += [row_word.eq(self.row_data), row_valid.eq(row_read),
+                             row_ptr.eq(Mux(row_ptr == cfg.row_depth - 1, 0, row_ptr + 1))]
+
         def step_layer():
-            m.d.sync += [index.eq(index + 1), left.eq(left - 1),
+            m.d.sync += [index.eq(index + 1), left.eq(left - 1), group_read.eq(0),
+                         row_read.eq(0), group_valid.eq(0), row_valid.eq(0), streaming.eq(0),
                          self.owner.eq(ScratchpadOwner.HOST)]
             with m.If(left == 1):
                 m.next = "DONE"
@@ -199,78 +245,65 @@ class Sequencer(wiring.Component):
 
         with m.FSM(name="seq"):
             with m.State("IDLE"):
+                # Between runs the registers follow the memories, for the host's reads.
+                m.d.sync += [layer.eq(self.layer_data), group_word.eq(self.weight_data),
+                             row_word.eq(self.row_data)]
                 with m.If(self.start):
-                    m.d.sync += [index.eq(self.first), left.eq(self.count)]
+                    m.d.sync += [index.eq(self.first), left.eq(self.count), running.eq(1)]
                     m.d.sync += [c.eq(0) for c in (cycles, lane_cycles, stalls, groups)]
                     with m.If(self.count == 0):
                         m.next = "DONE"
                     with m.Else():
                         m.next = "FETCH"
             with m.State("FETCH"):
-                m.d.comb += self.busy.eq(1)
                 m.next = "LOAD"
             with m.State("LOAD"):
-                m.d.comb += self.busy.eq(1)
-                m.d.sync += [layer.eq(self.layer_data), gs_cycles.eq(0)]
-                # Prime the group and row streams from the descriptor now, so that the first
-                # group is offered in the first GS cycle.
-                m.d.comb += [self.weight_addr.eq(self.layer_data.group_base),
-                             self.weight_en.eq(1),
-                             self.row_addr.eq(self.layer_data.row_base), self.row_en.eq(1)]
-                with m.If(self.layer_data.kind != LayerKind.BASIS):
-                    m.d.sync += [group_valid.eq(self.layer_data.group_count != 0),
-                                 row_valid.eq(1)]
+                m.d.sync += [layer.eq(self.layer_data), gs_cycles.eq(0),
+                             group_ptr.eq(self.layer_data.group_base),
+                             row_ptr.eq(self.layer_data.row_base)]
+                m.next = "PRIME"
+            with m.State("PRIME"):
+                # Read the layer's first group word and row record (FILL registers them, so
+                # that they are offered in the first GS cycle).
+                is_gs = layer.kind != LayerKind.BASIS     # any kind but BASIS runs as GS
                 m.d.sync += [
-                    group_ptr.eq(self.layer_data.group_base + 1),
-                    groups_left.eq(Mux(self.layer_data.group_count != 0,
-                                       self.layer_data.group_count - 1, 0)),
-                    row_ptr.eq(Mux(self.layer_data.row_base == cfg.row_depth - 1, 0,
-                                   self.layer_data.row_base + 1)),
+                    group_read.eq(is_gs & (layer.group_count != 0)),
+                    row_read.eq(is_gs),
+                    group_ptr.eq(group_ptr + 1),
+                    groups_left.eq(Mux(layer.group_count != 0, layer.group_count - 1, 0)),
+                    row_ptr.eq(Mux(row_ptr == cfg.row_depth - 1, 0, row_ptr + 1)),
+                    self.owner.eq(Mux(is_gs, ScratchpadOwner.GS, ScratchpadOwner.BASIS)),
                 ]
-                # Any kind but BASIS runs as GS, as in the golden model.
-                with m.If(self.layer_data.kind == LayerKind.BASIS):
-                    m.d.sync += self.owner.eq(ScratchpadOwner.BASIS)
+                m.next = "FILL"
+            with m.State("FILL"):
+                step_streams()
+                with m.If(layer.kind == LayerKind.BASIS):
                     m.next = "BASIS_START"
                 with m.Else():
-                    m.d.sync += self.owner.eq(ScratchpadOwner.GS)
+                    m.d.sync += streaming.eq(1)
                     m.next = "GS"
             with m.State("GS"):
-                m.d.comb += self.busy.eq(1)
-                # Groups: read ahead so that a group is offered every cycle the engine takes
-                # one. The read port's data holds while its enable is low.
-                group_slot_free = ~group_valid | self.o_group.ready
-                m.d.comb += self.weight_en.eq(group_slot_free)
-                with m.If(group_slot_free):
-                    with m.If(groups_left != 0):
-                        m.d.sync += [group_valid.eq(1), groups_left.eq(groups_left - 1),
-                                     group_ptr.eq(group_ptr + 1)]
-                    with m.Else():
-                        m.d.sync += group_valid.eq(0)
-                # Rows: the layer does not say how many it has; offer them while it runs.
-                row_slot_free = ~row_valid | self.o_row.ready
-                m.d.comb += self.row_en.eq(row_slot_free)
-                with m.If(row_slot_free):
-                    m.d.sync += [row_valid.eq(1),
-                                 row_ptr.eq(Mux(row_ptr == cfg.row_depth - 1, 0, row_ptr + 1))]
+                # Read ahead, so that a group is offered every cycle the engine takes one; the
+                # rows are offered while the layer runs (it does not say how many it has).
+                step_streams()
                 m.d.sync += gs_cycles.eq(Mux(gs_cycles == _MIN_GS_CYCLES - 1, gs_cycles,
                                              gs_cycles + 1))
-                with m.If((groups_left == 0) & ~group_valid & self.engine_idle &
+                # (No group left to read implies groups_left == 0.)
+                with m.If(~group_read & ~group_valid & self.engine_idle &
                           self.writer_idle & (gs_cycles == _MIN_GS_CYCLES - 1)):
                     # The layer's last cycle doubles as NEXT.
-                    m.d.sync += [row_valid.eq(0), group_valid.eq(0)]
                     step_layer()
             with m.State("BASIS_START"):
-                m.d.comb += [self.busy.eq(1), self.basis_start.eq(1)]
+                m.d.comb += self.basis_start.eq(1)
                 m.next = "BASIS"
             with m.State("BASIS"):
-                m.d.comb += self.busy.eq(1)
                 with m.If(self.basis_done):
                     m.next = "NEXT"
             with m.State("NEXT"):
-                m.d.comb += self.busy.eq(1)
                 step_layer()
             with m.State("DONE"):
-                m.d.comb += [self.busy.eq(1), self.done.eq(1)]
+                m.d.comb += self.done.eq(1)
+                m.d.sync += running.eq(0)
                 m.next = "IDLE"
         return m
 
@@ -311,7 +344,7 @@ class CommandProcessor(wiring.Component):
         starts.
     pl_addr : Out(range(cfg.max_payload))
     pl_data : In(8)
-        The receiver's payload buffer (synchronous read).
+        The receiver's payload buffer (the byte at the ``pl_addr`` of two cycles ago).
     o_reply : Out(stream.Signature(reply_layout()))
     o_data : Out(stream.Signature(8))
         To :class:`~gsaccel.hw.framing.FrameTransmitter`.
@@ -320,7 +353,7 @@ class CommandProcessor(wiring.Component):
     act_wr_en : Out(1)
     act_wr_data : Out(signed(8))
     act_rd_data : In(signed(8))
-        Element at ``act_addr``, the cycle after (only while ``owner`` is HOST).
+        Element at ``act_addr``, two cycles after (only while ``owner`` is HOST).
     busy : Out(1)
         A request is being executed or answered.
     error : Out(1)
@@ -384,7 +417,7 @@ class CommandProcessor(wiring.Component):
 
         frame = self.i_frame.payload
         hdr = Signal(40)                      # first five payload bytes
-        hdr_index = Signal(range(6))
+        hdr_index = Signal(range(7))
         mem_sel, addr_hi, hdr_count = hdr[0:8], hdr[8:24], hdr[24:40]
         kind = Signal(range(FrameType.RUN + 1))  # request type (0: any unknown one)
         mem = Signal(range(len(MemoryId)))    # memory of the request, once checked
@@ -400,10 +433,12 @@ class CommandProcessor(wiring.Component):
         # A payload byte arrives this cycle (only in WRITE_DATA): write it to lane ``lane`` of
         # word ``cur`` of the memory ``write_to`` (both one-hot, so that the write enables are
         # one gate from registers).
+        data_fetched = Signal()               # a payload byte was addressed a cycle ago
         data_valid = Signal()
         lane = Signal(max_word)
         write_to = Signal(MemoryId.ACTS + 1)
         rd_byte = Signal(8)                   # byte ``byte_index`` of word ``cur`` (READ)
+        rd_byte_q = Signal(8)                 # ... registered, a cycle later
         tx_byte = Signal(8)                   # the READ byte on ``o_data``
         tx_last = Signal()                    # ... is its word's last
         bad_len = Signal()
@@ -411,7 +446,13 @@ class CommandProcessor(wiring.Component):
         bad_layer = Signal()
         bad_addr = Signal()
         fits = Signal()                       # the size loop takes another word
-        err_code = Signal(range(max(ErrorCode) + 1))
+        over = Signal()                       # ... or has counted past max_payload
+        depth_limit = Signal(17)              # words of the request's memory
+        # The receiver is released (``i_frame.ready``) the cycle after the reply starts, from
+        # a register: the frame is not looked at again, and the receiver's FSM is far away.
+        release = Signal()
+        m.d.sync += release.eq(0)
+        m.d.comb += self.i_frame.ready.eq(release)
         reply_type = Signal(8)
         reply_seq = Signal(8)
         reply_len = Signal(17)                # also a READ's byte count while it is checked
@@ -420,7 +461,11 @@ class CommandProcessor(wiring.Component):
         def write_enables(mem_id, size):
             return Cat(data_valid & write_to[mem_id] & lane[k] for k in range(size))
 
-        read_data = {}
+        # The host reads words through the sequencer's registers (see Sequencer), two cycles
+        # after it presents their address.
+        read_data = {MemoryId.LAYERS: seq.layer_word.as_value(),
+                     MemoryId.WEIGHTS: seq.group_word.as_value(),
+                     MemoryId.ROWS: seq.row_word.as_value()}
         for mem_id, port_name in ((MemoryId.LAYERS, "layer"), (MemoryId.WEIGHTS, "weight")):
             size = word_sizes[mem_id]
             m.submodules[f"{port_name}_mem"] = store = SimpleDualPortMemory(
@@ -428,7 +473,6 @@ class CommandProcessor(wiring.Component):
             m.d.comb += [store.wr_addr.eq(cur), store.wr_data.eq(Cat([self.pl_data] * size)),
                          store.wr_en.eq(write_enables(mem_id, size)),
                          getattr(seq, f"{port_name}_data").eq(store.rd_data)]
-            read_data[mem_id] = store.rd_data
             # The sequencer reads while it runs, the host otherwise.
             if port_name == "layer":
                 m.d.comb += [store.rd_addr.eq(Mux(seq.busy, seq.layer_addr, cur)),
@@ -446,25 +490,29 @@ class CommandProcessor(wiring.Component):
                      rows.wr_en.eq(write_enables(MemoryId.ROWS, size)),
                      rows.wr_data.eq(Cat([self.pl_data] * size)),
                      seq.row_data.eq(rows.rd_data)]
-        read_data[MemoryId.ROWS] = rows.rd_data
         m.d.comb += [self.act_addr.eq(cur), self.act_wr_data.eq(self.pl_data),
                      self.act_wr_en.eq(write_enables(MemoryId.ACTS, 1))]
 
-        # The read port data holds while ``cur`` does, so the bytes of a word are picked from
-        # it one by one.
+        # The registered word holds while ``cur`` does, so the bytes of a word are picked from
+        # it one by one: byte ``byte_index`` of each memory's word is registered, then the
+        # request's memory's (two cycles in all).
+        picked = {}
+        for mem_id, value in read_data.items():
+            # Bits past the layout's are padding: they read as zeros, as in the golden model,
+            # whatever the host wrote there.
+            word = Cat(value, Const(0, 8 * word_sizes[mem_id] - len(value)))
+            picked[mem_id] = Signal(8, name=f"picked_{mem_id.name.lower()}")
+            m.d.sync += picked[mem_id].eq(word.word_select(byte_index, 8))
+        picked[MemoryId.ACTS] = Signal(8, name="picked_acts")
+        m.d.sync += picked[MemoryId.ACTS].eq(self.act_rd_data)
+        picked[MemoryId.COUNTERS] = Signal(8, name="picked_counters")
+        m.d.sync += picked[MemoryId.COUNTERS].eq(seq.counters.as_value().word_select(
+            Cat(byte_index[:2], cur[:2]), 8))
         with m.Switch(mem):
-            for mem_id, value in read_data.items():
-                # Bits past the layout's are padding: they read as zeros, as in the golden
-                # model, whatever the host wrote there.
-                bits = memory_layout(cfg, mem_id).size
-                word = Cat(value[:bits], Const(0, len(value) - bits))
+            for mem_id, value in picked.items():
                 with m.Case(mem_id):
-                    m.d.comb += rd_byte.eq(word.word_select(byte_index, 8))
-            with m.Case(MemoryId.ACTS):
-                m.d.comb += rd_byte.eq(self.act_rd_data)
-            with m.Case(MemoryId.COUNTERS):
-                m.d.comb += rd_byte.eq(seq.counters.as_value().word_select(
-                    Cat(byte_index[:2], cur[:2]), 8))
+                    m.d.comb += rd_byte.eq(value)
+        m.d.sync += rd_byte_q.eq(rd_byte)
 
         m.d.comb += [
             self.o_reply.valid.eq(replying),
@@ -476,19 +524,14 @@ class CommandProcessor(wiring.Component):
         def reply(type_, length, next_state):
             # Latch the header and release the receiver: the payload is no longer needed.
             m.d.sync += [reply_type.eq(type_), reply_seq.eq(frame.seq), replying.eq(1),
-                         self.error.eq(type_ == FrameType.ERROR)]
+                         self.error.eq(type_ == FrameType.ERROR), release.eq(1)]
             if length is not None:
                 m.d.sync += reply_len.eq(length)
-            m.d.comb += self.i_frame.ready.eq(1)
             m.next = next_state
 
         def error(code):
-            m.d.sync += err_code.eq(code)
+            m.d.sync += tx_byte.eq(code)
             reply(FrameType.ERROR, 1, "SEND_ERROR")
-
-        def load_byte():
-            m.d.sync += [tx_byte.eq(rd_byte), tx_last.eq(byte_index == last_byte),
-                         byte_index.eq(byte_index + 1)]
 
         # The checks run over several cycles (DECODE, CHECK, SIZE, VERDICT), each deciding
         # from registers only, so no check is a long path from the frame into the FSM.
@@ -503,14 +546,15 @@ class CommandProcessor(wiring.Component):
 
             with m.State("HEADER"):
                 # Read payload bytes 0..4 (whether or not the frame has them; lengths are
-                # checked before any of them is used).
+                # checked before any of them is used); each arrives two cycles after its
+                # address.
                 m.d.comb += self.pl_addr.eq(hdr_index)
                 m.d.sync += hdr_index.eq(hdr_index + 1)
                 with m.Switch(hdr_index):
-                    for k in range(1, 6):
+                    for k in range(2, 7):
                         with m.Case(k):
-                            m.d.sync += hdr[8 * (k - 1):8 * k].eq(self.pl_data)
-                with m.If(hdr_index == 5):
+                            m.d.sync += hdr[8 * (k - 2):8 * (k - 1)].eq(self.pl_data)
+                with m.If(hdr_index == 6):
                     m.next = "DECODE"
 
             with m.State("DECODE"):
@@ -537,7 +581,8 @@ class CommandProcessor(wiring.Component):
                             size = word_sizes[mem_id]
                             # WRITE counts bytes down by whole words, READ words down by one.
                             m.d.sync += [word_size.eq(size), last_byte.eq(size - 1),
-                                         step.eq(Mux(is_write, size, 1))]
+                                         step.eq(Mux(is_write, size, 1)),
+                                         depth_limit.eq(memory_depth(cfg, mem_id))]
                 m.next = "CHECK"
 
             with m.State("CHECK"):
@@ -546,7 +591,7 @@ class CommandProcessor(wiring.Component):
                         with m.If(bad_len):
                             error(ErrorCode.BAD_LENGTH)
                         with m.Else():
-                            m.d.sync += ptr.eq(0)
+                            m.d.sync += [ptr.eq(1), tx_byte.eq(hello[0])]
                             reply(FrameType.DATA, len(hello), "SEND_HELLO")
                     with m.Case(FrameType.WRITE, FrameType.READ):
                         with m.If(bad_len):
@@ -574,8 +619,8 @@ class CommandProcessor(wiring.Component):
                 # ``cur`` ends at the end address and ``reply_len`` at the bytes counted;
                 # past max_payload a READ stops at once, so the loop is short whatever the
                 # count. The test is registered: the comparison's carry chain ends there.
-                over = reply_len > cfg.max_payload
-                m.d.sync += fits.eq((rest >= step) & ~over)
+                m.d.sync += [over.eq(reply_len > cfg.max_payload),
+                             fits.eq((rest >= step) & ~(reply_len > cfg.max_payload))]
                 m.next = "SIZE_STEP"
             with m.State("SIZE_STEP"):
                 with m.If(fits):
@@ -584,11 +629,8 @@ class CommandProcessor(wiring.Component):
                     m.next = "SIZE"
                 with m.Else():
                     # A WRITE leaves a partial word, a READ too many bytes: BAD_LENGTH.
-                    m.d.sync += bad_len.eq((rest != 0) | (reply_len > cfg.max_payload))
-                    with m.Switch(mem):
-                        for mem_id in mem_ids:
-                            with m.Case(mem_id):
-                                m.d.sync += bad_addr.eq(cur > memory_depth(cfg, mem_id))
+                    m.d.sync += bad_len.eq((rest != 0) | over)
+                    m.d.sync += bad_addr.eq(cur > depth_limit)
                     m.next = "VERDICT"
 
             with m.State("VERDICT"):
@@ -600,7 +642,8 @@ class CommandProcessor(wiring.Component):
                     # ``rest`` counts the payload bytes (``reply_len``) down, so that the end
                     # of the payload is a flag, not a comparison with the frame length.
                     m.d.sync += [cur.eq(addr_hi), ptr.eq(3), rest.eq(reply_len), step.eq(1),
-                                 ptr_end.eq(reply_len == 0), data_valid.eq(0),
+                                 ptr_end.eq(reply_len == 0), data_fetched.eq(0),
+                                 data_valid.eq(0),
                                  byte_index.eq(0), lane.eq(1),
                                  write_to.eq(Cat(mem == i for i in range(len(write_to))))]
                     m.next = "WRITE_DATA"
@@ -609,10 +652,11 @@ class CommandProcessor(wiring.Component):
                     reply(FrameType.DATA, None, "READ_FIRST")   # reply_len: the bytes counted
 
             with m.State("WRITE_DATA"):
-                # Two overlapped steps per byte: address the payload buffer, then write the
-                # byte that arrives into its lane of word ``cur``.
+                # Overlapped steps per byte: address the payload buffer, wait for its
+                # registered output, then write the byte that arrives into its lane of word
+                # ``cur``.
                 m.d.comb += self.pl_addr.eq(ptr)
-                m.d.sync += data_valid.eq(~ptr_end)
+                m.d.sync += [data_fetched.eq(~ptr_end), data_valid.eq(data_fetched)]
                 with m.If(~ptr_end):
                     m.d.sync += [ptr.eq(ptr + 1), rest.eq(rest_next), ptr_end.eq(rest == 1)]
                 with m.If(data_valid):
@@ -620,7 +664,7 @@ class CommandProcessor(wiring.Component):
                         m.d.sync += [byte_index.eq(0), lane.eq(1), cur.eq(cur + 1)]
                     with m.Else():
                         m.d.sync += [byte_index.eq(byte_index + 1), lane.eq(lane << 1)]
-                with m.If(ptr_end & ~data_valid):
+                with m.If(ptr_end & ~data_fetched & ~data_valid):
                     reply(FrameType.ACK, 0, "WAIT_REPLY")
 
             with m.State("RUN"):
@@ -635,15 +679,25 @@ class CommandProcessor(wiring.Component):
                     m.next = "WAIT_REPLY"
                 with m.Else():
                     m.next = "READ_ADDR"
+            # A word's bytes go out through four registers: the word (the sequencer's, or
+            # the scratchpad's output), the picked bytes, ``rd_byte_q`` and the byte on offer
+            # ``tx_byte``. Reads run at the UART's pace, so the cycles this takes per byte
+            # cost nothing.
             with m.State("READ_ADDR"):
-                # ``cur`` is on the read ports now; its word arrives next cycle and holds.
+                # ``cur`` is on the read ports now; its word is registered two cycles on and
+                # holds.
+                m.next = "READ_WAIT"
+            with m.State("READ_WAIT"):
+                m.next = "READ_PICK"
+            with m.State("READ_PICK"):
+                m.next = "READ_PICK_2"
+            with m.State("READ_PICK_2"):
+                # ``rd_byte_q`` takes byte ``byte_index`` of the word.
                 m.next = "READ_LOAD"
             with m.State("READ_LOAD"):
-                load_byte()
+                m.d.sync += [tx_byte.eq(rd_byte_q), tx_last.eq(byte_index == last_byte)]
                 m.next = "READ_BYTES"
             with m.State("READ_BYTES"):
-                # The byte on offer is registered (the next one is picked meanwhile), so the
-                # memory-to-transmitter path ends here.
                 m.d.comb += [self.o_data.valid.eq(1), self.o_data.payload.eq(tx_byte)]
                 with m.If(self.o_data.ready):
                     with m.If(tx_last):
@@ -653,17 +707,20 @@ class CommandProcessor(wiring.Component):
                         with m.Else():
                             m.next = "READ_ADDR"
                     with m.Else():
-                        load_byte()
+                        m.d.sync += byte_index.eq(byte_index + 1)
+                        m.next = "READ_PICK"
 
             with m.State("SEND_HELLO"):
-                m.d.comb += [self.o_data.valid.eq(1),
-                             self.o_data.payload.eq(Array(Const(b, 8) for b in hello)[ptr])]
+                # ``tx_byte`` holds HELLO byte ``ptr - 1``.
+                m.d.comb += [self.o_data.valid.eq(1), self.o_data.payload.eq(tx_byte)]
                 with m.If(self.o_data.ready):
-                    m.d.sync += ptr.eq(ptr + 1)
-                    with m.If(ptr == len(hello) - 1):
+                    m.d.sync += [ptr.eq(ptr + 1),
+                                 tx_byte.eq(Array(Const(b, 8) for b in hello + b"\0")[ptr])]
+                    with m.If(ptr == len(hello)):
                         m.next = "WAIT_REPLY"
             with m.State("SEND_ERROR"):
-                m.d.comb += [self.o_data.valid.eq(1), self.o_data.payload.eq(err_code)]
+                # ``tx_byte`` holds the error code.
+                m.d.comb += [self.o_data.valid.eq(1), self.o_data.payload.eq(tx_byte)]
                 with m.If(self.o_data.ready):
                     m.next = "WAIT_REPLY"
             with m.State("WAIT_REPLY"):

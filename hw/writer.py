@@ -19,8 +19,9 @@ class Requantizer(wiring.Component):
 
     ``shift`` is sampled a cycle ahead: ``result`` uses the ``shift`` of the previous cycle
     (it is a layer constant, set long before the first value of a layer arrives). With
-    ``pipelined``, the shifted value is registered before it is saturated, so ``result`` is
-    that of the previous cycle's ``value`` (and ``relu``); otherwise it is combinational.
+    ``pipelined``, the value is registered after the rounding add and again after the shift,
+    so ``result`` is that of the ``value`` (and ``relu``) of two cycles ago; otherwise it is
+    combinational.
 
     ``value`` (``acc_width`` bits, already wrapped); if ``shift > 0`` add
     ``1 << (shift - 1)`` (round half up) and shift right arithmetically, computed exactly in
@@ -31,7 +32,7 @@ class Requantizer(wiring.Component):
     acc_width : int
         Width of ``value``.
     pipelined : bool
-        Register between the shift and the saturation (one cycle of latency).
+        Registers after the rounding add and after the shift (two cycles of latency).
 
     Members
     -------
@@ -78,17 +79,21 @@ class Requantizer(wiring.Component):
         half = Signal(width)
         m.d.sync += [in_range.eq(self.shift < self._acc_width),
                      half.eq((Const(1, width + 1) << self.shift)[1:])]  # (1 << shift) >> 1
-        rounded = Signal(signed(width))
-        m.d.comb += rounded.eq(self.value + half.as_signed())
-        shifted = Signal(signed(width))
-        relu = Signal()
-        # The rounding add and the barrel shift, then (a cycle later if pipelined) the
-        # saturation compares: on an iCE40 the two together are the writer's longest path.
+        # The rounding add, the barrel shift, the saturation compares: on an iCE40 the three
+        # together are the writer's longest path, on an ECP5 at 100 MHz each needs a cycle.
         domain = m.d.sync if self._pipelined else m.d.comb
-        domain += [shifted.eq(rounded >> self.shift), relu.eq(self.relu)]
+        rounded = Signal(signed(width))
+        shifted = Signal(signed(width))
+        relu = [self.relu]
+        domain += rounded.eq(self.value + half.as_signed())
+        domain += shifted.eq(rounded >> self.shift)
         if self._pipelined:
-            in_range_now, in_range = in_range, Signal(init=1)
-            m.d.sync += in_range.eq(in_range_now)
+            for stage in range(2):
+                relu.append(Signal(name=f"relu{stage + 1}"))
+                delayed = Signal(init=1, name=f"in_range{stage + 1}")
+                m.d.sync += [relu[-1].eq(relu[-2]), delayed.eq(in_range)]
+                in_range = delayed
+        relu = relu[-1]
         saturated = Signal(signed(8))
         with m.If(shifted > 127):
             m.d.comb += saturated.eq(127)
@@ -106,9 +111,9 @@ class ResultWriter(wiring.Component):
     Sum vectors enter a :class:`~amaranth.lib.fifo.SyncFIFO` of ``result_queue // V``
     vectors. The writer takes slot ``j`` (``j < V/e``) of the head vector with the next row
     record in one cycle (a *slot cycle*), when both are available: in slot cycle ``s`` it
-    registers ``wrap(sum + bias)``, in ``s+1`` rounds and shifts it, in ``s+2`` saturates
-    it, and in ``s+3`` drives the scratchpad write of element ``out_addr`` of buffer ``dst``
-    (if the record is ``valid``).
+    registers the slot's sum and the bias, in ``s+1`` adds them (wrapping), in ``s+2``
+    rounds, in ``s+3`` shifts, in ``s+4`` saturates, and in ``s+5`` drives the scratchpad
+    write of element ``out_addr`` of buffer ``dst`` (if the record is ``valid``).
     In the last slot cycle of a vector it pops the queue and pulses ``credit``.
 
     ``seg_log2``, ``shift``, ``relu`` and ``dst`` must be stable during a layer.
@@ -195,14 +200,16 @@ class ResultWriter(wiring.Component):
             take.eq(queue.r_rdy & self.i_row.valid),
         ]
         row = self.i_row.payload
-        s1_go = Signal()
-        s1_write = Signal()
-        s1_value = Signal(signed(acc_width))
+        # Stage 1 registers the slot's sum and the row's bias (the queue is LUT RAM with an
+        # asynchronous read, the row record comes from a register), stage 2 adds them.
+        s1_go, s1_write = Signal(), Signal()
+        s1_sum, s1_bias = Signal(signed(acc_width)), Signal.like(row.bias)
         s1_addr = Signal(cfg.col_width)
         m.d.sync += s1_go.eq(take)
         with m.If(take):
             m.d.sync += [
-                s1_value.eq((head[slot] + row.bias)[:acc_width]),
+                s1_sum.eq(head[slot]),
+                s1_bias.eq(row.bias),
                 s1_write.eq(row.valid),
                 s1_addr.eq(row.out_addr),
             ]
@@ -211,36 +218,39 @@ class ResultWriter(wiring.Component):
                 m.d.comb += [queue.r_en.eq(1), self.credit.eq(1)]
             with m.Else():
                 m.d.sync += slot.eq(slot + 1)
+        s2_go, s2_write = Signal(), Signal()
+        s2_value = Signal(signed(acc_width))
+        s2_addr = Signal(cfg.col_width)
+        m.d.sync += [
+            s2_go.eq(s1_go),
+            s2_write.eq(s1_go & s1_write),
+            s2_value.eq((s1_sum + s1_bias)[:acc_width]),
+            s2_addr.eq(s1_addr),
+        ]
 
-        # Requantise ---------------------------------------------------------------------------
+        # Requantise (two cycles), saturate, then write ---------------------------------------
         m.submodules.requantizer = requantizer = Requantizer(acc_width=acc_width,
                                                               pipelined=True)
         m.d.comb += [
-            requantizer.value.eq(s1_value),
+            requantizer.value.eq(s2_value),
             requantizer.shift.eq(self.shift),
             requantizer.relu.eq(self.relu),
         ]
-        s2_go = Signal()
-        s2_write = Signal()
-        s2_addr = Signal(cfg.col_width)
-        m.d.sync += [s2_go.eq(s1_go), s2_write.eq(s1_go & s1_write), s2_addr.eq(s1_addr)]
-        s3_go = Signal()
-        s3_write = Signal()
-        s3_data = Signal(signed(8))
-        s3_addr = Signal(cfg.col_width)
-        m.d.sync += [
-            s3_go.eq(s2_go),
-            s3_write.eq(s2_write),
-            s3_data.eq(requantizer.result),
-            s3_addr.eq(s2_addr),
-        ]
+        go, write, addr = [s2_go], [s2_write], [s2_addr]
+        for stage in (3, 4, 5):
+            go.append(Signal(name=f"s{stage}_go"))
+            write.append(Signal(name=f"s{stage}_write"))
+            addr.append(Signal(cfg.col_width, name=f"s{stage}_addr"))
+            m.d.sync += [go[-1].eq(go[-2]), write[-1].eq(write[-2]), addr[-1].eq(addr[-2])]
 
-        # Scratchpad write ---------------------------------------------------------------------
+        # Scratchpad write, from registers ---------------------------------------------------
+        data = Signal(signed(8))
+        m.d.sync += data.eq(requantizer.result)
         for bank in range(lanes):
             m.d.comb += [
-                self.wr_en[bank].eq(s3_write & (s3_addr[:bank_bits] == bank)),
-                self.wr_addr[bank].eq(Cat(s3_addr[bank_bits:], self.dst)),
-                self.wr_data[bank].eq(s3_data),
+                self.wr_en[bank].eq(write[-1] & (addr[-1][:bank_bits] == bank)),
+                self.wr_addr[bank].eq(Cat(addr[-1][bank_bits:], self.dst)),
+                self.wr_data[bank].eq(data),
             ]
-        m.d.comb += self.idle.eq(~queue.r_rdy & ~s1_go & ~s2_go & ~s3_go)
+        m.d.comb += self.idle.eq(~queue.r_rdy & ~Cat(s1_go, *go).any())
         return m

@@ -48,7 +48,7 @@ class Datapath(wiring.Component):
     host_rd : In(1)
         Give the bank read ports to the host (only while idle).
     host_rd_data : Out(signed(8))
-        Element at the previous cycle's ``host_addr`` (when ``host_rd`` was high).
+        Element at the ``host_addr`` of two cycles ago (when ``host_rd`` was high).
     issue, issue_lanes, stall, engine_idle, writer_idle : Out
         Engine and writer status.
     basis_start, n_chunks, basis : In(1), In(16), In(ArrayLayout(signed(8), 9))
@@ -158,9 +158,9 @@ class Datapath(wiring.Component):
                         scratchpad.wr_addr[bank].eq(basis.wr_addr[bank]),
                         scratchpad.wr_data[bank].eq(basis.wr_data[bank]),
                     ]
-        read_bank = Signal(range(cfg.lanes))
-        m.d.sync += read_bank.eq(host_bank)
-        m.d.comb += self.host_rd_data.eq(Array(scratchpad.rd_data)[read_bank])
+        read_bank = [Signal(range(cfg.lanes), name=f"read_bank{k}") for k in range(2)]
+        m.d.sync += [read_bank[0].eq(host_bank), read_bank[1].eq(read_bank[0])]
+        m.d.comb += self.host_rd_data.eq(Array(scratchpad.rd_data)[read_bank[1]])
         return m
 
 

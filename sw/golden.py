@@ -24,11 +24,11 @@ __all__ = [
 ]
 
 # Pipeline constants of the RTL (docs/architecture.md, "Cycle model").
-ENGINE_LATENCY = 5    # cycles from a `last` group's acceptance to the writer starting its vector
-ENGINE_DRAIN = 4      # cycles from the issue cycle after a layer's last group to the engine idle
-WRITE_LATENCY = 3     # cycles from the writer's last slot to its write landing
-LAYER_OVERHEAD = 3    # sequencer cycles per layer: descriptor fetch, load, step to the next
-BASIS_LATENCY = 3     # cycles from the last basis chunk's read to its write
+ENGINE_LATENCY = 8    # cycles from a `last` group's acceptance to the writer starting its vector
+ENGINE_DRAIN = 7      # cycles from the issue cycle after a layer's last group to the engine idle
+WRITE_LATENCY = 5     # cycles from the writer's last slot to its write landing
+LAYER_OVERHEAD = 5    # sequencer cycles per layer: fetch, load, prime, fill, step to the next
+BASIS_LATENCY = 10    # cycles from the last basis chunk's issue to its write
 RUN_OVERHEAD = 1      # cycles of a RUN outside its layers (the sequencer's DONE cycle)
 
 

@@ -67,11 +67,11 @@ class DatapathTB:
         dut = self.dut
         dut.host_rd.value = 1
         values = []
-        for element in range(count + 1):
+        for element in range(count + 2):
             if element < count:
                 dut.host_addr.value = buffer * self.cfg.buffer_size + element
             await RisingEdge(dut.clk)
-            if element:      # data of the previous cycle's address
+            if element >= 2:    # data of the address of two cycles ago
                 values.append(dut.host_rd_data.value.to_signed())
         dut.host_rd.value = 0
         return np.array(values, dtype=np.int64)
@@ -122,6 +122,7 @@ class DatapathTB:
         dut.shift.value, dut.relu.value = shift, relu
         dut.n_chunks.value = n_chunks
         dut.basis.value = sum((int(v) & 0xFF) << (8 * i) for i, v in enumerate(np.ravel(basis)))
+        await RisingEdge(dut.clk)                  # the unit samples its settings a cycle ahead
         dut.basis_start.value = 1
         await RisingEdge(dut.clk)                  # the start cycle, cycle 0
         dut.basis_start.value = 0

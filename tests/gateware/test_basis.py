@@ -35,12 +35,17 @@ def run_basis(cfg, acts, basis, n_chunks, shift, relu, src, dst):
     result = {}
 
     async def memory(ctx):
+        # The scratchpad's two cycles of read latency: the word read at one tick is on
+        # rd_data after the next.
+        in_flight = None
         async for _, _, *ports in ctx.tick().sample(*dut.rd_addr, *dut.wr_en, *dut.wr_addr,
                                                     *dut.wr_data):
             rd, en = ports[:lanes], ports[lanes:2 * lanes]
             wr, data = ports[2 * lanes:3 * lanes], ports[3 * lanes:]
-            for bank in range(lanes):
-                ctx.set(dut.rd_data[bank], int(banks[bank, rd[bank]]))   # the old word
+            if in_flight is not None:
+                for bank in range(lanes):
+                    ctx.set(dut.rd_data[bank], in_flight[bank])
+            in_flight = [int(banks[bank, rd[bank]]) for bank in range(lanes)]   # old words
             for bank in range(lanes):
                 if en[bank]:
                     banks[bank, wr[bank]] = data[bank]
@@ -63,7 +68,7 @@ def run_basis(cfg, acts, basis, n_chunks, shift, relu, src, dst):
             cycle += 1
         result["done"] = cycle
         result["busy"] = busy_cycles
-        for _ in range(3):                    # nothing is written after done
+        for _ in range(8):                    # nothing is written after done
             await ctx.tick()
             assert not ctx.get(dut.busy)
 

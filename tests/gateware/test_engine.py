@@ -34,7 +34,7 @@ async def read_buffer(ctx, dut, buffer, count, buffer_size):
     values = []
     for element in range(count):
         ctx.set(dut.host_addr, buffer * buffer_size + element)
-        await ctx.tick()
+        await ctx.tick().repeat(2)          # the scratchpad's latency
         values.append(ctx.get(dut.host_rd_data))
     ctx.set(dut.host_rd, 0)
     return np.array(values, dtype=np.int64)

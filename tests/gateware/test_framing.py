@@ -36,7 +36,7 @@ def _receive(cfg, data, n_frames, *, idle=0.0, stall=0.0, name):
             if frame["error"] == 0:
                 for addr in range(frame["length"]):
                     ctx.set(dut.rd_addr, addr)
-                    await ctx.tick()
+                    await ctx.tick().repeat(2)
                     payload.append(ctx.get(dut.rd_data))
             got.append((frame["type"], frame["seq"], frame["error"], bytes(payload)))
             ctx.set(dut.o_frame.ready, 1)

@@ -49,8 +49,8 @@ def test_requantizer_edges(acc_width, pipelined):
                 await ctx.tick()
             ctx.set(dut.value, value)
             ctx.set(dut.relu, relu)
-            if pipelined:                           # the result follows a cycle later
-                await ctx.tick()
+            if pipelined:                           # the result follows two cycles later
+                await ctx.tick().repeat(2)
             await ctx.delay(1e-9)
             expected = int(golden.requantize(value, shift, relu, acc_width))
             assert ctx.get(dut.result) == expected, (value, shift, relu)

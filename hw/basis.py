@@ -1,6 +1,6 @@
 """The SmartDeal basis unit: ``z = B · x`` for each 3-element chunk of a buffer, requantised."""
 
-from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -11,9 +11,9 @@ from .writer import Requantizer
 __all__ = ["BasisUnit", "BASIS_LATENCY"]
 
 #: Cycles from a chunk's issue to its write: the read ports' registers, the scratchpad's
-#: two, x, the products, z, the requantiser's two, the saturated results, and the write
-#: ports' registers.
-BASIS_LATENCY = 10
+#: two, the crossbar's two halves, the products, z, the requantiser's two, the saturated
+#: results, and the write ports' registers.
+BASIS_LATENCY = 11
 
 
 class BasisUnit(wiring.Component):
@@ -24,11 +24,12 @@ class BasisUnit(wiring.Component):
 
     Timing (``docs/gateware.md``): with ``start`` pulsed in cycle 0, chunk ``g`` issues in
     cycle ``g``, presents its bank addresses (registers) in ``g+1``, gets its bank data in
-    ``g+3``, x is registered at the end of ``g+3``, the products at the end of ``g+4``, z at
-    the end of ``g+5``, the requantiser's two stages at the ends of ``g+6`` and ``g+7``, the
-    saturated results at the end of ``g+8``, the write ports at the end of ``g+9``, so its
-    three writes are driven in cycle ``g+10``. ``done`` pulses in cycle
-    ``n_chunks + BASIS_LATENCY - 1`` (``BASIS_LATENCY = 10``), the last write cycle when
+    ``g+3`` (the crossbar's first half registered at its end), x at the end of ``g+4``, the
+    products at the end of ``g+5``, z at the end of ``g+6``, the requantiser's two stages at
+    the ends of ``g+7`` and ``g+8``, the saturated results at the end of ``g+9``, the write
+    ports at the end of ``g+10``, so its three writes are driven in cycle ``g+11``. ``done``
+    pulses in cycle ``n_chunks + BASIS_LATENCY - 1`` (``BASIS_LATENCY = 11``), the last
+    write cycle when
     ``n_chunks > 0``; ``busy`` is high from cycle 1 through that cycle, and ``start`` is ignored
     while ``busy``.
 
@@ -157,17 +158,32 @@ class BasisUnit(wiring.Component):
             m.d.sync += valid[k].eq(valid[k - 1])
 
         # Stage 3: bank -> element crossbar (the bank data arrives two cycles after its
-        # address), register x ----------------------------------------------------------------
-        banks = Array(self.rd_data)
+        # address), its first half: as in the engine, each element's partial byte per group
+        # of four banks is registered, which cuts the long wires from the banks ------------
         bank_of = [[element[k][:bank_bits]] for k in range(3)]
         for k in range(3):
             for stage in (1, 2, 3):
                 bank_of[k].append(Signal(bank_bits, name=f"s{stage}_bank{k}"))
                 m.d.sync += bank_of[k][-1].eq(bank_of[k][-2])
-        x = [Signal(signed(8), name=f"x{k}") for k in range(3)]
-        m.d.sync += [x[k].eq(banks[bank_of[k][-1]]) for k in range(3)]
+        quad = min(4, lanes)
+        x = []
+        for k in range(3):
+            partials = []
+            for first in range(0, lanes, quad):
+                partial = Signal(8, name=f"partial{k}_{first // quad}")
+                value = Const(0, 8)
+                for bank in range(first, first + quad):
+                    value = value | ((bank_of[k][-1] == bank).replicate(8) &
+                                     self.rd_data[bank].as_unsigned())
+                m.d.sync += partial.eq(value)
+                partials.append(partial)
+            value = partials[0]
+            for partial in partials[1:]:
+                value = value | partial
+            x.append(Signal(signed(8), name=f"x{k}"))
+            m.d.sync += x[-1].eq(value)         # a DSP's multiply takes 4 ns: x is a register
 
-        # Stages 4 and 5: z = B · x, exact (|z| <= 3 * 2**14 fits 17 bits): the nine products
+        # Stages 5 and 6: z = B · x, exact (|z| <= 3 * 2**14 fits 17 bits): the nine products
         # are registered, then their sums ----------------------------------------------------
         products = [[Signal(signed(16), name=f"p{k}{i}") for i in range(3)] for k in range(3)]
         m.d.sync += [products[k][i].eq(self.basis[3 * k + i] * x[i])
@@ -176,7 +192,7 @@ class BasisUnit(wiring.Component):
         m.d.sync += [z[k].eq(products[k][0] + products[k][1] + products[k][2])
                      for k in range(3)]
 
-        # Stages 6 to 9: requantise (two cycles), saturate, and write the three elements (three
+        # Stages 7 to 10: requantise (two cycles), saturate, and write the three elements (three
         # distinct banks) of the chunk that reaches the end: its columns count up by 3 from
         # 0, as the reads did ------------------------------------------------------------------
         written = valid[BASIS_LATENCY - 1]

@@ -23,11 +23,13 @@ class GatherEngine(wiring.Component):
 
     Timing: a group accepted in cycle ``t`` presents its bank addresses in cycle ``t``
     (combinationally from ``i_group``, which should come from a register), gets its bank data
-    through the crossbar in ``t+2`` (the scratchpad's latency), negates it in ``t+3``, has
-    its lane products in ``t+4``, half the adder tree in ``t+5`` and its segment sums in
-    ``t+6`` (each registered), and adds them into the accumulators in ``t+7``; if it is a
-    ``last`` group its sum vector is offered at ``o_sums`` in that same cycle ``t+7``,
-    combinationally from the accumulator adders. Each stage is short enough for 100 MHz on an ECP5.
+    through the first half of the crossbar in ``t+2`` (the scratchpad's latency), through
+    the second half and negated in ``t+3``, has
+    its lane products in ``t+4``, adds one level of the adder tree in each of ``t+5`` ..
+    ``t+4+log2(V)`` (each registered), and adds the segment sums into the accumulators in
+    ``t+5+log2(V)``; if it is a ``last`` group its sum vector is offered at ``o_sums`` in
+    that same cycle, combinationally from the accumulator adders
+    (``golden.engine_latency(cfg)`` is one more). Each stage is short enough for 100 MHz on an ECP5.
 
     A ``last`` group is accepted only while the engine holds a credit; it starts with
     ``result_queue // V`` credits, takes one per accepted ``last`` group and gets one back per
@@ -138,10 +140,11 @@ class GatherEngine(wiring.Component):
         for bank in range(lanes):
             m.d.comb += self.rd_addr[bank].eq(Cat(group.bank_addr[bank], self.src))
 
-        # The pipeline registers of stages 1 .. 7 (valid and last of each).
-        valid = [accept] + [Signal(name=f"s{k}_valid") for k in range(1, 8)]
-        last = [accept & group.last] + [Signal(name=f"s{k}_last") for k in range(1, 8)]
-        for k in range(1, 8):
+        # The pipeline registers of stages 1 .. 5 + log2(V) (valid and last of each).
+        depth = 5 + lanes.bit_length() - 1         # stages before the accumulators
+        valid = [accept] + [Signal(name=f"s{k}_valid") for k in range(1, depth + 1)]
+        last = [accept & group.last] + [Signal(name=f"s{k}_last") for k in range(1, depth + 1)]
+        for k in range(1, depth + 1):
             m.d.sync += [valid[k].eq(valid[k - 1]), last[k].eq(last[k - 1])]
 
         # Stages 1 and 2: the bank read, then the scratchpad's output register -----------
@@ -154,82 +157,71 @@ class GatherEngine(wiring.Component):
                          s2_value[i].eq(s1_value[i]), s2_hits[i].eq(s1_hits[i])]
 
         # Stages 3 to 5: bank -> lane crossbar, then the lanes -------------------------------
-        # Each stage below ends in a register, so no path crosses more than one of: the V:1
-        # crossbar, a lane's negation, a lane's shift, half the adder tree, the accumulator.
-        # The crossbar is an AND-OR of the one-hot hits (about 5 LUT4 per bit where a V:1
-        # multiplexer on a bank index takes 7), and a padding lane reads 0.
+        # Each stage below ends in a register, so no path crosses more than one of: the
+        # crossbar's first half, its second half and a lane's negation, a lane's shift, half
+        # the adder tree, the accumulator. The crossbar is an AND-OR of the one-hot hits, and
+        # a padding lane reads 0. Its first half ORs the banks in groups of four and registers
+        # each lane's partial byte per group: the all-to-all wiring from the V banks to the V
+        # lanes is then cut by registers the placer can put between them (a bank's data went
+        # 10 ns across an ECP5-85 without them).
+        quad = min(4, lanes)
         s5_product = [Signal(signed(acc_width), name=f"s5_product{i}") for i in range(lanes)]
         for i in range(lanes):
-            x = Const(0, 8)
-            for bank in range(lanes):
-                x = x | (s2_hits[i][bank].replicate(8) & self.rd_data[bank].as_unsigned())
-            s3_x = Signal(signed(8), name=f"s3_x{i}")
+            partials = []
+            for first in range(0, lanes, quad):
+                partial = Signal(8, name=f"s3_partial{i}_{first // quad}")
+                x = Const(0, 8)
+                for bank in range(first, first + quad):
+                    x = x | (s2_hits[i][bank].replicate(8) & self.rd_data[bank].as_unsigned())
+                m.d.sync += partial.eq(x)
+                partials.append(partial)
             s3_value = Signal(cfg.value_width, name=f"s3_value{i}")
-            m.d.sync += [s3_x.eq(x), s3_value.eq(s2_value[i])]
+            m.d.sync += s3_value.eq(s2_value[i])
             # The lane registers its first step (stage 4), its product is stage 5's.
             m.submodules[f"lane{i}"] = lane = Lane(cfg, pipelined=True)
-            m.d.comb += [lane.x.eq(s3_x), lane.w.eq(s3_value)]
+            x = partials[0]
+            for partial in partials[1:]:
+                x = x | partial
+            m.d.comb += [lane.x.eq(x), lane.w.eq(s3_value)]
             m.d.sync += s5_product[i].eq(lane.product)
 
-        # Stages 6 and 7: segmented adder tree -----------------------------------------------
+        # Stages 6 .. 5 + log2(V): segmented adder tree, one level per stage --------------
         # Level k of the tree holds the sums of aligned runs of 2**k products; segment e = 2**s
         # takes its V/e sums from level s (a seg_log2 beyond log2(V) means one segment of all
-        # V lanes, as in the golden model). Stage 6 adds levels 1 .. split and registers the
-        # level that seg_log2 picks, or level `split` for the wider segments, which stage 7
-        # adds up from there.
-        def add_level(prev):
-            return [(prev[2 * j] + prev[2 * j + 1])[:acc_width].as_signed()
-                    for j in range(len(prev) // 2)]
-
+        # V lanes, as in the golden model). Stage k adds pairs while k <= seg_log2 and passes
+        # the vector on unchanged after that, so the last stage holds the segment sums. (Two
+        # levels in one stage took 12.5 ns on an ECP5-85: each adder's inputs came from far.)
         top = lanes.bit_length() - 1
-        split = (top + 1) // 2
-        low = [s5_product]
-        for _ in range(split):
-            low.append(add_level(low[-1]))
-        s6_partial = [Signal(signed(acc_width), name=f"s6_partial{j}") for j in range(lanes)]
-        for j, partial in enumerate(s6_partial):
-            with m.Switch(self.seg_log2):
-                for s, level in enumerate(low[:split]):
-                    if j < len(level):
-                        with m.Case(s):
-                            m.d.sync += partial.eq(level[j])
-                if j < len(low[split]):
-                    with m.Default():
-                        m.d.sync += partial.eq(low[split][j])
-        high = [s6_partial[:len(low[split])]]
-        for _ in range(split, top):
-            high.append(add_level(high[-1]))
-        segment_sums = [Signal(signed(acc_width), name=f"s7_segment_sum{j}")
-                        for j in range(lanes)]
-        for j, total in enumerate(segment_sums):
-            with m.Switch(self.seg_log2):
-                for s in range(split + 1):
-                    with m.Case(s):
-                        m.d.sync += total.eq(s6_partial[j])
-                for s in range(split + 1, top):
-                    if j < len(high[s - split]):
-                        with m.Case(s):
-                            m.d.sync += total.eq(high[s - split][j])
-                if j < len(high[-1]):
-                    with m.Default():
-                        m.d.sync += total.eq(high[-1][j])
+        level = s5_product
+        for k in range(1, top + 1):
+            summing = self.seg_log2 >= k
+            registered = [Signal(signed(acc_width), name=f"tree{k}_{j}") for j in range(lanes)]
+            for j, out in enumerate(registered):
+                if j < lanes >> k:
+                    total = (level[2 * j] + level[2 * j + 1])[:acc_width].as_signed()
+                    m.d.sync += out.eq(Mux(summing, total, level[j]))
+                else:
+                    m.d.sync += out.eq(level[j])
+            level = registered
+        segment_sums = level
+        acc_stage = 5 + top
 
-        # Stage 8: accumulators --------------------------------------------------------------
+        # Stage 6 + log2(V): accumulators --------------------------------------------------------------
         accumulators = [Signal(signed(acc_width), name=f"acc{j}") for j in range(lanes)]
         updated = [Signal(signed(acc_width), name=f"updated{j}") for j in range(lanes)]
         m.d.comb += [updated[j].eq((accumulators[j] + segment_sums[j])[:acc_width])
                      for j in range(lanes)]
         with m.If(self.clear):
             m.d.sync += [accumulator.eq(0) for accumulator in accumulators]
-        with m.If(valid[7]):
-            with m.If(last[7]):
+        with m.If(valid[acc_stage]):
+            with m.If(last[acc_stage]):
                 m.d.sync += [accumulator.eq(0) for accumulator in accumulators]
             with m.Else():
                 m.d.sync += [accumulators[j].eq(updated[j]) for j in range(lanes)]
         # A row group's sum vector goes straight from the adders into the consumer's queue
         # (no output register: V * acc_width flip-flops fewer); a credit guarantees room.
         m.d.comb += [
-            self.o_sums.valid.eq(valid[7] & last[7]),
+            self.o_sums.valid.eq(valid[acc_stage] & last[acc_stage]),
             self.o_sums.payload.eq(Cat(*updated)),
             self.idle.eq(~Cat(*valid[1:]).any()),
         ]

@@ -102,6 +102,9 @@ class Sequencer(wiring.Component):
         Layer table read port (synchronous).
     weight_addr, weight_en, weight_data : Out, Out(1), In(group_layout(cfg))
         Weight memory read port (synchronous; data holds while ``weight_en`` is low).
+        ``weight_addr`` is a register; between runs it follows ``host_addr``.
+    host_addr : In(17)
+        The command processor's word address.
     row_addr, row_en, row_data : Out, Out(1), In(row_layout(cfg))
         Row memory read port (likewise).
     layer_word : Out(layer_layout(cfg))
@@ -143,6 +146,7 @@ class Sequencer(wiring.Component):
             "row_addr":    Out(cfg.row_addr_width),
             "row_en":      Out(1),
             "row_data":    In(row_layout(cfg)),
+            "host_addr":   In(17),
             "layer_word":  Out(layer_layout(cfg)),
             "group_word":  Out(group_layout(cfg)),
             "row_word":    Out(row_layout(cfg)),
@@ -210,33 +214,40 @@ class Sequencer(wiring.Component):
                 groups.eq(groups + issued),
             ]
 
-        # The streams run (and may stall) in the GS state only; elsewhere the memories read
-        # every cycle. Both come from registers: they drive the memories' enables.
-        streaming = Signal()
-        group_free = ~streaming | ~group_valid | self.o_group.ready
-        row_free = ~streaming | ~row_valid | self.o_row.ready
+        # A stream's register takes the memory's word, and the memory reads on, whenever the
+        # word on offer is taken or there is none: in every state (outside GS nothing is on
+        # offer, so both follow the memory). The enable is one LUT of three registers (valid,
+        # the word's ``last``, the engine's ``no credit``): it fans out to the whole word
+        # register and to every block RAM of the memory.
+        group_free = ~group_valid | self.o_group.ready
+        row_free = ~row_valid | self.o_row.ready
         m.d.comb += [self.weight_en.eq(group_free), self.row_en.eq(row_free)]
+        with m.If(group_free):
+            m.d.sync += group_word.eq(self.weight_data)
+        with m.If(row_free):
+            m.d.sync += row_word.eq(self.row_data)
         running = Signal()
         m.d.comb += self.busy.eq(running)
 
         def step_streams():
             """Move each stream whose offered word is free (taken or absent) on by one: the
-            memory's word into the register, and the next word read (group words while
-            any are left, row records always, wrapping)."""
+            memory's word is valid in the register if it was read for the layer, and the
+            next word is read (group words while any are left, row records always,
+            wrapping)."""
             with m.If(group_free):
-                m.d.sync += [group_word.eq(self.weight_data), group_valid.eq(group_read)]
+                m.d.sync += group_valid.eq(group_read)
                 with m.If(groups_left != 0):
                     m.d.sync += [group_read.eq(1), groups_left.eq(groups_left - 1),
                                  group_ptr.eq(group_ptr + 1)]
                 with m.Else():
                     m.d.sync += group_read.eq(0)
             with m.If(row_free):
-                m.d.sync += [row_word.eq(self.row_data), row_valid.eq(row_read),
+                m.d.sync += [row_valid.eq(row_read),
                              row_ptr.eq(Mux(row_ptr == cfg.row_depth - 1, 0, row_ptr + 1))]
 
         def step_layer():
             m.d.sync += [index.eq(index + 1), left.eq(left - 1), group_read.eq(0),
-                         row_read.eq(0), group_valid.eq(0), row_valid.eq(0), streaming.eq(0),
+                         row_read.eq(0), group_valid.eq(0), row_valid.eq(0),
                          self.owner.eq(ScratchpadOwner.HOST)]
             with m.If(left == 1):
                 m.next = "DONE"
@@ -245,9 +256,10 @@ class Sequencer(wiring.Component):
 
         with m.FSM(name="seq"):
             with m.State("IDLE"):
-                # Between runs the registers follow the memories, for the host's reads.
-                m.d.sync += [layer.eq(self.layer_data), group_word.eq(self.weight_data),
-                             row_word.eq(self.row_data)]
+                # Between runs the registers follow the memories, for the host's reads, and
+                # the weight memory reads at the host's address (a cycle late): its address
+                # is then a register, with no multiplexer in front of its many block RAMs.
+                m.d.sync += [layer.eq(self.layer_data), group_ptr.eq(self.host_addr)]
                 with m.If(self.start):
                     m.d.sync += [index.eq(self.first), left.eq(self.count), running.eq(1)]
                     m.d.sync += [c.eq(0) for c in (cycles, lane_cycles, stalls, groups)]
@@ -280,7 +292,6 @@ class Sequencer(wiring.Component):
                 with m.If(layer.kind == LayerKind.BASIS):
                     m.next = "BASIS_START"
                 with m.Else():
-                    m.d.sync += streaming.eq(1)
                     m.next = "GS"
             with m.State("GS"):
                 # Read ahead, so that a group is offered every cycle the engine takes one; the
@@ -422,6 +433,7 @@ class CommandProcessor(wiring.Component):
         kind = Signal(range(FrameType.RUN + 1))  # request type (0: any unknown one)
         mem = Signal(range(len(MemoryId)))    # memory of the request, once checked
         cur = Signal(17)                      # word address being checked, read or written
+        m.d.comb += seq.host_addr.eq(cur)
         rest = Signal(16)                     # bytes (WRITE) or words (READ) still to go
         ptr = Signal(range(max(cfg.max_payload, len(hello)) + 1))  # payload / HELLO byte index
         ptr_end = Signal()                    # ``ptr`` is past the WRITE payload
@@ -478,15 +490,14 @@ class CommandProcessor(wiring.Component):
                 m.d.comb += [store.rd_addr.eq(Mux(seq.busy, seq.layer_addr, cur)),
                              store.rd_en.eq(1)]
             else:
-                m.d.comb += [store.rd_addr.eq(Mux(seq.busy, seq.weight_addr, cur)),
-                             store.rd_en.eq(~seq.busy | seq.weight_en)]
+                m.d.comb += [store.rd_addr.eq(seq.weight_addr), store.rd_en.eq(seq.weight_en)]
         # The row memory is the one that fits an iCE40UP's SPRAM: the sequencer reads it only
         # while it runs and the host only while it does not, so one address port serves both.
         size = word_sizes[MemoryId.ROWS]
         m.submodules.row_mem = rows = SinglePortMemory(width=8 * size, depth=cfg.row_depth,
                                                        granularity=8)
         m.d.comb += [rows.addr.eq(Mux(seq.busy, seq.row_addr, cur)),
-                     rows.rd_en.eq(~seq.busy | seq.row_en),
+                     rows.rd_en.eq(seq.row_en),
                      rows.wr_en.eq(write_enables(MemoryId.ROWS, size)),
                      rows.wr_data.eq(Cat([self.pl_data] * size)),
                      seq.row_data.eq(rows.rd_data)]
@@ -502,7 +513,12 @@ class CommandProcessor(wiring.Component):
             # whatever the host wrote there.
             word = Cat(value, Const(0, 8 * word_sizes[mem_id] - len(value)))
             picked[mem_id] = Signal(8, name=f"picked_{mem_id.name.lower()}")
-            m.d.sync += picked[mem_id].eq(word.word_select(byte_index, 8))
+            # A copy of byte_index per memory (each with its own enable, so that Yosys keeps
+            # them apart), placed by its word: byte_index went 7 ns across an ECP5-85.
+            index = Signal.like(byte_index, name=f"byte_index_{mem_id.name.lower()}")
+            with m.If(mem == mem_id):
+                m.d.sync += index.eq(byte_index)
+            m.d.sync += picked[mem_id].eq(word.word_select(index, 8))
         picked[MemoryId.ACTS] = Signal(8, name="picked_acts")
         m.d.sync += picked[MemoryId.ACTS].eq(self.act_rd_data)
         picked[MemoryId.COUNTERS] = Signal(8, name="picked_counters")
@@ -688,6 +704,9 @@ class CommandProcessor(wiring.Component):
                 # holds.
                 m.next = "READ_WAIT"
             with m.State("READ_WAIT"):
+                # (The weight memory reads ``cur`` a cycle late.)
+                m.next = "READ_WAIT_2"
+            with m.State("READ_WAIT_2"):
                 m.next = "READ_PICK"
             with m.State("READ_PICK"):
                 m.next = "READ_PICK_2"
@@ -708,7 +727,10 @@ class CommandProcessor(wiring.Component):
                             m.next = "READ_ADDR"
                     with m.Else():
                         m.d.sync += byte_index.eq(byte_index + 1)
-                        m.next = "READ_PICK"
+                        m.next = "READ_NEXT"
+            with m.State("READ_NEXT"):
+                # The per-memory copies of ``byte_index`` take the new index.
+                m.next = "READ_PICK"
 
             with m.State("SEND_HELLO"):
                 # ``tx_byte`` holds HELLO byte ``ptr - 1``.

@@ -19,16 +19,14 @@ from .image import unpack_word
 __all__ = [
     "wrap", "requantize", "quantize", "dequantize", "lane_products", "gs_matvec", "gs_layer",
     "basis_layer", "gs_layer_cycles", "basis_layer_cycles", "GoldenCore", "pow2_encode",
-    "pow2_decode", "ENGINE_LATENCY", "ENGINE_DRAIN", "WRITE_LATENCY", "LAYER_OVERHEAD",
+    "pow2_decode", "engine_latency", "engine_drain", "WRITE_LATENCY", "LAYER_OVERHEAD",
     "BASIS_LATENCY", "RUN_OVERHEAD",
 ]
 
 # Pipeline constants of the RTL (docs/architecture.md, "Cycle model").
-ENGINE_LATENCY = 8    # cycles from a `last` group's acceptance to the writer starting its vector
-ENGINE_DRAIN = 7      # cycles from the issue cycle after a layer's last group to the engine idle
 WRITE_LATENCY = 5     # cycles from the writer's last slot to its write landing
 LAYER_OVERHEAD = 5    # sequencer cycles per layer: fetch, load, prime, fill, step to the next
-BASIS_LATENCY = 10    # cycles from the last basis chunk's issue to its write
+BASIS_LATENCY = 11    # cycles from the last basis chunk's issue to its write
 RUN_OVERHEAD = 1      # cycles of a RUN outside its layers (the sequencer's DONE cycle)
 
 
@@ -114,6 +112,18 @@ def basis_layer(basis, x, n_chunks, shift=0, relu=False, acc_width=24):
 
 # Cycle model ------------------------------------------------------------------------------------
 
+def engine_latency(cfg: CoreConfig):
+    """Cycles from a ``last`` group's acceptance to the writer starting its vector: the bank
+    read, its register, the crossbar's first half, the negation, the shift, one stage per
+    level of the adder tree (log2 V) and the accumulators."""
+    return 6 + cfg.lanes.bit_length() - 1
+
+
+def engine_drain(cfg: CoreConfig):
+    """Cycles from the issue cycle after a layer's last group to the engine being idle."""
+    return engine_latency(cfg) - 1
+
+
 def gs_layer_cycles(rg_groups, segments, cfg: CoreConfig, trailing_groups=0):
     """(cycles, stall cycles) of one GS layer on the core (docs/architecture.md).
 
@@ -137,13 +147,13 @@ def gs_layer_cycles(rg_groups, segments, cfg: CoreConfig, trailing_groups=0):
             issue = returns.popleft()
             credits += 1
         credits -= 1
-        start = max(issue + ENGINE_LATENCY, writer_free)
+        start = max(issue + engine_latency(cfg), writer_free)
         writer_free = start + segments
         returns.append(writer_free)
         issue += 1
     issue += trailing_groups
     # The writer's last write, or (after trailing groups) the engine's pipeline emptying.
-    end = max(writer_free + WRITE_LATENCY, issue + ENGINE_DRAIN if issue else 0)
+    end = max(writer_free + WRITE_LATENCY, issue + engine_drain(cfg) if issue else 0)
     return LAYER_OVERHEAD + end, stalls
 
 

@@ -81,7 +81,7 @@ def test_layer_cut_inside_a_row_group_leaks_nothing(per_row, cut):
     """A hand-written descriptor may end a layer inside a row group: its trailing groups cost
     issue cycles, emit nothing, and must not leak partial sums into the next layer. With
     ``per_row=1`` eight trailing groups outlast the writer, so the layer ends when the
-    engine's pipeline drains (``golden.ENGINE_DRAIN``)."""
+    engine's pipeline drains (``golden.engine_drain(cfg)``)."""
     from gsaccel.hw.layouts import layer_layout
     from gsaccel.sw.image import pack_word, unpack_word
     cfg = CoreConfig(lanes=4, bank_depth=8, weight_depth=64, row_depth=32, layer_depth=4,

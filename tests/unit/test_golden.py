@@ -169,9 +169,17 @@ def test_core_errors_carry_device_codes():
     assert info.value.code == ErrorCode.BAD_MEMORY
 
 
+def test_engine_latency_grows_with_the_adder_tree():
+    """One pipeline stage per adder-tree level: log2(V) of them."""
+    assert [golden.engine_latency(CoreConfig(lanes=v)) for v in (2, 4, 8, 16)] == [7, 8, 9, 10]
+    assert golden.engine_drain(CoreConfig(lanes=16)) == 9
+
+
 def test_cycle_model():
-    lo, el, wl = golden.LAYER_OVERHEAD, golden.ENGINE_LATENCY, golden.WRITE_LATENCY
-    cfg = CoreConfig(lanes=8, result_queue=16)         # two sum vectors in flight
+    # Three sum vectors in flight: enough to keep the writer busy (8 cycles a vector) while
+    # the next one is in the engine (engine_latency = 9).
+    cfg = CoreConfig(lanes=8, result_queue=24)
+    lo, el, wl = golden.LAYER_OVERHEAD, golden.engine_latency(cfg), golden.WRITE_LATENCY
     # Long row groups never stall: one cycle a group, then the last vector's fill and write.
     assert golden.gs_layer_cycles([20] * 10, 8, cfg) == (lo + 199 + el + 8 + wl, 0)
     # One group per row group with eight results each: the writer (one result a cycle) is the

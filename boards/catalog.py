@@ -107,7 +107,8 @@ ICEBREAKER = Board(
     # needs nine multipliers (the UP5K has eight DSPs) and about 1100 LUTs; a one-vector
     # result queue saves 192 flip-flops. docs/boards.md.
     config=CoreConfig(lanes=8, bank_depth=64, weight_depth=512, row_depth=1024,
-                      layer_depth=8, result_queue=8, max_payload=256, basis=False),
+                      layer_depth=8, result_queue=8, max_payload=256, basis=False,
+                      deep_pipeline=False),
     uart=("uart", 0),
     # The break-off PMOD's LEDs are attached at PMOD2 when the board ships.
     leds={"idle": ("led_g", 0, None), "error": ("led_r", 0, None),
@@ -124,12 +125,13 @@ ULX3S_85F = Board(
     device="LFE5U-85F",
     platform_class=ULX3S_85F_Platform,
     osc_hz=25e6,
-    # V = 16 at 40 MHz = 25 MHz * 8 / 5, below the core's Fmax (51.6 MHz; the 100 MHz
-    # target needs more pipelining, see docs/boards.md); 3 Mbaud (the FT231X's top rate) is
-    # then 13 1/3 clocks per bit.
-    clk_hz=40e6,
+    # V = 16 at 100 MHz = 25 MHz * 4 (Fmax 105.6 MHz at seed 1); 3 Mbaud (the FT231X's top
+    # rate) is then 33 1/3 clocks per bit. 1024 group words (16 k weights): with 2048 the
+    # weight memory's 28 block RAMs spread over the chip and its enable and address nets
+    # took the Fmax to 92 MHz (docs/boards.md).
+    clk_hz=100e6,
     baud=3_000_000,
-    config=CoreConfig(lanes=16, bank_depth=64, weight_depth=2048, row_depth=1024,
+    config=CoreConfig(lanes=16, bank_depth=64, weight_depth=1024, row_depth=1024,
                       layer_depth=64, result_queue=64, max_payload=1024),
     uart=("uart", 0),
     leds={"idle": ("led", 0, None), "busy": ("led", 1, None), "error": ("led", 7, None)},

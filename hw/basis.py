@@ -8,12 +8,7 @@ from .config import check_config
 from .scratchpad import bank_addr_width
 from .writer import Requantizer
 
-__all__ = ["BasisUnit", "BASIS_LATENCY"]
-
-#: Cycles from a chunk's issue to its write: the read ports' registers, the scratchpad's
-#: two, the crossbar's two halves, the products, z, the requantiser's two, the saturated
-#: results, and the write ports' registers.
-BASIS_LATENCY = 11
+__all__ = ["BasisUnit"]
 
 
 class BasisUnit(wiring.Component):
@@ -28,7 +23,9 @@ class BasisUnit(wiring.Component):
     products at the end of ``g+5``, z at the end of ``g+6``, the requantiser's two stages at
     the ends of ``g+7`` and ``g+8``, the saturated results at the end of ``g+9``, the write
     ports at the end of ``g+10``, so its three writes are driven in cycle ``g+11``. ``done``
-    pulses in cycle ``n_chunks + BASIS_LATENCY - 1`` (``BASIS_LATENCY = 11``), the last
+    pulses in cycle ``n_chunks + L - 1`` (``L = golden.basis_latency(cfg)`` = 11; without
+    ``cfg.deep_pipeline`` the bank data comes a cycle sooner and every step after it, L = 10),
+    the last
     write cycle when
     ``n_chunks > 0``; ``busy`` is high from cycle 1 through that cycle, and ``start`` is ignored
     while ``busy``.
@@ -102,7 +99,9 @@ class BasisUnit(wiring.Component):
 
         # Control ------------------------------------------------------------------------------
         # Chunk g issues in cycle g after `start` (cycle 0); `remaining` counts down to the
-        # layer's last cycle, n_chunks + BASIS_LATENCY - 1, in which `done` pulses.
+        # layer's last cycle, n_chunks + latency - 1, in which `done` pulses.
+        from ..sw.golden import basis_latency     # the one definition of the cycle contract
+        latency = basis_latency(cfg)
         launch = Signal()
         m.d.comb += launch.eq(self.start & ~self.busy)
         # A layer covers at most one buffer: more chunks are clamped, as in the golden model.
@@ -121,7 +120,7 @@ class BasisUnit(wiring.Component):
         with m.If(launch):
             m.d.sync += [
                 self.busy.eq(1),
-                remaining.eq(n_chunks + BASIS_LATENCY - 2),
+                remaining.eq(n_chunks + latency - 2),
                 at_end.eq(0),
                 issuing.eq(n_chunks > 1),
                 to_issue.eq(n_chunks - 2),
@@ -153,8 +152,8 @@ class BasisUnit(wiring.Component):
             m.d.sync += self.rd_addr[bank].eq(Cat(address, self.src))
 
         # The pipeline's valid bits: valid[k] is chunk g's in cycle g + k.
-        valid = [issue] + [Signal(name=f"s{k}_valid") for k in range(1, BASIS_LATENCY + 1)]
-        for k in range(1, BASIS_LATENCY + 1):
+        valid = [issue] + [Signal(name=f"s{k}_valid") for k in range(1, latency + 1)]
+        for k in range(1, latency + 1):
             m.d.sync += valid[k].eq(valid[k - 1])
 
         # Stage 3: bank -> element crossbar (the bank data arrives two cycles after its
@@ -162,7 +161,7 @@ class BasisUnit(wiring.Component):
         # of four banks is registered, which cuts the long wires from the banks ------------
         bank_of = [[element[k][:bank_bits]] for k in range(3)]
         for k in range(3):
-            for stage in (1, 2, 3):
+            for stage in range(1, 4 if cfg.deep_pipeline else 3):
                 bank_of[k].append(Signal(bank_bits, name=f"s{stage}_bank{k}"))
                 m.d.sync += bank_of[k][-1].eq(bank_of[k][-2])
         quad = min(4, lanes)
@@ -195,7 +194,7 @@ class BasisUnit(wiring.Component):
         # Stages 7 to 10: requantise (two cycles), saturate, and write the three elements (three
         # distinct banks) of the chunk that reaches the end: its columns count up by 3 from
         # 0, as the reads did ------------------------------------------------------------------
-        written = valid[BASIS_LATENCY - 1]
+        written = valid[latency - 1]
         targets = [Signal(cfg.col_width + 2, init=k, name=f"target{k}") for k in range(3)]
         with m.If(launch):
             m.d.sync += [target.eq(k) for k, target in enumerate(targets)]

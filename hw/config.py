@@ -49,6 +49,12 @@ class CoreConfig:
         Include the SmartDeal basis unit (BASIS layers, ``z = B·x``). It needs at least 4
         lanes (it reads a 3-element chunk per cycle), so with fewer the field is set to
         False; it costs 9 multipliers and about 1100 LUTs, so small FPGAs leave it out.
+    deep_pipeline : bool
+        The pipeline that 100 MHz on an ECP5 needs: a register after every scratchpad bank
+        and one engine stage per level of the adder tree (log2 V stages). False: neither,
+        which saves the flip-flops (each a logic cell on an iCE40) that a small FPGA at a
+        lower clock does not need. ``golden.engine_latency`` and ``golden.basis_latency``
+        follow.
     """
 
     lanes: int = 8
@@ -62,6 +68,7 @@ class CoreConfig:
     max_payload: int = 1024
     act_width: int = 8
     basis: bool = True
+    deep_pipeline: bool = True
 
     def __post_init__(self):
         for name in ("lanes", "bank_depth", "acc_width", "weight_depth", "row_depth",
@@ -81,6 +88,8 @@ class CoreConfig:
             raise TypeError(f"Basis must be a bool, not {self.basis!r}")
         if self.lanes < 4:
             object.__setattr__(self, "basis", False)
+        if not isinstance(self.deep_pipeline, bool):
+            raise TypeError(f"Deep pipeline must be a bool, not {self.deep_pipeline!r}")
         if self.act_width != 8:
             raise ValueError(f"Activation width must be 8, not {self.act_width!r}")
         if self.acc_width < (lo := self.act_width + POW2_EXP_MAX + 1):

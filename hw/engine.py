@@ -140,8 +140,9 @@ class GatherEngine(wiring.Component):
         for bank in range(lanes):
             m.d.comb += self.rd_addr[bank].eq(Cat(group.bank_addr[bank], self.src))
 
-        # The pipeline registers of stages 1 .. 5 + log2(V) (valid and last of each).
-        depth = 5 + lanes.bit_length() - 1         # stages before the accumulators
+        # The pipeline registers of the stages before the accumulators (valid and last of
+        # each): 5 + log2(V) of them, or 4 without the deep pipeline.
+        depth = 5 + lanes.bit_length() - 1 if cfg.deep_pipeline else 4
         valid = [accept] + [Signal(name=f"s{k}_valid") for k in range(1, depth + 1)]
         last = [accept & group.last] + [Signal(name=f"s{k}_last") for k in range(1, depth + 1)]
         for k in range(1, depth + 1):
@@ -152,9 +153,20 @@ class GatherEngine(wiring.Component):
         s1_value = [Signal(cfg.value_width, name=f"s1_value{i}") for i in range(lanes)]
         s2_hits = [Signal(lanes, name=f"s2_hits{i}") for i in range(lanes)]
         s2_value = [Signal(cfg.value_width, name=f"s2_value{i}") for i in range(lanes)]
-        for i in range(lanes):
-            m.d.sync += [s1_value[i].eq(group.lanes[i].value), s1_hits[i].eq(hits[i]),
-                         s2_value[i].eq(s1_value[i]), s2_hits[i].eq(s1_hits[i])]
+        if cfg.deep_pipeline:
+            for i in range(lanes):
+                m.d.sync += [s1_value[i].eq(group.lanes[i].value), s1_hits[i].eq(hits[i]),
+                             s2_value[i].eq(s1_value[i]), s2_hits[i].eq(s1_hits[i])]
+        else:
+            # No output register after the scratchpad: no stage 2. And a lane's bank is
+            # registered as a number, not one-hot (log2 V flip-flops instead of V, each an
+            # iCE40 logic cell); the crossbar decodes it.
+            for i in range(lanes):
+                bank = Signal.like(group.lanes[i].bank, name=f"s1_bank{i}")
+                m.d.sync += [s1_value[i].eq(group.lanes[i].value), bank.eq(group.lanes[i].bank)]
+                s1_nonzero = lane_nonzero(cfg, s1_value[i])
+                m.d.comb += [s2_value[i].eq(s1_value[i]),
+                             s2_hits[i].eq(Cat(s1_nonzero & (bank == b) for b in range(lanes)))]
 
         # Stages 3 to 5: bank -> lane crossbar, then the lanes -------------------------------
         # Each stage below ends in a register, so no path crosses more than one of: the
@@ -177,8 +189,9 @@ class GatherEngine(wiring.Component):
                 partials.append(partial)
             s3_value = Signal(cfg.value_width, name=f"s3_value{i}")
             m.d.sync += s3_value.eq(s2_value[i])
-            # The lane registers its first step (stage 4), its product is stage 5's.
-            m.submodules[f"lane{i}"] = lane = Lane(cfg, pipelined=True)
+            # The lane registers its first step (stage 4), its product is stage 5's; without
+            # the deep pipeline the lane is one stage.
+            m.submodules[f"lane{i}"] = lane = Lane(cfg, pipelined=cfg.deep_pipeline)
             x = partials[0]
             for partial in partials[1:]:
                 x = x | partial
@@ -191,20 +204,27 @@ class GatherEngine(wiring.Component):
         # V lanes, as in the golden model). Stage k adds pairs while k <= seg_log2 and passes
         # the vector on unchanged after that, so the last stage holds the segment sums. (Two
         # levels in one stage took 12.5 ns on an ECP5-85: each adder's inputs came from far.)
+        # Without cfg.deep_pipeline the levels are combinational and one register ends the tree.
         top = lanes.bit_length() - 1
         level = s5_product
         for k in range(1, top + 1):
             summing = self.seg_log2 >= k
-            registered = [Signal(signed(acc_width), name=f"tree{k}_{j}") for j in range(lanes)]
-            for j, out in enumerate(registered):
+            if cfg.deep_pipeline or k == top:
+                step = [Signal(signed(acc_width), name=f"tree{k}_{j}") for j in range(lanes)]
+                domain = m.d.sync
+            else:
+                step = [Signal(signed(acc_width), name=f"tree{k}_{j}_comb")
+                        for j in range(lanes)]
+                domain = m.d.comb
+            for j, out in enumerate(step):
                 if j < lanes >> k:
                     total = (level[2 * j] + level[2 * j + 1])[:acc_width].as_signed()
-                    m.d.sync += out.eq(Mux(summing, total, level[j]))
+                    domain += out.eq(Mux(summing, total, level[j]))
                 else:
-                    m.d.sync += out.eq(level[j])
-            level = registered
+                    domain += out.eq(level[j])
+            level = step
         segment_sums = level
-        acc_stage = 5 + top
+        acc_stage = depth
 
         # Stage 6 + log2(V): accumulators --------------------------------------------------------------
         accumulators = [Signal(signed(acc_width), name=f"acc{j}") for j in range(lanes)]

@@ -17,7 +17,8 @@ __all__ = [
     "pow2_code_layout", "lane_layout", "group_layout", "row_layout", "layer_layout",
     "LayerKind", "Memory", "FrameType", "ErrorCode", "FRAME_SYNC", "FRAME_HEADER_BYTES",
     "FRAME_CRC_BYTES", "HELLO_MAGIC", "PROTOCOL_VERSION", "word_bytes", "memory_layout",
-    "memory_depth", "HELLO_FORMAT", "HELLO_FEATURE_BASIS", "COUNTER_NAMES",
+    "memory_depth", "HELLO_FORMAT", "HELLO_FEATURE_BASIS", "HELLO_FEATURE_DEEP_PIPELINE",
+    "COUNTER_NAMES",
 ]
 
 
@@ -142,7 +143,7 @@ FRAME_SYNC = 0xA5
 FRAME_HEADER_BYTES = 5      # sync, type, seq, length
 FRAME_CRC_BYTES = 4
 HELLO_MAGIC = b"GSAC"
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 
 class FrameType(py_enum.IntEnum):
@@ -173,6 +174,9 @@ HELLO_FORMAT = "<4sBBHBBIIHHHB"
 
 #: HELLO feature bit: the core has a basis unit (runs SmartDeal BASIS layers).
 HELLO_FEATURE_BASIS = 0x01
+#: HELLO feature bit: the core has the deep pipeline (``CoreConfig.deep_pipeline``), which
+#: sets ``golden.engine_latency`` and ``golden.basis_latency``.
+HELLO_FEATURE_DEEP_PIPELINE = 0x02
 
 #: The four u32 counters, in the order RUN replies with them and COUNTERS reads them.
 COUNTER_NAMES = ("cycles", "busy_lane_cycles", "stall_cycles", "groups")

@@ -20,8 +20,9 @@ class BankedScratchpad(wiring.Component):
 
     Element ``c`` of buffer ``b`` lives in bank ``c % V`` at bank address
     ``b * bank_depth + c // V`` (docs/architecture.md). Every bank has one read port, whose
-    data is registered once more after the RAM (data two cycles after the address), and one
-    write port; a read and a write of the same address in one cycle return the old word.
+    data is registered once more after the RAM with ``cfg.deep_pipeline`` (data two cycles
+    after the address; else one), and one write port; a read and a write of the same address
+    in one cycle return the old word.
 
     Parameters
     ----------
@@ -32,7 +33,7 @@ class BankedScratchpad(wiring.Component):
     rd_addr : In(BA).array(V)
         Read address of each bank.
     rd_data : Out(signed(8)).array(V)
-        Word at the ``rd_addr`` of two cycles ago.
+        Word at the ``rd_addr`` of two cycles ago (one without ``cfg.deep_pipeline``).
     wr_en, wr_addr, wr_data : In(1), In(BA), In(signed(8)), each ``.array(V)``
         Write port of each bank.
 
@@ -69,7 +70,10 @@ class BankedScratchpad(wiring.Component):
             # The RAM's output goes straight into a register: an ECP5 block RAM's
             # clock-to-output (5.8 ns at speed grade 6) leaves no room for logic after it.
             data = Signal(signed(8), name=f"rd_data{bank}")
-            m.d.sync += data.eq(ram.rd_data)
+            if self._cfg.deep_pipeline:
+                m.d.sync += data.eq(ram.rd_data)
+            else:
+                m.d.comb += data.eq(ram.rd_data)
             m.d.comb += [
                 ram.rd_addr.eq(self.rd_addr[bank]),
                 ram.rd_en.eq(1),

@@ -76,7 +76,8 @@ class Sequencer(wiring.Component):
     * DONE (``done`` high), then idle.
 
     So a GS layer costs ``5 + max(issue end, writer end) + WRITE_LATENCY`` cycles and a BASIS
-    layer ``5 + n_chunks + BASIS_LATENCY``: ``LAYER_OVERHEAD = 5``, ``RUN_OVERHEAD = 1``.
+    layer ``5 + n_chunks + golden.basis_latency(cfg)``: ``LAYER_OVERHEAD = 5``,
+    ``RUN_OVERHEAD = 1``.
 
     Every memory read goes into a register before any logic sees it: the descriptor
     (``layer_word``), the group word on offer and the row record on offer. Between runs they
@@ -516,8 +517,11 @@ class CommandProcessor(wiring.Component):
             # A copy of byte_index per memory (each with its own enable, so that Yosys keeps
             # them apart), placed by its word: byte_index went 7 ns across an ECP5-85.
             index = Signal.like(byte_index, name=f"byte_index_{mem_id.name.lower()}")
-            with m.If(mem == mem_id):
-                m.d.sync += index.eq(byte_index)
+            if cfg.deep_pipeline:
+                with m.If(mem == mem_id):
+                    m.d.sync += index.eq(byte_index)
+            else:
+                m.d.comb += index.eq(byte_index)
             m.d.sync += picked[mem_id].eq(word.word_select(index, 8))
         picked[MemoryId.ACTS] = Signal(8, name="picked_acts")
         m.d.sync += picked[MemoryId.ACTS].eq(self.act_rd_data)

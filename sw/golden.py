@@ -20,13 +20,12 @@ __all__ = [
     "wrap", "requantize", "quantize", "dequantize", "lane_products", "gs_matvec", "gs_layer",
     "basis_layer", "gs_layer_cycles", "basis_layer_cycles", "GoldenCore", "pow2_encode",
     "pow2_decode", "engine_latency", "engine_drain", "WRITE_LATENCY", "LAYER_OVERHEAD",
-    "BASIS_LATENCY", "RUN_OVERHEAD",
+    "basis_latency", "RUN_OVERHEAD",
 ]
 
 # Pipeline constants of the RTL (docs/architecture.md, "Cycle model").
 WRITE_LATENCY = 5     # cycles from the writer's last slot to its write landing
 LAYER_OVERHEAD = 5    # sequencer cycles per layer: fetch, load, prime, fill, step to the next
-BASIS_LATENCY = 11    # cycles from the last basis chunk's issue to its write
 RUN_OVERHEAD = 1      # cycles of a RUN outside its layers (the sequencer's DONE cycle)
 
 
@@ -115,8 +114,11 @@ def basis_layer(basis, x, n_chunks, shift=0, relu=False, acc_width=24):
 def engine_latency(cfg: CoreConfig):
     """Cycles from a ``last`` group's acceptance to the writer starting its vector: the bank
     read, its register, the crossbar's first half, the negation, the shift, one stage per
-    level of the adder tree (log2 V) and the accumulators."""
-    return 6 + cfg.lanes.bit_length() - 1
+    level of the adder tree (log2 V) and the accumulators; without ``cfg.deep_pipeline`` the
+    bank read's register goes, the lane is one stage and so is the tree."""
+    if cfg.deep_pipeline:
+        return 6 + cfg.lanes.bit_length() - 1
+    return 5
 
 
 def engine_drain(cfg: CoreConfig):
@@ -157,8 +159,14 @@ def gs_layer_cycles(rg_groups, segments, cfg: CoreConfig, trailing_groups=0):
     return LAYER_OVERHEAD + end, stalls
 
 
-def basis_layer_cycles(n_chunks):
-    return LAYER_OVERHEAD + n_chunks + BASIS_LATENCY
+def basis_latency(cfg: CoreConfig):
+    """Cycles from the last basis chunk's issue to its write (one fewer without
+    ``cfg.deep_pipeline``: no register after the scratchpad's banks)."""
+    return 11 if cfg.deep_pipeline else 10
+
+
+def basis_layer_cycles(n_chunks, cfg: CoreConfig):
+    return LAYER_OVERHEAD + n_chunks + basis_latency(cfg)
 
 
 # The core ---------------------------------------------------------------------------------------
@@ -261,7 +269,7 @@ class GoldenCore:
                 z = basis_layer(np.reshape(desc["basis"], (3, 3)), src, n, desc["shift"],
                                 desc["relu"], cfg.acc_width)
                 writes = np.arange(3 * n), z
-                counters["cycles"] += basis_layer_cycles(n)
+                counters["cycles"] += basis_layer_cycles(n, cfg)
             else:
                 writes, layer_counters = self._run_gs(desc, src)
                 for name, value in layer_counters.items():

@@ -170,7 +170,7 @@ class Program:
         cycles = RUN_OVERHEAD
         for spec in self.layers:
             if spec.kind == "basis":
-                cycles += basis_layer_cycles(spec.n_chunks)
+                cycles += basis_layer_cycles(spec.n_chunks, self.cfg)
                 weight_bytes += 9
                 continue
             m = spec.matrix

@@ -33,7 +33,8 @@ from dataclasses import dataclass
 
 from ..hw.config import ENCODINGS, CoreConfig
 from ..hw.layouts import (COUNTER_NAMES, FRAME_CRC_BYTES, FRAME_HEADER_BYTES, FRAME_SYNC,
-                          HELLO_FEATURE_BASIS, HELLO_FORMAT, HELLO_MAGIC, PROTOCOL_VERSION, ErrorCode, FrameType,
+                          HELLO_FEATURE_BASIS, HELLO_FEATURE_DEEP_PIPELINE, HELLO_FORMAT, HELLO_MAGIC,
+                          PROTOCOL_VERSION, ErrorCode, FrameType,
                           Memory, memory_depth, memory_layout, word_bytes)
 from .errors import FrameError
 
@@ -231,7 +232,8 @@ def hello_payload(cfg):
     return _HELLO.pack(HELLO_MAGIC, PROTOCOL_VERSION, cfg.lanes, cfg.bank_depth,
                        ENCODINGS.index(cfg.encoding), cfg.acc_width, cfg.weight_depth,
                        cfg.row_depth, cfg.layer_depth, cfg.result_queue, cfg.max_payload,
-                       HELLO_FEATURE_BASIS if cfg.basis else 0)
+                       (HELLO_FEATURE_BASIS if cfg.basis else 0) |
+                       (HELLO_FEATURE_DEEP_PIPELINE if cfg.deep_pipeline else 0))
 
 
 def parse_hello(payload):
@@ -256,7 +258,8 @@ def parse_hello(payload):
         return CoreConfig(lanes=lanes, bank_depth=bank_depth, encoding=ENCODINGS[encoding],
                           acc_width=acc_width, weight_depth=weight_depth, row_depth=row_depth,
                           layer_depth=layer_depth, result_queue=result_queue,
-                          max_payload=max_payload, basis=bool(features & HELLO_FEATURE_BASIS))
+                          max_payload=max_payload, basis=bool(features & HELLO_FEATURE_BASIS),
+                          deep_pipeline=bool(features & HELLO_FEATURE_DEEP_PIPELINE))
     except (TypeError, ValueError) as error:
         raise FrameError(f"HELLO reply describes an invalid core: {error}") from None
 

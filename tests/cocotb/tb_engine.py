@@ -225,4 +225,4 @@ async def test_basis_layers(dut):
         where = f"{n_chunks} chunks {src}->{dst} shift={shift} relu={relu}"
         assert np.array_equal(y[:3 * n_chunks], expected), f"{where}: {y} != {expected}"
         assert np.array_equal(y[3 * n_chunks:], [-77] * 3), f"{where}: wrote past the layer"
-        assert cycles == golden.basis_layer_cycles(n_chunks) - golden.LAYER_OVERHEAD, where
+        assert cycles == golden.basis_layer_cycles(n_chunks, CFG) - golden.LAYER_OVERHEAD, where

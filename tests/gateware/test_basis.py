@@ -36,16 +36,19 @@ def run_basis(cfg, acts, basis, n_chunks, shift, relu, src, dst):
 
     async def memory(ctx):
         # The scratchpad's two cycles of read latency: the word read at one tick is on
-        # rd_data after the next.
+        # rd_data after the next (after that tick without the deep pipeline).
         in_flight = None
         async for _, _, *ports in ctx.tick().sample(*dut.rd_addr, *dut.wr_en, *dut.wr_addr,
                                                     *dut.wr_data):
             rd, en = ports[:lanes], ports[lanes:2 * lanes]
             wr, data = ports[2 * lanes:3 * lanes], ports[3 * lanes:]
+            read = [int(banks[bank, rd[bank]]) for bank in range(lanes)]   # old words
+            if not cfg.deep_pipeline:
+                in_flight = read
             if in_flight is not None:
                 for bank in range(lanes):
                     ctx.set(dut.rd_data[bank], in_flight[bank])
-            in_flight = [int(banks[bank, rd[bank]]) for bank in range(lanes)]   # old words
+            in_flight = read
             for bank in range(lanes):
                 if en[bank]:
                     banks[bank, wr[bank]] = data[bank]
@@ -83,8 +86,10 @@ def run_basis(cfg, acts, basis, n_chunks, shift, relu, src, dst):
 
 @pytest.mark.parametrize("lanes,n_chunks", [(4, 5), (8, 1), (8, 13), (16, 10), (8, 0),
                                             (4, 21), (4, 22), (4, 1000)])
-def test_basis_layer(lanes, n_chunks):
-    cfg = CoreConfig(lanes=lanes, bank_depth=8 if lanes == 16 else 16)
+@pytest.mark.parametrize("deep_pipeline", [True, False])
+def test_basis_layer(lanes, n_chunks, deep_pipeline):
+    cfg = CoreConfig(lanes=lanes, bank_depth=8 if lanes == 16 else 16,
+                     deep_pipeline=deep_pipeline)
     rng = seeded_rng(lanes + n_chunks)
     for src, dst, shift, relu in ((0, 1, 6, 0), (1, 0, 0, 1), (0, 1, 31, 0), (1, 0, 3, 1)):
         acts = rng.integers(-128, 128, 2 * cfg.buffer_size)

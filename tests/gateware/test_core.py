@@ -54,11 +54,13 @@ def session(cfg, rng):
     return frames
 
 
-@pytest.mark.parametrize("lanes,encoding", [(4, "pow2"), (8, "int8"), (2, "int8"),
-                                            (16, "pow2")])
-def test_core_runs_image_like_golden(lanes, encoding):
+@pytest.mark.parametrize("lanes,encoding,deep", [(4, "pow2", True), (8, "int8", True),
+                                                 (2, "int8", True), (16, "pow2", True),
+                                                 (8, "pow2", False), (4, "int8", False)])
+def test_core_runs_image_like_golden(lanes, encoding, deep):
     cfg = CoreConfig(lanes=lanes, bank_depth=64 // lanes, encoding=encoding, weight_depth=192,
-                     row_depth=128, layer_depth=8, result_queue=lanes * 2, max_payload=96)
+                     row_depth=128, layer_depth=8, result_queue=lanes * 2, max_payload=96,
+                     deep_pipeline=deep)
     rng = seeded_rng(lanes)
     frames = session(cfg, rng)
     golden = GoldenCore(cfg)

@@ -154,17 +154,21 @@ def test_datapath_layer(lanes, encoding, pattern, per_row, rows, cols):
 @pytest.mark.parametrize("group_stall,row_stall", [(0.0, 0.0), (0.4, 0.0), (0.0, 0.5),
                                                    (0.3, 0.3)])
 @pytest.mark.parametrize("pattern,per_row", [("gs-gather", 1), ("gs-scatter", 2), ("1xN", 1)])
-def test_datapath_queue_of_one(pattern, per_row, group_stall, row_stall):
+@pytest.mark.parametrize("deep_pipeline", [True, False])
+def test_datapath_queue_of_one(pattern, per_row, group_stall, row_stall, deep_pipeline):
     """One credit (result_queue = V): the engine stalls on every row group; with idle groups
-    and back-pressured rows the outputs are still exact, and free-running the cycles are."""
+    and back-pressured rows the outputs are still exact, and free-running the cycles are.
+    (With and without a pipeline stage per adder-tree level: the iCEBreaker's core has one
+    stage.)"""
     lanes = 8
-    cfg = CoreConfig(lanes=lanes, bank_depth=16, encoding="pow2", result_queue=lanes)
+    cfg = CoreConfig(lanes=lanes, bank_depth=16, encoding="pow2", result_queue=lanes,
+                     deep_pipeline=deep_pipeline)
     rng = seeded_rng(2)
     matrix = random_gs_matrix(rng, pattern, 23, 26, lanes, per_row, "pow2")
     x = rng.integers(-128, 128, 26)
     bias = rng.integers(-(1 << 20), 1 << 20, 23)
     result = run_layer(cfg, matrix, x, bias, 9, 1, group_stall=group_stall, row_stall=row_stall,
-                       name=f"datapath_q1_{pattern}", salt=3)
+                       name=f"datapath_q1_{pattern}_{int(deep_pipeline)}", salt=3)
     np.testing.assert_array_equal(result["y"], golden.gs_layer(matrix, x, bias, 9, 1))
     assert result["busy"] == matrix.nnz
     if not group_stall and not row_stall:

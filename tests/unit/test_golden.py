@@ -138,7 +138,7 @@ def test_core_interpreter_equals_the_kernels(rng, encoding):
         src = buffers[layer.src]
         if layer.kind == "basis":
             y = golden.basis_layer(layer.basis, src, layer.n_chunks, layer.shift, layer.relu)
-            cycles += golden.basis_layer_cycles(layer.n_chunks)
+            cycles += golden.basis_layer_cycles(layer.n_chunks, cfg)
         else:
             y = golden.gs_layer(layer.matrix, src, layer.bias, layer.shift, layer.relu)
             cycles += golden.gs_layer_cycles(layer.matrix.rg_groups, layer.matrix.segments,

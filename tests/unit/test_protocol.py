@@ -112,7 +112,8 @@ def test_encode_frame_rejects(kwargs, message):
                                                           encoding="int8", acc_width=32,
                                                           weight_depth=100, row_depth=77,
                                                           max_payload=300),
-                                 CoreConfig(lanes=8, basis=False), CoreConfig(lanes=2)])
+                                 CoreConfig(lanes=8, basis=False), CoreConfig(lanes=2),
+                                 CoreConfig(lanes=16, deep_pipeline=False)])
 def test_hello_round_trip(cfg):
     assert parse_hello(hello_payload(cfg)) == cfg
 
@@ -121,7 +122,7 @@ def test_hello_rejects_bad_magic_version_and_size():
     good = hello_payload(CoreConfig())
     with pytest.raises(FrameError, match=r"^HELLO magic must be b'GSAC', not b'XSAC'$"):
         parse_hello(b"X" + good[1:])
-    with pytest.raises(FrameError, match=r"^Protocol version must be 2, not 9$"):
+    with pytest.raises(FrameError, match=r"^Protocol version must be 3, not 9$"):
         parse_hello(HELLO_MAGIC + b"\x09" + good[5:])
     with pytest.raises(FrameError, match=r"^HELLO reply must be \d+ bytes, not 3$"):
         parse_hello(good[:3])

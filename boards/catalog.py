@@ -102,10 +102,12 @@ ICEBREAKER = Board(
     # clocks per bit.
     clk_hz=30e6,
     baud=3_000_000,
-    # V = 8 shift lanes: 4271 of 5280 logic cells, all 30 EBR (16 of them for the 121-bit
-    # group words) and the row memory in 3 of the 4 SPRAMs; Fmax 30.7 MHz. No basis unit: it
-    # needs nine multipliers (the UP5K has eight DSPs) and about 1100 LUTs; a one-vector
-    # result queue saves 192 flip-flops. docs/boards.md.
+    # V = 8 shift lanes: 5272 of 5280 logic cells (the fit is tight: 4037 LUTs, 2390 FFs),
+    # all 30 EBR (16 of them for the 121-bit group words) and the row memory in 3 of the 4
+    # SPRAMs; Fmax 31.8 MHz. No deep pipeline (its registers cost a logic cell each and
+    # 30 MHz does not need them). No basis unit: it needs nine multipliers (the UP5K has
+    # eight DSPs) and about 1100 LUTs; a one-vector result queue saves 192 flip-flops.
+    # docs/boards.md.
     config=CoreConfig(lanes=8, bank_depth=64, weight_depth=512, row_depth=1024,
                       layer_depth=8, result_queue=8, max_payload=256, basis=False,
                       deep_pipeline=False),

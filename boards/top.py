@@ -110,6 +110,9 @@ class SerialCore(wiring.Component):
     rx_fifo_depth : int
         Bytes buffered between the receiver and the core, so the host may stream a frame
         while the core is still busy with the previous one.
+    tx_fifo_depth : int
+        Bytes queued between the core and the transmitter (0: none), which takes the UART's
+        bit timing out of the core's reply handshake.
 
     Members
     -------
@@ -123,12 +126,13 @@ class SerialCore(wiring.Component):
         The core reports an error, or the receiver saw a framing error or an overrun.
     """
 
-    def __init__(self, *, core, divisor, rx_fifo_depth=16):
+    def __init__(self, *, core, divisor, rx_fifo_depth=16, tx_fifo_depth=0):
         if not isinstance(rx_fifo_depth, int) or rx_fifo_depth <= 0:
             raise TypeError(f"Receive FIFO depth must be a positive integer, "
                             f"not {rx_fifo_depth!r}")
         self._core = core
         self._rx_fifo_depth = rx_fifo_depth
+        self._tx_fifo_depth = tx_fifo_depth
         # Built here so that a clock too slow for the rate fails before elaboration.
         self._rx = UARTReceiver(divisor=divisor)
         self._tx = UARTTransmitter(divisor=divisor)
@@ -149,10 +153,25 @@ class SerialCore(wiring.Component):
         m.submodules.tx = tx = self._tx
         m.submodules.rx_fifo = rx_fifo = fifo.SyncFIFOBuffered(width=8,
                                                                 depth=self._rx_fifo_depth)
-        # A small queue before the transmitter, so that the UART's bit timing is no part of
-        # the core's reply handshake (a long path from the baud phase into the core's FSMs).
-        m.submodules.tx_fifo = tx_fifo = fifo.SyncFIFOBuffered(width=8, depth=4)
         m.submodules.core = core = self._core
+        if self._tx_fifo_depth:
+            # A small queue before the transmitter, so that the UART's bit timing is no part
+            # of the core's reply handshake (a long path from the baud phase into the core's
+            # FSMs at 100 MHz).
+            m.submodules.tx_fifo = tx_fifo = fifo.SyncFIFOBuffered(
+                width=8, depth=self._tx_fifo_depth)
+            m.d.comb += [
+                tx_fifo.w_data.eq(core.o_stream.payload),
+                tx_fifo.w_en.eq(core.o_stream.valid),
+                core.o_stream.ready.eq(tx_fifo.w_rdy),
+                tx.i_stream.payload.eq(tx_fifo.r_data),
+                tx.i_stream.valid.eq(tx_fifo.r_rdy),
+                tx_fifo.r_en.eq(tx.i_stream.ready),
+            ]
+            tx_queued = tx_fifo.r_rdy
+        else:
+            wiring.connect(m, core.o_stream, tx.i_stream)
+            tx_queued = 0
         m.d.comb += [
             rx.rx.eq(self.rx),
             self.tx.eq(tx.tx),
@@ -162,13 +181,7 @@ class SerialCore(wiring.Component):
             core.i_stream.payload.eq(rx_fifo.r_data),
             core.i_stream.valid.eq(rx_fifo.r_rdy),
             rx_fifo.r_en.eq(core.i_stream.ready),
-            tx_fifo.w_data.eq(core.o_stream.payload),
-            tx_fifo.w_en.eq(core.o_stream.valid),
-            core.o_stream.ready.eq(tx_fifo.w_rdy),
-            tx.i_stream.payload.eq(tx_fifo.r_data),
-            tx.i_stream.valid.eq(tx_fifo.r_rdy),
-            tx_fifo.r_en.eq(tx.i_stream.ready),
-            self.busy.eq(core.busy | rx.busy | tx.busy | rx_fifo.r_rdy | tx_fifo.r_rdy),
+            self.busy.eq(core.busy | rx.busy | tx.busy | rx_fifo.r_rdy | tx_queued),
             self.error.eq(core.error | rx.framing_error | rx.overrun),
         ]
         return m
@@ -208,8 +221,11 @@ class BoardTop(Elaboratable):
             self._pll = ecp5_pll_setting(board.osc_hz, clk_hz)
             self._clk_hz = self._pll.f_out
         self._divisor = uart_divisor(self._clk_hz, baud)
+        # The ECP5 boards run at 100 MHz, where the transmitter's handshake needs the queue;
+        # an iCE40 at 30 MHz does not, and the queue's flip-flops are logic cells there.
         self._serial = SerialCore(core=core, divisor=self._divisor,
-                                  rx_fifo_depth=rx_fifo_depth)
+                                  rx_fifo_depth=rx_fifo_depth,
+                                  tx_fifo_depth=4 if board.family == "ecp5" else 0)
 
     @property
     def clk_hz(self):

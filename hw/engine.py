@@ -141,8 +141,8 @@ class GatherEngine(wiring.Component):
             m.d.comb += self.rd_addr[bank].eq(Cat(group.bank_addr[bank], self.src))
 
         # The pipeline registers of the stages before the accumulators (valid and last of
-        # each): 5 + log2(V) of them, or 4 without the deep pipeline.
-        depth = 5 + lanes.bit_length() - 1 if cfg.deep_pipeline else 4
+        # each): 5 + log2(V) of them, or 5 without the deep pipeline.
+        depth = 5 + lanes.bit_length() - 1 if cfg.deep_pipeline else 5
         valid = [accept] + [Signal(name=f"s{k}_valid") for k in range(1, depth + 1)]
         last = [accept & group.last] + [Signal(name=f"s{k}_last") for k in range(1, depth + 1)]
         for k in range(1, depth + 1):
@@ -153,20 +153,11 @@ class GatherEngine(wiring.Component):
         s1_value = [Signal(cfg.value_width, name=f"s1_value{i}") for i in range(lanes)]
         s2_hits = [Signal(lanes, name=f"s2_hits{i}") for i in range(lanes)]
         s2_value = [Signal(cfg.value_width, name=f"s2_value{i}") for i in range(lanes)]
-        if cfg.deep_pipeline:
-            for i in range(lanes):
-                m.d.sync += [s1_value[i].eq(group.lanes[i].value), s1_hits[i].eq(hits[i]),
-                             s2_value[i].eq(s1_value[i]), s2_hits[i].eq(s1_hits[i])]
-        else:
-            # No output register after the scratchpad: no stage 2. And a lane's bank is
-            # registered as a number, not one-hot (log2 V flip-flops instead of V, each an
-            # iCE40 logic cell); the crossbar decodes it.
-            for i in range(lanes):
-                bank = Signal.like(group.lanes[i].bank, name=f"s1_bank{i}")
-                m.d.sync += [s1_value[i].eq(group.lanes[i].value), bank.eq(group.lanes[i].bank)]
-                s1_nonzero = lane_nonzero(cfg, s1_value[i])
-                m.d.comb += [s2_value[i].eq(s1_value[i]),
-                             s2_hits[i].eq(Cat(s1_nonzero & (bank == b) for b in range(lanes)))]
+        # (Without the deep pipeline the scratchpad has no output register: no stage 2.)
+        stage2 = m.d.sync if cfg.deep_pipeline else m.d.comb
+        for i in range(lanes):
+            m.d.sync += [s1_value[i].eq(group.lanes[i].value), s1_hits[i].eq(hits[i])]
+            stage2 += [s2_value[i].eq(s1_value[i]), s2_hits[i].eq(s1_hits[i])]
 
         # Stages 3 to 5: bank -> lane crossbar, then the lanes -------------------------------
         # Each stage below ends in a register, so no path crosses more than one of: the
@@ -189,9 +180,8 @@ class GatherEngine(wiring.Component):
                 partials.append(partial)
             s3_value = Signal(cfg.value_width, name=f"s3_value{i}")
             m.d.sync += s3_value.eq(s2_value[i])
-            # The lane registers its first step (stage 4), its product is stage 5's; without
-            # the deep pipeline the lane is one stage.
-            m.submodules[f"lane{i}"] = lane = Lane(cfg, pipelined=cfg.deep_pipeline)
+            # The lane registers its first step (stage 4), its product is stage 5's.
+            m.submodules[f"lane{i}"] = lane = Lane(cfg, pipelined=True)
             x = partials[0]
             for partial in partials[1:]:
                 x = x | partial

@@ -115,10 +115,10 @@ def engine_latency(cfg: CoreConfig):
     """Cycles from a ``last`` group's acceptance to the writer starting its vector: the bank
     read, its register, the crossbar's first half, the negation, the shift, one stage per
     level of the adder tree (log2 V) and the accumulators; without ``cfg.deep_pipeline`` the
-    bank read's register goes, the lane is one stage and so is the tree."""
+    bank read's register goes and the tree is one stage."""
     if cfg.deep_pipeline:
         return 6 + cfg.lanes.bit_length() - 1
-    return 5
+    return 6
 
 
 def engine_drain(cfg: CoreConfig):

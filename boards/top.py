@@ -50,15 +50,9 @@ class LoopbackCore(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.queue = queue = fifo.SyncFIFOBuffered(width=8, depth=self._depth)
-        m.d.comb += [
-            queue.w_data.eq(self.i_stream.payload),
-            queue.w_en.eq(self.i_stream.valid),
-            self.i_stream.ready.eq(queue.w_rdy),
-            self.o_stream.payload.eq(queue.r_data),
-            self.o_stream.valid.eq(queue.r_rdy),
-            queue.r_en.eq(self.o_stream.ready),
-            self.busy.eq(queue.r_rdy),
-        ]
+        wiring.connect(m, wiring.flipped(self.i_stream), queue.w_stream)
+        wiring.connect(m, queue.r_stream, wiring.flipped(self.o_stream))
+        m.d.comb += self.busy.eq(queue.r_rdy)
         return m
 
 
@@ -154,20 +148,16 @@ class SerialCore(wiring.Component):
         m.submodules.rx_fifo = rx_fifo = fifo.SyncFIFOBuffered(width=8,
                                                                 depth=self._rx_fifo_depth)
         m.submodules.core = core = self._core
+        wiring.connect(m, rx.o_stream, rx_fifo.w_stream)
+        wiring.connect(m, rx_fifo.r_stream, core.i_stream)
         if self._tx_fifo_depth:
             # A small queue before the transmitter, so that the UART's bit timing is no part
             # of the core's reply handshake (a long path from the baud phase into the core's
             # FSMs at 100 MHz).
             m.submodules.tx_fifo = tx_fifo = fifo.SyncFIFOBuffered(
                 width=8, depth=self._tx_fifo_depth)
-            m.d.comb += [
-                tx_fifo.w_data.eq(core.o_stream.payload),
-                tx_fifo.w_en.eq(core.o_stream.valid),
-                core.o_stream.ready.eq(tx_fifo.w_rdy),
-                tx.i_stream.payload.eq(tx_fifo.r_data),
-                tx.i_stream.valid.eq(tx_fifo.r_rdy),
-                tx_fifo.r_en.eq(tx.i_stream.ready),
-            ]
+            wiring.connect(m, core.o_stream, tx_fifo.w_stream)
+            wiring.connect(m, tx_fifo.r_stream, tx.i_stream)
             tx_queued = tx_fifo.r_rdy
         else:
             wiring.connect(m, core.o_stream, tx.i_stream)
@@ -175,12 +165,6 @@ class SerialCore(wiring.Component):
         m.d.comb += [
             rx.rx.eq(self.rx),
             self.tx.eq(tx.tx),
-            rx_fifo.w_data.eq(rx.o_stream.payload),
-            rx_fifo.w_en.eq(rx.o_stream.valid),
-            rx.o_stream.ready.eq(rx_fifo.w_rdy),
-            core.i_stream.payload.eq(rx_fifo.r_data),
-            core.i_stream.valid.eq(rx_fifo.r_rdy),
-            rx_fifo.r_en.eq(core.i_stream.ready),
             self.busy.eq(core.busy | rx.busy | tx.busy | rx_fifo.r_rdy | tx_queued),
             self.error.eq(core.error | rx.framing_error | rx.overrun),
         ]

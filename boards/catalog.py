@@ -127,7 +127,7 @@ ULX3S_85F = Board(
     device="LFE5U-85F",
     platform_class=ULX3S_85F_Platform,
     osc_hz=25e6,
-    # V = 16 at 100 MHz = 25 MHz * 4 (Fmax 105.6 MHz at seed 1); 3 Mbaud (the FT231X's top
+    # V = 16 at 100 MHz = 25 MHz * 4 (Fmax 104.2 MHz at seed 1); 3 Mbaud (the FT231X's top
     # rate) is then 33 1/3 clocks per bit. 1024 group words (16 k weights): with 2048 the
     # weight memory's 28 block RAMs spread over the chip and its enable and address nets
     # took the Fmax to 92 MHz (docs/boards.md).

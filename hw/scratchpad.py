@@ -21,8 +21,9 @@ class BankedScratchpad(wiring.Component):
     Element ``c`` of buffer ``b`` lives in bank ``c % V`` at bank address
     ``b * bank_depth + c // V`` (docs/architecture.md). Every bank has one read port, whose
     data is registered once more after the RAM with ``cfg.deep_pipeline`` (data two cycles
-    after the address; else one), and one write port; a read and a write of the same address
-    in one cycle return the old word.
+    after the address; else one), and one write port (registered too with the deep pipeline:
+    the word is written a cycle later); a read and a write of the same address in one cycle
+    return the old word.
 
     Parameters
     ----------
@@ -78,6 +79,13 @@ class BankedScratchpad(wiring.Component):
                 ram.rd_addr.eq(self.rd_addr[bank]),
                 ram.rd_en.eq(1),
                 self.rd_data[bank].eq(data),
+            ]
+            # With the deep pipeline the write port is registered too: the engine's writer,
+            # the basis unit and the host share it through a multiplexer, which then does not
+            # sit in front of the RAM. (A write lands a cycle later; nothing reads a word in
+            # the cycle after writing it.)
+            write = m.d.sync if self._cfg.deep_pipeline else m.d.comb
+            write += [
                 ram.wr_addr.eq(self.wr_addr[bank]),
                 ram.wr_data.eq(self.wr_data[bank]),
                 ram.wr_en.eq(self.wr_en[bank]),

@@ -62,6 +62,7 @@ class DatapathTB:
             dut.host_wr_en.value = 1
             await RisingEdge(dut.clk)
         dut.host_wr_en.value = 0
+        await RisingEdge(dut.clk)        # the scratchpad's write port is registered
 
     async def read_buffer(self, buffer, count):
         dut = self.dut

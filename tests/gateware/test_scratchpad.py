@@ -32,6 +32,7 @@ def test_random_traffic(lanes, bank_depth):
     async def bench(ctx):
         expected = None
         in_flight = None        # what the read issued a cycle ago returns after this tick
+        pending = []            # the writes issued in the last two cycles
         for _ in range(200):
             rd = rng.integers(0, depth, lanes)
             wr = rng.integers(0, depth, lanes)
@@ -45,8 +46,13 @@ def test_random_traffic(lanes, bank_depth):
                 ctx.set(dut.wr_addr[bank], int(wr[bank]))
                 ctx.set(dut.wr_en[bank], int(en[bank]))
                 ctx.set(dut.wr_data[bank], int(data[bank]))
+            # The write port is registered too: a write reaches the RAM at the edge after the
+            # one that takes it, so a read sees the writes issued two or more cycles before.
+            if len(pending) == 2:
+                done_en, done_wr, done_data = pending.pop(0)
+                model[np.arange(lanes)[done_en], done_wr[done_en]] = done_data[done_en]
+            pending.append((en, wr, data))
             old = model[np.arange(lanes), rd].copy()
-            model[np.arange(lanes)[en], wr[en]] = data[en]
             await ctx.tick()
             if in_flight is not None:
                 got = [ctx.get(dut.rd_data[bank]) for bank in range(lanes)]

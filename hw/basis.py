@@ -152,8 +152,8 @@ class BasisUnit(wiring.Component):
             m.d.sync += self.rd_addr[bank].eq(Cat(address, self.src))
 
         # The pipeline's valid bits: valid[k] is chunk g's in cycle g + k.
-        valid = [issue] + [Signal(name=f"s{k}_valid") for k in range(1, latency + 1)]
-        for k in range(1, latency + 1):
+        valid = [issue] + [Signal(name=f"s{k}_valid") for k in range(1, latency)]
+        for k in range(1, latency):
             m.d.sync += valid[k].eq(valid[k - 1])
 
         # Stage 3: bank -> element crossbar (the bank data arrives two cycles after its

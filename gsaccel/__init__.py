@@ -14,14 +14,16 @@ gsaccel`` stays light (torch is loaded only by what needs it)::
 
 import importlib
 
+from . import _compat  # noqa: F401  (old module names keep importing)
+
 __version__ = "0.1.0"
 __all__ = ["prune", "compile", "connect", "offload", "CoreConfig", "GSMatrix"]
 
 _EXPORTS = {
     "prune":      ("gsaccel.sw.prune", "prune"),
-    "compile":    ("gsaccel.sw.compiler", "compile"),
-    "connect":    ("gsaccel.sw.targets", "connect"),
-    "offload":    ("gsaccel.sw.offload", "offload"),
+    "compile":    ("gsaccel.sw.compile", "compile"),
+    "connect":    ("gsaccel.sw.runtime.targets", "connect"),
+    "offload":    ("gsaccel.sw.runtime.offload", "offload"),
     "CoreConfig": ("gsaccel.hw.config", "CoreConfig"),
     "GSMatrix":   ("gsaccel.sw.format", "GSMatrix"),
 }

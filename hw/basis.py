@@ -5,10 +5,17 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from .config import check_config
-from .scratchpad import bank_addr_width
+from .scratchpad import bank_addr_width, read_latency
 from .writer import Requantizer
 
-__all__ = ["BasisUnit"]
+__all__ = ["BasisUnit", "basis_latency"]
+
+
+def basis_latency(cfg):
+    """Cycles from a chunk's issue to its three writes: the read-address register, the
+    scratchpad's read (:func:`read_latency`), the crossbar's first half, x, the products, z,
+    the requantiser's stages, the saturated result and the write-port register."""
+    return 1 + read_latency(cfg) + 4 + Requantizer.PIPELINED_LATENCY + 2
 
 
 class BasisUnit(wiring.Component):
@@ -23,7 +30,7 @@ class BasisUnit(wiring.Component):
     products at the end of ``g+5``, z at the end of ``g+6``, the requantiser's two stages at
     the ends of ``g+7`` and ``g+8``, the saturated results at the end of ``g+9``, the write
     ports at the end of ``g+10``, so its three writes are driven in cycle ``g+11``. ``done``
-    pulses in cycle ``n_chunks + L - 1`` (``L = golden.basis_latency(cfg)`` = 11; without
+    pulses in cycle ``n_chunks + L - 1`` (``L = basis_latency(cfg)`` = 11; without
     ``cfg.deep_pipeline`` the bank data comes a cycle sooner and every step after it, L = 10),
     the last
     write cycle when
@@ -100,7 +107,6 @@ class BasisUnit(wiring.Component):
         # Control ------------------------------------------------------------------------------
         # Chunk g issues in cycle g after `start` (cycle 0); `remaining` counts down to the
         # layer's last cycle, n_chunks + latency - 1, in which `done` pulses.
-        from ..sw.golden import basis_latency     # the one definition of the cycle contract
         latency = basis_latency(cfg)
         launch = Signal()
         m.d.comb += launch.eq(self.start & ~self.busy)

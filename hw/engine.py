@@ -8,9 +8,24 @@ from amaranth.lib.wiring import In, Out
 from .config import check_config
 from .lane import Lane, lane_nonzero
 from .layouts import group_layout
-from .scratchpad import bank_addr_width
+from .scratchpad import bank_addr_width, read_latency
 
-__all__ = ["GatherEngine", "sums_layout"]
+__all__ = ["GatherEngine", "sums_layout", "pipeline_depth", "engine_latency"]
+
+
+def pipeline_depth(cfg):
+    """Registered stages from a group's acceptance to the accumulators: the scratchpad's
+    read (:func:`read_latency`), the crossbar's second half and the negation, the lane's
+    shift, its product, and the adder tree (one stage per level with ``cfg.deep_pipeline``,
+    else one)."""
+    tree_stages = cfg.lanes.bit_length() - 1 if cfg.deep_pipeline else 1
+    return read_latency(cfg) + 3 + tree_stages
+
+
+def engine_latency(cfg):
+    """Cycles from a ``last`` group's acceptance to the writer starting on its sum vector:
+    :func:`pipeline_depth`, then the accumulators."""
+    return pipeline_depth(cfg) + 1
 
 
 def sums_layout(cfg):
@@ -29,7 +44,7 @@ class GatherEngine(wiring.Component):
     ``t+4+log2(V)`` (each registered), and adds the segment sums into the accumulators in
     ``t+5+log2(V)``; if it is a ``last`` group its sum vector is offered at ``o_sums`` in
     that same cycle, combinationally from the accumulator adders
-    (``golden.engine_latency(cfg)`` is one more). Each stage is short enough for 100 MHz on an ECP5.
+    (:func:`engine_latency` is one more). Each stage is short enough for 100 MHz on an ECP5.
 
     A ``last`` group is accepted only while the engine holds a credit; it starts with
     ``result_queue // V`` credits, takes one per accepted ``last`` group and gets one back per
@@ -142,7 +157,7 @@ class GatherEngine(wiring.Component):
 
         # The pipeline registers of the stages before the accumulators (valid and last of
         # each): 5 + log2(V) of them, or 5 without the deep pipeline.
-        depth = 5 + lanes.bit_length() - 1 if cfg.deep_pipeline else 5
+        depth = pipeline_depth(cfg)
         valid = [accept] + [Signal(name=f"s{k}_valid") for k in range(1, depth + 1)]
         last = [accept & group.last] + [Signal(name=f"s{k}_last") for k in range(1, depth + 1)]
         for k in range(1, depth + 1):

@@ -1,23 +1,24 @@
 """Every payload layout of the core, defined once as a function of the config.
 
-The gateware, the packer (``gsaccel.sw.program``), the golden model and the testbenches all
-import these; a field changes here or nowhere. Amaranth packs struct fields from the least
+The gateware, the packer (``gsaccel.sw.compile``), the golden model and the testbenches
+all import these; a field changes here or nowhere. Amaranth packs struct fields from the least
 significant bit up, in the order written, and memories and frames store words little-endian in
 ``word_bytes(layout)`` bytes.
 """
 
 import enum as py_enum
+import struct
 
 from amaranth.hdl import signed, unsigned
 from amaranth.lib import data, enum
 
-from .config import CoreConfig
+from .config import ENCODINGS, CoreConfig
 
 __all__ = [
     "pow2_code_layout", "lane_layout", "group_layout", "row_layout", "layer_layout",
     "LayerKind", "Memory", "FrameType", "ErrorCode", "FRAME_SYNC", "FRAME_HEADER_BYTES",
     "FRAME_CRC_BYTES", "HELLO_MAGIC", "PROTOCOL_VERSION", "word_bytes", "memory_layout",
-    "memory_depth", "HELLO_FORMAT", "HELLO_FEATURE_BASIS", "HELLO_FEATURE_DEEP_PIPELINE",
+    "memory_depth", "HELLO_FORMAT", "hello_payload", "HELLO_FEATURE_BASIS", "HELLO_FEATURE_DEEP_PIPELINE",
     "COUNTER_NAMES",
 ]
 
@@ -175,8 +176,18 @@ HELLO_FORMAT = "<4sBBHBBIIHHHB"
 #: HELLO feature bit: the core has a basis unit (runs SmartDeal BASIS layers).
 HELLO_FEATURE_BASIS = 0x01
 #: HELLO feature bit: the core has the deep pipeline (``CoreConfig.deep_pipeline``), which
-#: sets ``golden.engine_latency`` and ``golden.basis_latency``.
+#: lengthens the engine's and the basis unit's pipelines.
 HELLO_FEATURE_DEEP_PIPELINE = 0x02
+
+
+def hello_payload(cfg):
+    """The HELLO reply's payload bytes for a core of ``cfg`` (``HELLO_FORMAT``): the command
+    processor sends these bytes, and the host's ``parse_hello`` reads them back."""
+    return struct.pack(HELLO_FORMAT, HELLO_MAGIC, PROTOCOL_VERSION, cfg.lanes, cfg.bank_depth,
+                       ENCODINGS.index(cfg.encoding), cfg.acc_width, cfg.weight_depth,
+                       cfg.row_depth, cfg.layer_depth, cfg.result_queue, cfg.max_payload,
+                       (HELLO_FEATURE_BASIS if cfg.basis else 0) |
+                       (HELLO_FEATURE_DEEP_PIPELINE if cfg.deep_pipeline else 0))
 
 #: The four u32 counters, in the order RUN replies with them and COUNTERS reads them.
 COUNTER_NAMES = ("cycles", "busy_lane_cycles", "stall_cycles", "groups")

@@ -7,12 +7,18 @@ from amaranth.lib.wiring import In, Out
 from .config import check_config
 from .memory import SimpleDualPortMemory
 
-__all__ = ["BankedScratchpad", "bank_addr_width"]
+__all__ = ["BankedScratchpad", "bank_addr_width", "read_latency"]
 
 
 def bank_addr_width(cfg):
     """Bits of a bank address: both buffers, ``log2(2 * bank_depth)``."""
     return (2 * cfg.bank_depth - 1).bit_length()
+
+
+def read_latency(cfg):
+    """Cycles from a bank's ``rd_addr`` to its ``rd_data``: the block RAM's, plus its output
+    register with ``cfg.deep_pipeline``."""
+    return 2 if cfg.deep_pipeline else 1
 
 
 class BankedScratchpad(wiring.Component):

@@ -13,16 +13,24 @@ from amaranth.lib.wiring import In, Out
 
 from .config import check_config
 from .framing import frame_layout, reply_layout
-from .layouts import (COUNTER_NAMES, ErrorCode, FrameType, LayerKind, Memory as MemoryId, group_layout,
-                      layer_layout, memory_depth, memory_layout, row_layout, word_bytes)
+from .layouts import (COUNTER_NAMES, ErrorCode, FrameType, LayerKind, Memory as MemoryId,
+                      group_layout, hello_payload, layer_layout, memory_depth, memory_layout,
+                      row_layout, word_bytes)
 from .memory import SimpleDualPortMemory, SinglePortMemory
+from .writer import WRITE_LATENCY
 
-__all__ = ["Sequencer", "CommandProcessor", "ScratchpadOwner"]
+__all__ = ["Sequencer", "CommandProcessor", "ScratchpadOwner", "LAYER_OVERHEAD", "RUN_OVERHEAD"]
+
+#: Sequencer cycles per layer outside its datapath time: descriptor FETCH and LOAD, PRIME
+#: and FILL of the streams, and the step to the next layer.
+LAYER_OVERHEAD = 5
+#: Cycles of a RUN outside its layers: the sequencer's DONE cycle.
+RUN_OVERHEAD = 1
 
 #: Fewest cycles a GS layer spends in the GS state. A layer with groups always takes more
-#: (its last write lands WRITE_LATENCY = 5 cycles after the writer's last slot); this makes an
+#: (its last write lands WRITE_LATENCY cycles after the writer's last slot); this makes an
 #: empty layer cost ``LAYER_OVERHEAD + 0 + WRITE_LATENCY`` too, as the golden model says.
-_MIN_GS_CYCLES = 6
+_MIN_GS_CYCLES = WRITE_LATENCY + 1
 
 
 class ScratchpadOwner(enum.Enum, shape=2):
@@ -76,7 +84,7 @@ class Sequencer(wiring.Component):
     * DONE (``done`` high), then idle.
 
     So a GS layer costs ``5 + max(issue end, writer end) + WRITE_LATENCY`` cycles and a BASIS
-    layer ``5 + n_chunks + golden.basis_latency(cfg)``: ``LAYER_OVERHEAD = 5``,
+    layer ``5 + n_chunks + basis_latency(cfg)``: ``LAYER_OVERHEAD = 5``,
     ``RUN_OVERHEAD = 1``.
 
     Every memory read goes into a register before any logic sees it: the descriptor
@@ -403,7 +411,6 @@ class CommandProcessor(wiring.Component):
         return self._cfg
 
     def elaborate(self, platform):
-        from ..sw.protocol import hello_payload   # the one definition of the HELLO reply
 
         cfg = self._cfg
         m = Module()

@@ -11,7 +11,11 @@ from .engine import sums_layout
 from .layouts import row_layout
 from .scratchpad import bank_addr_width
 
-__all__ = ["Requantizer", "ResultWriter"]
+__all__ = ["Requantizer", "ResultWriter", "WRITE_LATENCY"]
+
+#: Cycles from the writer's last slot of a row to its write landing in the scratchpad: the
+#: sum + bias, the requantiser's stages, the saturation and the registered write port.
+WRITE_LATENCY = 5
 
 
 class Requantizer(wiring.Component):
@@ -63,9 +67,17 @@ class Requantizer(wiring.Component):
             "result": Out(signed(8)),
         })
 
+    #: Cycles from ``value`` to ``result`` when pipelined (the registers after the rounding
+    #: add and after the shift); 0 otherwise.
+    PIPELINED_LATENCY = 2
+
     @property
     def acc_width(self):
         return self._acc_width
+
+    @property
+    def latency(self):
+        return self.PIPELINED_LATENCY if self._pipelined else 0
 
     def elaborate(self, platform):
         m = Module()

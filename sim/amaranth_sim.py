@@ -33,7 +33,7 @@ async def stream_put(ctx, stream, payload, *, stall=None):
     stream : stream interface
     payload : int, dict or list
         Anything ``ctx.set`` accepts for the stream's payload shape; an ``int`` for a layout
-        payload is taken as its packed bits (a word from :func:`gsaccel.sw.image.pack_word`).
+        payload is taken as its packed bits (a word from :func:`gsaccel.sw.format.words.pack_word`).
     stall : iterator of bool, optional
         One value per offered cycle; a true value keeps ``valid`` low for that cycle (idle
         insertion).

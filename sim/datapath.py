@@ -18,7 +18,7 @@ from ..hw.layouts import group_layout, row_layout
 from ..hw.scratchpad import BankedScratchpad
 from ..hw.writer import ResultWriter
 from ..sw.format import PATTERNS, GSMatrix
-from ..sw.image import LayerSpec, build_image
+from ..sw.compile.image import LayerSpec, build_image
 
 __all__ = ["Datapath", "random_weight_values", "random_gs_matrix", "layer_words"]
 

@@ -69,8 +69,6 @@ def _source_key(cfg, trace):
     digest = hashlib.sha256()
     for path in sorted(hw_dir.glob("*.py")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    # The HELLO reply is built by the host codec; it is part of the gateware.
-    digest.update((Path(__file__).resolve().parent.parent / "sw" / "protocol.py").read_bytes())
     digest.update(HARNESS_SOURCE.read_bytes())
     digest.update((Path(__file__).resolve().parent / "verilog_text.py").read_bytes())
     digest.update(f"{amaranth.__version__}|{verilator_version()}|{cfg.to_json()}|{trace}|"
@@ -126,7 +124,7 @@ def build_native(cfg, *, trace=False):
 
 
 def _build(cfg, trace, build_dir):
-    from ..sw.cmd_verilog import core_verilog
+    from ..hw.export import core_verilog
     text = compact_zero_memory_init(core_verilog(cfg))
     source = build_dir / "gsaccel_core.v"
     source.write_text(text)

@@ -56,7 +56,7 @@ def run_demo(*, target="sim", lanes=8, sparsity=0.75, pattern="gs-gather", seed=
 def _run_demo(*, target, lanes, sparsity, pattern, seed, epochs, finetune_epochs, console,
               allow_fallback):
     from ..hw.config import CoreConfig
-    from .targets import connect
+    from .runtime.targets import connect
 
     # A board's core is what its bitstream made it: ask it (HELLO) before pruning, then
     # prune and compile for that core. The sim and golden targets are built for the lanes.
@@ -79,11 +79,11 @@ def _train_prune_run(*, target, cfg, board, sparsity, pattern, seed, epochs,
                                TimeElapsedColumn)
     from rich.table import Table
 
-    from .compiler import compile
-    from .device import GoldenDevice
+    from .compile import compile
+    from .runtime.device import GoldenDevice
     from .models import DigitsMLP, digits_data, evaluate, train
     from .prune import prune
-    from .targets import connect
+    from .runtime.targets import connect
 
     lanes = cfg.lanes
     result = DemoResult(target=target, lanes=lanes, sparsity=sparsity, pattern=pattern,

@@ -15,9 +15,9 @@ from cocotb.triggers import RisingEdge
 from gsaccel.hw.config import CoreConfig
 from gsaccel.hw.layouts import ErrorCode, FrameType, Memory
 from gsaccel.sim.cocotb_streams import StreamSink, StreamSource
-from gsaccel.sw import protocol
+from gsaccel.sw.runtime import protocol
 from gsaccel.sw.golden import GoldenCore
-from gsaccel.sw.image import LayerSpec, build_image
+from gsaccel.sw.compile.image import LayerSpec, build_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "gateware"))
 from core_host import image_requests, random_matrix, reference_reply  # noqa: E402

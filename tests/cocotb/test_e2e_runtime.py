@@ -13,11 +13,11 @@ from torch import nn
 
 from gsaccel.hw.config import CoreConfig
 from gsaccel.hw.layouts import ErrorCode, FrameType, Memory, memory_depth
-from gsaccel.sw import protocol
-from gsaccel.sw.compiler import compile
-from gsaccel.sw.device import Device, GoldenDevice
+from gsaccel.sw.runtime import protocol
+from gsaccel.sw.compile import compile
+from gsaccel.sw.runtime.device import Device, GoldenDevice
 from gsaccel.sw.errors import DeviceError
-from gsaccel.sw.transport import Transport
+from gsaccel.sw.runtime.transport import Transport
 
 pytestmark = pytest.mark.verilator
 
@@ -35,7 +35,7 @@ def _verilator():
 
 
 def _sim(cfg, wrap=None):
-    from gsaccel.sim.verilator_transport import VerilatorTransport
+    from gsaccel.sw.runtime.verilator import VerilatorTransport
     transport = VerilatorTransport(cfg)
     return Device(transport if wrap is None else wrap(transport), timeout=30.0)
 
@@ -74,7 +74,7 @@ def test_digits_test_split_is_bit_exact(digits_program):
 
 
 def test_every_layer_is_bit_exact(digits_program):
-    from gsaccel.sw.cmd_runtime import compare_layers
+    from gsaccel.sw.cli.runtime import compare_layers
     model, data, program = digits_program
     with _sim(program.cfg) as device:
         device.load(program)
@@ -107,7 +107,7 @@ def test_conv_avgpool_linear_is_bit_exact():
 
 
 def test_offload_forward_runs_on_the_sim(digits_program):
-    from gsaccel.sw.offload import offload
+    from gsaccel.sw.runtime.offload import offload
     model, data, program = digits_program
     with offload(model, target="sim", example_input=data.x_train[:256]) as fast:
         y = fast(data.x_test[:16])

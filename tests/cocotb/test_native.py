@@ -10,11 +10,11 @@ import pytest
 from gsaccel.hw.config import CoreConfig
 from gsaccel.hw.layouts import FrameType, Memory
 from gsaccel.sim.amaranth_sim import seeded_rng
-from gsaccel.sw import protocol
-from gsaccel.sw.device import Device
+from gsaccel.sw.runtime import protocol
+from gsaccel.sw.runtime.device import Device
 from gsaccel.sw.errors import DeviceError, DeviceTimeout
 from gsaccel.sw.golden import GoldenCore
-from gsaccel.sw.image import LayerSpec, build_image
+from gsaccel.sw.compile.image import LayerSpec, build_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "gateware"))
 from core_host import image_requests, random_matrix, reference_reply  # noqa: E402
@@ -28,7 +28,7 @@ CFG = CoreConfig()
 @pytest.fixture(scope="module")
 def transport():
     from gsaccel.sim.build import require_verilator
-    from gsaccel.sim.verilator_transport import VerilatorTransport
+    from gsaccel.sw.runtime.verilator import VerilatorTransport
     require_verilator()
     transport = VerilatorTransport(CFG)
     yield transport
@@ -93,7 +93,7 @@ def test_device_api_over_sim(transport):
 
 def test_speed():
     """A long run: 16 layers of a full weight memory, repeated; reports cycles/s."""
-    from gsaccel.sim.verilator_transport import VerilatorTransport
+    from gsaccel.sw.runtime.verilator import VerilatorTransport
     from gsaccel.sw.format import GSMatrix
     rng = seeded_rng(12)
     cfg = CFG
@@ -132,7 +132,7 @@ def test_speed():
 
 def test_timeout_and_dead_process():
     from gsaccel.sim.build import require_verilator
-    from gsaccel.sim.verilator_transport import VerilatorTransport
+    from gsaccel.sw.runtime.verilator import VerilatorTransport
     require_verilator()
     transport = VerilatorTransport(CFG)
     with pytest.raises(DeviceTimeout, match=r"^The Verilator simulation must deliver 1 bytes "
@@ -150,7 +150,7 @@ def test_timeout_and_dead_process():
 
 def test_stats_reported_at_exit():
     from gsaccel.sim.build import require_verilator
-    from gsaccel.sim.verilator_transport import VerilatorTransport
+    from gsaccel.sw.runtime.verilator import VerilatorTransport
     require_verilator()
     transport = VerilatorTransport(CFG)
     transport.send(protocol.encode_frame(FrameType.RUN, 1, protocol.run_payload(0, 2)))
@@ -164,7 +164,7 @@ def test_stats_reported_at_exit():
 def test_many_requests_before_reading():
     """A host may queue far more than a pipe holds before it reads the replies."""
     from gsaccel.sim.build import require_verilator
-    from gsaccel.sim.verilator_transport import VerilatorTransport
+    from gsaccel.sw.runtime.verilator import VerilatorTransport
     require_verilator()
     count = protocol.max_read_words(CFG, Memory.ACTS)
     request = protocol.encode_frame(FrameType.READ, 5, protocol.read_payload(Memory.ACTS, 0,
@@ -180,7 +180,7 @@ def test_many_requests_before_reading():
 def test_trace_build_writes_waves(tmp_path):
     """A trace build (a separate cached build) dumps a VCD of the run."""
     from gsaccel.sim.build import require_verilator
-    from gsaccel.sim.verilator_transport import VerilatorTransport
+    from gsaccel.sw.runtime.verilator import VerilatorTransport
     require_verilator()
     waves = tmp_path / "core.vcd"
     with VerilatorTransport(CFG, trace=waves) as transport:
@@ -196,7 +196,7 @@ def test_run_command_dumps_waves(tmp_path):
     import numpy as np
     import torch
     from gsaccel.sim.build import require_verilator
-    from gsaccel.sw.cli import main
+    from gsaccel.sw.cli.main import main
     require_verilator()
     torch.manual_seed(0)
     torch.save(torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU()), tmp_path / "m.pt")

@@ -10,7 +10,7 @@ import numpy as np
 from gsaccel.hw.core import GsaccelCore
 from gsaccel.hw.layouts import ErrorCode, FrameType, Memory, memory_depth
 from gsaccel.sim.amaranth_sim import run_sim, seeded_rng, stall_pattern, stream_get, stream_put
-from gsaccel.sw import protocol
+from gsaccel.sw.runtime import protocol
 from gsaccel.sw.errors import DeviceError
 
 

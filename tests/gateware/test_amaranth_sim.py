@@ -10,9 +10,8 @@ from amaranth.lib.wiring import In, Out
 
 from gsaccel.hw.config import CoreConfig
 from gsaccel.hw.layouts import row_layout
-from gsaccel.sim.amaranth_sim import (run_sim, seeded_rng, stall_pattern, stream_get,
-                                      stream_put)
-from gsaccel.sw.image import pack_word
+from gsaccel.sim.amaranth_sim import run_sim, seeded_rng, stall_pattern, stream_get, stream_put
+from gsaccel.sw.format.words import pack_word
 
 
 class StreamFifo(wiring.Component):

@@ -10,7 +10,7 @@ from gsaccel.hw.basis import BasisUnit
 from gsaccel.hw.layouts import LayerKind, Memory, layer_layout
 from gsaccel.sim.amaranth_sim import background, run_sim, seeded_rng
 from gsaccel.sw import golden
-from gsaccel.sw.image import pack_word
+from gsaccel.sw.format.words import pack_word
 
 
 def test_rejects_bad_config():

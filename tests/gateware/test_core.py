@@ -8,9 +8,9 @@ import pytest
 from gsaccel.hw.config import CoreConfig
 from gsaccel.hw.layouts import FrameType, Memory
 from gsaccel.sim.amaranth_sim import seeded_rng
-from gsaccel.sw import protocol
+from gsaccel.sw.runtime import protocol
 from gsaccel.sw.golden import GoldenCore
-from gsaccel.sw.image import LayerSpec, build_image
+from gsaccel.sw.compile.image import LayerSpec, build_image
 
 from core_host import image_requests, random_matrix, reference_reply, run_core
 
@@ -85,7 +85,7 @@ def test_layer_cut_inside_a_row_group_leaks_nothing(per_row, cut):
     ``per_row=1`` eight trailing groups outlast the writer, so the layer ends when the
     engine's pipeline drains (``golden.engine_drain(cfg)``)."""
     from gsaccel.hw.layouts import layer_layout
-    from gsaccel.sw.image import pack_word, unpack_word
+    from gsaccel.sw.format.words import pack_word, unpack_word
     cfg = CoreConfig(lanes=4, bank_depth=8, weight_depth=64, row_depth=32, layer_depth=4,
                      result_queue=8, max_payload=96)
     rng = seeded_rng(99)
@@ -118,7 +118,7 @@ def test_core_without_basis_unit_passes_over_a_basis_descriptor():
     sequencer's two BASIS states only)."""
     from gsaccel.hw.layouts import LayerKind, layer_layout
     from gsaccel.sw.errors import ShapeError
-    from gsaccel.sw.image import pack_word
+    from gsaccel.sw.format.words import pack_word
     cfg = CoreConfig(lanes=4, bank_depth=8, weight_depth=64, row_depth=32, layer_depth=4,
                      result_queue=8, max_payload=96, basis=False)
     assert "basis" not in layer_layout(cfg).members

@@ -6,9 +6,9 @@ import pytest
 from gsaccel.hw.config import CoreConfig
 from gsaccel.hw.framing import FrameReceiver, FrameTransmitter
 from gsaccel.hw.layouts import ErrorCode, FrameType
-from gsaccel.sim.amaranth_sim import (background, run_sim, seeded_rng, stall_pattern,
-                                      stream_get, stream_put)
-from gsaccel.sw.protocol import FrameParser, encode_frame
+from gsaccel.sim.amaranth_sim import (background, run_sim, seeded_rng, stall_pattern, stream_get,
+                                      stream_put)
+from gsaccel.sw.runtime.protocol import FrameParser, encode_frame
 
 CFG = CoreConfig(lanes=4, bank_depth=16, max_payload=40)
 

@@ -9,7 +9,7 @@ from gsaccel.hw.config import CoreConfig
 from gsaccel.hw.layouts import ErrorCode, FrameType, Memory, memory_depth
 from gsaccel.hw.sequencer import CommandProcessor, Sequencer
 from gsaccel.sim.amaranth_sim import seeded_rng
-from gsaccel.sw import protocol
+from gsaccel.sw.runtime import protocol
 from gsaccel.sw.golden import GoldenCore
 
 from core_host import reference_reply, run_core
@@ -106,7 +106,7 @@ def test_control_blocks_reject_bad_config():
 
 def test_empty_layers_cost_what_golden_says():
     from gsaccel.hw.layouts import LayerKind, layer_layout
-    from gsaccel.sw.image import pack_word
+    from gsaccel.sw.format.words import pack_word
     cfg = CFG
     basis = pack_word(layer_layout(cfg), {"kind": LayerKind.BASIS, "src": 0, "dst": 1,
                                           "group_count": 0, "basis": [1] * 9})
@@ -122,11 +122,10 @@ def test_sequencer_streams_layers_under_back_pressure():
     """The Sequencer alone, with memories and datapath emulated by the testbench: groups and
     row records stream in order under random back-pressure, BASIS layers get their
     parameters, and the counters add up what the datapath reported."""
-    from gsaccel.hw.layouts import (COUNTER_NAMES, LayerKind, group_layout, layer_layout,
-                                    row_layout)
+    from gsaccel.hw.layouts import COUNTER_NAMES, LayerKind, group_layout, layer_layout, row_layout
     from gsaccel.hw.sequencer import ScratchpadOwner
     from gsaccel.sim.amaranth_sim import background, run_sim, stall_pattern
-    from gsaccel.sw.image import pack_word, unpack_word
+    from gsaccel.sw.format.words import pack_word, unpack_word
 
     cfg = CFG
     rng = seeded_rng(21)

@@ -20,10 +20,9 @@ from gsaccel.hw.core import GsaccelCore
 from gsaccel.hw.layouts import FrameType, Memory
 from gsaccel.hw.uart import UARTReceiver, UARTTransmitter, uart_divisor
 from gsaccel.sim import amaranth_sim
-from gsaccel.sw.protocol import (encode_frame, hello_payload, read_payload, words_to_bytes,
-                                 write_payload)
-from gsaccel.sim.amaranth_sim import (background, seeded_rng, stall_pattern, stream_get,
-                                      stream_put)
+from gsaccel.sw.runtime.protocol import (encode_frame, hello_payload, read_payload, words_to_bytes,
+                                         write_payload)
+from gsaccel.sim.amaranth_sim import background, seeded_rng, stall_pattern, stream_get, stream_put
 
 # Clock cycles per bit: 12, 15 and 18 MHz / 3 Mbaud (iCEBreaker clocks), 25 MHz / 3 Mbaud,
 # 48 MHz / 3 Mbaud (OrangeCrab), 100 MHz / 3 Mbaud (ULX3S), 25 MHz / 921600 baud (a float).

@@ -7,8 +7,8 @@ import subprocess
 import pytest
 
 from gsaccel.hw.config import CoreConfig
-from gsaccel.sw.cli import main
-from gsaccel.sw.cmd_verilog import BLOCKS, block_component
+from gsaccel.sw.cli.main import main
+from gsaccel.hw.export import BLOCKS, block_component
 from gsaccel.sw.errors import GsaccelError
 
 #: Verilator -Wall warnings that Amaranth's Verilog (Yosys write_verilog) triggers by
@@ -38,7 +38,7 @@ def test_every_block_converts(block):
 
 
 def test_bad_block_and_config(capsys):
-    with pytest.raises(GsaccelError, match=r"^Block must be one of .*, not 'alu'$"):
+    with pytest.raises(ValueError, match=r"^Block must be one of .*, not 'alu'$"):
         block_component("alu", CoreConfig())
     assert main(["verilog", "--lanes", "3", "-o", "/dev/null"]) == 1
     assert "Lane count must be 2, 4, 8 or 16, not 3" in capsys.readouterr().err

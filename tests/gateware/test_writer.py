@@ -6,8 +6,7 @@ import pytest
 
 from gsaccel.hw.config import CoreConfig
 from gsaccel.hw.writer import Requantizer, ResultWriter
-from gsaccel.sim.amaranth_sim import (background, run_sim, seeded_rng, stall_pattern,
-                                      stream_put)
+from gsaccel.sim.amaranth_sim import background, run_sim, seeded_rng, stall_pattern, stream_put
 from gsaccel.sw import golden
 
 

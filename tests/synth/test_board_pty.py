@@ -25,9 +25,9 @@ def test_serial_target_over_pty_is_bit_exact():
     from torch import nn
 
     from gsaccel.boards.ptysim import PtySimulation
-    from gsaccel.sw.compiler import compile
-    from gsaccel.sw.device import GoldenDevice
-    from gsaccel.sw.targets import connect
+    from gsaccel.sw.compile import compile
+    from gsaccel.sw.runtime.device import GoldenDevice
+    from gsaccel.sw.runtime.targets import connect
 
     cfg = CoreConfig(lanes=4, bank_depth=32, weight_depth=512, row_depth=128, layer_depth=4,
                      result_queue=8, max_payload=256)

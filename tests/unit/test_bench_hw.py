@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from gsaccel.sw.bench_hw import lane_cells, pattern_masks
+from gsaccel.sw.bench.hw import lane_cells, pattern_masks
 from gsaccel.sw.format import GSMatrix
 
 
@@ -28,7 +28,7 @@ def test_shift_lane_uses_no_dsp_and_fewer_luts_than_a_lut_multiplier():
 @pytest.mark.slow
 @pytest.mark.verilator
 def test_quick_bench_runs_on_the_rtl(tmp_path):
-    from gsaccel.sw.bench_hw import run
+    from gsaccel.sw.bench.hw import run
     text = run(out_dir=tmp_path, quick=True)
     assert "matched the golden model bit for bit and cycle for cycle" in text
     assert text.count("| 75.0% |") == 5

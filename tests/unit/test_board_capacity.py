@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from gsaccel.boards.catalog import BOARDS
-from gsaccel.sw.compiler import compile
-from gsaccel.sw.device import GoldenDevice
+from gsaccel.sw.compile import compile
+from gsaccel.sw.runtime.device import GoldenDevice
 from gsaccel.sw.models import DigitsMLP
 from gsaccel.sw.prune import prune
 

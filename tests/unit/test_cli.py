@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from gsaccel.sw.cli import build_parser, main
+from gsaccel.sw.cli.main import build_parser, main
 
 
 def subcommands():
@@ -37,9 +37,9 @@ def test_unknown_subcommand_is_a_usage_error():
 
 def test_docs_cli_page_is_current():
     from pathlib import Path
-    from gsaccel.sw.cli_docs import render
+    from gsaccel.sw.cli.docs import render
     text = (Path(__file__).parents[2] / "docs" / "cli.md").read_text()
     for name in subcommands():
         assert f"## gsaccel {name}" in text, f"docs/cli.md has no section for {name}"
     assert text == render(), ("docs/cli.md is stale: regenerate it with "
-                              "`python -m gsaccel.sw.cli_docs > docs/cli.md`")
+                              "`python -m gsaccel.sw.cli.docs > docs/cli.md`")

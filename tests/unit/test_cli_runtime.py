@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from gsaccel.sw.cli import main
-from gsaccel.sw.program import Program
+from gsaccel.sw.cli.main import main
+from gsaccel.sw.compile.program import Program
 
 SEED = int(os.environ.get("GSACCEL_SEED", "1234"))
 

@@ -19,7 +19,7 @@ from gsaccel.boards.catalog import BOARDS, get_board
 from gsaccel.boards.flash import BitstreamNotFound, flash_board, flash_command
 from gsaccel.boards.pll import ecp5_pll_setting, ice40_pll_setting
 from gsaccel.boards.top import BoardTop, LoopbackCore
-from gsaccel.sw.cli import main
+from gsaccel.sw.cli.main import main
 from gsaccel.sw.errors import BoardNotFound, CapacityError, ToolNotFound
 
 
@@ -309,7 +309,7 @@ def test_dfu_suffix():
 
 def test_bench_table():
     from gsaccel.boards.build import BuildResult
-    from gsaccel.sw.bench_boards import markdown_table
+    from gsaccel.sw.bench.boards import markdown_table
     cfg = BOARDS["icebreaker"].config
     result = BuildResult(board="icebreaker", config=cfg, clk_hz=12e6, baud=3_000_000,
                          resources={"LUT": (3060, 5280), "FF": (1488, 5280), "BRAM": (22, 30),

@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from gsaccel.hw.config import CoreConfig
-from gsaccel.sw.compiler import compile, float_trace, lower, quantize_weights
-from gsaccel.sw.device import GoldenDevice
+from gsaccel.sw.compile import compile, float_trace, lower, quantize_weights
+from gsaccel.sw.runtime.device import GoldenDevice
 from gsaccel.sw.errors import CapacityError, ShapeError, UnsupportedError
-from gsaccel.sw.program import Program
+from gsaccel.sw.compile.program import Program
 
 SEED = int(os.environ.get("GSACCEL_SEED", "1234"))
 

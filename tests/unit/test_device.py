@@ -14,10 +14,10 @@ import pytest
 
 from gsaccel.hw.config import CoreConfig
 from gsaccel.hw.layouts import COUNTER_NAMES, ErrorCode, FrameType, Memory, memory_depth
-from gsaccel.sw import protocol
-from gsaccel.sw.device import Device
+from gsaccel.sw.runtime import protocol
+from gsaccel.sw.runtime.device import Device
 from gsaccel.sw.errors import DeviceError, DeviceTimeout, FrameError
-from gsaccel.sw.transport import Transport
+from gsaccel.sw.runtime.transport import Transport
 
 SEED = int(os.environ.get("GSACCEL_SEED", "1234"))
 CFG = CoreConfig(lanes=4, bank_depth=16, max_payload=64, weight_depth=64, row_depth=64)
@@ -249,9 +249,9 @@ def test_device_parameters_are_checked(kwargs, message):
 
 # Targets ------------------------------------------------------------------------------------
 
-from gsaccel.sw.errors import BoardNotFound, GsaccelError  # noqa: E402
-from gsaccel.sw.serial_transport import SerialTransport  # noqa: E402
-from gsaccel.sw.targets import connect, parse_target  # noqa: E402
+from gsaccel.sw.errors import BoardNotFound, GsaccelError
+from gsaccel.sw.runtime.serial import SerialTransport
+from gsaccel.sw.runtime.targets import connect, parse_target
 
 
 @pytest.mark.parametrize("target, parsed", [
@@ -297,8 +297,8 @@ def test_serial_loopback_is_not_mistaken_for_a_device():
 
 def test_lost_run_reply_repeats_the_whole_inference():
     from gsaccel.sw.format import GSMatrix
-    from gsaccel.sw.image import LayerSpec
-    from gsaccel.sw.program import Program
+    from gsaccel.sw.compile.image import LayerSpec
+    from gsaccel.sw.compile.program import Program
     matrix = GSMatrix.from_dense(np.eye(4, dtype=np.int64), "unstructured", 4)
     program = Program(CFG, [LayerSpec("gs", matrix, np.zeros(4, np.int64), 0, False, 0, 1)],
                       input_shape=(4,), input_scale_log2=0, output_shape=(4,),

@@ -10,7 +10,8 @@ from gsaccel.sim.stimulus import PATTERN_CASES, random_pattern_matrix
 from gsaccel.sw import golden
 from gsaccel.sw.errors import CapacityError, DeviceError, ShapeError
 from gsaccel.sw.format import GSMatrix
-from gsaccel.sw.image import LayerSpec, build_image, pack_word, unpack_word
+from gsaccel.sw.compile.image import LayerSpec, build_image
+from gsaccel.sw.format.words import pack_word, unpack_word
 from gsaccel.hw.layouts import group_layout, layer_layout, row_layout
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from gsaccel.sw.cli import main
+from gsaccel.sw.cli.main import main
 from gsaccel.sw.format import GSMatrix
 from gsaccel.sw.prune import prune
 

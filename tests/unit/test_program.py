@@ -9,11 +9,11 @@ import pytest
 
 from gsaccel.hw.config import CoreConfig
 from gsaccel.hw.layouts import Memory
-from gsaccel.sw.device import GoldenDevice
+from gsaccel.sw.runtime.device import GoldenDevice
 from gsaccel.sw.errors import DeviceError, FormatError, ShapeError
 from gsaccel.sw.format import GSMatrix
-from gsaccel.sw.image import LayerSpec
-from gsaccel.sw.program import GSP_MAGIC, Program
+from gsaccel.sw.compile.image import LayerSpec
+from gsaccel.sw.compile.program import GSP_MAGIC, Program
 
 SEED = int(os.environ.get("GSACCEL_SEED", "1234"))
 CFG = CoreConfig(lanes=4, bank_depth=16)

@@ -10,13 +10,14 @@ import pytest
 from gsaccel.hw.config import CoreConfig
 from gsaccel.hw.layouts import (COUNTER_NAMES, FRAME_SYNC, HELLO_MAGIC, ErrorCode, FrameType,
                                 Memory, memory_depth)
-from gsaccel.sw import protocol
+from gsaccel.sw.runtime import protocol
 from gsaccel.sw.errors import FrameError
-from gsaccel.sw.protocol import (Frame, FrameParser, bytes_to_words, counters_payload,
-                                 encode_frame, error_payload, hello_payload, max_read_words,
-                                 max_write_words, parse_counters, parse_error, parse_hello,
-                                 parse_read, parse_run, parse_write, read_payload, run_payload,
-                                 word_size, words_to_bytes, write_payload)
+from gsaccel.sw.runtime.protocol import (Frame, FrameParser, bytes_to_words, counters_payload,
+                                         encode_frame, error_payload, hello_payload,
+                                         max_read_words, max_write_words, parse_counters,
+                                         parse_error, parse_hello, parse_read, parse_run,
+                                         parse_write, read_payload, run_payload, word_size,
+                                         words_to_bytes, write_payload)
 
 SEED = int(os.environ.get("GSACCEL_SEED", "1234"))
 

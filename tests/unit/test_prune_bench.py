@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from gsaccel.sw.bench_pruning import _quantise_pow2, measure
+from gsaccel.sw.bench.pruning import _quantise_pow2, measure
 from gsaccel.sw.prune import prune
 
 
@@ -37,7 +37,7 @@ def test_measure_sparsity_bytes_utilisation():
 
 @pytest.mark.slow
 def test_quick_bench_rewrites_its_section(tmp_path):
-    from gsaccel.sw.bench_pruning import run
+    from gsaccel.sw.bench.pruning import run
     (tmp_path / "pruning.md").write_text("# Pruning\nhand-written text\n"
                                          "<!-- bench:pruning:start -->\nold\n"
                                          "<!-- bench:pruning:end -->\ntail text\n")

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from gsaccel.sw.cli import main
+from gsaccel.sw.cli.main import main
 from gsaccel.sw.prune import PatternInfo, pattern_info, smartdeal_factors
 
 

@@ -1,0 +1,278 @@
+"""Accuracy of each pruning pattern on the digits models (``gsaccel bench pruning``).
+
+For each seed, model (:class:`~gsaccel.sw.models.DigitsMLP`, :class:`~gsaccel.sw.models.DigitsCNN`),
+pattern and sparsity: train dense, prune every Linear/Conv2d layer and fine-tune (1×N: prune
+from scratch with the cubic schedule; SmartDeal: re-fit C·B after every fine-tuning epoch), then
+report test accuracy, real sparsity and the bytes of every layer packed with
+:meth:`GSMatrix.from_dense` (pow2 codes; conv layers in their GEMM view). The table replaces the
+section between the ``bench:pruning`` markers of ``<out_dir>/pruning.md``; the plot goes to
+``<out_dir>/img/pruning.png``.
+"""
+
+import copy
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["run", "SETTINGS", "QUICK_SETTINGS", "PATTERN_RUNS", "measure", "time_gs_layer"]
+
+logger = logging.getLogger(__name__)
+
+LANES = 8
+
+#: (label, prune() pattern, per_row, options) of every row of the table.
+PATTERN_RUNS = (
+    ("GS-gather e=1", "gs-gather", 1, {}),
+    (f"GS-gather e={LANES}", "gs-gather", LANES, {}),
+    ("GS-scatter e=1", "gs-scatter", 1, {}),
+    ("1×N (SUBP, from scratch)", "1xN", 1, {}),
+    ("SmartDeal (C' 1×N)", "smartdeal", 1, {}),
+    ("SmartDeal (C' GS-gather)", "smartdeal", 1, {"c_pattern": "gs-gather"}),
+    ("unstructured", "unstructured", 1, {}),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    seeds: tuple
+    models: tuple
+    sparsities: tuple
+    dense_epochs: int
+    finetune_epochs: int
+    lr: tuple = (("MLP", 3e-3), ("CNN", 1e-2))
+    finetune_lr: tuple = (("MLP", 1e-3), ("CNN", 3e-3))
+    smartdeal_lr: float = 5e-3      # C's exponents only move under larger steps
+    #: Layers left dense: the CNN's first conv has 72 weights (9 per output), too few to prune.
+    exclude: tuple = (("MLP", ()), ("CNN", ("0",)))
+
+
+SETTINGS = Settings(seeds=(0, 1, 2), models=("MLP", "CNN"), sparsities=(0.5, 0.75, 0.875),
+                    dense_epochs=25, finetune_epochs=15)
+QUICK_SETTINGS = Settings(seeds=(0,), models=("MLP",), sparsities=(0.75,), dense_epochs=10,
+                          finetune_epochs=3)
+
+_START = "<!-- bench:pruning:start -->"
+_END = "<!-- bench:pruning:end -->"
+
+
+def _build(model_name):
+    from ..models import DigitsCNN, DigitsMLP
+    return DigitsMLP() if model_name == "MLP" else DigitsCNN()
+
+
+def _quantise_pow2(matrix):
+    """Round kept weights to pow2 integers (exponents 0..15) for measuring packed bytes; a kept
+    weight never rounds to zero, so the pattern is preserved."""
+    kept = matrix != 0
+    if not kept.any():
+        return np.zeros(matrix.shape, dtype=np.int64)
+    scale = np.abs(matrix[kept]).max() / 2.0 ** 15
+    exponent = np.clip(np.round(np.log2(np.where(kept, np.abs(matrix), scale) / scale)), 0, 15)
+    return (np.sign(matrix) * 2.0 ** exponent * kept).astype(np.int64)
+
+
+def measure(model, lanes=LANES):
+    """(real sparsity, packed bytes, utilisation) over the model's prunable layers.
+
+    Sparsity counts zeros of the matrices the engine runs (C' for SmartDeal); bytes are the
+    .gsf sizes of every layer packed under its pattern (SmartDeal adds 9 bytes of B)."""
+    from ..format import GSMatrix
+    from ..prune import gemm_view, pattern_info, prunable_layers, smartdeal_cprime
+    zeros = total = nbytes = nnz = lanes_issued = 0
+    for _, module in prunable_layers(model):
+        info = pattern_info(module)
+        order = getattr(module, "gsaccel_row_order", None)
+        order = None if order is None else order.cpu().numpy()
+        if info is None:
+            matrix, pattern, per_row = gemm_view(module), "dense", 1
+        elif info.pattern == "smartdeal":
+            matrix, pattern, per_row = smartdeal_cprime(module), info.c_pattern, info.per_row
+            nbytes += 9
+        else:
+            mask = module.weight_mask.detach().reshape(module.weight_mask.shape[0], -1).numpy()
+            matrix, pattern, per_row = gemm_view(module) * mask, info.pattern, info.per_row
+        packed = GSMatrix.from_dense(_quantise_pow2(matrix), pattern, lanes, per_row, "pow2",
+                                     row_order=order if pattern == "gs-scatter" else None)
+        stats = packed.stats()
+        zeros += int((matrix == 0).sum())
+        total += matrix.size
+        nbytes += stats["bytes"]
+        nnz += stats["nnz"]
+        lanes_issued += lanes * stats["groups"]
+    return zeros / total, nbytes, nnz / lanes_issued
+
+
+def _one_run(dense, data, pattern, per_row, options, sparsity, seed, model_name, settings):
+    import torch
+    lr, finetune_lr = dict(settings.lr)[model_name], dict(settings.finetune_lr)[model_name]
+    exclude = dict(settings.exclude)[model_name]
+
+    from ..models import train
+    from ..prune import PruningScheduler, prune, smartdeal_freeze, smartdeal_trainable
+    if pattern == "1xN":
+        # SUBP prunes from scratch: a fresh model trained for the same budget as dense +
+        # fine-tuning, the cubic schedule over the first 60 % of it, the rest at full sparsity.
+        torch.manual_seed(1000 + seed)
+        model = _build(model_name)
+        epochs = settings.dense_epochs + settings.finetune_epochs
+        scheduler = PruningScheduler(model, "1xN", sparsity, LANES, t0=0,
+                                     t1=max(1, int(0.6 * epochs)), seed=seed, exclude=exclude,
+                                     **options)
+        train(model, data, epochs, lr=lr, seed=seed, on_epoch=scheduler.step)
+        return model
+    model = copy.deepcopy(dense)
+    prune(model, pattern, sparsity, LANES, per_row, exclude=exclude, **options)
+    if pattern == "smartdeal":
+        # Fine-tune C (straight-through pow2 rounding, zeros fixed) and B directly.
+        smartdeal_trainable(model)
+    train(model, data, settings.finetune_epochs, seed=seed,
+          lr=settings.smartdeal_lr if pattern == "smartdeal" else finetune_lr)
+    if pattern == "smartdeal":
+        smartdeal_freeze(model)
+    return model
+
+
+def _collect(settings, progress):
+    import torch
+
+    from ..models import digits_data, evaluate, train
+    results = {}      # (model, label, sparsity) -> list of (accuracy, sparsity, bytes, util)
+    for seed in settings.seeds:
+        data = digits_data(seed)
+        for model_name in settings.models:
+            torch.manual_seed(seed)
+            dense = _build(model_name)
+            train(dense, data, settings.dense_epochs, lr=dict(settings.lr)[model_name], seed=seed)
+            # The dense baseline gets the same extra epochs as the pruned models' fine-tuning,
+            # so that a difference is the pattern's, not the training budget's.
+            baseline = copy.deepcopy(dense)
+            train(baseline, data, settings.finetune_epochs,
+                  lr=dict(settings.finetune_lr)[model_name], seed=seed)
+            accuracy = evaluate(baseline, data)
+            results.setdefault((model_name, "dense", 0.0), []).append(
+                (accuracy, *measure(baseline)))
+            progress(f"seed {seed} {model_name} dense {accuracy:.4f}")
+            for label, pattern, per_row, options in PATTERN_RUNS:
+                for sparsity in settings.sparsities:
+                    model = _one_run(dense, data, pattern, per_row, options, sparsity, seed,
+                                     model_name, settings)
+                    accuracy = evaluate(model, data)
+                    results.setdefault((model_name, label, sparsity), []).append(
+                        (accuracy, *measure(model)))
+                    progress(f"seed {seed} {model_name} {label} {sparsity}: {accuracy:.4f}")
+    return results
+
+
+def _table(results, settings):
+    lines = ["| model | pattern | target sparsity | test accuracy (%) | Δ vs dense | real "
+             "sparsity | packed bytes | lane utilisation |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for model_name in settings.models:
+        dense = np.array([r[0] for r in results[(model_name, "dense", 0.0)]]) * 100
+        for label in ["dense"] + [run[0] for run in PATTERN_RUNS]:
+            for sparsity in ([0.0] if label == "dense" else settings.sparsities):
+                rows = np.array(results[(model_name, label, sparsity)])
+                acc = rows[:, 0] * 100
+                delta = acc.mean() - dense.mean()
+                lines.append(
+                    f"| {model_name} | {label} | {sparsity:.1%} | {acc.mean():.2f} ± "
+                    f"{acc.std():.2f} | {delta:+.2f} | {rows[:, 1].mean():.1%} | "
+                    f"{rows[:, 2].mean():.0f} | {rows[:, 3].mean():.1%} |")
+    return "\n".join(lines)
+
+
+def _plot(results, settings, out_dir):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(settings.models), figsize=(6 * len(settings.models), 4),
+                             squeeze=False)
+    for ax, model_name in zip(axes[0], settings.models):
+        dense = np.array([r[0] for r in results[(model_name, "dense", 0.0)]]) * 100
+        ax.axhline(dense.mean(), color="k", linestyle="--", label="dense")
+        for label, *_ in PATTERN_RUNS:
+            means = [np.mean([r[0] for r in results[(model_name, label, s)]]) * 100
+                     for s in settings.sparsities]
+            stds = [np.std([r[0] for r in results[(model_name, label, s)]]) * 100
+                    for s in settings.sparsities]
+            ax.errorbar([s * 100 for s in settings.sparsities], means, yerr=stds, marker="o",
+                        capsize=3, label=label)
+        ax.set_title(f"Digits {model_name}, V = {LANES}")
+        ax.set_xlabel("target sparsity (%)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(out_dir) / "img" / "pruning.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def time_gs_layer(size=4096, sparsity=0.875, lanes=LANES, per_row=1, seed=0):
+    """Seconds to prune a size×size Gaussian layer with gs-gather and to decompose it into
+    groups (``GSMatrix.from_dense``): (prune, pack, utilisation)."""
+    from ..format import GSMatrix
+    from ..prune import gs_mask
+    weights = np.random.default_rng(seed).standard_normal((size, size)).astype(np.float32)
+    started = time.perf_counter()
+    mask, _ = gs_mask(weights, sparsity, lanes, per_row)
+    pruned = time.perf_counter()
+    matrix = GSMatrix.from_dense(mask.astype(np.int64), "gs-gather", lanes, per_row, "int8")
+    packed = time.perf_counter()
+    return pruned - started, packed - pruned, matrix.stats()["utilisation"]
+
+
+def _lrs(pairs):
+    return "/".join(f"{lr:g}" for _, lr in pairs)
+
+
+def run(*, out_dir, quick=False, progress=None):
+    """Run the sweep, write ``<out_dir>/pruning.md`` (bench section) and
+    ``<out_dir>/img/pruning.png``; return the markdown section.
+
+    ``quick`` runs one seed of the MLP at 75 % with short training and times a 1024² layer
+    instead of 4096² (under 30 s)."""
+    import torch
+    settings = QUICK_SETTINGS if quick else SETTINGS
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    started = time.monotonic()
+    try:
+        results = _collect(settings, progress or (lambda text: logger.info("%s", text)))
+    finally:
+        torch.set_num_threads(threads)
+    elapsed = time.monotonic() - started
+    size = 1024 if quick else 4096
+    timing = [(e, *time_gs_layer(size, per_row=e)) for e in (1, LANES)]
+    plot = _plot(results, settings, out_dir)
+    section = "\n".join([
+        _START,
+        f"Generated by `gsaccel bench pruning{' --quick' if quick else ''}` in {elapsed:.0f} s "
+        f"(seeds {', '.join(map(str, settings.seeds))}; mean ± std over seeds; dense "
+        f"{settings.dense_epochs} epochs (Adam, lr MLP/CNN {_lrs(settings.lr)}), then prune "
+        f"(dense: don't) and fine-tune {settings.finetune_epochs} epochs (lr {_lrs(settings.finetune_lr)}, "
+        f"SmartDeal {settings.smartdeal_lr:g}); 1×N from scratch for "
+        f"{settings.dense_epochs + settings.finetune_epochs} epochs; V = {LANES}; every Linear "
+        f"and Conv2d pruned except the CNN's first conv; packed bytes = .gsf size of every layer, "
+        f"pow2 codes, convs in GEMM view).", "",
+        _table(results, settings), "",
+        f"![accuracy vs sparsity](img/{plot.name})", "",
+        f"GS-gather on a {size}×{size} Gaussian layer at 87.5 %, V = {LANES} (one thread; "
+        f"prune = `gs_mask`, decompose = `GSMatrix.from_dense`):", "",
+        "| e | prune (s) | decompose (s) | total (s) | utilisation |",
+        "|---:|---:|---:|---:|---:|",
+        *[f"| {e} | {p:.2f} | {d:.2f} | {p + d:.2f} | {u:.1%} |" for e, p, d, u in timing],
+        _END])
+    path = Path(out_dir) / "pruning.md"
+    if path.exists() and _START in (text := path.read_text()) and _END in text:
+        head, rest = text.split(_START, 1)
+        text = head + section + rest.split(_END, 1)[1]
+    else:
+        text = "# Pruning\n\n## Accuracy\n\n" + section + "\n"
+    path.write_text(text)
+    return section

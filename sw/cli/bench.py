@@ -1,0 +1,47 @@
+"""``gsaccel bench``: regenerate the benchmark tables and plots (numbers, not timed tests)."""
+
+import importlib
+import time
+from pathlib import Path
+
+__all__ = ["register", "BENCHES"]
+
+#: bench name -> (module with run(*, out_dir, quick) -> markdown, what it measures)
+BENCHES = {
+    "pruning": ("gsaccel.sw.bench.pruning",
+                "accuracy, real sparsity and packed bytes per pattern on the digits models"),
+    "hw":      ("gsaccel.sw.bench.hw",
+                "RTL cycles, lane utilisation and speed-up per pattern; LUTs per lane; "
+                "Verilator cycles/s"),
+    "boards":  ("gsaccel.sw.bench.boards", "LUT/FF/BRAM/DSP use and Fmax per board"),
+}
+
+
+def register(subparsers):
+    from .main import add_command
+    parser = add_command(
+        subparsers, "bench",
+        help="run benchmarks and write their tables (docs/*.md) and plots (docs/img/)",
+        description="Run benchmarks: " + "; ".join(f"{name}: {what}" for name, (_, what)
+                                                   in BENCHES.items()),
+        example="gsaccel bench hw --quick")
+    parser.add_argument("which", nargs="+", metavar="BENCH", choices=[*BENCHES, "all"],
+                        help=f"what to measure: {', '.join(BENCHES)} or all")
+    parser.add_argument("--quick", action="store_true",
+                        help="smaller sweeps, for a first look (default: %(default)s)")
+    parser.add_argument("--out", metavar="DIR", default="docs",
+                        help="where tables and plots go (default: %(default)s)")
+    parser.set_defaults(func=run)
+
+
+def run(args):
+    names = list(BENCHES) if "all" in args.which else args.which
+    out_dir = Path(args.out)
+    (out_dir / "img").mkdir(parents=True, exist_ok=True)
+    for name in names:
+        module = importlib.import_module(BENCHES[name][0])
+        started = time.monotonic()
+        print(f"== bench {name}: {BENCHES[name][1]}")
+        table = module.run(out_dir=out_dir, quick=args.quick)
+        print(table)
+        print(f"== bench {name} took {time.monotonic() - started:.0f} s")

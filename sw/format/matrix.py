@@ -1,0 +1,673 @@
+"""The GS compact format: a sparse weight matrix as conflict-free groups of V lanes.
+
+A :class:`GSMatrix` is what the gather/scatter engine executes: row groups of V/e rows, each a
+run of groups; a group holds V (value, column) lanes whose columns fall in distinct banks
+(``column % V``), lane ``i`` feeding segment ``i // e``. Every pattern family of DESIGN §1.1
+is expressed this way; a pattern only decides how rows are grouped and how much padding
+(lanes of value 0) the schedule carries. See docs/format.md for the file layout.
+"""
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...hw.config import POW2_EXP_MAX
+from ..errors import EncodingError, FormatError, PatternError, ShapeError
+
+__all__ = [
+    "PATTERNS", "ENCODINGS", "GSMatrix", "check_pattern", "pow2_encode", "pow2_decode",
+    "GSF_MAGIC", "GSF_VERSION", "seal", "check_sealed",
+]
+
+PATTERNS = ("gs-gather", "gs-scatter", "1xN", "unstructured", "dense")
+ENCODINGS = ("pow2", "int8")
+
+GSF_MAGIC = b"GSF\x1a"
+GSF_VERSION = 1
+# magic, version u16, pattern u8, encoding u8, lanes u8, per_row u8, rows u32, cols u32,
+# row groups u32, groups u32, payload bytes u32
+_HEADER = struct.Struct("<4sHBBBBIIIII")
+
+
+# Sealed files -------------------------------------------------------------------------------------
+
+def seal(body):
+    """``body`` followed by its CRC-32 (little-endian): how .gsf and .gsp files end."""
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def check_sealed(data, expected, source):
+    """Raise :class:`FormatError` unless ``data`` is exactly ``expected`` bytes whose last four
+    are the CRC-32 of the rest."""
+    if len(data) != expected:
+        raise FormatError(f"{source}: truncated or padded: {len(data)} bytes, header says "
+                          f"{expected}")
+    (crc,) = struct.unpack_from("<I", data, expected - 4)
+    if crc != zlib.crc32(data[:expected - 4]):
+        raise FormatError(f"{source}: CRC-32 mismatch; the file is corrupt")
+
+
+# Value codes ----------------------------------------------------------------------------------
+
+def pow2_encode(values):
+    """Codes (``nonzero << 5 | sign << 4 | exp``) of exact signed powers of two or zero.
+
+    Raises :class:`EncodingError` naming the first value that is not ±2**k, 0 <= k <= 15.
+    """
+    values = np.asarray(values, dtype=np.int64)
+    magnitude = np.abs(values)
+    exp = np.zeros(values.shape, dtype=np.int64)
+    nonzero = magnitude != 0
+    exp[nonzero] = np.log2(magnitude[nonzero]).round().astype(np.int64)
+    bad = nonzero & ((exp < 0) | (exp > POW2_EXP_MAX) | (np.left_shift(1, np.clip(exp, 0, 62)) != magnitude))
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise EncodingError(f"Weight {int(values[index])} at {index} is not a signed power of "
+                            f"two 2**k with 0 <= k <= {POW2_EXP_MAX} or zero; use "
+                            f"--encoding int8 or quantise it first")
+    return (nonzero.astype(np.int64) << 5) | ((values < 0).astype(np.int64) << 4) | (exp & 0xF)
+
+
+def pow2_decode(codes):
+    """Values of pow2 codes; the inverse of :func:`pow2_encode`."""
+    codes = np.asarray(codes, dtype=np.int64)
+    magnitude = np.left_shift(1, codes & 0xF)
+    value = np.where(codes & 0x10, -magnitude, magnitude)
+    return np.where(codes & 0x20, value, 0)
+
+
+def _check_int8(values):
+    values = np.asarray(values)
+    bad = (values < -128) | (values > 127)
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise EncodingError(f"Weight {int(values[index])} at {index} is outside the int8 range "
+                            f"[-128, 127]; quantise the weights first")
+
+
+# Bit packing ----------------------------------------------------------------------------------
+
+def _pack_bits(values, width):
+    """Little-endian bit-stream of ``values`` (non-negative ints), ``width`` bits each."""
+    values = np.asarray(values, dtype=np.uint64).ravel()
+    if width == 0 or values.size == 0:
+        return b""
+    bits = (values[:, None] >> np.arange(width, dtype=np.uint64)) & np.uint64(1)
+    return np.packbits(bits.astype(np.uint8).ravel(), bitorder="little").tobytes()
+
+
+def _unpack_bits(data, width, count):
+    if width == 0 or count == 0:
+        return np.zeros(count, dtype=np.int64)
+    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little",
+                         count=width * count).reshape(count, width).astype(np.int64)
+    return (bits << np.arange(width, dtype=np.int64)).sum(axis=1)
+
+
+def _bits_for(n):
+    """Bits to store any integer in [0, n)."""
+    return max(0, int(n - 1).bit_length())
+
+
+# Group decomposition (DESIGN §1.1) --------------------------------------------------------------
+
+def _perfect_matching(support):
+    """A perfect matching of a square boolean matrix (rows -> columns), by augmenting paths."""
+    size = len(support)
+    neighbours = [[c for c, ok in enumerate(row) if ok] for row in support.tolist()]
+    match_col = [-1] * size                         # column -> row
+
+    def augment(r, seen):
+        for c in neighbours[r]:
+            if not seen[c]:
+                seen[c] = True
+                if match_col[c] < 0 or augment(match_col[c], seen):
+                    match_col[c] = r
+                    return True
+        return False
+
+    for r in range(size):
+        if not augment(r, [False] * size):
+            raise AssertionError("a regular bipartite multigraph always has a perfect matching")
+    match_row = np.empty(size, dtype=np.int64)
+    match_row[match_col] = np.arange(size)
+    return match_row
+
+
+def _schedule_row_group(counts, lanes, per_row, depth):
+    """Split a (V/e rows x V banks) count matrix into ``depth`` conflict-free groups.
+
+    Rows are split into e lane copies; the lane x bank multigraph is padded to be
+    ``depth``-regular (padding edges are lanes of value 0) and decomposed into perfect
+    matchings (Birkhoff–von Neumann on counts). Returns a (depth, V) array: the bank each lane
+    reads in each group, and a (depth, V) bool array: whether the lane carries a real weight.
+    """
+    # Deal each row's weights to its e lanes bank by bank, round robin, so that each lane
+    # gets at most ceil(count / e) <= depth of them.
+    segments = counts.shape[0]
+    flat = counts.ravel()
+    row_of = np.repeat(np.repeat(np.arange(segments), lanes), flat)
+    bank_of = np.repeat(np.tile(np.arange(lanes), segments), flat)
+    first_of_row = np.concatenate([[0], np.cumsum(counts.sum(axis=1))])[row_of]
+    lane_of = row_of * per_row + (np.arange(row_of.size) - first_of_row) % per_row
+    lane_counts = np.zeros((lanes, lanes), dtype=np.int64)
+    np.add.at(lane_counts, (lane_of, bank_of), 1)
+    real = lane_counts.copy()
+    # Pad to depth-regular with the northwest-corner rule on the deficits.
+    row_deficit = depth - lane_counts.sum(axis=1)
+    col_deficit = depth - lane_counts.sum(axis=0)
+    r = c = 0
+    while r < lanes and c < lanes:
+        fill = min(row_deficit[r], col_deficit[c])
+        lane_counts[r, c] += fill
+        row_deficit[r] -= fill
+        col_deficit[c] -= fill
+        if row_deficit[r] == 0:
+            r += 1
+        else:
+            c += 1
+    bank_of_lane = np.empty((depth, lanes), dtype=np.int64)
+    is_real = np.empty((depth, lanes), dtype=bool)
+    remaining = lane_counts
+    all_lanes = np.arange(lanes)
+    group = 0
+    while group < depth:
+        match = _perfect_matching(remaining > 0)
+        multiplicity = int(remaining[all_lanes, match].min())
+        bank_of_lane[group:group + multiplicity] = match
+        # A lane is real while it still has real weights in its matched bank.
+        still_real = real[all_lanes, match]
+        is_real[group:group + multiplicity] = \
+            np.arange(multiplicity)[:, None] < still_real[None, :]
+        real[all_lanes, match] -= np.minimum(still_real, multiplicity)
+        remaining[all_lanes, match] -= multiplicity
+        group += multiplicity
+    return bank_of_lane, is_real
+
+
+# The matrix -------------------------------------------------------------------------------------
+
+@dataclass(eq=False)
+class GSMatrix:
+    """A sparse matrix in GS form.
+
+    Attributes
+    ----------
+    shape : (int, int)
+        Rows (outputs) and columns (inputs) of the dense matrix.
+    pattern : str
+        One of :data:`PATTERNS`.
+    lanes : int
+        V, lanes per group (= banks).
+    per_row : int
+        e, weights each row contributes to a group; V/e rows form a row group.
+    encoding : str
+        ``"pow2"`` or ``"int8"``.
+    group_values : ndarray (groups, V) int64
+        Weight values; 0 is a padding lane (or a kept zero of a dense matrix).
+    group_cols : ndarray (groups, V) int64
+        Column read by each lane; 0 for lanes of value 0.
+    rg_groups : ndarray (row groups,) int64
+        Groups of each row group, in order (at least 1 each).
+    rg_rows : ndarray (row groups, V/e) int64
+        Output row of each segment; -1 marks a padding segment of a partial row group.
+    """
+
+    shape: tuple
+    pattern: str
+    lanes: int
+    per_row: int
+    encoding: str
+    group_values: np.ndarray
+    group_cols: np.ndarray
+    rg_groups: np.ndarray
+    rg_rows: np.ndarray
+
+    # Construction -------------------------------------------------------------------------
+    @classmethod
+    def from_dense(cls, weights, pattern, lanes, per_row=1, encoding="pow2", *, row_order=None):
+        """Pack an integer matrix whose zeros already follow ``pattern``.
+
+        Parameters
+        ----------
+        weights : array (rows, cols) of integers
+        pattern : str
+            ``gs-gather`` (row groups of V/e consecutive rows), ``gs-scatter`` (row groups of
+            any rows: ``row_order`` lists the rows group by group, else rows are grouped by
+            kept count), ``1xN`` (V consecutive rows share one mask; e must be 1),
+            ``unstructured`` (any matrix, padded) or ``dense`` (every entry kept).
+        lanes, per_row : int
+            V and e; e divides V.
+        encoding : str
+            ``pow2`` (every value an exact signed power of two or zero) or ``int8``.
+        row_order : sequence of int, optional
+            gs-scatter only: a permutation of the rows; consecutive runs of V/e rows form the
+            row groups.
+
+        Raises
+        ------
+        ShapeError, PatternError, EncodingError
+        """
+        weights = np.asarray(weights)
+        _check_arguments(weights, pattern, lanes, per_row, encoding)
+        weights = weights.astype(np.int64)
+        if encoding == "pow2":
+            pow2_encode(weights)
+        else:
+            _check_int8(weights)
+        rows, cols = weights.shape
+        segments = lanes // per_row
+        kept = np.ones_like(weights, dtype=bool) if pattern == "dense" else weights != 0
+
+        if pattern == "gs-scatter":
+            order = _scatter_order(kept, segments, row_order)
+        else:
+            if row_order is not None:
+                raise PatternError(f"Row order applies to gs-scatter only, not {pattern!r}")
+            order = np.arange(rows)
+        n_rg = -(-rows // segments)
+        rg_rows = -np.ones(n_rg * segments, dtype=np.int64)
+        rg_rows[:rows] = order
+        rg_rows = rg_rows.reshape(n_rg, segments)
+
+        if pattern in ("gs-gather", "gs-scatter"):
+            check_pattern(weights, pattern, lanes, per_row, row_order=order)
+        elif pattern == "1xN":
+            check_pattern(weights, pattern, lanes, per_row)
+
+        if pattern == "1xN":
+            values, col_idx, rg_groups = _broadcast_groups(weights, kept, lanes, rg_rows)
+        else:
+            values, col_idx, rg_groups = _gs_groups(weights, kept, lanes, per_row, rg_rows)
+        col_idx[values == 0] = 0
+        matrix = cls(shape=(rows, cols), pattern=pattern, lanes=lanes, per_row=per_row,
+                     encoding=encoding, group_values=values, group_cols=col_idx,
+                     rg_groups=rg_groups, rg_rows=rg_rows)
+        matrix.group_values, matrix.group_cols = matrix._canonical_lanes()
+        return matrix
+
+    # Views --------------------------------------------------------------------------------
+    @property
+    def segments(self):
+        return self.lanes // self.per_row
+
+    @property
+    def n_groups(self):
+        return int(self.group_values.shape[0])
+
+    @property
+    def n_rowgroups(self):
+        return int(self.rg_groups.shape[0])
+
+    @property
+    def nnz(self):
+        return int(np.count_nonzero(self.group_values))
+
+    @property
+    def group_last(self):
+        """True for the last group of each row group."""
+        last = np.zeros(self.n_groups, dtype=bool)
+        last[np.cumsum(self.rg_groups) - 1] = True
+        return last
+
+    @property
+    def group_rowgroup(self):
+        return np.repeat(np.arange(self.n_rowgroups), self.rg_groups)
+
+    def to_dense(self):
+        """The dense int64 matrix; exact inverse of :meth:`from_dense`."""
+        rows, cols = self.shape
+        dense = np.zeros((rows, cols), dtype=np.int64)
+        lane_segment = np.arange(self.lanes) // self.per_row
+        out_rows = self.rg_rows[self.group_rowgroup][:, lane_segment]     # (groups, V)
+        real = self.group_values != 0
+        np.add.at(dense, (out_rows[real], self.group_cols[real]), self.group_values[real])
+        return dense
+
+    def stats(self):
+        """Size and efficiency numbers (:func:`gsaccel.sw.golden.layer_stats` adds the
+        cycles a core spends on the matrix)."""
+        rows, cols = self.shape
+        nnz = self.nnz
+        payload = len(self._payload())
+        value_bytes = 1
+        csr = nnz * (value_bytes + (2 if cols <= 65536 else 4)) + (rows + 1) * 4
+        return {
+            "shape": [rows, cols], "pattern": self.pattern, "lanes": self.lanes,
+            "per_row": self.per_row, "encoding": self.encoding,
+            "nnz": nnz, "sparsity": 1 - nnz / (rows * cols),
+            "rowgroups": self.n_rowgroups, "groups": self.n_groups,
+            "groups_per_rowgroup": self.rg_groups.tolist(),
+            "padding_lanes": self.lanes * self.n_groups - nnz,
+            "utilisation": nnz / (self.lanes * self.n_groups) if self.n_groups else 0.0,
+            "bytes": payload + _HEADER.size + 4,
+            "payload_bytes": payload,
+            "bytes_per_nonzero": payload / nnz if nnz else float("inf"),
+            "csr_bytes": csr, "dense_bytes": rows * cols * value_bytes,
+            "dense_cycles": -(-rows * cols // self.lanes),
+        }
+
+    def __eq__(self, other):
+        if not isinstance(other, GSMatrix):
+            return NotImplemented
+        return (tuple(self.shape) == tuple(other.shape) and self.pattern == other.pattern
+                and self.lanes == other.lanes and self.per_row == other.per_row
+                and self.encoding == other.encoding
+                and np.array_equal(self.group_values, other.group_values)
+                and np.array_equal(self.group_cols, other.group_cols)
+                and np.array_equal(self.rg_groups, other.rg_groups)
+                and np.array_equal(self.rg_rows, other.rg_rows))
+
+    # Files --------------------------------------------------------------------------------
+    def _index_layout(self):
+        """How a lane's column is stored: (address bits, bank bits or 0 when implied)."""
+        cols = self.shape[1]
+        addr_bits = _bits_for(-(-cols // self.lanes))
+        bank_implied = self.per_row == self.lanes and self.pattern != "1xN"
+        bank_bits = 0 if bank_implied else _bits_for(self.lanes)
+        return addr_bits, bank_bits
+
+    def _canonical_lanes(self):
+        """Groups with lanes sorted so that, where e = V, lane i reads bank i."""
+        values, cols = self.group_values.copy(), self.group_cols.copy()
+        addr_bits, bank_bits = self._index_layout()
+        if bank_bits == 0 and self.n_groups:
+            # A single segment may permute its lanes freely: put each in its bank's slot.
+            banks = np.where(values != 0, cols % self.lanes, -1)
+            # Padding lanes take the banks the real lanes leave free, in order.
+            for g in np.flatnonzero((banks < 0).any(axis=1)):
+                free = np.setdiff1d(np.arange(self.lanes), banks[g][banks[g] >= 0])
+                banks[g][banks[g] < 0] = free
+            order = np.argsort(banks, axis=1, kind="stable")
+            values = np.take_along_axis(values, order, axis=1)
+            cols = np.take_along_axis(cols, order, axis=1)
+            cols[values == 0] = 0
+        return values, cols
+
+    def _payload(self):
+        rows, cols = self.shape
+        values, col_idx = self.group_values, self.group_cols
+        parts = [_pack_bits(np.concatenate([[0], np.cumsum(self.rg_groups)]),
+                            _bits_for(self.n_groups + 1))]
+        if self.pattern == "gs-scatter":
+            parts.append(_pack_bits(self.rg_rows.ravel() + 1, _bits_for(rows + 1)))
+        code_width = 6 if self.encoding == "pow2" else 8
+        codes = pow2_encode(values) if self.encoding == "pow2" else values & 0xFF
+        addr_bits, bank_bits = self._index_layout()
+        if self.pattern == "1xN":
+            # Broadcast group: every lane reads one column; store it once.
+            index = _pack_bits(col_idx[:, 0], _bits_for(cols))
+        elif bank_bits == 0:
+            index = _pack_bits(col_idx // self.lanes, addr_bits)
+        else:
+            index = _pack_bits((col_idx // self.lanes) << bank_bits | col_idx % self.lanes,
+                               addr_bits + bank_bits)
+        parts.append(_pack_bits(codes, code_width))
+        parts.append(index)
+        return b"".join(struct.pack("<I", len(p)) + p for p in parts)
+
+    def to_bytes(self):
+        """The ``.gsf`` file image: header, payload, CRC-32 of both."""
+        payload = self._payload()
+        header = _HEADER.pack(GSF_MAGIC, GSF_VERSION, PATTERNS.index(self.pattern),
+                              ENCODINGS.index(self.encoding), self.lanes, self.per_row,
+                              self.shape[0], self.shape[1], self.n_rowgroups, self.n_groups,
+                              len(payload))
+        return seal(header + payload)
+
+    @classmethod
+    def from_bytes(cls, data, *, source="data"):
+        """Parse a ``.gsf`` image; any damage raises :class:`FormatError`."""
+        data = bytes(data)
+        if len(data) < _HEADER.size + 4:
+            raise FormatError(f"{source}: truncated: {len(data)} bytes, a GS file has at "
+                              f"least {_HEADER.size + 4}")
+        (magic, version, pattern, encoding, lanes, per_row, rows, cols, n_rg, n_groups,
+         payload_len) = _HEADER.unpack_from(data)
+        if magic != GSF_MAGIC:
+            raise FormatError(f"{source}: not a GS file (magic {magic!r}, expected {GSF_MAGIC!r})")
+        if version != GSF_VERSION:
+            raise FormatError(f"{source}: GS file version {version} is not supported; this "
+                              f"gsaccel reads version {GSF_VERSION}")
+        expected = _HEADER.size + payload_len + 4
+        check_sealed(data, expected, source)
+        if (pattern >= len(PATTERNS) or encoding >= len(ENCODINGS) or lanes not in (2, 4, 8, 16)
+                or per_row < 1 or lanes % per_row or rows == 0 or cols == 0):
+            raise FormatError(f"{source}: inconsistent header (pattern {pattern}, encoding "
+                              f"{encoding}, lanes {lanes}, e {per_row}, shape {rows}x{cols})")
+        try:
+            return cls._from_payload(data[_HEADER.size:expected - 4], PATTERNS[pattern],
+                                     ENCODINGS[encoding], lanes, per_row, rows, cols, n_rg,
+                                     n_groups)
+        except (ValueError, IndexError, struct.error) as error:
+            raise FormatError(f"{source}: payload does not match its header ({error})") from None
+
+    @classmethod
+    def _from_payload(cls, payload, pattern, encoding, lanes, per_row, rows, cols, n_rg,
+                      n_groups):
+        parts, offset = [], 0
+        while offset < len(payload):
+            (length,) = struct.unpack_from("<I", payload, offset)
+            parts.append(payload[offset + 4:offset + 4 + length])
+            if len(parts[-1]) != length:
+                raise ValueError("section overruns the payload")
+            offset += 4 + length
+        segments = lanes // per_row
+        pointers = _unpack_bits(parts.pop(0), _bits_for(n_groups + 1), n_rg + 1)
+        rg_groups = np.diff(pointers)
+        if pointers[0] != 0 or pointers[-1] != n_groups or (rg_groups < 1).any():
+            raise ValueError("group pointers are not increasing from 0 to the group count")
+        if pattern == "gs-scatter":
+            rg_rows = _unpack_bits(parts.pop(0), _bits_for(rows + 1), n_rg * segments) - 1
+        else:
+            rg_rows = np.arange(n_rg * segments)
+            rg_rows[rg_rows >= rows] = -1
+        rg_rows = rg_rows.reshape(n_rg, segments)
+        if n_rg != -(-rows // segments) or rg_rows.max() >= rows:
+            raise ValueError("row groups do not cover the rows")
+        code_width = 6 if encoding == "pow2" else 8
+        codes = _unpack_bits(parts.pop(0), code_width, n_groups * lanes).reshape(n_groups, lanes)
+        values = pow2_decode(codes) if encoding == "pow2" else (codes ^ 0x80) - 0x80
+        matrix = cls(shape=(rows, cols), pattern=pattern, lanes=lanes, per_row=per_row,
+                     encoding=encoding, group_values=values, group_cols=None,
+                     rg_groups=rg_groups, rg_rows=rg_rows)
+        addr_bits, bank_bits = matrix._index_layout()
+        index_part = parts.pop(0)
+        if parts:
+            raise ValueError("unexpected extra sections")
+        if pattern == "1xN":
+            col_idx = np.repeat(_unpack_bits(index_part, _bits_for(cols), n_groups)[:, None],
+                                lanes, axis=1)
+        elif bank_bits == 0:
+            addr = _unpack_bits(index_part, addr_bits, n_groups * lanes).reshape(n_groups, lanes)
+            col_idx = addr * lanes + np.arange(lanes)
+        else:
+            packed = _unpack_bits(index_part, addr_bits + bank_bits, n_groups * lanes)
+            col_idx = ((packed >> bank_bits) * lanes + (packed & (lanes - 1))).reshape(
+                n_groups, lanes)
+        col_idx = np.where(values != 0, col_idx, 0)
+        if (col_idx >= cols).any():
+            raise ValueError("a column index is past the last column")
+        matrix.group_cols = col_idx
+        return matrix
+
+    def save(self, path):
+        with open(path, "wb") as file:
+            file.write(self.to_bytes())
+
+    @classmethod
+    def load(cls, path):
+        try:
+            with open(path, "rb") as file:
+                data = file.read()
+        except FileNotFoundError:
+            raise FormatError(f"{path}: no such file") from None
+        return cls.from_bytes(data, source=str(path))
+
+
+# Pattern rules ----------------------------------------------------------------------------------
+
+def _check_arguments(weights, pattern, lanes, per_row, encoding):
+    if pattern not in PATTERNS:
+        raise PatternError(f"Pattern must be one of {', '.join(PATTERNS)}, not {pattern!r}")
+    if encoding not in ENCODINGS:
+        raise EncodingError(f"Encoding must be one of {', '.join(ENCODINGS)}, not {encoding!r}")
+    if not isinstance(lanes, (int, np.integer)) or lanes not in (2, 4, 8, 16):
+        raise PatternError(f"Lane count must be 2, 4, 8 or 16, not {lanes!r}")
+    if not isinstance(per_row, (int, np.integer)) or per_row < 1 or lanes % per_row:
+        raise PatternError(f"Weights per row e must divide the lane count {lanes}, "
+                           f"not {per_row!r}")
+    if pattern == "1xN" and per_row != 1:
+        raise PatternError(f"Pattern 1xN broadcasts one column to all lanes, so e must be 1, "
+                           f"not {per_row!r}")
+    if weights.ndim != 2 or 0 in weights.shape:
+        raise ShapeError(f"Weights must be a non-empty 2-D matrix, not shape {weights.shape}")
+    if not np.issubdtype(weights.dtype, np.integer):
+        if not np.issubdtype(weights.dtype, np.floating) or not np.all(np.isfinite(weights)) \
+                or not np.array_equal(weights, np.round(weights)):
+            raise EncodingError("Weights must be integers (quantise them first), "
+                                f"not dtype {weights.dtype} with fractional values")
+
+
+def _scatter_order(kept, segments, row_order):
+    rows = kept.shape[0]
+    if row_order is None:
+        # Group rows of equal kept count together, the order the GS-scatter pruner uses.
+        return np.argsort(-kept.sum(axis=1), kind="stable")
+    order = np.asarray(row_order, dtype=np.int64)
+    if order.shape != (rows,) or not np.array_equal(np.sort(order), np.arange(rows)):
+        raise PatternError(f"Row order must be a permutation of the {rows} rows")
+    return order
+
+
+def check_pattern(weights, pattern, lanes, per_row=1, *, row_order=None):
+    """Raise :class:`PatternError` naming the first row group that breaks ``pattern``.
+
+    gs-gather/gs-scatter: in every row group all rows keep the same count, a multiple of e,
+    and no bank holds more than count/e kept weights. 1xN: the V rows of each block share
+    one mask. unstructured and dense accept any matrix.
+    """
+    weights = np.asarray(weights)
+    _check_arguments(weights, pattern, lanes, per_row, "int8")
+    rows, cols = weights.shape
+    kept = weights != 0
+    segments = lanes // per_row
+    if pattern in ("unstructured", "dense"):
+        return
+    if pattern == "1xN":
+        for start in range(0, rows, lanes):
+            block = kept[start:start + lanes]
+            differs = np.flatnonzero((block != block[0]).any(axis=1))
+            if differs.size:
+                raise PatternError(f"row group {start // lanes}: row {start + differs[0]} keeps "
+                                   f"other columns than row {start}; 1xN rows of a block share "
+                                   f"one mask")
+        counts = kept[::lanes].sum(axis=1)
+        if (counts != counts[0]).any():
+            block = int(np.flatnonzero(counts != counts[0])[0])
+            raise PatternError(f"row group {block}: keeps {counts[block]} columns, row group 0 "
+                               f"keeps {counts[0]}; 1xN keeps the same count in every block")
+        return
+    order = np.arange(rows) if row_order is None else np.asarray(row_order)
+    bank_of_col = np.arange(cols) % lanes
+    for rg, start in enumerate(range(0, rows, segments)):
+        members = order[start:start + segments]
+        counts = kept[members].sum(axis=1)
+        if (counts != counts[0]).any():
+            other = int(np.flatnonzero(counts != counts[0])[0])
+            raise PatternError(f"row group {rg}: row {members[0]} keeps {counts[0]} weights and "
+                               f"row {members[other]} keeps {counts[other]} weights; all rows "
+                               f"of a row group must keep the same count")
+        if counts[0] % per_row:
+            raise PatternError(f"row group {rg}: rows keep {counts[0]} weights, not a multiple "
+                               f"of e={per_row}")
+        allowed = counts[0] // per_row
+        load = np.bincount(bank_of_col[np.nonzero(kept[members])[1]], minlength=lanes)
+        if (load > allowed).any():
+            bank = int(np.argmax(load > allowed))
+            raise PatternError(f"row group {rg}: bank {bank} holds {load[bank]} kept weights, at "
+                               f"most {allowed} allowed")
+
+
+# Schedulers -------------------------------------------------------------------------------------
+
+def _broadcast_groups(weights, kept, lanes, rg_rows):
+    values, col_idx, rg_groups = [], [], []
+    for members in rg_rows:
+        real = members[members >= 0]
+        columns = np.flatnonzero(kept[real[0]])
+        count = max(1, columns.size)
+        block = np.zeros((count, lanes), dtype=np.int64)
+        block[:columns.size, :real.size] = weights[np.ix_(real, columns)].T
+        values.append(block)
+        col = np.zeros((count, lanes), dtype=np.int64)
+        col[:columns.size] = columns[:, None]
+        col_idx.append(col)
+        rg_groups.append(count)
+    return np.concatenate(values), np.concatenate(col_idx), np.asarray(rg_groups, dtype=np.int64)
+
+
+def _horizontal_groups(weights, kept, lanes, rg_rows):
+    """e = V: every row group is one row and lane i may read bank i, so group t simply takes
+    each bank's t-th kept column of the row: max(1, largest bank load) groups, all rows at
+    once, without any matching."""
+    rows = rg_rows[:, 0]
+    r_idx, c_idx = np.nonzero(kept[rows])                  # row-group-major, column order
+    bank = c_idx % lanes
+    key = r_idx * lanes + bank
+    order = np.lexsort((c_idx, key))
+    key_sorted = key[order]
+    starts = np.flatnonzero(np.r_[True, key_sorted[1:] != key_sorted[:-1]])
+    rank = np.empty(key.size, dtype=np.int64)
+    rank[order] = np.arange(key.size) - np.repeat(starts, np.diff(np.r_[starts, key.size]))
+    loads = np.zeros(rows.size, dtype=np.int64)
+    np.maximum.at(loads, r_idx, rank + 1)
+    rg_groups = np.maximum(loads, 1)
+    first = np.concatenate([[0], np.cumsum(rg_groups)[:-1]])
+    values = np.zeros((int(rg_groups.sum()), lanes), dtype=np.int64)
+    col_idx = np.zeros_like(values)
+    values[first[r_idx] + rank, bank] = weights[rows[r_idx], c_idx]
+    col_idx[first[r_idx] + rank, bank] = c_idx
+    return values, col_idx, rg_groups
+
+
+def _gs_groups(weights, kept, lanes, per_row, rg_rows):
+    """Exact decomposition of every row group into max(ceil(count/e), bank load) groups."""
+    if per_row == lanes:
+        return _horizontal_groups(weights, kept, lanes, rg_rows)
+    cols = weights.shape[1]
+    segments = lanes // per_row
+    bank_of_col = np.arange(cols) % lanes
+    values, col_idx, rg_groups = [], [], []
+    for members in rg_rows:
+        real_rows = members[members >= 0]
+        sub = kept[real_rows]
+        counts = np.zeros((segments, lanes), dtype=np.int64)
+        r_idx, c_idx = np.nonzero(sub)
+        np.add.at(counts, (r_idx, bank_of_col[c_idx]), 1)
+        depth = int(max(1, -(-counts.sum(axis=1).max() // per_row), counts.sum(axis=0).max()))
+        bank_of_lane, is_real = _schedule_row_group(counts, lanes, per_row, depth)
+        # Hand out each (row, bank)'s columns, in column order, to the real lanes that take
+        # that (row, bank), in group order.
+        lane_row = np.arange(lanes) // per_row
+        g_idx, l_idx = np.nonzero(is_real)                        # group-major order
+        seg = lane_row[l_idx]
+        bank = bank_of_lane[g_idx, l_idx]
+        key = seg * lanes + bank
+        slot_order = np.lexsort((g_idx, key))
+        # Columns of each (segment, bank), sorted by column.
+        w_key = r_idx * lanes + bank_of_col[c_idx]
+        w_order = np.lexsort((c_idx, w_key))
+        group_vals = np.zeros((depth, lanes), dtype=np.int64)
+        group_cols = np.zeros((depth, lanes), dtype=np.int64)
+        assert np.array_equal(key[slot_order], w_key[w_order])
+        gsel, lsel = g_idx[slot_order], l_idx[slot_order]
+        chosen_rows, chosen_cols = real_rows[r_idx[w_order]], c_idx[w_order]
+        group_vals[gsel, lsel] = weights[chosen_rows, chosen_cols]
+        group_cols[gsel, lsel] = chosen_cols
+        values.append(group_vals)
+        col_idx.append(group_cols)
+        rg_groups.append(depth)
+    return np.concatenate(values), np.concatenate(col_idx), np.asarray(rg_groups, dtype=np.int64)

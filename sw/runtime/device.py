@@ -1,0 +1,394 @@
+"""One host API over every target: load a program, run inputs, read counters.
+
+:class:`Device` talks frames (:mod:`gsaccel.sw.runtime.protocol`) over any
+:class:`~gsaccel.sw.runtime.transport.Transport` (the Verilator harness, a serial port);
+:class:`GoldenDevice` executes the same device image on the bit-exact golden model. Both share
+:class:`Accelerator`'s ``load``/``run``/``counters``, so a program behaves the same on each.
+
+Reliability (DESIGN §4): every request carries a fresh sequence number and every wait has a
+timeout. A reply with another sequence number (a late answer to an earlier attempt) is
+discarded. A corrupt reply, a silent device or an ``ERROR BAD_CRC`` answer makes the host
+resend, at most ``retries`` times; then it raises :class:`FrameError`,
+:class:`DeviceTimeout` or :class:`DeviceError`. WRITE, READ and HELLO are idempotent and are
+simply resent. RUN is not — layers may overwrite the buffer they read — so a RUN whose reply
+was lost is never resent on its own: :meth:`Accelerator.run` writes the input again and
+repeats the whole inference.
+"""
+
+import abc
+import logging
+import time
+
+import numpy as np
+
+from ...hw.config import CoreConfig
+from ...hw.layouts import COUNTER_NAMES, ErrorCode, FrameType, Memory, memory_depth
+from . import protocol
+from ..errors import DeviceError, DeviceTimeout, FrameError, ShapeError
+
+__all__ = ["Accelerator", "Device", "GoldenDevice"]
+
+logger = logging.getLogger(__name__)
+
+
+class _ReplyLost(FrameError):
+    """The reply to a non-idempotent request was lost; the device state is unknown."""
+
+
+class Accelerator(abc.ABC):
+    """What every target offers: raw memory access, RUN, and program-level inference.
+
+    Subclasses implement :attr:`config`, :meth:`write`, :meth:`read` and :meth:`run_layers`.
+
+    Attributes
+    ----------
+    program : Program or None
+        The program last loaded.
+    counters : dict
+        Counters of the last :meth:`run`, summed over its inputs, plus ``inferences``.
+    """
+
+    #: How many times :meth:`run` repeats one inference whose RUN reply was lost.
+    run_retries = 3
+
+    def __init__(self):
+        self.program = None
+        self.counters = {name: 0 for name in COUNTER_NAMES} | {"inferences": 0}
+
+    # Raw access ---------------------------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def config(self) -> CoreConfig:
+        """The core this target runs."""
+
+    @abc.abstractmethod
+    def write(self, mem, addr, words):
+        """Write ``words`` to memory ``mem`` from ``addr``."""
+
+    @abc.abstractmethod
+    def read(self, mem, addr, count):
+        """Read ``count`` words of memory ``mem`` from ``addr``."""
+
+    @abc.abstractmethod
+    def run_layers(self, first, count):
+        """Run layers ``first .. first+count-1``; return the counters."""
+
+    def close(self):
+        """Release the target (nothing to release by default)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    # Programs -----------------------------------------------------------------------------
+    def load(self, program):
+        """Write ``program``'s device image (layer table, weights, rows).
+
+        Raises
+        ------
+        DeviceError
+            If the program was compiled for another core configuration.
+        """
+        cfg = self.config
+        if program.cfg != cfg:
+            raise DeviceError(f"Program must target this device's core {cfg}, "
+                              f"not {program.cfg}")
+        image = program.image()
+        for mem, words in ((Memory.WEIGHTS, image.weights), (Memory.ROWS, image.rows),
+                           (Memory.LAYERS, image.layers)):
+            if words:
+                self.write(mem, 0, list(words))
+        self.program = program
+        logger.info("loaded %d layers, %d weight words, %d row words", len(image.layers),
+                    len(image.weights), len(image.rows))
+
+    def _require_program(self):
+        if self.program is None:
+            raise DeviceError("A program must be loaded before running inputs, not None")
+        return self.program
+
+    def infer_quantized(self, xq):
+        """Run int8 inputs (``(N, input_size)`` or ``(input_size,)``, zero-padded as
+        :meth:`Program.quantize_input` makes them); return int8 outputs.
+
+        The output has shape ``(N, n_outputs)`` (or ``(n_outputs,)`` for one input).
+        """
+        program = self._require_program()
+        xq = np.asarray(xq)
+        single = xq.ndim == 1
+        xq = np.atleast_2d(xq)
+        if xq.ndim != 2 or xq.shape[1] != program.input_size:
+            raise ShapeError(f"Quantised input must have shape (N, {program.input_size}), "
+                             f"not {xq.shape}")
+        if xq.size and (xq.min() < -128 or xq.max() > 127):
+            raise ShapeError(f"Quantised input must lie in -128..127, not "
+                             f"{int(xq.min())}..{int(xq.max())}")
+        cfg = self.config
+        in_addr = program.input_buffer * cfg.buffer_size
+        out_addr = program.output_buffer * cfg.buffer_size + program.output_offset
+        totals = {name: 0 for name in COUNTER_NAMES}
+        out = np.empty((len(xq), program.n_outputs), dtype=np.int8)
+        for i, sample in enumerate(xq):
+            for attempt in range(self.run_retries + 1):
+                self.write(Memory.ACTS, in_addr, [int(v) for v in sample])
+                try:
+                    counters = self.run_layers(0, len(program.layers))
+                    break
+                except _ReplyLost:
+                    if attempt == self.run_retries:
+                        raise
+                    logger.warning("RUN reply lost; repeating inference %d", i)
+            for name in COUNTER_NAMES:
+                totals[name] += counters[name]
+            words = self.read(Memory.ACTS, out_addr, program.n_outputs)
+            out[i] = np.array(words, dtype=np.uint8).view(np.int8)
+        self.counters = totals | {"inferences": len(xq)}
+        return out[0] if single else out
+
+    def run(self, x):
+        """Run float inputs; return float32 outputs, dequantised.
+
+        ``x`` is one input of the program's input shape, or a batch of them along axis 0.
+        Every target returns the same dtype and shape: ``(N,) + output_shape`` (or
+        ``output_shape`` for one input).
+        """
+        program = self._require_program()
+        x = np.asarray(x, dtype=np.float64)
+        single = x.shape == tuple(program.input_shape)
+        if single:
+            x = x[None]
+        if x.shape[1:] != tuple(program.input_shape):
+            raise ShapeError(f"Input must have shape {tuple(program.input_shape)} or "
+                             f"(N, {', '.join(map(str, program.input_shape))}), not {x.shape}")
+        yq = self.infer_quantized(program.quantize_input(x))
+        y = program.dequantize_output(yq)
+        return y[0] if single else y
+
+
+class Device(Accelerator):
+    """A core behind a byte transport.
+
+    Parameters
+    ----------
+    transport : Transport
+        The byte pipe (``VerilatorTransport``, ``SerialTransport``, ...).
+    timeout : float
+        Seconds to wait for each reply. A silent device raises :class:`DeviceTimeout` after
+        ``(retries + 1) * timeout`` seconds.
+    retries : int
+        Resends after a corrupt reply, a timeout or an ``ERROR BAD_CRC``.
+
+    Raises
+    ------
+    DeviceError
+        The device answered with an error code (named in the message).
+    DeviceTimeout
+        No valid reply arrived within the timeout, after every retry.
+    FrameError
+        Replies kept arriving corrupt, or a reply had the wrong type or size.
+    """
+
+    def __init__(self, transport, *, timeout=2.0, retries=3):
+        super().__init__()
+        if not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise ValueError(f"Timeout must be a positive number of seconds, not {timeout!r}")
+        if not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"Retry count must be a non-negative integer, not {retries!r}")
+        self._transport = transport
+        self._timeout = float(timeout)
+        self._retries = retries
+        self._seq = 0
+        self._parser = protocol.FrameParser()
+        self._config = None
+        #: Resends so far (for reports and tests).
+        self.resends = 0
+        #: Replies discarded because their sequence number was stale.
+        self.stale_replies = 0
+
+    @property
+    def transport(self):
+        return self._transport
+
+    def close(self):
+        self._transport.close()
+
+    # Transactions -------------------------------------------------------------------------
+    def _await_reply(self, seq):
+        deadline = time.monotonic() + self._timeout
+        while True:
+            need = self._parser.need()
+            data = b""
+            if need:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise DeviceTimeout(f"Device must answer within {self._timeout:g} s, "
+                                        f"but sent no reply to request {seq}")
+                data = self._transport.recv(need, timeout=remaining)
+            for event in self._parser.feed(data):
+                if isinstance(event, FrameError):
+                    raise event
+                if event.seq != seq:
+                    self.stale_replies += 1
+                    logger.debug("discarding stale reply seq %d (waiting for %d)",
+                                 event.seq, seq)
+                    continue
+                return event
+
+    def _transact(self, type, payload, *, idempotent=True):
+        attempt = 0
+        while True:
+            seq = self._seq
+            self._seq = (self._seq + 1) & 0xFF
+            frame = protocol.encode_frame(type, seq, payload)
+            logger.debug("-> %s seq %d: %s", FrameType(type).name, seq, frame.hex())
+            self._transport.send(frame)
+            try:
+                reply = self._await_reply(seq)
+            except (DeviceTimeout, FrameError) as error:
+                if isinstance(error, DeviceTimeout):
+                    # The device may sit in a partial frame (bytes lost on the way): flush it.
+                    self._parser.reset()
+                    self._resync()
+                if not idempotent:
+                    raise _ReplyLost(f"Reply to {FrameType(type).name} must arrive intact, "
+                                     f"but {error}") from error
+                if attempt >= self._retries:
+                    if isinstance(error, DeviceTimeout):
+                        raise DeviceTimeout(f"Device must answer {FrameType(type).name} within "
+                                            f"{self._timeout:g} s, but stayed silent for "
+                                            f"{attempt + 1} attempts") from None
+                    raise FrameError(f"Reply to {FrameType(type).name} must arrive intact "
+                                     f"within {attempt + 1} attempts, but: {error}") from None
+                attempt += 1
+                self.resends += 1
+                logger.warning("resending %s after: %s", FrameType(type).name, error)
+                continue
+            logger.debug("<- %r", reply)
+            if reply.type == FrameType.ERROR:
+                code = protocol.parse_error(reply.payload)
+                # The host never sends an over-long frame, so BAD_LENGTH means a length byte
+                # was corrupted on the way, like BAD_CRC: the frame was not executed.
+                if code in (ErrorCode.BAD_CRC, ErrorCode.BAD_LENGTH) \
+                        and attempt < self._retries:
+                    attempt += 1
+                    self.resends += 1
+                    logger.warning("device answered %s; resending %s", code.name,
+                                   FrameType(type).name)
+                    if code == ErrorCode.BAD_LENGTH:
+                        self._resync()
+                    continue
+                name = code.name if isinstance(code, ErrorCode) else f"unknown code {code}"
+                raise DeviceError(f"Device rejected {FrameType(type).name} with {name}")
+            return reply
+
+    def _resync(self):
+        """Complete any partial frame in the device's receiver (docs/protocol.md).
+
+        ``max_payload + 9`` zero bytes finish the longest frame the device accepts; the
+        rest are skipped as bytes outside a frame. A reply they provoke carries an old
+        sequence number and is discarded.
+        """
+        max_payload = (self._config or CoreConfig()).max_payload
+        self._transport.send(bytes(max_payload + protocol.FRAME_OVERHEAD))
+
+    def _expect(self, reply, type, what):
+        if reply.type != type:
+            raise FrameError(f"Reply to {what} must be {type.name}, not {reply.type!r}")
+        return reply.payload
+
+    # Raw access ---------------------------------------------------------------------------
+    def hello(self):
+        """Ask the device for its configuration."""
+        reply = self._transact(FrameType.HELLO, b"")
+        cfg = protocol.parse_hello(self._expect(reply, FrameType.DATA, "HELLO"))
+        self._config = cfg
+        self._parser = protocol.FrameParser(max_payload=max(cfg.max_payload, 64))
+        return cfg
+
+    @property
+    def config(self):
+        """The device's :class:`CoreConfig` (asked with HELLO on first use)."""
+        if self._config is None:
+            self.hello()
+        return self._config
+
+    def write(self, mem, addr, words):
+        """Write ``words`` to ``mem`` from ``addr``, in frames of at most ``max_payload``."""
+        cfg = self.config
+        mem = Memory(mem)
+        words = list(words)
+        step = protocol.max_write_words(cfg, mem)
+        for start in range(0, len(words), step):
+            payload = protocol.write_payload(cfg, mem, addr + start, words[start:start + step])
+            self._expect(self._transact(FrameType.WRITE, payload), FrameType.ACK, "WRITE")
+
+    def read(self, mem, addr, count):
+        """Read ``count`` unsigned words of ``mem`` from ``addr``."""
+        cfg = self.config
+        mem = Memory(mem)
+        depth = memory_depth(cfg, mem)
+        if not 0 <= addr <= addr + count <= depth:
+            raise FrameError(f"Access to {mem.name} must lie in 0..{depth}, "
+                             f"not {addr}..{addr + count}")
+        step = protocol.max_read_words(cfg, mem)
+        words = []
+        for start in range(0, count, step):
+            n = min(step, count - start)
+            reply = self._transact(FrameType.READ, protocol.read_payload(mem, addr + start, n))
+            data = self._expect(reply, FrameType.DATA, "READ")
+            if len(data) != n * protocol.word_size(cfg, mem):
+                raise FrameError(f"READ reply must hold {n * protocol.word_size(cfg, mem)} "
+                                 f"bytes, not {len(data)}")
+            words += protocol.bytes_to_words(cfg, mem, data)
+        return words
+
+    def run_layers(self, first, count):
+        """Execute layers ``first .. first+count-1``; return the RUN counters."""
+        reply = self._transact(FrameType.RUN, protocol.run_payload(first, count),
+                               idempotent=False)
+        return protocol.parse_counters(self._expect(reply, FrameType.DATA, "RUN"))
+
+
+class GoldenDevice(Accelerator):
+    """The ``golden`` target: :class:`~gsaccel.sw.golden.GoldenCore` runs the device image.
+
+    Parameters
+    ----------
+    cfg : CoreConfig
+        The core to model.
+    """
+
+    def __init__(self, cfg=None):
+        super().__init__()
+        from ..golden import GoldenCore
+        self._cfg = CoreConfig() if cfg is None else cfg
+        self.core = GoldenCore(self._cfg)
+
+    @property
+    def config(self):
+        return self._cfg
+
+    def hello(self):
+        return self._cfg
+
+    def write(self, mem, addr, words):
+        words = list(words)
+        protocol.write_payload(self._cfg, mem, addr, words)     # the same range checks
+        # The device stores raw bits; negative ints (ACTS) become their two's complement.
+        bits = 8 * protocol.word_size(self._cfg, mem)
+        words = [int(w) & ((1 << bits) - 1) for w in words]
+        if Memory(mem) == Memory.ACTS:
+            # The golden core keeps activations as signed int8 values.
+            words = [w - 256 if w > 127 else w for w in words]
+        self.core.write(Memory(mem), addr, words)
+
+    def read(self, mem, addr, count):
+        protocol.read_payload(mem, addr, count)
+        bits = 8 * protocol.word_size(self._cfg, mem)
+        return [int(w) & ((1 << bits) - 1) for w in self.core.read(Memory(mem), addr, count)]
+
+    def run_layers(self, first, count):
+        counters = self.core.run(first, count)
+        return {name: int(counters[name]) for name in COUNTER_NAMES}

@@ -9,7 +9,8 @@ from .config import check_config
 from .engine import GatherEngine
 from .framing import FrameReceiver, FrameTransmitter
 from .scratchpad import BankedScratchpad
-from .sequencer import CommandProcessor, ScratchpadOwner
+from .command import CommandProcessor
+from .sequencer import ScratchpadOwner
 from .writer import ResultWriter
 
 __all__ = ["GsaccelCore"]

@@ -16,7 +16,8 @@ BLOCKS = {
     "crc":         ("gsaccel.hw.crc", "Crc32", False),
     "framing":     ("gsaccel.hw.framing", "FrameReceiver", True),
     "transmitter": ("gsaccel.hw.framing", "FrameTransmitter", True),
-    "sequencer":   ("gsaccel.hw.sequencer", "CommandProcessor", True),
+    "command":     ("gsaccel.hw.command", "CommandProcessor", True),
+    "sequencer":   ("gsaccel.hw.sequencer", "Sequencer", True),
 }
 
 

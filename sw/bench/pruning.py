@@ -64,14 +64,15 @@ def _build(model_name):
 
 
 def _quantise_pow2(matrix):
-    """Round kept weights to pow2 integers (exponents 0..15) for measuring packed bytes; a kept
-    weight never rounds to zero, so the pattern is preserved."""
+    """Round kept weights to pow2 integers (exponents 0..15, by the one rounding rule
+    :func:`gsaccel.sw.format.pow2_round`) for measuring packed bytes; a kept weight never
+    rounds to zero, so the pattern is preserved."""
+    from ..format import pow2_round
     kept = matrix != 0
     if not kept.any():
         return np.zeros(matrix.shape, dtype=np.int64)
     scale = np.abs(matrix[kept]).max() / 2.0 ** 15
-    exponent = np.clip(np.round(np.log2(np.where(kept, np.abs(matrix), scale) / scale)), 0, 15)
-    return (np.sign(matrix) * 2.0 ** exponent * kept).astype(np.int64)
+    return (pow2_round(matrix / scale) * kept).astype(np.int64)
 
 
 def measure(model, lanes=LANES):

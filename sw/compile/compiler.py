@@ -40,7 +40,7 @@ import numpy as np
 
 from ...hw.config import POW2_EXP_MAX, CoreConfig
 from ..errors import CapacityError, PatternError, ShapeError, UnsupportedError
-from ..format import GSMatrix
+from ..format import GSMatrix, pow2_exponent
 from .image import LayerSpec
 from .program import Program
 
@@ -394,27 +394,18 @@ def _scale_log2(max_abs, limit=127):
     return math.ceil(math.log2(max_abs / limit))
 
 
-def _pow2_round(v):
-    """Signed power of two nearest to v in the exponent domain (midpoint 1.5·2**k); 0 stays 0."""
-    mag = np.abs(v)
-    with np.errstate(divide="ignore"):
-        exp = np.floor(np.log2(np.where(mag > 0, mag, 1.0)))
-    exp += mag >= 1.5 * 2.0 ** exp
-    return np.sign(v) * 2.0 ** exp, exp
-
-
 def quantize_weights(weight, mask, scale_log2, encoding):
     """Integer weights ``≈ weight / 2**scale_log2`` in ``encoding``; kept weights never 0.
 
-    pow2: exponents clipped to 0..POW2_EXP_MAX (tiny kept weights become ±1); int8: rounded
-    half away from zero and clipped to ±127.
+    pow2: :func:`gsaccel.sw.format.pow2_exponent` (midpoint 1.5·2**k) with exponents clipped
+    to 0..POW2_EXP_MAX (tiny kept weights become ±1); int8: rounded half away from zero and
+    clipped to ±127.
     """
     v = np.asarray(weight, dtype=np.float64) / 2.0 ** scale_log2
     kept = np.ones(v.shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
     sign = np.where(v < 0, -1, 1)
     if encoding == "pow2":
-        _, exp = _pow2_round(v)
-        exp = np.clip(exp, 0, POW2_EXP_MAX).astype(np.int64)
+        exp = pow2_exponent(v, 0, POW2_EXP_MAX).astype(np.int64)
         q = sign * (np.int64(1) << exp)
     else:
         q = np.clip(np.sign(v) * np.floor(np.abs(v) + 0.5), -127, 127).astype(np.int64)

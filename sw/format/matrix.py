@@ -17,8 +17,9 @@ from ...hw.config import POW2_EXP_MAX
 from ..errors import EncodingError, FormatError, PatternError, ShapeError
 
 __all__ = [
-    "PATTERNS", "ENCODINGS", "GSMatrix", "check_pattern", "pow2_encode", "pow2_decode",
-    "GSF_MAGIC", "GSF_VERSION", "seal", "check_sealed",
+    "PATTERNS", "ENCODINGS", "GSMatrix", "check_pattern", "pow2_exponent", "pow2_round",
+    "pow2_encode", "pow2_decode", "GSF_MAGIC", "GSF_VERSION", "seal",
+    "check_sealed",
 ]
 
 PATTERNS = ("gs-gather", "gs-scatter", "1xN", "unstructured", "dense")
@@ -47,6 +48,45 @@ def check_sealed(data, expected, source):
     (crc,) = struct.unpack_from("<I", data, expected - 4)
     if crc != zlib.crc32(data[:expected - 4]):
         raise FormatError(f"{source}: CRC-32 mismatch; the file is corrupt")
+
+
+# Power-of-two rounding (docs/numerics.md, "Weight rounding") ------------------------------------
+
+def pow2_exponent(values, exp_min, exp_max, xp=np):
+    """Exponent k of the signed power of two ±2**k nearest to each value, in the exponent domain.
+
+    |v| in [2**j, 2**(j+1)) rounds up to 2**(j+1) from the arithmetic midpoint 1.5 · 2**j on
+    (ties up), down below it; k is then clipped to [exp_min, exp_max], so 0 and anything under
+    2**exp_min give exp_min. This is the one rounding rule of every power-of-two weight: the
+    compiler's, the pruner's and the straight-through rounding SmartDeal trains with.
+
+    ``xp`` is the array namespace: ``numpy`` (the default) or ``torch`` for a tensor; the rule
+    uses only functions both have with the same meaning. Returns a float array of whole
+    numbers, of ``values``' floating dtype.
+    """
+    magnitude = xp.clip(xp.abs(values), 2.0 ** exp_min, None)
+    exponent = xp.floor(xp.log2(magnitude))
+    # log2 may land on the wrong side of a power of two; the midpoint test corrects it either
+    # way, so the result depends only on the value, not on how log2 rounds.
+    exponent = exponent + (magnitude >= 1.5 * xp.exp2(exponent))
+    return xp.clip(exponent, exp_min, exp_max)
+
+
+def pow2_round(values, *, exp_min=0, exp_max=POW2_EXP_MAX, zero_below=None, xp=np):
+    """Signed powers of two ``sign(v) · 2**pow2_exponent(v)`` (0 and −0.0 round to
+    +2**exp_min, so a kept weight is never lost); entries with |v| < ``zero_below`` become 0
+    (default: none). The default range is the core's pow2 code, 0 <= k <= POW2_EXP_MAX.
+
+    >>> pow2_round(np.array([0.0, 0.74, 0.75, -2.9, -3.0, 5.0e4])).tolist()
+    [1.0, 1.0, 1.0, -2.0, -4.0, 32768.0]
+    """
+    if xp is np:
+        values = np.asarray(values, dtype=np.float64)
+    power = xp.exp2(pow2_exponent(values, exp_min, exp_max, xp))
+    result = xp.where(values < 0, -power, power)
+    if zero_below is not None:
+        result = xp.where(xp.abs(values) < zero_below, 0.0 * power, result)
+    return result
 
 
 # Value codes ----------------------------------------------------------------------------------

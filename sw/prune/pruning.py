@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from ..errors import PatternError, ShapeError, UnsupportedError
+from ..format import pow2_round
 
 __all__ = [
     "PRUNE_PATTERNS", "PatternInfo", "prune", "PruningScheduler", "cubic_schedule",
@@ -516,22 +517,17 @@ def one_by_n_mask(weights, sparsity, lanes, kernel=1, *, alpha=0.5, tau=0.0, see
 
 def pow2_quantize(values, *, exp_min=SMARTDEAL_EXP_MIN, exp_max=SMARTDEAL_EXP_MAX,
                   zero_below=None):
-    """Round to signed powers of two in the exponent domain.
+    """Round to signed powers of two in the exponent domain: the one rule,
+    :func:`gsaccel.sw.format.pow2_round` (docs/numerics.md), over SmartDeal's exponent range.
 
     |v| in [2**k, 2**(k+1)) rounds up to 2**(k+1) from the midpoint 1.5 · 2**k on; exponents
     are clipped to [exp_min, exp_max]. Entries with |v| < ``zero_below`` become 0 (default:
-    none; exact zeros become +2**exp_min, so a kept entry is never lost).
+    none; exact zeros become +2**exp_min, so a kept entry is never lost). A torch tensor is
+    rounded in torch (the straight-through rounding of :func:`smartdeal_trainable`), anything
+    else as a float64 numpy array.
     """
-    values = np.asarray(values, dtype=np.float64)
-    magnitude = np.abs(values)
-    with np.errstate(divide="ignore"):
-        exponent = np.floor(np.log2(np.where(magnitude > 0, magnitude, 2.0 ** exp_min)))
-    exponent += magnitude >= 1.5 * 2.0 ** exponent
-    exponent = np.clip(exponent, exp_min, exp_max)
-    result = np.where(values < 0, -1.0, 1.0) * 2.0 ** exponent
-    if zero_below is not None:
-        result[magnitude < zero_below] = 0.0
-    return result
+    xp = torch if isinstance(values, torch.Tensor) else np
+    return pow2_round(values, exp_min=exp_min, exp_max=exp_max, zero_below=zero_below, xp=xp)
 
 
 def smartdeal_decompose(weights, sparsity, lanes, per_row=1, *, c_pattern="1xN",
@@ -639,15 +635,6 @@ def smartdeal_cprime(module):
     return c.reshape(rows, -1)
 
 
-def _pow2_torch(values):
-    """:func:`pow2_quantize` (without zeroing) in torch, for training."""
-    magnitude = values.abs().clamp_min(2.0 ** SMARTDEAL_EXP_MIN)
-    exponent = torch.floor(torch.log2(magnitude))
-    exponent = exponent + (magnitude >= 1.5 * torch.exp2(exponent)).to(exponent.dtype)
-    exponent = exponent.clamp(SMARTDEAL_EXP_MIN, SMARTDEAL_EXP_MAX)
-    return torch.where(values < 0, -1.0, 1.0).to(values.dtype) * torch.exp2(exponent)
-
-
 class _SmartDealWeight(nn.Module):
     """Parametrisation weight = (pow2(C_latent) ⊙ support) · B, trained with a straight-through
     estimator for the rounding; the support (zero positions of C) stays fixed."""
@@ -661,7 +648,7 @@ class _SmartDealWeight(nn.Module):
 
     def quantised_c(self):
         latent = self.c_latent
-        rounded = _pow2_torch(latent.detach())
+        rounded = pow2_quantize(latent.detach())
         return (latent + (rounded - latent).detach()) * self.support
 
     def forward(self, original):

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...hw.config import POW2_EXP_MAX
+from ...hw.layouts import pow2_code_layout
 from ..errors import EncodingError, FormatError, PatternError, ShapeError
 
 __all__ = [
     "PATTERNS", "ENCODINGS", "GSMatrix", "check_pattern", "pow2_exponent", "pow2_round",
-    "pow2_encode", "pow2_decode", "GSF_MAGIC", "GSF_VERSION", "seal",
+    "pow2_encode", "pow2_decode", "POW2_CODE_WIDTH", "GSF_MAGIC", "GSF_VERSION", "seal",
     "check_sealed",
 ]
 
@@ -91,8 +92,20 @@ def pow2_round(values, *, exp_min=0, exp_max=POW2_EXP_MAX, zero_below=None, xp=n
 
 # Value codes ----------------------------------------------------------------------------------
 
+#: Fields of a pow2 code (``hw.layouts.pow2_code_layout``): (offset, width) by name.
+_POW2_FIELDS = {name: (field.offset, field.width) for name, field in pow2_code_layout()}
+#: Bits of one pow2 code.
+POW2_CODE_WIDTH = pow2_code_layout().size
+
+
+def _pow2_field(codes, name):
+    offset, width = _POW2_FIELDS[name]
+    return (codes >> offset) & ((1 << width) - 1)
+
+
 def pow2_encode(values):
-    """Codes (``nonzero << 5 | sign << 4 | exp``) of exact signed powers of two or zero.
+    """Codes (the fields ``exp``, ``sign``, ``nonzero`` of ``hw.layouts.pow2_code_layout``) of
+    exact signed powers of two or zero.
 
     Raises :class:`EncodingError` naming the first value that is not ±2**k, 0 <= k <= 15.
     """
@@ -107,15 +120,20 @@ def pow2_encode(values):
         raise EncodingError(f"Weight {int(values[index])} at {index} is not a signed power of "
                             f"two 2**k with 0 <= k <= {POW2_EXP_MAX} or zero; use "
                             f"--encoding int8 or quantise it first")
-    return (nonzero.astype(np.int64) << 5) | ((values < 0).astype(np.int64) << 4) | (exp & 0xF)
+    fields = {"exp": exp, "sign": (values < 0).astype(np.int64),
+              "nonzero": nonzero.astype(np.int64)}
+    codes = np.zeros(values.shape, dtype=np.int64)
+    for name, (offset, width) in _POW2_FIELDS.items():
+        codes |= (fields[name] & ((1 << width) - 1)) << offset
+    return codes
 
 
 def pow2_decode(codes):
     """Values of pow2 codes; the inverse of :func:`pow2_encode`."""
     codes = np.asarray(codes, dtype=np.int64)
-    magnitude = np.left_shift(1, codes & 0xF)
-    value = np.where(codes & 0x10, -magnitude, magnitude)
-    return np.where(codes & 0x20, value, 0)
+    magnitude = np.left_shift(1, _pow2_field(codes, "exp"))
+    value = np.where(_pow2_field(codes, "sign") != 0, -magnitude, magnitude)
+    return np.where(_pow2_field(codes, "nonzero") != 0, value, 0)
 
 
 def _check_int8(values):
@@ -433,7 +451,7 @@ class GSMatrix:
                             _bits_for(self.n_groups + 1))]
         if self.pattern == "gs-scatter":
             parts.append(_pack_bits(self.rg_rows.ravel() + 1, _bits_for(rows + 1)))
-        code_width = 6 if self.encoding == "pow2" else 8
+        code_width = POW2_CODE_WIDTH if self.encoding == "pow2" else 8
         codes = pow2_encode(values) if self.encoding == "pow2" else values & 0xFF
         addr_bits, bank_bits = self._index_layout()
         if self.pattern == "1xN":
@@ -507,7 +525,7 @@ class GSMatrix:
         rg_rows = rg_rows.reshape(n_rg, segments)
         if n_rg != -(-rows // segments) or rg_rows.max() >= rows:
             raise ValueError("row groups do not cover the rows")
-        code_width = 6 if encoding == "pow2" else 8
+        code_width = POW2_CODE_WIDTH if encoding == "pow2" else 8
         codes = _unpack_bits(parts.pop(0), code_width, n_groups * lanes).reshape(n_groups, lanes)
         values = pow2_decode(codes) if encoding == "pow2" else (codes ^ 0x80) - 0x80
         matrix = cls(shape=(rows, cols), pattern=pattern, lanes=lanes, per_row=per_row,

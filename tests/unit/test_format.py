@@ -184,6 +184,25 @@ def test_pow2_codes_cover_the_exponent_range():
     np.testing.assert_array_equal(pow2_decode(codes), values)
 
 
+def test_pow2_codes_are_the_gateware_layout():
+    """Every code is the word ``hw.layouts.pow2_code_layout`` packs (the layout the lane
+    decodes), and every one of its 2**width words decodes like the layout says."""
+    from gsaccel.hw.config import POW2_EXP_MAX
+    from gsaccel.hw.layouts import pow2_code_layout
+    from gsaccel.sw.format import POW2_CODE_WIDTH, pack_word, unpack_word
+    layout = pow2_code_layout()
+    assert POW2_CODE_WIDTH == layout.size
+    for k in range(POW2_EXP_MAX + 1):
+        for sign in (0, 1):
+            word = pack_word(layout, {"exp": k, "sign": sign, "nonzero": 1})
+            assert pow2_encode([(-1) ** sign * (1 << k)]).tolist() == [word]
+    assert pow2_encode([0]).tolist() == [pack_word(layout, {})]
+    for word in range(1 << layout.size):
+        fields = unpack_word(layout, word)
+        value = (-1) ** fields["sign"] * (1 << fields["exp"]) if fields["nonzero"] else 0
+        assert pow2_decode([word]).tolist() == [value]
+
+
 @pytest.fixture
 def gsf_bytes(rng):
     dense, _ = random_pattern_matrix(rng, "unstructured", 13, 21, 4, 1, "pow2")

@@ -15,18 +15,22 @@ from .config import check_config
 from .layouts import LayerKind, group_layout, layer_layout, row_layout
 from .writer import WRITE_LATENCY
 
-__all__ = ["Sequencer", "ScratchpadOwner", "datapath_members", "LAYER_OVERHEAD",
-           "RUN_OVERHEAD"]
+__all__ = ["Sequencer", "ScratchpadOwner", "datapath_members", "LAYER_STATES",
+           "LAYER_OVERHEAD", "RUN_OVERHEAD", "MIN_BASIS_CYCLES"]
 
-#: Sequencer cycles per layer outside its datapath time: descriptor FETCH and LOAD, PRIME
-#: and FILL of the streams, and the step to the next layer.
-LAYER_OVERHEAD = 5
+#: The states a layer passes through before its datapath time, one cycle each and in this
+#: order: descriptor FETCH (the layer table's address) and LOAD, PRIME (the first reads of
+#: the group and row streams) and FILL (their first words registered).
+LAYER_STATES = ("FETCH", "LOAD", "PRIME", "FILL")
+#: Sequencer cycles per layer outside its datapath time: the :data:`LAYER_STATES` and the
+#: step to the next layer (the GS state's last cycle, or NEXT after a BASIS layer).
+LAYER_OVERHEAD = len(LAYER_STATES) + 1
 #: Cycles of a RUN outside its layers: the sequencer's DONE cycle.
 RUN_OVERHEAD = 1
+#: Cycles a BASIS layer spends in BASIS_START and BASIS (one each) when ``basis_done`` is
+#: high from the start: a core without a basis unit ties it high and writes nothing.
+MIN_BASIS_CYCLES = 2
 
-#: Fewest cycles a GS layer spends in the GS state. A layer with groups always takes more
-#: (its last write lands WRITE_LATENCY cycles after the writer's last slot); this makes an
-#: empty layer cost ``LAYER_OVERHEAD + 0 + WRITE_LATENCY`` too, as the golden model says.
 _MIN_GS_CYCLES = WRITE_LATENCY + 1
 
 
@@ -258,7 +262,38 @@ class Sequencer(wiring.Component):
             with m.If(left == 1):
                 m.next = "DONE"
             with m.Else():
-                m.next = "FETCH"
+                m.next = LAYER_STATES[0]
+
+        # A layer's preamble, LAYER_STATES: one state a cycle, each going on to the next.
+        def fetch():
+            pass                    # the layer table reads ``index``
+
+        def load():
+            m.d.sync += [layer.eq(self.layer_data), gs_cycles.eq(0),
+                         group_ptr.eq(self.layer_data.group_base),
+                         row_ptr.eq(self.layer_data.row_base)]
+
+        def prime():
+            # Read the layer's first group word and row record (FILL registers them, so
+            # that they are offered in the first GS cycle).
+            is_gs = layer.kind != LayerKind.BASIS     # any kind but BASIS runs as GS
+            m.d.sync += [
+                group_read.eq(is_gs & (layer.group_count != 0)),
+                row_read.eq(is_gs),
+                group_ptr.eq(group_ptr + 1),
+                groups_left.eq(Mux(layer.group_count != 0, layer.group_count - 1, 0)),
+                row_ptr.eq(Mux(row_ptr == cfg.row_depth - 1, 0, row_ptr + 1)),
+                self.owner.eq(Mux(is_gs, ScratchpadOwner.GS, ScratchpadOwner.BASIS)),
+            ]
+
+        def fill():
+            step_streams()
+            with m.If(layer.kind == LayerKind.BASIS):
+                m.next = "BASIS_START"
+            with m.Else():
+                m.next = "GS"
+
+        preamble = {"FETCH": fetch, "LOAD": load, "PRIME": prime, "FILL": fill}
 
         with m.FSM(name="seq"):
             with m.State("IDLE"):
@@ -272,33 +307,13 @@ class Sequencer(wiring.Component):
                     with m.If(self.count == 0):
                         m.next = "DONE"
                     with m.Else():
-                        m.next = "FETCH"
-            with m.State("FETCH"):
-                m.next = "LOAD"
-            with m.State("LOAD"):
-                m.d.sync += [layer.eq(self.layer_data), gs_cycles.eq(0),
-                             group_ptr.eq(self.layer_data.group_base),
-                             row_ptr.eq(self.layer_data.row_base)]
-                m.next = "PRIME"
-            with m.State("PRIME"):
-                # Read the layer's first group word and row record (FILL registers them, so
-                # that they are offered in the first GS cycle).
-                is_gs = layer.kind != LayerKind.BASIS     # any kind but BASIS runs as GS
-                m.d.sync += [
-                    group_read.eq(is_gs & (layer.group_count != 0)),
-                    row_read.eq(is_gs),
-                    group_ptr.eq(group_ptr + 1),
-                    groups_left.eq(Mux(layer.group_count != 0, layer.group_count - 1, 0)),
-                    row_ptr.eq(Mux(row_ptr == cfg.row_depth - 1, 0, row_ptr + 1)),
-                    self.owner.eq(Mux(is_gs, ScratchpadOwner.GS, ScratchpadOwner.BASIS)),
-                ]
-                m.next = "FILL"
-            with m.State("FILL"):
-                step_streams()
-                with m.If(layer.kind == LayerKind.BASIS):
-                    m.next = "BASIS_START"
-                with m.Else():
-                    m.next = "GS"
+                        m.next = LAYER_STATES[0]
+
+            for state, following in zip(LAYER_STATES, LAYER_STATES[1:] + (None,)):
+                with m.State(state):
+                    preamble[state]()
+                    if following is not None:
+                        m.next = following
             with m.State("GS"):
                 # Read ahead, so that a group is offered every cycle the engine takes one; the
                 # rows are offered while the layer runs (it does not say how many it has).

@@ -13,10 +13,6 @@ from .scratchpad import bank_addr_width
 
 __all__ = ["Requantizer", "ResultWriter", "WRITE_LATENCY"]
 
-#: Cycles from the writer's last slot of a row to its write landing in the scratchpad: the
-#: sum + bias, the requantiser's stages, the saturation and the registered write port.
-WRITE_LATENCY = 5
-
 
 class Requantizer(wiring.Component):
     """Requantisation of an accumulator value to int8 (docs/architecture.md).
@@ -100,7 +96,7 @@ class Requantizer(wiring.Component):
         domain += rounded.eq(self.value + half.as_signed())
         domain += shifted.eq(rounded >> self.shift)
         if self._pipelined:
-            for stage in range(2):
+            for stage in range(self.latency):
                 relu.append(Signal(name=f"relu{stage + 1}"))
                 delayed = Signal(init=1, name=f"in_range{stage + 1}")
                 m.d.sync += [relu[-1].eq(relu[-2]), delayed.eq(in_range)]
@@ -115,6 +111,16 @@ class Requantizer(wiring.Component):
             m.d.comb += saturated.eq(shifted)
         m.d.comb += self.result.eq(Mux(~in_range | (relu & saturated[-1]), 0, saturated))
         return m
+
+
+#: The writer's registered stages before the requantiser (the slot's sum and the row's bias,
+#: then their sum) and after it (the saturated result, which drives the scratchpad's write
+#: port).
+_SUM_STAGES = 2
+_RESULT_STAGES = 1
+#: Cycles from a slot cycle of the writer to its scratchpad write (``wr_en`` high): the
+#: stages before the requantiser, the requantiser's and the saturated result's.
+WRITE_LATENCY = _SUM_STAGES + Requantizer.PIPELINED_LATENCY + _RESULT_STAGES
 
 
 class ResultWriter(wiring.Component):
@@ -185,6 +191,11 @@ class ResultWriter(wiring.Component):
         """Sum vectors the queue holds."""
         return self._cfg.result_vectors
 
+    @property
+    def latency(self):
+        """Cycles from a slot cycle to its scratchpad write: :data:`WRITE_LATENCY`."""
+        return WRITE_LATENCY
+
     def elaborate(self, platform):
         m = Module()
         cfg = self._cfg
@@ -248,8 +259,10 @@ class ResultWriter(wiring.Component):
             requantizer.shift.eq(self.shift),
             requantizer.relu.eq(self.relu),
         ]
+        # The requantiser's stages, then the saturated result's (``data``): the write's
+        # control goes with the value, one register per stage up to the write port.
         go, write, addr = [s2_go], [s2_write], [s2_addr]
-        for stage in (3, 4, 5):
+        for stage in range(_SUM_STAGES + 1, self.latency + 1):
             go.append(Signal(name=f"s{stage}_go"))
             write.append(Signal(name=f"s{stage}_write"))
             addr.append(Signal(cfg.col_width, name=f"s{stage}_addr"))

@@ -9,6 +9,7 @@ import numpy as np
 from ...hw.config import CoreConfig
 from ...hw.layouts import (COUNTER_NAMES, ErrorCode, LayerKind, Memory, group_layout,
                            layer_layout, memory_depth, memory_layout, row_layout)
+from ...hw.sequencer import MIN_BASIS_CYCLES
 from ..errors import DeviceError, ShapeError
 from ..format import pow2_decode
 from ..format.words import unpack_word
@@ -107,7 +108,7 @@ class GoldenCore:
             if desc["kind"] == LayerKind.BASIS.value and not cfg.basis:
                 # No basis unit: the sequencer's BASIS_START and BASIS states pass at once
                 # and nothing is written.
-                counters["cycles"] += LAYER_OVERHEAD + 2
+                counters["cycles"] += LAYER_OVERHEAD + MIN_BASIS_CYCLES
                 continue
             if desc["kind"] == LayerKind.BASIS.value:
                 n = desc["group_count"]

@@ -1,13 +1,14 @@
 """Random test matrices that follow each pattern family, built by hand (not by the pruners).
 
-Testbenches of every tier draw their layers from here, so a gateware test, a golden-model test
-and a packer test see the same kinds of matrices: odd shapes, negative values, ragged banks and
-partial row groups.
+Testbenches draw their layers from here (:func:`random_pattern_matrix` for a dense integer
+matrix, :func:`random_gs_matrix` for it packed), and ``gsaccel bench hw`` its weight values
+(:func:`random_values`), so a golden-model test, a packer test and a benchmark see the same
+kinds of matrices: odd shapes, negative values, ragged banks, partial and empty row groups.
 """
 
 import numpy as np
 
-__all__ = ["random_values", "random_pattern_matrix", "PATTERN_CASES"]
+__all__ = ["random_values", "random_pattern_matrix", "random_gs_matrix", "PATTERN_CASES"]
 
 #: (pattern, per_row) pairs worth covering for a lane count: every family and e.
 def PATTERN_CASES(lanes):
@@ -72,3 +73,13 @@ def random_pattern_matrix(rng, pattern, rows, cols, lanes, per_row=1, encoding="
     else:
         raise ValueError(f"Pattern must be a known family, not {pattern!r}")
     return weights, row_order
+
+
+def random_gs_matrix(rng, pattern, rows, cols, lanes, per_row=1, encoding="pow2", density=0.3):
+    """:func:`random_pattern_matrix` packed: a :class:`~gsaccel.sw.format.GSMatrix` of
+    ``pattern`` (with its row order for gs-scatter)."""
+    from ..sw.format import GSMatrix
+    weights, row_order = random_pattern_matrix(rng, pattern, rows, cols, lanes, per_row,
+                                               encoding, density=density)
+    return GSMatrix.from_dense(weights, pattern, lanes, per_row=per_row, encoding=encoding,
+                               row_order=row_order)

@@ -44,8 +44,10 @@ def pattern_masks(weights, sparsity, lanes):
 
 
 def _pow2_weights(rng, mask):
-    values = rng.choice([-1, 1], mask.shape) * (1 << rng.integers(0, 6, mask.shape))
-    return np.where(mask, values, 0)
+    """Random ±2**k weights (0 <= k <= 5) where ``mask`` is set: the project's one test-matrix
+    value generator (:func:`gsaccel.sim.stimulus.random_values`) on a pruner's mask."""
+    from ...sim.stimulus import random_values
+    return np.where(mask, random_values(rng, mask.shape, "pow2", max_exp=5), 0)
 
 
 def _run_layer(device, cfg, matrix, rng):

@@ -9,6 +9,7 @@ import pytest
 
 from gsaccel.hw.config import CoreConfig
 from gsaccel.hw.layouts import Memory
+from gsaccel.sim.stimulus import random_pattern_matrix
 from gsaccel.sw.runtime.device import GoldenDevice
 from gsaccel.sw.errors import DeviceError, FormatError, ShapeError
 from gsaccel.sw.format import GSMatrix
@@ -20,15 +21,11 @@ CFG = CoreConfig(lanes=4, bank_depth=16)
 
 
 def _program(seed=SEED):
-    """A hand-built 3-layer program: a gs-gather layer, a basis layer, an unstructured one."""
+    """A 3-layer program: a random gs-gather layer (sim.stimulus), a basis layer, a random
+    unstructured one."""
     rng = np.random.default_rng(seed)
-    w1 = np.zeros((12, 10), dtype=np.int64)
-    for row in range(12):           # every row keeps 4 weights, one per bank (gs-gather, e=1)
-        for bank in range(4):
-            cols = [c for c in range(10) if c % 4 == bank]
-            w1[row, rng.choice(cols)] = int(rng.choice([-1, 1])) << int(rng.integers(0, 6))
-    w3 = np.where(rng.random((5, 12)) < 0.4,
-                  rng.choice([-1, 1], (5, 12)) << rng.integers(0, 7, (5, 12)), 0)
+    w1, _ = random_pattern_matrix(rng, "gs-gather", 12, 10, 4, 1, "pow2", density=1.0)
+    w3, _ = random_pattern_matrix(rng, "unstructured", 5, 12, 4, 2, "pow2", density=0.4)
     layers = [
         LayerSpec("gs", GSMatrix.from_dense(w1, "gs-gather", 4), rng.integers(-50, 50, 12), 3,
                   True, 0, 1, name="fc1"),

@@ -5,6 +5,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from .config import check_config
+from .layouts import LayerControl
 from .scratchpad import bank_addr_width, read_latency
 from .writer import Requantizer
 
@@ -37,8 +38,8 @@ class BasisUnit(wiring.Component):
     ``n_chunks > 0``; ``busy`` is high from cycle 1 through that cycle, and ``start`` is ignored
     while ``busy``.
 
-    The settings (``n_chunks``, ``basis``, ``shift``, ``relu``, ``src``, ``dst``) must be
-    stable from the cycle before ``start`` until ``done``.
+    The settings (``n_chunks``, ``basis``, ``control``) must be stable from the cycle before
+    ``start`` until ``done``.
 
     Parameters
     ----------
@@ -51,10 +52,8 @@ class BasisUnit(wiring.Component):
         Chunks; more than ``buffer_size // 3`` are clamped to that.
     basis : In(data.ArrayLayout(signed(8), 9))
         B, row-major.
-    shift : In(5)
-    relu : In(1)
-    src : In(1)
-    dst : In(1)
+    control : In(LayerControl)
+        The layer's settings; the unit uses ``src``, ``dst``, ``shift`` and ``relu``.
     rd_addr : Out(BA).array(V)
     rd_data : In(signed(8)).array(V)
     wr_en : Out(1).array(V)
@@ -82,10 +81,7 @@ class BasisUnit(wiring.Component):
             "start":    In(1),
             "n_chunks": In(16),
             "basis":    In(data.ArrayLayout(signed(8), 9)),
-            "shift":    In(5),
-            "relu":     In(1),
-            "src":      In(1),
-            "dst":      In(1),
+            "control":  In(LayerControl),
             "rd_addr":  Out(addr_width).array(lanes),
             "rd_data":  In(signed(8)).array(lanes),
             "wr_en":    Out(1).array(lanes),
@@ -155,7 +151,7 @@ class BasisUnit(wiring.Component):
             for k in range(3):
                 address = address | ((element[k][:bank_bits] == bank).replicate(
                     cfg.col_width - bank_bits) & element[k][bank_bits:])
-            m.d.sync += self.rd_addr[bank].eq(Cat(address, self.src))
+            m.d.sync += self.rd_addr[bank].eq(Cat(address, self.control.src))
 
         # The pipeline's valid bits: valid[k] is chunk g's in cycle g + k.
         valid = [issue] + [Signal(name=f"s{k}_valid") for k in range(1, latency)]
@@ -212,8 +208,8 @@ class BasisUnit(wiring.Component):
                                                                         pipelined=True)
             m.d.comb += [
                 requantizer.value.eq(z[k]),
-                requantizer.shift.eq(self.shift),
-                requantizer.relu.eq(self.relu),
+                requantizer.shift.eq(self.control.shift),
+                requantizer.relu.eq(self.control.relu),
             ]
             result = Signal(signed(8), name=f"result{k}")
             m.d.sync += result.eq(requantizer.result)
@@ -226,7 +222,7 @@ class BasisUnit(wiring.Component):
                 with m.If(written & (target[:bank_bits] == bank)):
                     m.d.sync += [
                         self.wr_en[bank].eq(1),
-                        self.wr_addr[bank].eq(Cat(target[bank_bits:], self.dst)),
+                        self.wr_addr[bank].eq(Cat(target[bank_bits:], self.control.dst)),
                         self.wr_data[bank].eq(results[k]),
                     ]
         return m

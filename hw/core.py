@@ -93,19 +93,17 @@ class GsaccelCore(wiring.Component):
             # hand-written descriptor ended the previous one inside a row group.
             engine.clear.eq(proc.owner == ScratchpadOwner.HOST),
             engine.credit.eq(writer.credit),
-            engine.seg_log2.eq(proc.seg_log2), engine.src.eq(proc.src),
-            writer.seg_log2.eq(proc.seg_log2), writer.shift.eq(proc.shift),
-            writer.relu.eq(proc.relu), writer.dst.eq(proc.dst),
+            engine.control.eq(proc.control),
+            writer.control.eq(proc.control),
             proc.engine_idle.eq(engine.idle), proc.writer_idle.eq(writer.idle),
             proc.issue.eq(engine.issue), proc.issue_lanes.eq(engine.issue_lanes),
             proc.stall.eq(engine.stall),
         ]
         if basis is not None:
             m.d.comb += [
+                basis.control.eq(proc.control),
                 basis.start.eq(proc.basis_start), basis.n_chunks.eq(proc.n_chunks),
-                basis.basis.eq(proc.basis), basis.shift.eq(proc.shift),
-                basis.relu.eq(proc.relu), basis.src.eq(proc.src), basis.dst.eq(proc.dst),
-                proc.basis_done.eq(basis.done),
+                basis.basis.eq(proc.basis), proc.basis_done.eq(basis.done),
             ]
         else:
             m.d.comb += proc.basis_done.eq(1)

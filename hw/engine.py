@@ -7,7 +7,7 @@ from amaranth.lib.wiring import In, Out
 
 from .config import check_config
 from .lane import Lane, lane_nonzero
-from .layouts import group_layout
+from .layouts import LayerControl, group_layout
 from .scratchpad import bank_addr_width, read_latency
 
 __all__ = ["GatherEngine", "sums_layout", "pipeline_depth", "engine_latency"]
@@ -53,7 +53,7 @@ class GatherEngine(wiring.Component):
     ``o_sums.ready`` is not looked at (the credit scheme makes it always high when it
     matters), and the pipeline never stalls.
 
-    ``src`` and ``seg_log2`` must be stable from a layer's first accepted group until
+    ``control`` must be stable from a layer's first accepted group until
     ``idle``.
 
     Parameters
@@ -63,10 +63,9 @@ class GatherEngine(wiring.Component):
     Members
     -------
     i_group : In(stream.Signature(group_layout(cfg)))
-    seg_log2 : In(3)
-        log2 of the segment length e; values above ``log2(V)`` mean ``e = V``.
-    src : In(1)
-        Activation buffer read.
+    control : In(LayerControl)
+        The layer's settings; the engine uses ``src`` (the activation buffer read) and
+        ``seg_log2`` (log2 of the segment length e; values above ``log2(V)`` mean ``e = V``).
     rd_addr : Out(BA).array(V)
         Scratchpad bank read addresses.
     rd_data : In(signed(8)).array(V)
@@ -98,8 +97,7 @@ class GatherEngine(wiring.Component):
         lanes, addr_width = cfg.lanes, bank_addr_width(cfg)
         super().__init__({
             "i_group":     In(stream.Signature(group_layout(cfg))),
-            "seg_log2":    In(3),
-            "src":         In(1),
+            "control":     In(LayerControl),
             "rd_addr":     Out(addr_width).array(lanes),
             "rd_data":     In(signed(8)).array(lanes),
             "o_sums":      Out(stream.Signature(sums_layout(cfg))),
@@ -153,7 +151,7 @@ class GatherEngine(wiring.Component):
         hits = [Cat(nonzero[i] & (group.lanes[i].bank == bank) for bank in range(lanes))
                 for i in range(lanes)]
         for bank in range(lanes):
-            m.d.comb += self.rd_addr[bank].eq(Cat(group.bank_addr[bank], self.src))
+            m.d.comb += self.rd_addr[bank].eq(Cat(group.bank_addr[bank], self.control.src))
 
         # The pipeline registers of the stages before the accumulators (valid and last of
         # each): 5 + log2(V) of them, or 5 without the deep pipeline.
@@ -213,7 +211,7 @@ class GatherEngine(wiring.Component):
         top = lanes.bit_length() - 1
         level = s5_product
         for k in range(1, top + 1):
-            summing = self.seg_log2 >= k
+            summing = self.control.seg_log2 >= k
             if cfg.deep_pipeline or k == top:
                 step = [Signal(signed(acc_width), name=f"tree{k}_{j}") for j in range(lanes)]
                 domain = m.d.sync

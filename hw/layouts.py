@@ -16,7 +16,7 @@ from .config import ENCODINGS, CoreConfig
 
 __all__ = [
     "pow2_code_layout", "lane_layout", "group_layout", "row_layout", "layer_layout",
-    "LayerKind", "Memory", "FrameType", "ErrorCode", "FRAME_SYNC", "FRAME_HEADER_BYTES",
+    "LayerKind", "LayerControl", "Memory", "FrameType", "ErrorCode", "FRAME_SYNC", "FRAME_HEADER_BYTES",
     "FRAME_CRC_BYTES", "HELLO_MAGIC", "PROTOCOL_VERSION", "word_bytes", "memory_layout",
     "memory_depth", "HELLO_FORMAT", "hello_payload", "HELLO_FEATURE_BASIS", "HELLO_FEATURE_DEEP_PIPELINE",
     "COUNTER_NAMES",
@@ -98,6 +98,31 @@ def layer_layout(cfg: CoreConfig = None):
     if (cfg or CoreConfig()).basis:
         fields["basis"] = data.ArrayLayout(signed(8), 9)    # B row-major, BASIS layers only
     return data.StructLayout(fields)
+
+
+class LayerControl(data.Struct):
+    """The settings of the layer being run, from its descriptor (:func:`layer_layout`, whose
+    fields of the same names they are): the sequencer holds them for the gather engine, the
+    result writer and the basis unit, stable for the whole layer.
+
+    Members
+    -------
+    src : unsigned(1)
+        Activation buffer read.
+    dst : unsigned(1)
+        Activation buffer written.
+    relu : unsigned(1)
+        Clamp the requantised results at 0.
+    seg_log2 : unsigned(3)
+        log2 of the segment length e (GS layers).
+    shift : unsigned(5)
+        Requantisation right shift.
+    """
+    src:      unsigned(1)
+    dst:      unsigned(1)
+    relu:     unsigned(1)
+    seg_log2: unsigned(3)
+    shift:    unsigned(5)
 
 
 class Memory(py_enum.IntEnum):

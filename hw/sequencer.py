@@ -12,7 +12,7 @@ from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .config import check_config
-from .layouts import LayerKind, group_layout, layer_layout, row_layout
+from .layouts import LayerControl, LayerKind, group_layout, layer_layout, row_layout
 from .writer import WRITE_LATENCY
 
 __all__ = ["Sequencer", "ScratchpadOwner", "datapath_members", "LAYER_STATES",
@@ -47,11 +47,7 @@ def datapath_members(cfg):
         "o_group":     Out(stream.Signature(group_layout(cfg))),
         "o_row":       Out(stream.Signature(row_layout(cfg))),
         "owner":       Out(ScratchpadOwner),
-        "seg_log2":    Out(3),
-        "shift":       Out(5),
-        "relu":        Out(1),
-        "src":         Out(1),
-        "dst":         Out(1),
+        "control":     Out(LayerControl),
         "basis":       Out(data.ArrayLayout(signed(8), 9)),
         "n_chunks":    Out(16),
         "basis_start": Out(1),
@@ -126,8 +122,10 @@ class Sequencer(wiring.Component):
     o_row : Out(stream.Signature(row_layout(cfg)))
         To ``ResultWriter.i_row``.
     owner : Out(ScratchpadOwner)
-    seg_log2, shift, relu, src, dst, basis, n_chunks : Out
-        The current layer's parameters (stable during the layer).
+    control : Out(LayerControl)
+        The current layer's settings (stable during the layer), from its descriptor.
+    basis, n_chunks : Out(data.ArrayLayout(signed(8), 9)), Out(16)
+        A BASIS layer's basis and chunk count (its ``group_count``).
     basis_start : Out(1)
     basis_done, engine_idle, writer_idle, issue, issue_lanes, stall : In
         Status of the basis unit, engine and writer.
@@ -198,11 +196,8 @@ class Sequencer(wiring.Component):
             self.o_row.payload.eq(row_word),
             self.group_word.eq(group_word),
             self.row_word.eq(row_word),
-            self.seg_log2.eq(layer.seg_log2),
-            self.shift.eq(layer.shift),
-            self.relu.eq(layer.relu),
-            self.src.eq(layer.src),
-            self.dst.eq(layer.dst),
+            *(getattr(self.control, name).eq(getattr(layer, name))
+              for name in data.Layout.cast(LayerControl).members),
             self.basis.eq(layer.basis if cfg.basis else 0),
             self.n_chunks.eq(layer.group_count),
         ]

@@ -8,7 +8,7 @@ from amaranth.lib.wiring import In, Out
 
 from .config import check_config
 from .engine import sums_layout
-from .layouts import row_layout
+from .layouts import LayerControl, row_layout
 from .scratchpad import bank_addr_width
 
 __all__ = ["Requantizer", "ResultWriter", "WRITE_LATENCY"]
@@ -134,7 +134,7 @@ class ResultWriter(wiring.Component):
     write of element ``out_addr`` of buffer ``dst`` (if the record is ``valid``).
     In the last slot cycle of a vector it pops the queue and pulses ``credit``.
 
-    ``seg_log2``, ``shift``, ``relu`` and ``dst`` must be stable during a layer.
+    ``control`` must be stable during a layer.
 
     Parameters
     ----------
@@ -145,11 +145,9 @@ class ResultWriter(wiring.Component):
     i_sums : In(stream.Signature(sums_layout(cfg)))
     i_row : In(stream.Signature(row_layout(cfg)))
         One record per slot, in order.
-    seg_log2 : In(3)
-        log2 of e; a vector has V/e slots (one for values above ``log2(V)``).
-    shift : In(5)
-    relu : In(1)
-    dst : In(1)
+    control : In(LayerControl)
+        The layer's settings; the writer uses ``seg_log2`` (log2 of e: a vector has V/e
+        slots, one for values above ``log2(V)``), ``shift``, ``relu`` and ``dst``.
     wr_en : Out(1).array(V)
     wr_addr : Out(BA).array(V)
     wr_data : Out(signed(8)).array(V)
@@ -171,10 +169,7 @@ class ResultWriter(wiring.Component):
         super().__init__({
             "i_sums":   In(stream.Signature(sums_layout(cfg))),
             "i_row":    In(stream.Signature(row_layout(cfg))),
-            "seg_log2": In(3),
-            "shift":    In(5),
-            "relu":     In(1),
-            "dst":      In(1),
+            "control":  In(LayerControl),
             "wr_en":    Out(1).array(lanes),
             "wr_addr":  Out(addr_width).array(lanes),
             "wr_data":  Out(signed(8)).array(lanes),
@@ -215,8 +210,8 @@ class ResultWriter(wiring.Component):
         # V/e - 1, with e = V for any seg_log2 beyond log2(V) (as the engine and golden model).
         # seg_log2 is a layer constant: registered, this is off the slot -> pop -> credit path.
         last_slot = Signal(range(lanes))
-        m.d.sync += last_slot.eq(Mux(self.seg_log2 >= bank_bits, 0,
-                                     (Const(lanes, range(lanes + 1)) >> self.seg_log2) - 1))
+        m.d.sync += last_slot.eq(Mux(self.control.seg_log2 >= bank_bits, 0,
+                                     (Const(lanes, range(lanes + 1)) >> self.control.seg_log2) - 1))
         take = Signal()
         m.d.comb += [
             self.i_row.ready.eq(queue.r_rdy),
@@ -256,8 +251,8 @@ class ResultWriter(wiring.Component):
                                                               pipelined=True)
         m.d.comb += [
             requantizer.value.eq(s2_value),
-            requantizer.shift.eq(self.shift),
-            requantizer.relu.eq(self.relu),
+            requantizer.shift.eq(self.control.shift),
+            requantizer.relu.eq(self.control.relu),
         ]
         # The requantiser's stages, then the saturated result's (``data``): the write's
         # control goes with the value, one register per stage up to the write port.
@@ -274,7 +269,7 @@ class ResultWriter(wiring.Component):
         for bank in range(lanes):
             m.d.comb += [
                 self.wr_en[bank].eq(write[-1] & (addr[-1][:bank_bits] == bank)),
-                self.wr_addr[bank].eq(Cat(addr[-1][bank_bits:], self.dst)),
+                self.wr_addr[bank].eq(Cat(addr[-1][bank_bits:], self.control.dst)),
                 self.wr_data[bank].eq(data),
             ]
         m.d.comb += self.idle.eq(~queue.r_rdy & ~Cat(s1_go, *go).any())

@@ -14,7 +14,7 @@ from amaranth.lib.wiring import In, Out
 from ..hw.config import POW2_EXP_MAX, CoreConfig
 from ..hw.basis import BasisUnit
 from ..hw.engine import GatherEngine
-from ..hw.layouts import group_layout, row_layout
+from ..hw.layouts import LayerControl, group_layout, row_layout
 from ..hw.scratchpad import BankedScratchpad
 from ..hw.writer import ResultWriter
 from ..sw.format import PATTERNS, GSMatrix
@@ -37,7 +37,7 @@ class Datapath(wiring.Component):
     -------
     i_group : In(stream.Signature(group_layout(cfg)))
     i_row : In(stream.Signature(row_layout(cfg)))
-    seg_log2, src, dst, shift, relu : In
+    control : In(LayerControl)
         Layer settings, stable during a layer.
     clear : In(1)
         Zero the engine's accumulators.
@@ -52,7 +52,7 @@ class Datapath(wiring.Component):
     issue, issue_lanes, stall, engine_idle, writer_idle : Out
         Engine and writer status.
     basis_start, n_chunks, basis : In(1), In(16), In(ArrayLayout(signed(8), 9))
-        Basis layer control (V >= 4 only); ``dst``, ``src``, ``shift`` and ``relu`` are shared.
+        Basis layer control (V >= 4 only); ``control`` is shared.
     basis_busy, basis_done : Out(1)
     """
 
@@ -63,12 +63,8 @@ class Datapath(wiring.Component):
         super().__init__({
             "i_group":      In(stream.Signature(group_layout(cfg))),
             "i_row":        In(stream.Signature(row_layout(cfg))),
-            "seg_log2":     In(3),
+            "control":      In(LayerControl),
             "clear":        In(1),
-            "src":          In(1),
-            "dst":          In(1),
-            "shift":        In(5),
-            "relu":         In(1),
             "host_addr":    In(cfg.col_width + 1),
             "host_wr_en":   In(1),
             "host_wr_data": In(signed(8)),
@@ -102,14 +98,10 @@ class Datapath(wiring.Component):
         wiring.connect(m, wiring.flipped(self.i_row), writer.i_row)
         wiring.connect(m, engine.o_sums, writer.i_sums)
         m.d.comb += [
-            engine.seg_log2.eq(self.seg_log2),
-            engine.src.eq(self.src),
+            engine.control.eq(self.control),
+            writer.control.eq(self.control),
             engine.credit.eq(writer.credit),
             engine.clear.eq(self.clear),
-            writer.seg_log2.eq(self.seg_log2),
-            writer.dst.eq(self.dst),
-            writer.shift.eq(self.shift),
-            writer.relu.eq(self.relu),
             self.issue.eq(engine.issue),
             self.issue_lanes.eq(engine.issue_lanes),
             self.stall.eq(engine.stall),
@@ -121,13 +113,10 @@ class Datapath(wiring.Component):
         if cfg.basis:
             m.submodules.basis = basis = BasisUnit(cfg)
             m.d.comb += [
+                basis.control.eq(self.control),
                 basis.start.eq(self.basis_start),
                 basis.n_chunks.eq(self.n_chunks),
                 basis.basis.eq(self.basis),
-                basis.shift.eq(self.shift),
-                basis.relu.eq(self.relu),
-                basis.src.eq(self.src),
-                basis.dst.eq(self.dst),
                 self.basis_busy.eq(basis.busy),
                 self.basis_done.eq(basis.done),
             ]

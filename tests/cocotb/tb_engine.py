@@ -12,8 +12,8 @@ from cocotb.clock import Clock
 from cocotb.triggers import RisingEdge
 
 from gsaccel.hw.config import CoreConfig
-from gsaccel.hw.layouts import group_layout, row_layout
-from gsaccel.sim.cocotb_streams import StreamSource
+from gsaccel.hw.layouts import LayerControl, group_layout, row_layout
+from gsaccel.sim.cocotb_streams import StreamSource, pack_payload
 from gsaccel.sim.datapath import layer_words, random_gs_matrix
 from gsaccel.sw import golden
 
@@ -54,6 +54,10 @@ class DatapathTB:
     def set_backpressure_generator(self, generator=None):
         self.rows.set_pause_generator(generator)
 
+    def set_control(self, **settings):
+        """Drive the layer settings (``LayerControl`` fields; the others 0)."""
+        self.dut.control.value = pack_payload(LayerControl, settings)
+
     async def write_buffer(self, buffer, values):
         dut = self.dut
         for element, value in enumerate(values):
@@ -80,9 +84,8 @@ class DatapathTB:
     async def run_layer(self, matrix, x, bias, shift, relu, *, max_cycles=20_000):
         """Run one layer; returns (y, counters) with cycles counted from the first issue."""
         dut = self.dut
-        dut.seg_log2.value = matrix.per_row.bit_length() - 1
-        dut.src.value, dut.dst.value = 0, 1
-        dut.shift.value, dut.relu.value = shift, relu
+        self.set_control(seg_log2=matrix.per_row.bit_length() - 1, src=0, dst=1, shift=shift,
+                         relu=relu)
         await self.write_buffer(1, [-77] * matrix.shape[0])     # a missing write shows
         await self.write_buffer(0, x)
         groups, rows = layer_words(self.cfg, matrix, bias)
@@ -119,8 +122,7 @@ class DatapathTB:
         dut = self.dut
         await self.write_buffer(dst, [-77] * (3 * n_chunks + 3))
         await self.write_buffer(src, x)
-        dut.src.value, dut.dst.value = src, dst
-        dut.shift.value, dut.relu.value = shift, relu
+        self.set_control(src=src, dst=dst, shift=shift, relu=relu)
         dut.n_chunks.value = n_chunks
         dut.basis.value = sum((int(v) & 0xFF) << (8 * i) for i, v in enumerate(np.ravel(basis)))
         await RisingEdge(dut.clk)                  # the unit samples its settings a cycle ahead

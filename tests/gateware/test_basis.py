@@ -56,10 +56,7 @@ def run_basis(cfg, acts, basis, n_chunks, shift, relu, src, dst):
     async def bench(ctx):
         ctx.set(dut.n_chunks, n_chunks)
         ctx.set(dut.basis, [int(v) for v in np.ravel(basis)])
-        ctx.set(dut.shift, shift)
-        ctx.set(dut.relu, relu)
-        ctx.set(dut.src, src)
-        ctx.set(dut.dst, dst)
+        ctx.set(dut.control, {"shift": shift, "relu": relu, "src": src, "dst": dst})
         await ctx.tick()
         ctx.set(dut.start, 1)
         cycle, busy_cycles = 0, 0

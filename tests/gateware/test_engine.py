@@ -57,11 +57,9 @@ def run_layer(cfg, matrix, x, bias, shift, relu, *, group_stall=0.0, row_stall=0
     buffer_size = cfg.buffer_size
 
     async def host(ctx):
-        ctx.set(dut.seg_log2, matrix.per_row.bit_length() - 1 if seg_log2 is None else seg_log2)
-        ctx.set(dut.src, 0)
-        ctx.set(dut.dst, 1)
-        ctx.set(dut.shift, shift)
-        ctx.set(dut.relu, relu)
+        ctx.set(dut.control, {
+            "seg_log2": matrix.per_row.bit_length() - 1 if seg_log2 is None else seg_log2,
+            "src": 0, "dst": 1, "shift": shift, "relu": relu})
         # Fill the destination with a marker so that a missing write shows.
         await load_buffer(ctx, dut, 1, [-77] * matrix.shape[0], buffer_size)
         await load_buffer(ctx, dut, 0, x, buffer_size)

@@ -183,9 +183,10 @@ def test_sequencer_streams_layers_under_back_pressure():
                 taken_rows.append((layer, ctx.get(dut.o_row.payload.as_value())))
                 rows_left -= 1
             if ctx.get(dut.basis_start):
-                basis_runs.append({name: ctx.get(getattr(dut, name)) for name in
-                                   ("n_chunks", "shift", "relu", "src", "dst")} |
-                                  {"basis": [ctx.get(dut.basis[i]) for i in range(9)]})
+                basis_runs.append({name: ctx.get(getattr(dut.control, name)) for name in
+                                   ("shift", "relu", "src", "dst")} |
+                                  {"n_chunks": ctx.get(dut.n_chunks),
+                                   "basis": [ctx.get(dut.basis[i]) for i in range(9)]})
                 basis_wait = 5
             elif basis_wait is not None:
                 basis_wait = None if basis_wait == 0 else basis_wait - 1

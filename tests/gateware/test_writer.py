@@ -88,10 +88,7 @@ def run_writer(cfg, seg_log2, sums, rows, shift, relu, dst, *, sum_stall=0.0, ro
             await stream_put(ctx, dut.i_sums, [int(v) for v in vector], stall=stall)
 
     async def rows_source(ctx):
-        ctx.set(dut.seg_log2, seg_log2)
-        ctx.set(dut.shift, shift)
-        ctx.set(dut.relu, relu)
-        ctx.set(dut.dst, dst)
+        ctx.set(dut.control, {"seg_log2": seg_log2, "shift": shift, "relu": relu, "dst": dst})
         stall = stall_pattern(rng, row_stall)
         for out_addr, bias, valid in rows:
             await stream_put(ctx, dut.i_row, {"out_addr": out_addr, "bias": bias,

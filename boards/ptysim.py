@@ -142,7 +142,8 @@ def build_pty_sim(cfg, *, divisor=4, timeout=1800):
     if not isinstance(divisor, int) or divisor < 4:
         raise ValueError(f"Simulated UART divisor must be an integer of at least 4, "
                          f"not {divisor!r}")
-    return verilate("serial_top", _verilog(cfg, divisor), sources={"harness.cpp": _HARNESS},
+    return verilate("ptysim", _verilog(cfg, divisor), top="serial_top",
+                    sources={"harness.cpp": _HARNESS},
                     flags=_VERILATOR_FLAGS, executable="serial_sim",
                     what="the board's serial design for the pty simulation", timeout=timeout)
 

@@ -371,14 +371,18 @@ def verilate(name, verilog, *, top=None, sources=None, flags=(), executable, wha
                 return folder / target
         except (OSError, ValueError, KeyError):
             pass
+        require_build_tools()                   # fail before making the Verilog, not after
     if callable(verilog):
         verilog = verilog()
     folder = prepare_build(name, verilog, top=top, sources=sources, flags=flags,
                            executable=target)
-    command = [str(verilator_root() / "bin" / "verilator"), *flags, "--top-module", top,
-               "-o", executable, "--Mdir", "obj", f"{top}.v", *sources]
-    ensure_built(folder, lambda folder: _run_verilator(folder, command, timeout),
-                 what=what or name, timeout=timeout)
+
+    def build(folder):
+        command = [str(verilator_root() / "bin" / "verilator"), *flags, "--top-module", top,
+                   "-o", executable, "--Mdir", "obj", f"{top}.v", *sources]
+        _run_verilator(folder, command, timeout)
+
+    ensure_built(folder, build, what=what or name, timeout=timeout)
     if alias is not None:
         alias.parent.mkdir(exist_ok=True)
         _write_atomic(alias, folder.name + "\n")

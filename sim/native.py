@@ -2,7 +2,7 @@
 
 ``build_native(cfg)`` converts :class:`~gsaccel.hw.core.GsaccelCore` to Verilog and compiles
 it with the harness into one executable through :func:`gsaccel.sim.build.verilate`, in the
-user's cache folder (``<cache>/verilator/gsaccel_core-<key>/obj/gsaccel_sim``; see
+user's cache folder (``<cache>/verilator/native-<key>/obj/gsaccel_sim``; see
 :func:`~gsaccel.sim.build.cache_root`). The key hashes the Verilog text, the harness, the flags
 and the toolchain; a warm start does not even convert, because the build is also found by a
 digest of what the Verilog is made of (every ``gsaccel.hw`` source file, the Verilog text pass,
@@ -84,7 +84,7 @@ def build_native(cfg, *, trace=False):
     """
     check_config(cfg)
     trace = _normalise_trace(trace)
-    return verilate("gsaccel_core", lambda: _core_verilog(cfg),
+    return verilate("native", lambda: _core_verilog(cfg), top="gsaccel_core",
                     sources={"harness.cpp": HARNESS_SOURCE.read_text()},
                     flags=_VERILATOR_FLAGS + _TRACE_FLAGS[trace], executable=_EXECUTABLE,
                     what="the core's native simulation" + (f" ({trace} trace)" if trace else ""),

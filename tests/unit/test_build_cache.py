@@ -174,6 +174,21 @@ def test_missing_compiler_is_a_tool_not_found(monkeypatch, tmp_path):
         build.require_build_tools()
 
 
+def test_a_missing_compiler_stops_the_native_build_before_it_converts(cache, monkeypatch,
+                                                                      tmp_path):
+    from gsaccel.hw.config import CoreConfig
+    from gsaccel.sim import native
+
+    def convert(cfg):
+        raise AssertionError("converted the core although it cannot be built")
+
+    monkeypatch.setattr(native, "_core_verilog", convert)
+    monkeypatch.setattr(build, "verilator_root", lambda: tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ToolNotFound, match=r"C\+\+ compiler"):
+        native.build_native(CoreConfig(lanes=4, bank_depth=16))
+
+
 _AUDIT = textwrap.dedent("""\
     import os, sys
     from pathlib import Path
@@ -220,6 +235,7 @@ _AUDIT = textwrap.dedent("""\
         target.write_text("")
 
     build._run_verilator = fake_verilator
+    build.require_build_tools = lambda: None
     build.verilator_root = lambda: Path("/nonexistent/verilator")
     cfg = CoreConfig(lanes=4, bank_depth=16, weight_depth=256, row_depth=64, layer_depth=4,
                      result_queue=8, max_payload=256)

@@ -5,6 +5,11 @@ MLP, prune it (default GS-gather 75 % for V = 8) and fine-tune with the masks, c
 then run every test image on the golden model and on the chosen target (default ``sim``,
 the Verilator-compiled core), and print float vs golden vs target accuracy, cycles per
 inference, utilisation and weight bytes.
+
+The target is opened first, before any training: a board reports its core, and a ``sim``
+target whose toolchain is missing (Verilator, make, a C++ compiler) fails at once with the
+one-line :class:`~gsaccel.sw.errors.ToolNotFound` that names the tool and its fix. Nothing
+falls back silently: golden against golden runs only when asked for, with ``target="golden"``.
 """
 
 import logging
@@ -24,21 +29,24 @@ class DemoResult(dict):
 
 
 def run_demo(*, target="sim", lanes=8, sparsity=0.75, pattern="gs-gather", seed=0,
-             epochs=20, finetune_epochs=10, console=None, allow_fallback=True):
+             epochs=20, finetune_epochs=10, console=None):
     """Run the digits demo; return a :class:`DemoResult`.
 
     Parameters
     ----------
     target : str
-        Where the compiled program runs besides golden: ``sim``, ``golden`` or
-        ``serial:PORT[@BAUD]``.
+        Where the compiled program runs besides golden: ``sim``, ``golden`` (the golden model
+        against itself: checks the flow, not the RTL) or ``serial:PORT[@BAUD]``.
     lanes, sparsity, pattern, seed
         V, the pruned fraction, the pruning pattern (``gsaccel.sw.prune.PRUNE_PATTERNS``) and
         the seed of the data split, initialisation and minibatches. A ``serial:`` target's
         board says what its core is (HELLO), and its V replaces ``lanes``.
-    allow_fallback : bool
-        If the ``sim`` target cannot be built (no Verilator harness), run on ``golden`` and say
-        so loudly instead of failing.
+
+    Raises
+    ------
+    ToolNotFound
+        If the ``sim`` target cannot be built (Verilator, make or a C++ compiler missing),
+        before anything is trained.
     """
     import torch
 
@@ -48,32 +56,42 @@ def run_demo(*, target="sim", lanes=8, sparsity=0.75, pattern="gs-gather", seed=
     try:
         return _run_demo(target=target, lanes=lanes, sparsity=sparsity, pattern=pattern,
                          seed=seed, epochs=epochs, finetune_epochs=finetune_epochs,
-                         console=console or _console(), allow_fallback=allow_fallback)
+                         console=console or _console())
     finally:
         torch.set_num_threads(threads)
 
 
-def _run_demo(*, target, lanes, sparsity, pattern, seed, epochs, finetune_epochs, console,
-              allow_fallback):
+def _run_demo(*, target, lanes, sparsity, pattern, seed, epochs, finetune_epochs, console):
     from ..hw.config import CoreConfig
-    from .runtime.targets import connect
+    from .runtime.device import GoldenDevice
+    from .runtime.targets import connect, parse_target
 
-    # A board's core is what its bitstream made it: ask it (HELLO) before pruning, then
-    # prune and compile for that core. The sim and golden targets are built for the lanes.
-    board = connect(target) if target.startswith("serial") else None
-    try:
-        cfg = board.config if board is not None else CoreConfig(lanes=lanes)
+    # Open the target before pruning: a board's core is what its bitstream made it (HELLO),
+    # so prune and compile for that core; the sim target is built for the lanes, and a
+    # missing toolchain stops the demo here rather than after the training.
+    kind, _, _ = parse_target(target)
+    if kind == "golden":
+        device = GoldenDevice(CoreConfig(lanes=lanes))
+        console.print("[bold yellow]Target golden: the golden model runs against itself; this "
+                      "checks the flow, nothing runs on the RTL (the default target sim "
+                      "does).[/]")
+    elif kind == "sim":
+        try:
+            device = connect(target, cfg=CoreConfig(lanes=lanes))
+        except ToolNotFound as error:
+            raise ToolNotFound(f"{error} (or run `gsaccel demo --target golden`: the golden "
+                               f"model alone, not the RTL)") from None
+    else:
+        device = connect(target)
+    with device:
         return _train_prune_run(
-            target=target, cfg=cfg, board=board, sparsity=sparsity, pattern=pattern,
-            seed=seed, epochs=epochs, finetune_epochs=finetune_epochs, console=console,
-            allow_fallback=allow_fallback)
-    finally:
-        if board is not None:
-            board.close()
+            target=target, cfg=device.config, device=device, sparsity=sparsity,
+            pattern=pattern, seed=seed, epochs=epochs, finetune_epochs=finetune_epochs,
+            console=console)
 
 
-def _train_prune_run(*, target, cfg, board, sparsity, pattern, seed, epochs,
-                     finetune_epochs, console, allow_fallback):
+def _train_prune_run(*, target, cfg, device, sparsity, pattern, seed, epochs,
+                     finetune_epochs, console):
     import torch
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn)
@@ -83,7 +101,6 @@ def _train_prune_run(*, target, cfg, board, sparsity, pattern, seed, epochs,
     from .runtime.device import GoldenDevice
     from .models import DigitsMLP, digits_data, evaluate, train
     from .prune import prune
-    from .runtime.targets import connect
 
     lanes = cfg.lanes
     result = DemoResult(target=target, lanes=lanes, sparsity=sparsity, pattern=pattern,
@@ -130,33 +147,21 @@ def _train_prune_run(*, target, cfg, board, sparsity, pattern, seed, epochs,
     result["golden_float_agreement"] = float((golden_out.argmax(1) ==
                                               float_logits.argmax(1)).mean())
 
-    ran_on = target
-    try:
-        device = board if board is not None else connect(target, cfg=cfg)
-    except ToolNotFound as error:
-        if not (allow_fallback and target == "sim"):
-            raise
-        console.print(f"[bold red]!!! The sim target is not available ({error}).\n"
-                      f"!!! Running on the GOLDEN model instead: the numbers below are NOT "
-                      f"from the RTL.[/]")
-        device = GoldenDevice(cfg)
-        ran_on = "golden (sim unavailable)"
-    result["ran_on"] = ran_on
-    console.print(f"[bold]4. run[/] {len(x)} test images on {ran_on}")
+    result["ran_on"] = target
+    console.print(f"[bold]4. run[/] {len(x)} test images on {target}")
     outputs = []
     totals = {}
-    with device:
-        device.load(program)
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn())
-        with Progress(*columns, console=console, transient=False) as progress:
-            task = progress.add_task(f"inference on {ran_on}", total=len(x))
-            for begin in range(0, len(x), 25):
-                batch = x[begin:begin + 25]
-                outputs.append(device.run(batch))
-                for name, value in device.counters.items():
-                    totals[name] = totals.get(name, 0) + value
-                progress.advance(task, len(batch))
+    device.load(program)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(f"inference on {target}", total=len(x))
+        for begin in range(0, len(x), 25):
+            batch = x[begin:begin + 25]
+            outputs.append(device.run(batch))
+            for name, value in device.counters.items():
+                totals[name] = totals.get(name, 0) + value
+            progress.advance(task, len(batch))
     target_out = np.concatenate(outputs)
     result["target_accuracy"] = float((target_out.argmax(1) == y).mean())
     result["bit_exact"] = bool(np.array_equal(target_out, golden_out))
@@ -174,10 +179,10 @@ def _train_prune_run(*, target, cfg, board, sparsity, pattern, seed, epochs,
     table.add_row("float accuracy (dense)", f"{result['dense_accuracy']:.2%}")
     table.add_row("float accuracy (pruned)", f"{result['float_accuracy']:.2%}")
     table.add_row("golden accuracy (int8 act, pow2 weights)", f"{result['golden_accuracy']:.2%}")
-    table.add_row(f"{ran_on} accuracy", f"{result['target_accuracy']:.2%}")
+    table.add_row(f"{target} accuracy", f"{result['target_accuracy']:.2%}")
     table.add_row("golden vs float argmax agreement", f"{result['golden_float_agreement']:.2%}")
-    table.add_row(f"{ran_on} == golden, bit for bit", "yes" if result["bit_exact"] else "NO")
-    table.add_row(f"{ran_on} counters == golden cycle model",
+    table.add_row(f"{target} == golden, bit for bit", "yes" if result["bit_exact"] else "NO")
+    table.add_row(f"{target} counters == golden cycle model",
                   "yes" if result["cycle_exact"] else "NO")
     table.add_row("cycles per inference", f"{result['cycles_per_inference']:.0f}")
     table.add_row("stall cycles per inference", f"{result['stall_cycles_per_inference']:.0f}")
@@ -186,9 +191,6 @@ def _train_prune_run(*, target, cfg, board, sparsity, pattern, seed, epochs,
     table.add_row("dense int8 weight bytes", str(dense))
     table.add_row("wall time", f"{result['seconds']:.1f} s")
     console.print(table)
-    if ran_on != target:
-        console.print("[bold red]!!! These results ran on the golden model, NOT on the RTL "
-                      "(sim target unavailable).[/]")
     return result
 
 

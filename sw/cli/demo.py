@@ -12,10 +12,13 @@ def register(subparsers):
         help="train, prune, compile and run the digits MLP on the RTL simulation",
         description="Train the 64-128-64-10 digits MLP, prune it, compile it, run the whole "
                     "test split on golden and on the target, and print accuracy, cycles per "
-                    "inference, utilisation and weight bytes.",
+                    "inference, utilisation and weight bytes. The target is opened first: "
+                    "without Verilator, make or a C++ compiler the sim target fails at once "
+                    "with the tool to install.",
         example="gsaccel demo --target sim --sparsity 0.75 --pattern gs-gather")
     demo.add_argument("--target", metavar="T", default="sim",
-                      help=f"one of {', '.join(TARGETS)} (default: %(default)s)")
+                      help=f"one of {', '.join(TARGETS)}; golden runs the golden model against "
+                           f"itself, not the RTL (default: %(default)s)")
     demo.add_argument("--lanes", metavar="V", type=int, default=8,
                       help="lanes per group (default: %(default)s)")
     demo.add_argument("--sparsity", metavar="S", type=float, default=0.75,

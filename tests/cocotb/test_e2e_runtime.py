@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from gsaccel.hw.config import CoreConfig
-from gsaccel.hw.layouts import ErrorCode, FrameType, Memory, memory_depth
+from gsaccel.hw.layouts import FrameType, Memory, memory_depth
 from gsaccel.sw.runtime import protocol
 from gsaccel.sw.compile import compile
 from gsaccel.sw.runtime.device import Device, GoldenDevice
@@ -34,10 +34,11 @@ def _verilator():
     torch.set_num_threads(threads)
 
 
-def _sim(cfg, wrap=None):
+def _sim(cfg, wrap=None, *, retries=3):
     from gsaccel.sw.runtime.verilator import VerilatorTransport
     transport = VerilatorTransport(cfg)
-    return Device(transport if wrap is None else wrap(transport), timeout=30.0)
+    return Device(transport if wrap is None else wrap(transport), timeout=30.0,
+                  retries=retries)
 
 
 def _assert_same_on_sim_and_golden(program, x):
@@ -117,16 +118,17 @@ def test_offload_forward_runs_on_the_sim(digits_program):
 
 
 class _CorruptOnce(Transport):
-    """Flips one bit of the n-th frame sent (or of the reply bytes), once."""
+    """Flips one bit of the n-th frame sent (its middle byte, or byte ``byte``), or of the
+    reply bytes, once."""
 
-    def __init__(self, inner, *, request=None, reply=None):
-        self.inner, self.request, self.reply = inner, request, reply
+    def __init__(self, inner, *, request=None, reply=None, byte=None):
+        self.inner, self.request, self.reply, self.byte = inner, request, reply, byte
         self.sent = 0
 
     def send(self, data):
         data = bytearray(data)
         if self.sent == self.request:
-            data[len(data) // 2] ^= 0x04
+            data[len(data) // 2 if self.byte is None else self.byte] ^= 0x04
         self.sent += 1
         self.inner.send(bytes(data))
 
@@ -163,4 +165,17 @@ def test_rtl_error_codes_reach_the_host():
             device.run_layers(cfg.layer_depth - 1, 2)
         with pytest.raises(DeviceError, match=r"^Device rejected WRITE with BAD_MEMORY$"):
             device._transact(FrameType.WRITE, b"\x04\x00\x00\x01\x00\x00\x00")
-        assert ErrorCode.BAD_CRC in ErrorCode
+
+
+def test_rtl_answers_a_corrupt_crc_with_bad_crc_and_does_not_execute_it():
+    """The third frame (a WRITE) arrives with its CRC's last byte damaged: the RTL answers
+    ERROR BAD_CRC, which the host, with no retries left, reports; the write did not happen."""
+    cfg = CoreConfig()
+    wrap = lambda t: _CorruptOnce(t, request=2, byte=-1)
+    with _sim(cfg, wrap, retries=0) as device:
+        device.hello()
+        device.write(Memory.ACTS, 7, [9, 9, 9])
+        with pytest.raises(DeviceError, match=r"^Device rejected WRITE with BAD_CRC$"):
+            device.write(Memory.ACTS, 7, [1, -2, 3])
+        assert device.read(Memory.ACTS, 7, 3) == [9, 9, 9]
+        assert device.resends == 0

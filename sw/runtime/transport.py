@@ -1,7 +1,11 @@
 """Byte transports: the only thing a :class:`~gsaccel.sw.runtime.device.Device` knows of its target.
 
-A transport moves bytes and nothing else. The Verilator harness (``gsaccel.sim``), a serial
-port and a recording wrapper all implement it, so one host API serves simulation and boards.
+A transport moves bytes and nothing else. Two implement it, so one host API serves simulation
+and boards: :class:`~gsaccel.sw.runtime.verilator.VerilatorTransport` (the Verilator-compiled
+core behind the native harness of ``gsaccel.sim``) and
+:class:`~gsaccel.sw.runtime.serial.SerialTransport` (a board's UART, or the pseudo-terminal of
+``gsaccel.boards.ptysim``). Tests wrap one to damage or drop bytes on the way
+(``tests/unit/test_device.py``, ``tests/cocotb/test_e2e_runtime.py``).
 """
 
 import abc

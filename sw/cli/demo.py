@@ -1,6 +1,6 @@
 """``gsaccel demo``: the whole flow on the digits set (what ``make demo`` runs)."""
 
-from ..runtime.targets import TARGETS
+from .common import add_lanes, add_target
 
 __all__ = ["register"]
 
@@ -16,11 +16,8 @@ def register(subparsers):
                     "without Verilator, make or a C++ compiler the sim target fails at once "
                     "with the tool to install.",
         example="gsaccel demo --target sim --sparsity 0.75 --pattern gs-gather")
-    demo.add_argument("--target", metavar="T", default="sim",
-                      help=f"one of {', '.join(TARGETS)}; golden runs the golden model against "
-                           f"itself, not the RTL (default: %(default)s)")
-    demo.add_argument("--lanes", metavar="V", type=int, default=8,
-                      help="lanes per group (default: %(default)s)")
+    add_target(demo, "sim", "; golden runs the golden model against itself, not the RTL")
+    add_lanes(demo)
     demo.add_argument("--sparsity", metavar="S", type=float, default=0.75,
                       help="fraction of weights pruned (default: %(default)s)")
     demo.add_argument("--pattern", metavar="P", default="gs-gather",

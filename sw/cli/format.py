@@ -6,9 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ...hw.config import POW2_EXP_MAX
 from .. import golden
-from ..errors import FormatError, GsaccelError, ShapeError
-from ..format import ENCODINGS, PATTERNS, GSMatrix
+from ..errors import GsaccelError, ShapeError
+from ..format import PATTERNS, GSMatrix
+from .common import add_encoding, add_lanes, console, load_array, load_model
 
 __all__ = ["register"]
 
@@ -28,13 +30,11 @@ def register(subparsers):
     pack.add_argument("--pattern", metavar="P", choices=PATTERNS, default=None,
                       help=f"sparsity pattern: {', '.join(PATTERNS)} (default: unstructured for a "
                            f"matrix, each layer's pruning metadata for a model)")
-    pack.add_argument("--lanes", metavar="V", type=int, default=8,
-                      help="lanes per group")
+    add_lanes(pack)
     pack.add_argument("--per-row", metavar="E", type=int, default=1,
                       help="weights per row per group: 1 vertical, V horizontal "
                       )
-    pack.add_argument("--encoding", metavar="ENC", choices=ENCODINGS, default="pow2",
-                      help="value encoding: pow2 or int8")
+    add_encoding(pack)
     pack.add_argument("--row-order", metavar="ORDER.npy",
                       help="gs-scatter: a permutation of the rows, V/e per row group")
     pack.add_argument("-o", "--output", metavar="OUT", required=True,
@@ -56,22 +56,13 @@ def register(subparsers):
     inspect.set_defaults(func=run_inspect)
 
 
-def _load_npy(path, what):
-    try:
-        return np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise ShapeError(f"{path}: no such file ({what})") from None
-    except ValueError as error:
-        raise FormatError(f"{path}: not a .npy array ({error})") from None
-
-
 def run_pack(args):
     if args.model:
         return _pack_model(args)
     if not args.weights:
         raise ShapeError("Nothing to pack: give --weights W.npy or a MODEL.pt")
-    weights = _load_npy(args.weights, "weights")
-    row_order = _load_npy(args.row_order, "row order") if args.row_order else None
+    weights = load_array(args.weights, "weights")
+    row_order = load_array(args.row_order, "row order") if args.row_order else None
     matrix = GSMatrix.from_dense(weights, args.pattern or "unstructured", args.lanes,
                                  args.per_row, args.encoding, row_order=row_order)
     matrix.save(args.output)
@@ -103,19 +94,10 @@ def pack_model(path, *, lanes=8, encoding="pow2", pattern=None, per_row=1):
     SmartDeal layer packs C′ (its power-of-two factor, exact: scaled by 2**10 to integers)
     under its C pattern, and returns B beside it.
     """
-    import torch
     from ..compile.compiler import _masked_weight, _scale_log2, quantize_weights
     from ..prune import (SMARTDEAL_EXP_MIN, pattern_info, prunable_layers, smartdeal_cprime,
                          smartdeal_factors)
-    try:
-        model = torch.load(path, weights_only=False, map_location="cpu")
-    except FileNotFoundError:
-        raise ShapeError(f"{path}: no such file (model)") from None
-    except Exception as error:
-        raise FormatError(f"{path}: not a torch.save'd model ({error})") from None
-    if not isinstance(model, torch.nn.Module):
-        raise FormatError(f"{path}: holds a {type(model).__name__}, not an nn.Module; save the "
-                          f"model with torch.save(model, path)")
+    model = load_model(path)
     layers = prunable_layers(model)
     if not layers:
         raise ShapeError(f"{path}: the model has no Linear or Conv2d layer to pack")
@@ -135,7 +117,7 @@ def pack_model(path, *, lanes=8, encoding="pow2", pattern=None, per_row=1):
         weight, mask = _masked_weight(module)
         weight = weight.reshape(weight.shape[0], -1)
         mask = None if mask is None else mask.reshape(weight.shape)
-        limit = 2 ** 15 if encoding == "pow2" else 127
+        limit = 2 ** POW2_EXP_MAX if encoding == "pow2" else 127
         kept = weight if mask is None else weight[mask]
         scale = _scale_log2(float(np.abs(kept).max()) if kept.size else 0.0, limit)
         q = quantize_weights(weight, mask, scale, encoding)
@@ -176,7 +158,6 @@ def run_inspect(args):
         json.dump(stats, sys.stdout, indent=2)
         print()
         return
-    from rich.console import Console
     from rich.table import Table
     table = Table(title=str(args.file), show_header=False)
     rows = [
@@ -197,7 +178,7 @@ def run_inspect(args):
     ]
     for key, value in rows:
         table.add_row(key, str(value))
-    Console().print(table)
+    console().print(table)
 
 
 def _summarise(values):

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import FormatError
+from .common import add_lanes, load_model
 
-__all__ = ["register", "run_prune", "load_model"]
+__all__ = ["register", "run_prune"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +36,7 @@ def register(subparsers):
                         help=f"one of {', '.join(PRUNE_PATTERNS)}")
     parser.add_argument("--sparsity", metavar="S", type=float, required=True,
                         help="fraction of weights to remove per layer, in [0, 1)")
-    parser.add_argument("--lanes", metavar="V", type=int, default=8,
-                        help="lanes of the target core: 2, 4, 8 or 16 (default: %(default)s)")
+    add_lanes(parser)
     parser.add_argument("--per-row", metavar="E", type=int, default=1,
                         help="GS weights per row per group, divides V: 1 vertical, V "
                              "horizontal (default: %(default)s)")
@@ -50,24 +49,6 @@ def register(subparsers):
     parser.add_argument("-o", "--output", metavar="OUT.pt", required=True,
                         help="where to save the pruned model")
     parser.set_defaults(func=run_prune)
-
-
-def load_model(path):
-    """Load a whole ``nn.Module`` saved with ``torch.save``; typed errors for bad files."""
-    import torch
-    from torch import nn
-    path = Path(path)
-    if not path.is_file():
-        raise FormatError(f"Model file must exist, not {str(path)!r}")
-    try:
-        model = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:           # torch raises many types for a bad pickle
-        raise FormatError(f"Model file must be a torch.save'd nn.Module, {str(path)!r} is not "
-                          f"({type(error).__name__}: {error})") from None
-    if not isinstance(model, nn.Module):
-        raise FormatError(f"Model file must hold an nn.Module (torch.save(model)), not a "
-                          f"{type(model).__name__} (a state_dict cannot be pruned here)")
-    return model
 
 
 def run_prune(args):

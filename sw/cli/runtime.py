@@ -1,21 +1,19 @@
 """``gsaccel compile`` and ``gsaccel run``: torch model → .gsp program → any target."""
 
 import logging
-from pathlib import Path
 
 import numpy as np
 
-from ..errors import FormatError, GsaccelError, ShapeError
-from ..runtime.targets import TARGETS
+from ..errors import GsaccelError, ShapeError
+from .common import add_encoding, add_lanes, add_target, console, load_array, load_model
 
-__all__ = ["register", "load_model", "load_array", "compare_layers"]
+__all__ = ["register", "compare_layers"]
 
 logger = logging.getLogger(__name__)
 
 
 def register(subparsers):
     from .main import add_command
-    from ..format import ENCODINGS
     compile_ = add_command(
         subparsers, "compile",
         help="compile a torch model (.pt) into a device program (.gsp)",
@@ -26,10 +24,8 @@ def register(subparsers):
     compile_.add_argument("model", metavar="MODEL.pt", help="torch.save of an nn.Module")
     compile_.add_argument("--example", metavar="X.npy", required=True,
                           help="calibration batch (N, ...) of float inputs")
-    compile_.add_argument("--lanes", metavar="V", type=int, default=8,
-                          help="lanes per group (default: %(default)s)")
-    compile_.add_argument("--encoding", metavar="ENC", choices=ENCODINGS, default="pow2",
-                          help="weight encoding, pow2 or int8 (default: %(default)s)")
+    add_lanes(compile_)
+    add_encoding(compile_)
     compile_.add_argument("--bank-depth", metavar="D", type=int, default=64,
                           help="words per scratchpad bank; a buffer holds V*D activations "
                                "(default: %(default)s)")
@@ -54,8 +50,7 @@ def register(subparsers):
     run.add_argument("program", metavar="M.gsp")
     run.add_argument("--input", metavar="X.npy", required=True,
                      help="inputs (N, ...) or one input")
-    run.add_argument("--target", metavar="T", default="golden",
-                     help=f"one of {', '.join(TARGETS)} (default: %(default)s)")
+    add_target(run, "golden")
     run.add_argument("--labels", metavar="Y.npy",
                      help="integer class labels (N,): print the accuracy")
     run.add_argument("--compare", metavar="MODEL.pt",
@@ -70,44 +65,7 @@ def register(subparsers):
     run.set_defaults(func=run_run)
 
 
-# Loading ----------------------------------------------------------------------------------------
-
-def load_model(path):
-    """A torch ``nn.Module`` saved whole with ``torch.save``."""
-    import torch
-    path = Path(path)
-    if not path.is_file():
-        raise FormatError(f"{path}: no such model file")
-    try:
-        model = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:      # torch.load raises many types for a non-torch file
-        raise FormatError(f"{path}: not a torch model file ({type(error).__name__}: "
-                          f"{error})") from None
-    if not isinstance(model, torch.nn.Module):
-        raise FormatError(f"{path}: must hold a whole nn.Module (torch.save(model, ...)), "
-                          f"not a {type(model).__name__}")
-    return model
-
-
-def load_array(path, what):
-    path = Path(path)
-    if not path.is_file():
-        raise FormatError(f"{path}: no such {what} file")
-    try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as error:
-        raise FormatError(f"{path}: not a .npy array ({error})") from None
-
-
 # compile ----------------------------------------------------------------------------------------
-
-def _console():
-    from rich.console import Console
-    console = Console()
-    if not console.is_terminal:
-        console.width = max(console.width, 120)      # logs and pipes get whole tables
-    return console
-
 
 def run_compile(args):
     from ..compile import compile
@@ -126,10 +84,10 @@ def run_compile(args):
             raise GsaccelError(f"Core configuration is invalid: {error}") from None
     program = compile(model, example, cfg=cfg)
     program.save(args.output)
-    console = _console()
-    console.print(program_table(program))
+    out = console()
+    out.print(program_table(program))
     stats = program.stats()
-    console.print(f"wrote {args.output}: {stats['layers']} layers, {stats['weight_bytes']} "
+    out.print(f"wrote {args.output}: {stats['layers']} layers, {stats['weight_bytes']} "
                   f"weight bytes, {stats['cycles']} cycles per inference, utilisation "
                   f"{stats['utilisation']:.1%}", soft_wrap=True)
 
@@ -159,7 +117,7 @@ def program_table(program):
 def run_run(args):
     from ..compile.program import Program
     from ..runtime.targets import connect
-    console = _console()
+    out = console()
     program = Program.load(args.program)
     x = load_array(args.input, "input").astype(np.float64)
     if x.shape == program.input_shape:
@@ -186,16 +144,16 @@ def run_run(args):
     n = counters["inferences"]
     util = counters["busy_lane_cycles"] / (program.cfg.lanes * counters["groups"]) \
         if counters["groups"] else 0.0
-    console.print(f"target {args.target}: {n} inputs, {counters['cycles'] / n:.1f} cycles per "
+    out.print(f"target {args.target}: {n} inputs, {counters['cycles'] / n:.1f} cycles per "
                   f"inference, {counters['stall_cycles'] / n:.1f} stall cycles, utilisation "
                   f"{util:.1%}", soft_wrap=True)
     if labels is not None:
         accuracy = float((y.reshape(len(y), -1).argmax(axis=1) == labels).mean())
-        console.print(f"accuracy {accuracy:.2%} on {len(labels)} labelled inputs",
+        out.print(f"accuracy {accuracy:.2%} on {len(labels)} labelled inputs",
                       soft_wrap=True)
     if model is not None:
-        console.print(compare_table(rows, args.target))
-        console.print(f"final output on {summary['samples']} inputs: argmax agreement with "
+        out.print(compare_table(rows, args.target))
+        out.print(f"final output on {summary['samples']} inputs: argmax agreement with "
                       f"torch float {summary['agree_float']:.1%}, with golden "
                       f"{summary['agree_golden']:.1%}; {args.target} equals golden bit for bit: "
                       f"{'yes' if summary['bit_exact'] else 'NO'}", soft_wrap=True)

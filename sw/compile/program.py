@@ -29,7 +29,7 @@ import numpy as np
 
 from ...hw.config import CoreConfig
 from ..errors import FormatError, ShapeError
-from ..format import GSMatrix, check_sealed, seal
+from ..format import GSMatrix, check_head, check_sealed, seal
 from ..golden import basis_layer, dequantize, gs_layer, quantize
 from .image import LayerSpec, build_image
 
@@ -218,16 +218,8 @@ class Program:
     def from_bytes(cls, data, *, source="data"):
         """Parse a ``.gsp`` image."""
         data = bytes(data)
-        if len(data) < _PREFIX.size + 8:
-            raise FormatError(f"{source}: truncated: {len(data)} bytes, a program file has at "
-                              f"least {_PREFIX.size + 8}")
-        magic, version, hlen = _PREFIX.unpack_from(data)
-        if magic != GSP_MAGIC:
-            raise FormatError(f"{source}: not a gsaccel program (magic {magic!r}, expected "
-                              f"{GSP_MAGIC!r})")
-        if version != GSP_VERSION:
-            raise FormatError(f"{source}: program version {version} is not supported; this "
-                              f"gsaccel reads version {GSP_VERSION}")
+        check_head(data, source, "gsaccel program", _PREFIX.size + 8, GSP_MAGIC, GSP_VERSION)
+        _, _, hlen = _PREFIX.unpack_from(data)
         if _PREFIX.size + hlen + 8 > len(data):
             raise FormatError(f"{source}: truncated: header of {hlen} bytes does not fit "
                               f"{len(data)} bytes")

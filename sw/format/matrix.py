@@ -20,7 +20,7 @@ from ..errors import EncodingError, FormatError, PatternError, ShapeError
 __all__ = [
     "PATTERNS", "ENCODINGS", "GSMatrix", "check_pattern", "pow2_exponent", "pow2_round",
     "pow2_encode", "pow2_decode", "POW2_CODE_WIDTH", "GSF_MAGIC", "GSF_VERSION", "seal",
-    "check_sealed",
+    "check_head", "check_sealed",
 ]
 
 PATTERNS = ("gs-gather", "gs-scatter", "1xN", "unstructured", "dense")
@@ -38,6 +38,21 @@ _HEADER = struct.Struct("<4sHBBBBIIIII")
 def seal(body):
     """``body`` followed by its CRC-32 (little-endian): how .gsf and .gsp files end."""
     return body + struct.pack("<I", zlib.crc32(body))
+
+
+def check_head(data, source, kind, minimum, magic, version):
+    """Raise :class:`FormatError` unless ``data`` has at least ``minimum`` bytes and starts with
+    ``magic`` (4 bytes) and ``version`` (little-endian u16): the start that .gsf and .gsp files
+    share. ``kind`` names the file in the messages."""
+    if len(data) < minimum:
+        raise FormatError(f"{source}: truncated: {len(data)} bytes, a {kind} has at least "
+                          f"{minimum}")
+    found, found_version = struct.unpack_from("<4sH", data)
+    if found != magic:
+        raise FormatError(f"{source}: not a {kind} (magic {found!r}, expected {magic!r})")
+    if found_version != version:
+        raise FormatError(f"{source}: {kind} version {found_version} is not supported; this "
+                          f"gsaccel reads version {version}")
 
 
 def check_sealed(data, expected, source):
@@ -479,16 +494,9 @@ class GSMatrix:
     def from_bytes(cls, data, *, source="data"):
         """Parse a ``.gsf`` image; any damage raises :class:`FormatError`."""
         data = bytes(data)
-        if len(data) < _HEADER.size + 4:
-            raise FormatError(f"{source}: truncated: {len(data)} bytes, a GS file has at "
-                              f"least {_HEADER.size + 4}")
-        (magic, version, pattern, encoding, lanes, per_row, rows, cols, n_rg, n_groups,
+        check_head(data, source, "GS file", _HEADER.size + 4, GSF_MAGIC, GSF_VERSION)
+        (_, _, pattern, encoding, lanes, per_row, rows, cols, n_rg, n_groups,
          payload_len) = _HEADER.unpack_from(data)
-        if magic != GSF_MAGIC:
-            raise FormatError(f"{source}: not a GS file (magic {magic!r}, expected {GSF_MAGIC!r})")
-        if version != GSF_VERSION:
-            raise FormatError(f"{source}: GS file version {version} is not supported; this "
-                              f"gsaccel reads version {GSF_VERSION}")
         expected = _HEADER.size + payload_len + 4
         check_sealed(data, expected, source)
         if (pattern >= len(PATTERNS) or encoding >= len(ENCODINGS) or lanes not in (2, 4, 8, 16)

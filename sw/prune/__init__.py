@@ -5,17 +5,10 @@ conventions of ``torch.nn.utils.prune``.
 Layer: beside :mod:`gsaccel.sw.compile`; imports :mod:`gsaccel.sw.format` and below.
 """
 
-from .pruning import (PRUNE_PATTERNS, PatternInfo, prune, PruningScheduler, cubic_schedule,
-                      pattern_info, prunable_layers, gemm_view, restore, gs_mask,
-                      one_by_n_mask, unstructured_mask, block_redundancy_scores, pow2_quantize,
-                      smartdeal_decompose, smartdeal_factors, smartdeal_cprime,
-                      smartdeal_trainable, smartdeal_freeze, SMARTDEAL_EXP_MIN,
-                      SMARTDEAL_EXP_MAX, _SmartDealWeight)
+from . import pruning
+from .pruning import *      # noqa: F401,F403 -- the names in pruning.__all__
+# Models saved while this package was one module (gsaccel/sw/prune.py) name the SmartDeal
+# parametrisation here; torch.load finds it under that name.
+from .pruning import _SmartDealWeight  # noqa: F401
 
-__all__ = [
-    "PRUNE_PATTERNS", "PatternInfo", "prune", "PruningScheduler", "cubic_schedule",
-    "pattern_info", "prunable_layers", "gemm_view", "restore", "gs_mask", "one_by_n_mask",
-    "unstructured_mask", "block_redundancy_scores", "pow2_quantize", "smartdeal_decompose",
-    "smartdeal_factors", "smartdeal_cprime", "smartdeal_trainable", "smartdeal_freeze",
-    "SMARTDEAL_EXP_MIN", "SMARTDEAL_EXP_MAX",
-]
+__all__ = list(pruning.__all__)

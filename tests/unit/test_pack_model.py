@@ -28,9 +28,10 @@ def test_pack_a_pruned_model(tmp_path, capsys):
 def test_pack_model_errors(tmp_path, capsys):
     torch.save({"not": "a model"}, tmp_path / "dict.pt")
     assert main(["pack", str(tmp_path / "dict.pt"), "-o", str(tmp_path / "out")]) == 1
-    assert "holds a dict, not an nn.Module" in capsys.readouterr().err
+    assert "dict.pt: must hold a whole nn.Module (torch.save(model, ...)), not a dict" in \
+        capsys.readouterr().err
     assert main(["pack", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "out")]) == 1
-    assert "no such file" in capsys.readouterr().err
+    assert "missing.pt: no such model file" in capsys.readouterr().err
     model = torch.nn.Sequential(torch.nn.Linear(16, 8))
     prune(model, pattern="gs-gather", sparsity=0.5, lanes=8)
     torch.save(model, tmp_path / "m8.pt")

@@ -67,7 +67,7 @@ def test_wrong_version_and_magic():
     data = bytearray(_program().to_bytes())
     data[4:6] = struct.pack("<H", 7)
     data[-4:] = struct.pack("<I", zlib.crc32(bytes(data[:-4])))
-    with pytest.raises(FormatError, match=r"^p: program version 7 is not supported"):
+    with pytest.raises(FormatError, match=r"^p: gsaccel program version 7 is not supported"):
         Program.from_bytes(bytes(data), source="p")
     with pytest.raises(FormatError, match=r"^p: not a gsaccel program \(magic b'GSF\\x1a'"):
         Program.from_bytes(b"GSF\x1a" + bytes(data[4:]), source="p")

@@ -68,18 +68,19 @@ def test_cli_missing_and_wrong_files(tmp_path, capsys):
     assert main(["prune", str(missing), "--pattern", "1xN", "--sparsity", "0.5",
                  "-o", str(tmp_path / "o.pt")]) == 1
     assert capsys.readouterr().err == \
-        f"gsaccel prune: error: Model file must exist, not {str(missing)!r}\n"
+        f"gsaccel prune: error: {missing}: no such model file\n"
     state = tmp_path / "state.pt"
     torch.save(nn.Linear(4, 4).state_dict(), state)
     assert main(["prune", str(state), "--pattern", "1xN", "--sparsity", "0.5",
                  "-o", str(tmp_path / "o.pt")]) == 1
-    assert "Model file must hold an nn.Module" in capsys.readouterr().err
+    assert f"{state}: must hold a whole nn.Module (torch.save(model, ...)), not a " \
+        "OrderedDict" in capsys.readouterr().err
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a pickle")
     assert main(["prune", str(junk), "--pattern", "1xN", "--sparsity", "0.5",
                  "-o", str(tmp_path / "o.pt")]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("gsaccel prune: error: Model file must be a torch.save'd nn.Module")
+    assert err.startswith(f"gsaccel prune: error: {junk}: not a torch model file")
     assert err.count("\n") == 1
 
 

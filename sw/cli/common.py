@@ -63,13 +63,8 @@ def load_model(path):
 
 
 def load_array(path, what):
-    """A ``.npy`` array (no pickles); ``what`` names it in the errors.
-
-    Raises
-    ------
-    FormatError
-        If the file is missing or is not a ``.npy`` array.
-    """
+    """A ``.npy`` array (no pickles); ``what`` names it in the errors. A missing file, or one
+    that is not a ``.npy`` array, is a :class:`~gsaccel.sw.errors.FormatError`."""
     path = Path(path)
     if not path.is_file():
         raise FormatError(f"{path}: no such {what} file")

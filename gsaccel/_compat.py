@@ -49,10 +49,15 @@ class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return importlib.util.spec_from_loader(fullname, self)
 
     def create_module(self, spec):
-        return importlib.import_module(MOVED_MODULES[spec.name])
+        module = importlib.import_module(MOVED_MODULES[spec.name])
+        spec.loader_state = module.__spec__
+        return module
 
     def exec_module(self, module):
-        pass    # already executed under its new name
+        # Already executed under its new name. The import system has just rebound the
+        # module's __spec__ to the alias: give it back its own, or its relative imports
+        # resolve against the alias's package.
+        module.__spec__ = module.__spec__.loader_state
 
 
 if not any(isinstance(finder, _MovedModuleFinder) for finder in sys.meta_path):

@@ -327,6 +327,19 @@ def test_layers_and_exclude():
         prune(model, "unstructured", 0.5, layers=["2"])
 
 
+def test_exclude_must_name_layers():
+    model = nn.Sequential(nn.Conv2d(8, 8, 1), nn.ReLU(), nn.Linear(8, 8))
+    for bad in ("3", "1", "conv"):
+        with pytest.raises(PatternError, match=rf"^Excluded layer names must name Linear or "
+                                               rf"Conv2d layers, not '{bad}'$"):
+            prune(model, "unstructured", 0.5, 4, exclude=["0", bad])
+        with pytest.raises(PatternError, match=rf"'{bad}'$"):
+            PruningScheduler(model, "unstructured", 0.5, 4, t1=3, exclude=[bad])
+    assert not any(hasattr(m, "weight_mask") for _, m in prunable_layers(model))
+    prune(model, "unstructured", 0.5, 4, exclude="2")          # one name, not its characters
+    assert pattern_info(model[2]) is None and pattern_info(model[0]) is not None
+
+
 def test_gemm_view_of_conv():
     conv = nn.Conv2d(3, 5, (2, 3))
     view = gemm_view(conv)

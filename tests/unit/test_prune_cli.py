@@ -44,6 +44,21 @@ def test_cli_exclude(model_path, tmp_path, capsys):
     assert "3: 4x12 dense (excluded)" in capsys.readouterr().out
 
 
+def test_cli_exclude_unknown_layer(tmp_path, capsys):
+    torch.manual_seed(0)
+    path = tmp_path / "m.pt"
+    torch.save(nn.Sequential(nn.Conv2d(4, 8, 3, groups=4), nn.Flatten(), nn.Linear(8, 2)), path)
+    out = tmp_path / "o.pt"
+    assert main(["prune", str(path), "--pattern", "gs-gather", "--sparsity", "0.5", "--lanes",
+                 "4", "--exclude", "fc", "-o", str(out)]) == 1
+    assert capsys.readouterr().err == ("gsaccel prune: error: Excluded layer names must name "
+                                       "Linear or Conv2d layers, not 'fc'\n")
+    assert not out.exists()
+    assert main(["prune", str(path), "--pattern", "unstructured", "--sparsity", "0.5",
+                 "--lanes", "4", "-o", str(out)]) == 0       # a grouped conv prunes
+    assert "0: 8x9 unstructured V=4 e=1: 36/72 kept" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("args,message", [
     (["--pattern", "bogus", "--sparsity", "0.5"], "Pattern must be one of gs-gather, gs-scatter, "
                                                   "1xN, smartdeal, unstructured, not 'bogus'"),

@@ -6,7 +6,7 @@ from amaranth.lib.wiring import In, Out
 
 from .config import check_config
 from .layouts import LayerControl
-from .scratchpad import bank_addr_width, read_latency
+from .scratchpad import BankPort, bank_addr_width, read_latency
 from .writer import Requantizer
 
 __all__ = ["BasisUnit", "basis_latency"]
@@ -54,11 +54,8 @@ class BasisUnit(wiring.Component):
         B, row-major.
     control : In(LayerControl)
         The layer's settings; the unit uses ``src``, ``dst``, ``shift`` and ``relu``.
-    rd_addr : Out(BA).array(V)
-    rd_data : In(signed(8)).array(V)
-    wr_en : Out(1).array(V)
-    wr_addr : Out(BA).array(V)
-    wr_data : Out(signed(8)).array(V)
+    banks : Out(BankPort(addr_width=BA)).array(V)
+        The scratchpad's ports (``rd_addr`` and the write members are registers).
     busy : Out(1)
     done : Out(1)
 
@@ -82,11 +79,7 @@ class BasisUnit(wiring.Component):
             "n_chunks": In(16),
             "basis":    In(data.ArrayLayout(signed(8), 9)),
             "control":  In(LayerControl),
-            "rd_addr":  Out(addr_width).array(lanes),
-            "rd_data":  In(signed(8)).array(lanes),
-            "wr_en":    Out(1).array(lanes),
-            "wr_addr":  Out(addr_width).array(lanes),
-            "wr_data":  Out(signed(8)).array(lanes),
+            "banks":    Out(BankPort(addr_width=addr_width)).array(lanes),
             "busy":     Out(1),
             "done":     Out(1),
         })
@@ -151,7 +144,7 @@ class BasisUnit(wiring.Component):
             for k in range(3):
                 address = address | ((element[k][:bank_bits] == bank).replicate(
                     cfg.col_width - bank_bits) & element[k][bank_bits:])
-            m.d.sync += self.rd_addr[bank].eq(Cat(address, self.control.src))
+            m.d.sync += self.banks[bank].rd_addr.eq(Cat(address, self.control.src))
 
         # The pipeline's valid bits: valid[k] is chunk g's in cycle g + k.
         valid = [issue] + [Signal(name=f"s{k}_valid") for k in range(1, latency)]
@@ -175,7 +168,7 @@ class BasisUnit(wiring.Component):
                 value = Const(0, 8)
                 for bank in range(first, first + quad):
                     value = value | ((bank_of[k][-1] == bank).replicate(8) &
-                                     self.rd_data[bank].as_unsigned())
+                                     self.banks[bank].rd_data.as_unsigned())
                 m.d.sync += partial.eq(value)
                 partials.append(partial)
             value = partials[0]
@@ -216,13 +209,13 @@ class BasisUnit(wiring.Component):
             results.append(result)
         # The write ports are registers: the scratchpad's RAMs take them without logic between.
         for bank in range(lanes):
-            m.d.sync += self.wr_en[bank].eq(0)
+            m.d.sync += self.banks[bank].wr_en.eq(0)
             for k in range(3):
                 target = targets[k][:cfg.col_width]
                 with m.If(written & (target[:bank_bits] == bank)):
                     m.d.sync += [
-                        self.wr_en[bank].eq(1),
-                        self.wr_addr[bank].eq(Cat(target[bank_bits:], self.control.dst)),
-                        self.wr_data[bank].eq(results[k]),
+                        self.banks[bank].wr_en.eq(1),
+                        self.banks[bank].wr_addr.eq(Cat(target[bank_bits:], self.control.dst)),
+                        self.banks[bank].wr_data.eq(results[k]),
                     ]
         return m

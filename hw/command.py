@@ -2,7 +2,7 @@
 host memories (layer table, weights, rows) and the activation scratchpad, and runs the
 :class:`~gsaccel.hw.sequencer.Sequencer` for RUN."""
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -11,6 +11,7 @@ from .framing import frame_layout, reply_layout
 from .layouts import (COUNTER_NAMES, ErrorCode, FrameType, Memory as MemoryId, hello_payload,
                       memory_depth, memory_layout, word_bytes)
 from .memory import SimpleDualPortMemory, SinglePortMemory
+from .scratchpad import ElementPort, element_addr_width
 from .sequencer import Sequencer, datapath_members
 
 __all__ = ["CommandProcessor"]
@@ -20,7 +21,7 @@ class CommandProcessor(wiring.Component):
     """Execute host frames: HELLO, WRITE, READ and RUN, and reply to each.
 
     Owns the layer table, weight and row memories (and, through the sequencer, the
-    counters); reaches the activation scratchpad through the element port ``act_*``. Every
+    counters); reaches the activation scratchpad through the element port ``acts``. Every
     check of a request happens before anything is written, in this order:
 
     * a frame the receiver flagged (``BAD_CRC``, ``BAD_LENGTH``) is answered with that code;
@@ -56,12 +57,10 @@ class CommandProcessor(wiring.Component):
     o_reply : Out(stream.Signature(reply_layout()))
     o_data : Out(stream.Signature(8))
         To :class:`~gsaccel.hw.framing.FrameTransmitter`.
-    act_addr : Out(range(2 * cfg.buffer_size))
-        Element address in the activation buffers.
-    act_wr_en : Out(1)
-    act_wr_data : Out(signed(8))
-    act_rd_data : In(signed(8))
-        Element at ``act_addr``, two cycles after (only while ``owner`` is HOST).
+    acts : Out(ElementPort(addr_width=element_addr_width(cfg)))
+        The activation buffers, an element at a time (through
+        :class:`~gsaccel.hw.arbiter.ScratchpadArbiter`: ``rd_data`` is the element at
+        ``addr`` two cycles after, only while ``owner`` is HOST).
     busy : Out(1)
         A request is being executed or answered.
     error : Out(1)
@@ -85,10 +84,7 @@ class CommandProcessor(wiring.Component):
             "pl_data":     In(8),
             "o_reply":     Out(stream.Signature(reply_layout())),
             "o_data":      Out(stream.Signature(8)),
-            "act_addr":    Out(range(2 * cfg.buffer_size)),
-            "act_wr_en":   Out(1),
-            "act_wr_data": Out(signed(8)),
-            "act_rd_data": In(signed(8)),
+            "acts":        Out(ElementPort(addr_width=element_addr_width(cfg))),
             "busy":        Out(1),
             "error":       Out(1),
             **datapath_members(cfg),
@@ -197,8 +193,8 @@ class CommandProcessor(wiring.Component):
                      rows.wr_en.eq(write_enables(MemoryId.ROWS, size)),
                      rows.wr_data.eq(Cat([self.pl_data] * size)),
                      seq.row_data.eq(rows.rd_data)]
-        m.d.comb += [self.act_addr.eq(cur), self.act_wr_data.eq(self.pl_data),
-                     self.act_wr_en.eq(write_enables(MemoryId.ACTS, 1))]
+        m.d.comb += [self.acts.addr.eq(cur), self.acts.wr_data.eq(self.pl_data),
+                     self.acts.wr_en.eq(write_enables(MemoryId.ACTS, 1))]
 
         # The registered word holds while ``cur`` does, so the bytes of a word are picked from
         # it one by one: byte ``byte_index`` of each memory's word is registered, then the
@@ -219,7 +215,7 @@ class CommandProcessor(wiring.Component):
                 m.d.comb += index.eq(byte_index)
             m.d.sync += picked[mem_id].eq(word.word_select(index, 8))
         picked[MemoryId.ACTS] = Signal(8, name="picked_acts")
-        m.d.sync += picked[MemoryId.ACTS].eq(self.act_rd_data)
+        m.d.sync += picked[MemoryId.ACTS].eq(self.acts.rd_data)
         picked[MemoryId.COUNTERS] = Signal(8, name="picked_counters")
         m.d.sync += picked[MemoryId.COUNTERS].eq(seq.counters.as_value().word_select(
             Cat(byte_index[:2], cur[:2]), 8))

@@ -8,7 +8,7 @@ from amaranth.lib.wiring import In, Out
 from .config import check_config
 from .lane import Lane, lane_nonzero
 from .layouts import LayerControl, group_layout
-from .scratchpad import bank_addr_width, read_latency
+from .scratchpad import BankPort, bank_addr_width, read_latency
 
 __all__ = ["GatherEngine", "sums_layout", "pipeline_depth", "engine_latency"]
 
@@ -66,10 +66,9 @@ class GatherEngine(wiring.Component):
     control : In(LayerControl)
         The layer's settings; the engine uses ``src`` (the activation buffer read) and
         ``seg_log2`` (log2 of the segment length e; values above ``log2(V)`` mean ``e = V``).
-    rd_addr : Out(BA).array(V)
-        Scratchpad bank read addresses.
-    rd_data : In(signed(8)).array(V)
-        Scratchpad bank read data (two cycles after the address).
+    banks : Out(BankPort(addr_width=BA, write=False)).array(V)
+        The scratchpad's read ports (data two cycles after the address, one without
+        ``cfg.deep_pipeline``).
     o_sums : Out(stream.Signature(sums_layout(cfg)))
     credit : In(1)
         One pulse per sum vector the consumer has finished.
@@ -98,8 +97,7 @@ class GatherEngine(wiring.Component):
         super().__init__({
             "i_group":     In(stream.Signature(group_layout(cfg))),
             "control":     In(LayerControl),
-            "rd_addr":     Out(addr_width).array(lanes),
-            "rd_data":     In(signed(8)).array(lanes),
+            "banks":       Out(BankPort(addr_width=addr_width, write=False)).array(lanes),
             "o_sums":      Out(stream.Signature(sums_layout(cfg))),
             "credit":      In(1),
             "clear":       In(1),
@@ -150,8 +148,8 @@ class GatherEngine(wiring.Component):
         # hits[i][b]: lane i reads bank b; a padding lane hits no bank.
         hits = [Cat(nonzero[i] & (group.lanes[i].bank == bank) for bank in range(lanes))
                 for i in range(lanes)]
-        for bank in range(lanes):
-            m.d.comb += self.rd_addr[bank].eq(Cat(group.bank_addr[bank], self.control.src))
+        for bank, port in enumerate(self.banks):
+            m.d.comb += port.rd_addr.eq(Cat(group.bank_addr[bank], self.control.src))
 
         # The pipeline registers of the stages before the accumulators (valid and last of
         # each): 5 + log2(V) of them, or 5 without the deep pipeline.
@@ -188,7 +186,8 @@ class GatherEngine(wiring.Component):
                 partial = Signal(8, name=f"s3_partial{i}_{first // quad}")
                 x = Const(0, 8)
                 for bank in range(first, first + quad):
-                    x = x | (s2_hits[i][bank].replicate(8) & self.rd_data[bank].as_unsigned())
+                    x = x | (s2_hits[i][bank].replicate(8) &
+                             self.banks[bank].rd_data.as_unsigned())
                 m.d.sync += partial.eq(x)
                 partials.append(partial)
             s3_value = Signal(cfg.value_width, name=f"s3_value{i}")

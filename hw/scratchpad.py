@@ -1,4 +1,5 @@
-"""The banked activation scratchpad: V single-read, single-write int8 banks."""
+"""The banked activation scratchpad: V single-read, single-write int8 banks, and the
+signatures of its ports."""
 
 from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import wiring
@@ -7,12 +8,135 @@ from amaranth.lib.wiring import In, Out
 from .config import check_config
 from .memory import SimpleDualPortMemory
 
-__all__ = ["BankedScratchpad", "bank_addr_width", "read_latency"]
+__all__ = ["BankedScratchpad", "BankPort", "ElementPort", "bank_addr_width",
+           "element_addr_width", "read_latency"]
 
 
 def bank_addr_width(cfg):
     """Bits of a bank address: both buffers, ``log2(2 * bank_depth)``."""
     return (2 * cfg.bank_depth - 1).bit_length()
+
+
+def element_addr_width(cfg):
+    """Bits of an element address ``buffer * buffer_size + element`` (both buffers):
+    ``log2(2 * buffer_size)``, the bank in the low bits."""
+    return (2 * cfg.buffer_size - 1).bit_length()
+
+
+def _check_addr_width(addr_width):
+    if not isinstance(addr_width, int) or isinstance(addr_width, bool) or addr_width <= 0:
+        raise TypeError(f"Address width must be a positive integer, not {addr_width!r}")
+
+
+class BankPort(wiring.Signature):
+    """The port of one scratchpad bank, from the side of the block that uses it: a read
+    port, a write port or both.
+
+    Parameters
+    ----------
+    addr_width : int
+        Bits of a bank address (:func:`bank_addr_width`).
+    read : bool
+        The port has the read members.
+    write : bool
+        The port has the write members.
+
+    Members
+    -------
+    rd_addr : Out(addr_width)
+        Read address (with ``read``).
+    rd_data : In(signed(8))
+        The word at the ``rd_addr`` of :func:`read_latency` cycles ago (with ``read``).
+    wr_en, wr_addr, wr_data : Out(1), Out(addr_width), Out(signed(8))
+        Write (with ``write``).
+
+    Raises
+    ------
+    TypeError
+        If ``addr_width`` is not a positive integer.
+    ValueError
+        If the port neither reads nor writes.
+    """
+
+    def __init__(self, *, addr_width, read=True, write=True):
+        _check_addr_width(addr_width)
+        if not (read or write):
+            raise ValueError(f"Bank port must read, write or both, not read={read!r} and "
+                             f"write={write!r}")
+        self._addr_width, self._read, self._write = addr_width, bool(read), bool(write)
+        members = {}
+        if self._read:
+            members.update(rd_addr=Out(addr_width), rd_data=In(signed(8)))
+        if self._write:
+            members.update(wr_en=Out(1), wr_addr=Out(addr_width), wr_data=Out(signed(8)))
+        super().__init__(members)
+
+    @property
+    def addr_width(self):
+        return self._addr_width
+
+    @property
+    def read(self):
+        return self._read
+
+    @property
+    def write(self):
+        return self._write
+
+    def __eq__(self, other):
+        return (type(other) is BankPort and
+                (self.addr_width, self.read, self.write) ==
+                (other.addr_width, other.read, other.write))
+
+    def __repr__(self):
+        return f"BankPort(addr_width={self.addr_width}, read={self.read}, write={self.write})"
+
+
+class ElementPort(wiring.Signature):
+    """One element of the activation buffers at a time, from the host's side: the port of
+    the command processor's WRITE/READ of ACTS (element ``a`` is in bank ``a % V`` at bank
+    address ``a // V``).
+
+    Parameters
+    ----------
+    addr_width : int
+        Bits of an element address (:func:`element_addr_width`).
+
+    Members
+    -------
+    addr : Out(addr_width)
+        Element address ``buffer * buffer_size + element``.
+    wr_en, wr_data : Out(1), Out(signed(8))
+        Write the element at ``addr``.
+    rd_data : In(signed(8))
+        The element at ``addr`` (with the latency of the port's provider,
+        :data:`~gsaccel.hw.arbiter.HOST_READ_LATENCY` for the core's).
+
+    Raises
+    ------
+    TypeError
+        If ``addr_width`` is not a positive integer.
+    """
+
+    def __init__(self, *, addr_width):
+        _check_addr_width(addr_width)
+        self._addr_width = addr_width
+        super().__init__({
+            "addr":    Out(addr_width),
+            "wr_en":   Out(1),
+            "wr_data": Out(signed(8)),
+            "rd_data": In(signed(8)),
+        })
+
+    @property
+    def addr_width(self):
+        return self._addr_width
+
+    def __eq__(self, other):
+        return type(other) is ElementPort and self.addr_width == other.addr_width
+
+    def __repr__(self):
+        return f"ElementPort(addr_width={self.addr_width})"
 
 
 def read_latency(cfg):
@@ -37,12 +161,9 @@ class BankedScratchpad(wiring.Component):
 
     Members
     -------
-    rd_addr : In(BA).array(V)
-        Read address of each bank.
-    rd_data : Out(signed(8)).array(V)
-        Word at the ``rd_addr`` of two cycles ago (one without ``cfg.deep_pipeline``).
-    wr_en, wr_addr, wr_data : In(1), In(BA), In(signed(8)), each ``.array(V)``
-        Write port of each bank.
+    banks : In(BankPort(addr_width=BA)).array(V)
+        The port of each bank; ``rd_data`` is the word at the ``rd_addr`` of two cycles ago
+        (one without ``cfg.deep_pipeline``).
 
     Raises
     ------
@@ -54,13 +175,7 @@ class BankedScratchpad(wiring.Component):
         check_config(cfg)
         self._cfg = cfg
         lanes, addr_width = cfg.lanes, bank_addr_width(cfg)
-        super().__init__({
-            "rd_addr": In(addr_width).array(lanes),
-            "rd_data": Out(signed(8)).array(lanes),
-            "wr_en":   In(1).array(lanes),
-            "wr_addr": In(addr_width).array(lanes),
-            "wr_data": In(signed(8)).array(lanes),
-        })
+        super().__init__({"banks": In(BankPort(addr_width=addr_width)).array(lanes)})
 
     @property
     def cfg(self):
@@ -68,7 +183,7 @@ class BankedScratchpad(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        for bank in range(self._cfg.lanes):
+        for bank, port in enumerate(self.banks):
             # A falling-edge-write RAM: no bypass logic around the block RAM. Block RAM even
             # where Yosys would pick LUT RAM (ECP5 at small depths): LUT RAM reads
             # asynchronously, which puts the bank read on the engine's address path.
@@ -82,9 +197,9 @@ class BankedScratchpad(wiring.Component):
             else:
                 m.d.comb += data.eq(ram.rd_data)
             m.d.comb += [
-                ram.rd_addr.eq(self.rd_addr[bank]),
+                ram.rd_addr.eq(port.rd_addr),
                 ram.rd_en.eq(1),
-                self.rd_data[bank].eq(data),
+                port.rd_data.eq(data),
             ]
             # With the deep pipeline the write port is registered too: the engine's writer,
             # the basis unit and the host share it through a multiplexer, which then does not
@@ -92,8 +207,8 @@ class BankedScratchpad(wiring.Component):
             # the cycle after writing it.)
             write = m.d.sync if self._cfg.deep_pipeline else m.d.comb
             write += [
-                ram.wr_addr.eq(self.wr_addr[bank]),
-                ram.wr_data.eq(self.wr_data[bank]),
-                ram.wr_en.eq(self.wr_en[bank]),
+                ram.wr_addr.eq(port.wr_addr),
+                ram.wr_data.eq(port.wr_data),
+                ram.wr_en.eq(port.wr_en),
             ]
         return m

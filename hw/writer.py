@@ -9,7 +9,7 @@ from amaranth.lib.wiring import In, Out
 from .config import check_config
 from .engine import sums_layout
 from .layouts import LayerControl, row_layout
-from .scratchpad import bank_addr_width
+from .scratchpad import BankPort, bank_addr_width
 
 __all__ = ["Requantizer", "ResultWriter", "WRITE_LATENCY"]
 
@@ -148,9 +148,8 @@ class ResultWriter(wiring.Component):
     control : In(LayerControl)
         The layer's settings; the writer uses ``seg_log2`` (log2 of e: a vector has V/e
         slots, one for values above ``log2(V)``), ``shift``, ``relu`` and ``dst``.
-    wr_en : Out(1).array(V)
-    wr_addr : Out(BA).array(V)
-    wr_data : Out(signed(8)).array(V)
+    banks : Out(BankPort(addr_width=BA, read=False)).array(V)
+        The scratchpad's write ports.
     credit : Out(1)
         Pulses in the last slot cycle of each vector.
     idle : Out(1)
@@ -170,9 +169,7 @@ class ResultWriter(wiring.Component):
             "i_sums":   In(stream.Signature(sums_layout(cfg))),
             "i_row":    In(stream.Signature(row_layout(cfg))),
             "control":  In(LayerControl),
-            "wr_en":    Out(1).array(lanes),
-            "wr_addr":  Out(addr_width).array(lanes),
-            "wr_data":  Out(signed(8)).array(lanes),
+            "banks":    Out(BankPort(addr_width=addr_width, read=False)).array(lanes),
             "credit":   Out(1),
             "idle":     Out(1),
         })
@@ -266,11 +263,11 @@ class ResultWriter(wiring.Component):
         # Scratchpad write, from registers ---------------------------------------------------
         data = Signal(signed(8))
         m.d.sync += data.eq(requantizer.result)
-        for bank in range(lanes):
+        for bank, port in enumerate(self.banks):
             m.d.comb += [
-                self.wr_en[bank].eq(write[-1] & (addr[-1][:bank_bits] == bank)),
-                self.wr_addr[bank].eq(Cat(addr[-1][bank_bits:], self.control.dst)),
-                self.wr_data[bank].eq(data),
+                port.wr_en.eq(write[-1] & (addr[-1][:bank_bits] == bank)),
+                port.wr_addr.eq(Cat(addr[-1][bank_bits:], self.control.dst)),
+                port.wr_data.eq(data),
             ]
         m.d.comb += self.idle.eq(~queue.r_rdy & ~Cat(s1_go, *go).any())
         return m

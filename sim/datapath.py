@@ -1,21 +1,23 @@
-"""A test harness around the datapath: scratchpad, gather engine, result writer and (V >= 4)
-basis unit wired as in the core, with a host port to the scratchpad so testbenches can load
-and read activations.
+"""A test harness around the datapath: scratchpad, its arbiter, gather engine, result writer
+and (V >= 4) basis unit wired as in the core, with the host's element port so testbenches can
+load and read activations.
 
-Not part of the core (``hw/core.py`` wires the same blocks to the sequencer); the amaranth.sim
-and cocotb testbenches of the datapath use it as their DUT.
+Not part of the core (``hw/core.py`` wires the same blocks to the sequencer and the command
+processor); the amaranth.sim and cocotb testbenches of the datapath use it as their DUT.
 """
 
 import numpy as np
-from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed
+from amaranth.hdl import Module, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from ..hw.arbiter import ScratchpadArbiter
 from ..hw.config import POW2_EXP_MAX, CoreConfig
 from ..hw.basis import BasisUnit
 from ..hw.engine import GatherEngine
 from ..hw.layouts import LayerControl, group_layout, row_layout
-from ..hw.scratchpad import BankedScratchpad
+from ..hw.scratchpad import BankedScratchpad, ElementPort, element_addr_width
+from ..hw.sequencer import ScratchpadOwner
 from ..hw.writer import ResultWriter
 from ..sw.format import PATTERNS, GSMatrix
 from ..sw.compile.image import LayerSpec, build_image
@@ -24,10 +26,11 @@ __all__ = ["Datapath", "random_weight_values", "random_gs_matrix", "layer_words"
 
 
 class Datapath(wiring.Component):
-    """GatherEngine + ResultWriter + BasisUnit + BankedScratchpad, with a host scratchpad port.
+    """GatherEngine + ResultWriter + BasisUnit + BankedScratchpad behind the core's
+    ScratchpadArbiter, with the host's element port and the arbiter's ``owner`` as ports.
 
-    The basis unit (present when V >= 4) owns the scratchpad from its ``start`` cycle until it
-    is no longer ``busy``; otherwise the engine reads and the writer (or the host) writes.
+    The testbench plays the sequencer: it sets ``owner`` (HOST to load and read
+    activations, GS for a GS layer, BASIS for a basis layer) and the layer's ``control``.
 
     Parameters
     ----------
@@ -39,16 +42,13 @@ class Datapath(wiring.Component):
     i_row : In(stream.Signature(row_layout(cfg)))
     control : In(LayerControl)
         Layer settings, stable during a layer.
+    owner : In(ScratchpadOwner)
+        Who drives the scratchpad (:class:`~gsaccel.hw.arbiter.ScratchpadArbiter`).
     clear : In(1)
         Zero the engine's accumulators.
-    host_addr : In(col_width + 1)
-        ACTS address ``buffer * buffer_size + element``.
-    host_wr_en, host_wr_data : In(1), In(signed(8))
-        Host write (takes priority over the writer; use only while idle).
-    host_rd : In(1)
-        Give the bank read ports to the host (only while idle).
-    host_rd_data : Out(signed(8))
-        Element at the ``host_addr`` of two cycles ago (when ``host_rd`` was high).
+    host : In(ElementPort(addr_width=element_addr_width(cfg)))
+        The host's element port (while ``owner`` is HOST): ``rd_data`` is the element at
+        the ``addr`` of ``HOST_READ_LATENCY`` cycles ago.
     issue, issue_lanes, stall, engine_idle, writer_idle : Out
         Engine and writer status.
     basis_start, n_chunks, basis : In(1), In(16), In(ArrayLayout(signed(8), 9))
@@ -64,12 +64,9 @@ class Datapath(wiring.Component):
             "i_group":      In(stream.Signature(group_layout(cfg))),
             "i_row":        In(stream.Signature(row_layout(cfg))),
             "control":      In(LayerControl),
+            "owner":        In(ScratchpadOwner),
             "clear":        In(1),
-            "host_addr":    In(cfg.col_width + 1),
-            "host_wr_en":   In(1),
-            "host_wr_data": In(signed(8)),
-            "host_rd":      In(1),
-            "host_rd_data": Out(signed(8)),
+            "host":         In(ElementPort(addr_width=element_addr_width(cfg))),
             "issue":        Out(1),
             "issue_lanes":  Out(range(cfg.lanes + 1)),
             "stall":        Out(1),
@@ -89,8 +86,8 @@ class Datapath(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self._cfg
-        bank_bits = cfg.bank_bits
         m.submodules.scratchpad = scratchpad = BankedScratchpad(cfg)
+        m.submodules.arbiter = arbiter = ScratchpadArbiter(cfg)
         m.submodules.engine = engine = GatherEngine(cfg)
         m.submodules.writer = writer = ResultWriter(cfg)
 
@@ -120,36 +117,16 @@ class Datapath(wiring.Component):
                 self.basis_busy.eq(basis.busy),
                 self.basis_done.eq(basis.done),
             ]
-            # Chunk 0 reads in the start cycle, so the unit owns the banks from then on.
-            basis_owns = basis.start | basis.busy
 
-        element = self.host_addr[:cfg.col_width]
-        host_bank = element[:bank_bits]
-        host_bank_addr = Cat(element[bank_bits:], self.host_addr[cfg.col_width])
+        # The scratchpad's ports, as in the core.
+        m.d.comb += arbiter.owner.eq(self.owner)
+        wiring.connect(m, wiring.flipped(self.host), arbiter.host)
         for bank in range(cfg.lanes):
-            host_write = self.host_wr_en & (host_bank == bank)
-            m.d.comb += [
-                scratchpad.rd_addr[bank].eq(Mux(self.host_rd, host_bank_addr,
-                                                engine.rd_addr[bank])),
-                engine.rd_data[bank].eq(scratchpad.rd_data[bank]),
-                scratchpad.wr_en[bank].eq(host_write | writer.wr_en[bank]),
-                scratchpad.wr_addr[bank].eq(Mux(host_write, host_bank_addr,
-                                                writer.wr_addr[bank])),
-                scratchpad.wr_data[bank].eq(Mux(host_write, self.host_wr_data,
-                                                writer.wr_data[bank])),
-            ]
+            wiring.connect(m, engine.banks[bank], arbiter.engine[bank])
+            wiring.connect(m, writer.banks[bank], arbiter.writer[bank])
             if basis is not None:
-                m.d.comb += basis.rd_data[bank].eq(scratchpad.rd_data[bank])
-                with m.If(basis_owns):
-                    m.d.comb += [
-                        scratchpad.rd_addr[bank].eq(basis.rd_addr[bank]),
-                        scratchpad.wr_en[bank].eq(basis.wr_en[bank]),
-                        scratchpad.wr_addr[bank].eq(basis.wr_addr[bank]),
-                        scratchpad.wr_data[bank].eq(basis.wr_data[bank]),
-                    ]
-        read_bank = [Signal(range(cfg.lanes), name=f"read_bank{k}") for k in range(2)]
-        m.d.sync += [read_bank[0].eq(host_bank), read_bank[1].eq(read_bank[0])]
-        m.d.comb += self.host_rd_data.eq(Array(scratchpad.rd_data)[read_bank[1]])
+                wiring.connect(m, basis.banks[bank], arbiter.basis[bank])
+            wiring.connect(m, arbiter.banks[bank], scratchpad.banks[bank])
         return m
 
 

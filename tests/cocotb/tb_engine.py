@@ -11,8 +11,10 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import RisingEdge
 
+from gsaccel.hw.arbiter import HOST_READ_LATENCY
 from gsaccel.hw.config import CoreConfig
 from gsaccel.hw.layouts import LayerControl, group_layout, row_layout
+from gsaccel.hw.sequencer import ScratchpadOwner
 from gsaccel.sim.cocotb_streams import StreamSource, pack_payload
 from gsaccel.sim.datapath import layer_words, random_gs_matrix
 from gsaccel.sw import golden
@@ -30,15 +32,15 @@ def pause_pattern(rng, probability):
 
 class DatapathTB:
     """Drives the Datapath DUT: host port for activations, group and row stream sources, basis
-    layer control."""
+    layer control, and the scratchpad's ``owner`` as the sequencer sets it."""
 
     def __init__(self, dut, cfg):
         self.dut, self.cfg = dut, cfg
         Clock(dut.clk, 10, unit="ns").start()
         self.groups = StreamSource(dut, "i_group", dut.clk, layout=group_layout(cfg))
         self.rows = StreamSource(dut, "i_row", dut.clk, layout=row_layout(cfg))
-        dut.host_wr_en.value = 0
-        dut.host_rd.value = 0
+        dut.host__wr_en.value = 0
+        dut.owner.value = ScratchpadOwner.HOST.value
         dut.basis_start.value = 0
 
     async def reset(self):
@@ -60,25 +62,25 @@ class DatapathTB:
 
     async def write_buffer(self, buffer, values):
         dut = self.dut
+        dut.owner.value = ScratchpadOwner.HOST.value
         for element, value in enumerate(values):
-            dut.host_addr.value = buffer * self.cfg.buffer_size + element
-            dut.host_wr_data.value = int(value) & 0xFF
-            dut.host_wr_en.value = 1
+            dut.host__addr.value = buffer * self.cfg.buffer_size + element
+            dut.host__wr_data.value = int(value) & 0xFF
+            dut.host__wr_en.value = 1
             await RisingEdge(dut.clk)
-        dut.host_wr_en.value = 0
+        dut.host__wr_en.value = 0
         await RisingEdge(dut.clk)        # the scratchpad's write port is registered
 
     async def read_buffer(self, buffer, count):
         dut = self.dut
-        dut.host_rd.value = 1
+        dut.owner.value = ScratchpadOwner.HOST.value
         values = []
-        for element in range(count + 2):
+        for element in range(count + HOST_READ_LATENCY):
             if element < count:
-                dut.host_addr.value = buffer * self.cfg.buffer_size + element
+                dut.host__addr.value = buffer * self.cfg.buffer_size + element
             await RisingEdge(dut.clk)
-            if element >= 2:    # data of the address of two cycles ago
-                values.append(dut.host_rd_data.value.to_signed())
-        dut.host_rd.value = 0
+            if element >= HOST_READ_LATENCY:    # data of the address of that many cycles ago
+                values.append(dut.host__rd_data.value.to_signed())
         return np.array(values, dtype=np.int64)
 
     async def run_layer(self, matrix, x, bias, shift, relu, *, max_cycles=20_000):
@@ -88,6 +90,7 @@ class DatapathTB:
                          relu=relu)
         await self.write_buffer(1, [-77] * matrix.shape[0])     # a missing write shows
         await self.write_buffer(0, x)
+        dut.owner.value = ScratchpadOwner.GS.value
         groups, rows = layer_words(self.cfg, matrix, bias)
         for word in groups:
             self.groups.send_nowait(word)
@@ -125,6 +128,7 @@ class DatapathTB:
         self.set_control(src=src, dst=dst, shift=shift, relu=relu)
         dut.n_chunks.value = n_chunks
         dut.basis.value = sum((int(v) & 0xFF) << (8 * i) for i, v in enumerate(np.ravel(basis)))
+        dut.owner.value = ScratchpadOwner.BASIS.value
         await RisingEdge(dut.clk)                  # the unit samples its settings a cycle ahead
         dut.basis_start.value = 1
         await RisingEdge(dut.clk)                  # the start cycle, cycle 0

@@ -38,8 +38,9 @@ def run_basis(cfg, acts, basis, n_chunks, shift, relu, src, dst):
         # The scratchpad's two cycles of read latency: the word read at one tick is on
         # rd_data after the next (after that tick without the deep pipeline).
         in_flight = None
-        async for _, _, *ports in ctx.tick().sample(*dut.rd_addr, *dut.wr_en, *dut.wr_addr,
-                                                    *dut.wr_data):
+        async for _, _, *ports in ctx.tick().sample(
+                *(getattr(port, name) for name in ("rd_addr", "wr_en", "wr_addr", "wr_data")
+                  for port in dut.banks)):
             rd, en = ports[:lanes], ports[lanes:2 * lanes]
             wr, data = ports[2 * lanes:3 * lanes], ports[3 * lanes:]
             read = [int(banks[bank, rd[bank]]) for bank in range(lanes)]   # old words
@@ -47,7 +48,7 @@ def run_basis(cfg, acts, basis, n_chunks, shift, relu, src, dst):
                 in_flight = read
             if in_flight is not None:
                 for bank in range(lanes):
-                    ctx.set(dut.rd_data[bank], in_flight[bank])
+                    ctx.set(dut.banks[bank].rd_data, in_flight[bank])
             in_flight = read
             for bank in range(lanes):
                 if en[bank]:

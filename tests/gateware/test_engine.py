@@ -6,9 +6,11 @@ the golden model."""
 import numpy as np
 import pytest
 
+from gsaccel.hw.arbiter import HOST_READ_LATENCY
 from gsaccel.hw.config import CoreConfig
 from gsaccel.hw.engine import GatherEngine
 from gsaccel.hw.layouts import group_layout
+from gsaccel.hw.sequencer import ScratchpadOwner
 from gsaccel.sim.amaranth_sim import run_sim, seeded_rng, stall_pattern, stream_put
 from gsaccel.sim.datapath import Datapath, layer_words, random_gs_matrix
 from gsaccel.sw import golden
@@ -21,22 +23,22 @@ def test_engine_rejects_bad_config():
 
 
 async def load_buffer(ctx, dut, buffer, values, buffer_size):
+    ctx.set(dut.owner, ScratchpadOwner.HOST)
     for element, value in enumerate(values):
-        ctx.set(dut.host_addr, buffer * buffer_size + element)
-        ctx.set(dut.host_wr_data, int(value))
-        ctx.set(dut.host_wr_en, 1)
+        ctx.set(dut.host.addr, buffer * buffer_size + element)
+        ctx.set(dut.host.wr_data, int(value))
+        ctx.set(dut.host.wr_en, 1)
         await ctx.tick()
-    ctx.set(dut.host_wr_en, 0)
+    ctx.set(dut.host.wr_en, 0)
 
 
 async def read_buffer(ctx, dut, buffer, count, buffer_size):
-    ctx.set(dut.host_rd, 1)
+    ctx.set(dut.owner, ScratchpadOwner.HOST)
     values = []
     for element in range(count):
-        ctx.set(dut.host_addr, buffer * buffer_size + element)
-        await ctx.tick().repeat(2)          # the scratchpad's latency
-        values.append(ctx.get(dut.host_rd_data))
-    ctx.set(dut.host_rd, 0)
+        ctx.set(dut.host.addr, buffer * buffer_size + element)
+        await ctx.tick().repeat(HOST_READ_LATENCY)
+        values.append(ctx.get(dut.host.rd_data))
     return np.array(values, dtype=np.int64)
 
 
@@ -63,6 +65,7 @@ def run_layer(cfg, matrix, x, bias, shift, relu, *, group_stall=0.0, row_stall=0
         # Fill the destination with a marker so that a missing write shows.
         await load_buffer(ctx, dut, 1, [-77] * matrix.shape[0], buffer_size)
         await load_buffer(ctx, dut, 0, x, buffer_size)
+        ctx.set(dut.owner, ScratchpadOwner.GS)          # as the sequencer does for a layer
         if leftover:
             loaded.append("leftover")
             while issued_leftover[0] < len(leftover) or not ctx.get(dut.engine_idle):

@@ -42,10 +42,11 @@ def test_random_traffic(lanes, bank_depth):
             same = rng.random(lanes) < 0.5
             rd = np.where(same, wr, rd)
             for bank in range(lanes):
-                ctx.set(dut.rd_addr[bank], int(rd[bank]))
-                ctx.set(dut.wr_addr[bank], int(wr[bank]))
-                ctx.set(dut.wr_en[bank], int(en[bank]))
-                ctx.set(dut.wr_data[bank], int(data[bank]))
+                port = dut.banks[bank]
+                ctx.set(port.rd_addr, int(rd[bank]))
+                ctx.set(port.wr_addr, int(wr[bank]))
+                ctx.set(port.wr_en, int(en[bank]))
+                ctx.set(port.wr_data, int(data[bank]))
             # The write port is registered too: a write reaches the RAM at the edge after the
             # one that takes it, so a read sees the writes issued two or more cycles before.
             if len(pending) == 2:
@@ -55,7 +56,7 @@ def test_random_traffic(lanes, bank_depth):
             old = model[np.arange(lanes), rd].copy()
             await ctx.tick()
             if in_flight is not None:
-                got = [ctx.get(dut.rd_data[bank]) for bank in range(lanes)]
+                got = [ctx.get(port.rd_data) for port in dut.banks]
                 np.testing.assert_array_equal(got, in_flight)
                 expected = in_flight
             in_flight = old

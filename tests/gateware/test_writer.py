@@ -99,8 +99,9 @@ def run_writer(cfg, seg_log2, sums, rows, shift, relu, dst, *, sum_stall=0.0, ro
     async def monitor(ctx):
         cycle = 0
         async for _, _, row_valid, row_ready, credit, *ports in ctx.tick().sample(
-                dut.i_row.valid, dut.i_row.ready, dut.credit, *dut.wr_en, *dut.wr_addr,
-                *dut.wr_data):
+                dut.i_row.valid, dut.i_row.ready, dut.credit,
+                *(getattr(port, name) for name in ("wr_en", "wr_addr", "wr_data")
+                  for port in dut.banks)):
             lanes = cfg.lanes
             en, addr, data = ports[:lanes], ports[lanes:2 * lanes], ports[2 * lanes:]
             for bank in range(lanes):

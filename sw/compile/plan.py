@@ -1,0 +1,231 @@
+"""Activation memory planning (DESIGN §2.2): every tensor gets a bank address by liveness.
+
+The scratchpad is one address space of :func:`scratchpad_depth` words per bank; a tensor
+occupies bank words ``[base, base + words)`` in *every* bank (its channels are spread over
+the banks, :class:`~gsaccel.sw.format.geometry.TensorGeometry`). A tensor is live from the
+step of its producer to the step of its last consumer (the model's input from the start, its
+output to the end), both inclusive: a layer's inputs and output are live at its step, so a
+layer never writes over what it reads, and a residual branch stays live until its addition.
+Tensors whose lifetimes intersect never share a word.
+
+:func:`plan_memory` places the tensors greedily — largest first into the best-fitting gap,
+and in a few other orders, then in a bounded number of seeded random orders — and keeps the
+layout that needs the fewest words, stopping early at the peak live words (a lower bound).
+When even that does not fit, :class:`~gsaccel.sw.errors.CapacityError` lists the peak live
+set against the capacity and names the remedy.
+"""
+
+import random
+from dataclasses import dataclass, field
+
+from ..errors import CapacityError, ShapeError
+
+__all__ = ["WORDS_PER_BANK_DEPTH", "scratchpad_depth", "bank_depth_for", "Lifetime", "MemoryPlan", "plan_memory",
+           "peak_live"]
+
+
+#: Scratchpad words per bank per unit of ``CoreConfig.bank_depth``. ``bank_depth`` is, today,
+#: the words per bank of *each* of two ping-pong buffers; the loop-nest core has one address
+#: space of both. This is the one place that says so.
+WORDS_PER_BANK_DEPTH = 2
+
+
+def scratchpad_depth(cfg):
+    """Bank words per bank the activation tensors may use on ``cfg``'s core:
+    ``2 · cfg.bank_depth`` (:data:`WORDS_PER_BANK_DEPTH`)."""
+    return WORDS_PER_BANK_DEPTH * cfg.bank_depth
+
+
+def bank_depth_for(words):
+    """The smallest ``CoreConfig.bank_depth`` (a power of two) whose scratchpad holds
+    ``words`` words per bank."""
+    units = max(1, -(-int(words) // WORDS_PER_BANK_DEPTH))
+    return 1 << (units - 1).bit_length()
+
+
+@dataclass(frozen=True)
+class Lifetime:
+    """A tensor to place: ``words`` bank words, live from step ``first`` to ``last``
+    (inclusive)."""
+
+    name: str
+    words: int
+    first: int
+    last: int
+
+    def __post_init__(self):
+        if int(self.words) < 1:
+            raise ShapeError(f"Tensor {self.name!r} must occupy at least one word, not "
+                             f"{self.words}")
+        if self.last < self.first:
+            raise ShapeError(f"Tensor {self.name!r} must be live from step {self.first} to a "
+                             f"later step, not {self.last}")
+
+    def overlaps(self, other):
+        """True when both are live at some step."""
+        return self.first <= other.last and other.first <= self.last
+
+
+@dataclass
+class MemoryPlan:
+    """Bases of every tensor, and the numbers of the layout.
+
+    Attributes
+    ----------
+    depth : int
+        The capacity, words per bank.
+    lifetimes : dict of str to Lifetime
+    bases : dict of str to int
+    top : int
+        Words the layout uses: the largest ``base + words``.
+    peak_words, peak_step : int
+        The most words live at one step (a lower bound on ``top``), and that step.
+    peak_tensors : tuple of str
+        The tensors live at the peak step.
+    strategy : str
+        The placement order that won.
+    """
+
+    depth: int
+    lifetimes: dict
+    bases: dict
+    top: int
+    peak_words: int
+    peak_step: int
+    peak_tensors: tuple
+    strategy: str = ""
+    tried: dict = field(default_factory=dict)
+
+    def end(self, name):
+        return self.bases[name] + self.lifetimes[name].words
+
+    def live_at(self, step):
+        """Names of the tensors live at ``step``."""
+        return [n for n, t in self.lifetimes.items() if t.first <= step <= t.last]
+
+    def check(self):
+        """Raise AssertionError if two tensors live at the same step share a word or one
+        leaves the scratchpad (the planner's invariant; tests call it)."""
+        items = sorted(self.lifetimes.values(), key=lambda t: self.bases[t.name])
+        for t in items:
+            base = self.bases[t.name]
+            assert 0 <= base and base + t.words <= self.depth, (t, base, self.depth)
+        for i, a in enumerate(items):
+            for b in items[i + 1:]:
+                if self.bases[b.name] >= self.end(a.name):
+                    break
+                assert not a.overlaps(b), (a, self.bases[a.name], b, self.bases[b.name])
+
+
+def peak_live(lifetimes):
+    """(step, words, names) of the step with the most words live."""
+    lifetimes = list(lifetimes)
+    if not lifetimes:
+        return 0, 0, ()
+    events = sorted({t.first for t in lifetimes})
+    best = (events[0], -1, ())
+    for step in events:                  # the live set only grows at a first step
+        live = [t for t in lifetimes if t.first <= step <= t.last]
+        words = sum(t.words for t in live)
+        if words > best[1]:
+            best = (step, words, tuple(t.name for t in live))
+    return best
+
+
+def _place(order, fit):
+    """Bases for the lifetimes in ``order``: each into the lowest (``first``) or the
+    tightest (``best``) gap among the already placed tensors it overlaps in time."""
+    placed = []
+    bases = {}
+    for t in order:
+        busy = sorted((bases[p.name], bases[p.name] + p.words) for p in placed
+                      if p.overlaps(t))
+        cursor, choice, slack = 0, None, None
+        for start, end in busy:
+            gap = start - cursor
+            if gap >= t.words and (choice is None or (fit == "best" and gap < slack)):
+                choice, slack = cursor, gap
+                if fit == "first":
+                    break
+            cursor = max(cursor, end)
+        bases[t.name] = cursor if choice is None else choice
+        placed.append(t)
+    return bases
+
+
+#: Random placement orders tried, at most, when the greedy ones leave gaps.
+RANDOM_ORDERS = 64
+
+_STRATEGIES = {
+    "largest first, best fit": (lambda t: (-t.words, t.first, t.name), "best"),
+    "largest first, first fit": (lambda t: (-t.words, t.first, t.name), "first"),
+    "earliest first, best fit": (lambda t: (t.first, -t.words, t.name), "best"),
+    "longest lived first, best fit": (lambda t: (t.first - t.last, -t.words, t.name), "best"),
+}
+
+
+def plan_memory(lifetimes, depth, *, banks=None):
+    """Place ``lifetimes`` (:class:`Lifetime`) into ``depth`` words per bank.
+
+    Returns
+    -------
+    MemoryPlan
+
+    Raises
+    ------
+    CapacityError
+        If no layout fits: the message lists the peak live set (tensor names and words)
+        against the capacity, the words the best layout needs, and the remedy.
+    ShapeError
+        If two lifetimes share a name.
+    """
+    lifetimes = list(lifetimes)
+    names = [t.name for t in lifetimes]
+    if len(set(names)) != len(names):
+        duplicate = next(n for n in names if names.count(n) > 1)
+        raise ShapeError(f"Tensor names must be unique, but {duplicate!r} appears twice")
+    step, peak, live = peak_live(lifetimes)
+    best = None
+    tried = {}
+
+    def attempt(strategy, order, fit):
+        nonlocal best
+        bases = _place(order, fit)
+        top = max((bases[t.name] + t.words for t in lifetimes), default=0)
+        tried[strategy] = top
+        if best is None or top < best[0]:
+            best = (top, strategy, bases)
+        return top == peak              # the lower bound: nothing can do better
+
+    done = False
+    for strategy, (key, fit) in _STRATEGIES.items():
+        if attempt(strategy, sorted(lifetimes, key=key), fit):
+            done = True
+            break
+    # Then a bounded number of seeded random orders (deterministic), for what the greedy
+    # orders fragment.
+    rng = random.Random(0)
+    trials = 0 if done else max(4, min(RANDOM_ORDERS, 40000 // max(1, len(lifetimes)) ** 2))
+    for trial in range(trials):
+        order = sorted(lifetimes, key=lambda t: (-t.words, t.first, t.name))
+        rng.shuffle(order)
+        if attempt(f"random order {trial}, best fit", order, "best"):
+            break
+    top, strategy, bases = best
+    plan = MemoryPlan(depth=depth, lifetimes={t.name: t for t in lifetimes}, bases=bases,
+                      top=top, peak_words=peak, peak_step=step, peak_tensors=live,
+                      strategy=strategy, tried=tried)
+    if top > depth:
+        words = {t.name: t.words for t in lifetimes}
+        listing = ", ".join(f"{name} ({words[name]})" for name in
+                            sorted(live, key=lambda n: -words[n]))
+        shape = f"{banks} banks x {depth} words" if banks else f"{depth} words per bank"
+        layout = "" if top == peak else \
+            f"; the best layout found needs {top} words (live tensors fragment the space)"
+        raise CapacityError(
+            f"Activations do not fit the scratchpad: at step {step} the live tensors need "
+            f"{peak} words per bank — {listing} — against a capacity of {shape}{layout}. "
+            f"Use a core with a bigger bank_depth (bank_depth={bank_depth_for(top)} gives "
+            f"{WORDS_PER_BANK_DEPTH * bank_depth_for(top)} words per bank) or a board with "
+            f"more memory")
+    return plan

@@ -1,0 +1,113 @@
+"""The activation memory planner (gsaccel.sw.compile.plan): live tensors never share a word,
+on random DAG-shaped lifetimes and sizes; the layout is as small as the peak live set where
+the greedy orders find it; a plan that does not fit raises CapacityError naming the peak live
+set, the capacity and the remedy."""
+
+import re
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from gsaccel.hw.config import CoreConfig
+from gsaccel.sw.compile.plan import (WORDS_PER_BANK_DEPTH, Lifetime, bank_depth_for,
+                                     peak_live, plan_memory, scratchpad_depth)
+from gsaccel.sw.errors import CapacityError, ShapeError
+
+
+@st.composite
+def dag_lifetimes(draw):
+    """Lifetimes of the tensors of a random DAG in topological order: op i writes tensor i+1
+    and reads one or two earlier tensors (a residual branch when it reaches far back); the
+    input (tensor 0) is live from the start, the last tensor to the end."""
+    n_ops = draw(st.integers(1, 24))
+    words = draw(st.lists(st.integers(1, 300), min_size=n_ops + 1, max_size=n_ops + 1))
+    last = list(range(n_ops + 1))            # a tensor is live at least at its own step
+    for op in range(n_ops):
+        reads = draw(st.lists(st.integers(0, op), min_size=1, max_size=2, unique=True))
+        for tensor in reads:
+            last[tensor] = max(last[tensor], op)
+    first = [0] + list(range(n_ops))          # tensor i+1 is written at step i
+    last[n_ops] = n_ops                       # the output, read by the host at the end
+    return [Lifetime(f"t{i}", words[i], first[i], max(first[i], last[i]))
+            for i in range(n_ops + 1)]
+
+
+def _overlapping_pairs(plan):
+    items = list(plan.lifetimes.values())
+    for i, a in enumerate(items):
+        for b in items[i + 1:]:
+            if a.first <= b.last and b.first <= a.last:
+                yield a, b
+
+
+@settings(max_examples=150, deadline=None)
+@given(dag_lifetimes())
+def test_live_tensors_never_overlap(lifetimes):
+    plan = plan_memory(lifetimes, 10 ** 6)
+    plan.check()
+    for a, b in _overlapping_pairs(plan):
+        a0, b0 = plan.bases[a.name], plan.bases[b.name]
+        assert a0 + a.words <= b0 or b0 + b.words <= a0, (a, a0, b, b0)
+    assert plan.top >= plan.peak_words == peak_live(lifetimes)[1]
+    assert plan.top == max(plan.bases[t.name] + t.words for t in lifetimes)
+    # The same layout fits exactly its own top; one word less is refused.
+    assert plan_memory(lifetimes, plan.top).bases == plan.bases
+    with pytest.raises(CapacityError):
+        plan_memory(lifetimes, plan.top - 1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 50), st.integers(0, 9), st.integers(0, 9)),
+                min_size=1, max_size=16))
+def test_arbitrary_intervals_never_overlap(spans):
+    lifetimes = [Lifetime(f"t{i}", words, min(a, b), max(a, b))
+                 for i, (words, a, b) in enumerate(spans)]
+    plan = plan_memory(lifetimes, 10 ** 6)
+    plan.check()
+    for a, b in _overlapping_pairs(plan):
+        assert plan.bases[a.name] + a.words <= plan.bases[b.name] or \
+            plan.bases[b.name] + b.words <= plan.bases[a.name]
+
+
+def test_a_chain_ping_pongs_and_a_residual_branch_stays_live():
+    chain = [Lifetime("x", 10, 0, 0), Lifetime("a", 10, 0, 1), Lifetime("b", 10, 1, 2),
+             Lifetime("c", 10, 2, 3)]
+    plan = plan_memory(chain, 20)
+    assert plan.top == plan.peak_words == 20
+    assert plan.bases["x"] == plan.bases["b"] != plan.bases["a"] == plan.bases["c"]
+    # A residual branch: "a" is read again by the addition at step 3, so it stays live.
+    residual = [Lifetime("x", 10, 0, 0), Lifetime("a", 10, 0, 3), Lifetime("b", 10, 1, 2),
+                Lifetime("c", 10, 2, 3), Lifetime("add", 10, 3, 4)]
+    plan = plan_memory(residual, 30)
+    assert plan.peak_words == plan.top == 30
+    assert len({plan.bases[n] for n in ("a", "b", "c")}) == 3
+    assert plan.bases["add"] not in (plan.bases["a"], plan.bases["c"])
+
+
+def test_capacity_error_lists_the_peak_live_set_and_the_remedy():
+    lifetimes = [Lifetime("input", 100, 0, 0), Lifetime("conv1", 700, 0, 2),
+                 Lifetime("conv2", 600, 1, 2), Lifetime("add", 500, 2, 3)]
+    with pytest.raises(CapacityError) as error:
+        plan_memory(lifetimes, 1024, banks=8)
+    message = str(error.value)
+    assert re.search(r"at step 2 the live tensors need 1800 words per bank — conv1 \(700\), "
+                     r"conv2 \(600\), add \(500\) — against a capacity of 8 banks x 1024 "
+                     r"words", message), message
+    assert "bank_depth=1024 gives 2048 words per bank" in message
+    assert "a board with more memory" in message
+
+
+def test_depth_conventions():
+    assert scratchpad_depth(CoreConfig(bank_depth=256)) == WORDS_PER_BANK_DEPTH * 256 == 512
+    assert [bank_depth_for(w) for w in (1, 2, 3, 512, 513, 3468)] == [1, 1, 2, 256, 512, 2048]
+    for words in (1, 7, 100, 4097):
+        assert scratchpad_depth(CoreConfig(bank_depth=bank_depth_for(words))) >= words
+
+
+def test_bad_lifetimes():
+    with pytest.raises(ShapeError, match="at least one word"):
+        Lifetime("t", 0, 0, 1)
+    with pytest.raises(ShapeError, match="later step"):
+        Lifetime("t", 1, 3, 1)
+    with pytest.raises(ShapeError, match="'t' appears twice"):
+        plan_memory([Lifetime("t", 1, 0, 1), Lifetime("t", 2, 0, 1)], 10)

@@ -65,9 +65,10 @@ class CommandProcessor(wiring.Component):
         A request is being executed or answered.
     error : Out(1)
         The last reply was an ERROR (for a status LED).
-    o_group, o_row, owner, seg_log2, shift, relu, src, dst, basis, n_chunks, basis_start,
-    basis_done, engine_idle, writer_idle, issue, issue_lanes, stall
-        The :class:`~gsaccel.hw.sequencer.Sequencer`'s datapath ports, passed through.
+    o_group, o_row, owner, control, basis, n_chunks, basis_start, basis_done, engine_idle,
+    writer_idle, issue, issue_lanes, stall
+        The :class:`~gsaccel.hw.sequencer.Sequencer`'s datapath ports
+        (:func:`~gsaccel.hw.sequencer.datapath_members`), passed through.
 
     Raises
     ------

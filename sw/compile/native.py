@@ -1,0 +1,857 @@
+"""torch model → a native loop-nest program (DESIGN §2.1, §2.2, §3).
+
+:func:`compile_native` turns a model into a :class:`NativeProgram`: every layer runs on the
+core as a loop nest over output pixels, on HWC, channel-banked tensors, and its weights are
+the layer's *kernel* in the GEMM view (rows = output channels, columns ``tap·Cp + c``) —
+stored once, never once per output position. Steps (docs/runtime.md, "Native compilation"):
+
+1. **Lower** with :func:`~gsaccel.sw.compile.graph.lower_graph` (conv, linear, maxpool,
+   avgpool, add; BatchNorm and ReLU fused) and run its float64 forward on the example batch:
+   every tensor, the input included, gets a power-of-two scale ``2**s`` with
+   ``max|a| / 2**s <= 127``.
+2. **Plan** the scratchpad (:mod:`.plan`): each tensor gets a
+   :class:`~gsaccel.sw.format.geometry.TensorGeometry` (a flat (F,) tensor is (1, 1, F); the
+   halo ``pad`` is the largest padding of its consumers; the two operands of an addition
+   share one geometry) and a bank address by liveness.
+3. **Quantise** op by op, in topological order, into device layers (:mod:`.layers`) with the
+   integer numerics of :mod:`gsaccel.sw.golden.loopnest`: the rules of
+   :mod:`.compiler` (power-of-two scales, pow2/int8 weights, kept weights never 0, the
+   accumulator bound, error-feedback rounding on calibration patches, bias correction) on the
+   GEMM view; pooling and additions as SUM/MAX layers with exact weights.
+
+The calibration runs the quantised layers on the example batch with torch convolutions on
+the integers (exact in float64), so each layer is quantised against what the device really
+feeds it; :meth:`NativeProgram.run_golden` runs the same program through the golden loop-nest
+model on a scratchpad, bit-exact, and must give the same integers.
+"""
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ...hw.config import POW2_EXP_MAX, CoreConfig
+from ..errors import CapacityError, ShapeError, UnsupportedError
+from ..format import GSMatrix, pow2_round
+from ..format.geometry import LoopNest, TensorGeometry
+from ..golden.numerics import dequantize, quantize, requantize, wrap
+from .compiler import (FloatLayer, _choose_weight_scale, _error_feedback_round, _pack,
+                       _scale_log2, quantize_weights)
+from .graph import ADD, AVGPOOL, CONV, LINEAR, MAXPOOL, lower_graph
+from .layers import MAX, SUM, BasisLayer, ClearLayer, GSLayer, InputTransform, ResidualNest
+from .plan import Lifetime, plan_memory, scratchpad_depth
+
+__all__ = ["compile_native", "NativeProgram", "NativeTensor", "kernel_columns", "to_gemm"]
+
+logger = logging.getLogger(__name__)
+
+#: Calibration pixels (patches) the error-feedback rounding of one layer looks at, at most.
+FEEDBACK_SAMPLES = 2048
+#: Error-feedback rounding costs O(columns²·rows); wider blocks are rounded plainly.
+FEEDBACK_MAX_COLUMNS = 2304
+
+
+# GEMM view --------------------------------------------------------------------------------------
+
+def kernel_columns(out_channels, in_per_group, groups, taps, padded_channels):
+    """GEMM-view column of every kernel weight, shaped (C_out, C_in/groups, taps): ``tap·Cp +
+    channel``, channel = ``group·C_in/groups + c`` (block-diagonal for grouped convs)."""
+    o, c, t = np.meshgrid(np.arange(out_channels), np.arange(in_per_group), np.arange(taps),
+                          indexing="ij")
+    channel = (o // (out_channels // groups)) * in_per_group + c
+    return t * padded_channels + channel
+
+
+def to_gemm(weight, groups, padded_channels):
+    """(C_out, taps·Cp) GEMM view of a (C_out, C_in/groups, kh, kw) kernel; structural zeros
+    (padding channels, other groups' channels) are 0 (False for a bool kernel)."""
+    weight = np.asarray(weight)
+    c_out, in_per_group, kh, kw = weight.shape
+    cols = kernel_columns(c_out, in_per_group, groups, kh * kw, padded_channels)
+    gemm = np.zeros((c_out, kh * kw * padded_channels), dtype=weight.dtype)
+    gemm[np.arange(c_out)[:, None, None], cols] = weight.reshape(c_out, in_per_group, kh * kw)
+    return gemm
+
+
+def _from_gemm(gemm, groups, in_per_group, kernel, padded_channels):
+    """Inverse of :func:`to_gemm`: the (C_out, C_in/groups, kh, kw) kernel."""
+    c_out = gemm.shape[0]
+    taps = kernel[0] * kernel[1]
+    cols = kernel_columns(c_out, in_per_group, groups, taps, padded_channels)
+    return gemm[np.arange(c_out)[:, None, None], cols].reshape(
+        (c_out, in_per_group) + tuple(kernel))
+
+
+# Records ----------------------------------------------------------------------------------------
+
+@dataclass
+class NativeTensor:
+    """An activation tensor of a native program.
+
+    Attributes
+    ----------
+    name : str
+        The graph tensor's (fx node's) name; ``<op>.z`` for a SmartDeal basis output.
+    shape : (int, int, int)
+        (C, H, W) as the device holds it: a flat (F,) tensor is (F, 1, 1); an im2col'd input
+        is (kh·kw·C, Ho, Wo).
+    geometry : TensorGeometry
+        Where it is stored (base included). Its channels may exceed ``shape[0]`` for a
+        one-pixel tensor that a SmartDeal layer reads in whole 3-element chunks.
+    scale_log2 : int
+        ``value = int8 · 2**scale_log2``.
+    producer : str or None
+        The device layer writing it (None: the host).
+    first, last : int
+        Steps (graph ops) during which it is live.
+    """
+
+    name: str
+    shape: tuple
+    geometry: TensorGeometry = None
+    scale_log2: int = 0
+    producer: str = None
+    first: int = 0
+    last: int = 0
+
+    @property
+    def view(self):
+        """The geometry with ``shape[0]`` channels: what its writer and its GS readers use
+        (the same addresses as ``geometry`` for every element they touch)."""
+        g = self.geometry
+        return TensorGeometry(g.height, g.width, self.shape[0], g.lanes, g.pad, g.base)
+
+    @property
+    def needs_clear(self):
+        """A device layer writes it and something reads words it does not write: a halo,
+        or channels past ``shape[0]``."""
+        return self.producer is not None and (
+            self.geometry.pad > 0 or self.geometry.channels > self.shape[0])
+
+
+@dataclass
+class NativeProgram:
+    """A model compiled to loop-nest device layers, with its golden run.
+
+    Attributes
+    ----------
+    cfg : CoreConfig
+    depth : int
+        Scratchpad words per bank the plan uses (:func:`~.plan.scratchpad_depth`).
+    tensors : dict of str to NativeTensor
+        Every stored tensor, input first, in creation order.
+    layers : list
+        :class:`~.layers.ClearLayer`, :class:`~.layers.GSLayer` and
+        :class:`~.layers.BasisLayer` records in execution order.
+    input : str
+        The input tensor (written by the host after ``input_transform``).
+    input_shape : tuple
+        Per-sample shape of the model's input ((C, H, W) or (F,)).
+    input_scale_log2 : int
+    input_transform : InputTransform
+    output : str
+    output_shape : tuple
+        Per-sample shape of the model's output.
+    output_scale_log2 : int
+    info : list of dict
+        Per device layer: name, kind, torch op, input/weight/output scales, shift, pattern,
+        per_row, nnz, groups and ``kernel_weights`` (the kept weights of the kernel).
+    plan : MemoryPlan
+    calibration_output : ndarray of int8
+        The device output on the example batch, as the compiler's calibration computed it
+        (torch convolutions on the integers); :meth:`run_golden_int` on the same batch must
+        equal it bit for bit.
+    """
+
+    cfg: CoreConfig
+    depth: int
+    tensors: dict
+    layers: list
+    input: str
+    input_shape: tuple
+    input_scale_log2: int
+    input_transform: InputTransform
+    output: str
+    output_shape: tuple
+    output_scale_log2: int
+    info: list = field(default_factory=list)
+    plan: object = None
+    calibration_output: np.ndarray = None
+
+    @property
+    def input_geometry(self):
+        return self.tensors[self.input].geometry
+
+    @property
+    def output_geometry(self):
+        return self.tensors[self.output].view
+
+    def quantize_input(self, x):
+        """(N, H, W, C) int8: the batch ``x`` (model layout) as the host writes it."""
+        x = _as_float64(x)
+        if x.shape[1:] != tuple(self.input_shape):
+            raise ShapeError(f"Input must have shape (N,) + {tuple(self.input_shape)}, not "
+                             f"{x.shape}")
+        return quantize(self.input_transform.apply(x), self.input_scale_log2)
+
+    def run_golden_int(self, x, *, stale=True, seed=0):
+        """int8 outputs ``(N,) + output_shape`` of the golden loop-nest run of every layer.
+
+        Each sample runs on its own ``(V, depth)`` scratchpad, filled with random bytes first
+        when ``stale`` (what earlier inferences leave behind: nothing may read it).
+        """
+        xq = self.quantize_input(x)
+        rng = np.random.default_rng(seed)
+        lanes, depth = self.cfg.lanes, self.depth
+        src, out = self.input_geometry, self.output_geometry
+        results = []
+        for sample in xq:
+            acts = (rng.integers(-128, 128, (lanes, depth)) if stale
+                    else np.zeros((lanes, depth))).astype(np.int8)
+            src.scatter(sample, acts)
+            for layer in self.layers:
+                layer.run(acts, self.cfg.acc_width)
+            y = out.gather(acts).transpose(2, 0, 1)
+            results.append(y.reshape(self.output_shape))
+        return np.stack(results).astype(np.int8) if results else \
+            np.zeros((0,) + tuple(self.output_shape), dtype=np.int8)
+
+    def run_golden(self, x, **options):
+        """Float outputs ``(N,) + output_shape`` of the golden run: quantise the input,
+        scatter it into the scratchpad, run the layers, gather and dequantise the output."""
+        return dequantize(self.run_golden_int(x, **options), self.output_scale_log2)
+
+    def stats(self):
+        """What the program needs of a core: activation words, layers, weight groups, row
+        records, kept weights."""
+        gs = [layer for layer in self.layers if layer.kind == "gs"]
+        return {
+            "activation_words": self.plan.top, "peak_live_words": self.plan.peak_words,
+            "scratchpad_words": self.depth, "layers": len(self.layers),
+            "groups": sum(layer.matrix.n_groups for layer in gs),
+            "row_groups": sum(layer.matrix.n_rowgroups for layer in gs),
+            "nnz": sum(layer.matrix.nnz for layer in gs),
+        }
+
+
+# Compilation ------------------------------------------------------------------------------------
+
+def _torch():
+    import torch
+    return torch
+
+
+def _as_float64(x):
+    torch = _torch()
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().double().numpy()
+    return np.array(x, dtype=np.float64)
+
+
+def compile_native(model, example_input, cfg=None, *, im2col_input=True,
+                   feedback_samples=FEEDBACK_SAMPLES):
+    """Compile ``model`` into a :class:`NativeProgram` of loop-nest layers for ``cfg``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Anything :func:`~gsaccel.sw.compile.graph.lower_graph` lowers.
+    example_input : array or tensor, (N, C, H, W) or (N, F)
+        Calibration batch: activation scales, error-feedback rounding and bias correction.
+    cfg : CoreConfig, optional
+        The core (default ``CoreConfig()``); its lanes, encoding, accumulator width and
+        :func:`~.plan.scratchpad_depth` are used.
+    im2col_input : bool
+        Let the host send the first convolution's input im2col'd when the input has fewer
+        channels than lanes and that convolution is its only reader (DESIGN §2.1), unless
+        the kh·kw times larger input then does not fit the scratchpad.
+    feedback_samples : int
+        Calibration pixels each layer's error-feedback rounding uses, at most.
+
+    Raises
+    ------
+    UnsupportedError
+        An operation the native core cannot run (the message says what to change).
+    CapacityError
+        The live tensors do not fit the scratchpad, or a scale or weight cannot be encoded.
+    ShapeError
+        A bad example input.
+    """
+    cfg = CoreConfig() if cfg is None else cfg
+    x = _as_float64(example_input)
+    if x.ndim not in (2, 4) or len(x) == 0:
+        raise ShapeError(f"Example input must be a non-empty batch (N, C, H, W) or (N, F), "
+                         f"not shape {x.shape}")
+    graph = lower_graph(model, x)
+    values = graph.forward(x)
+    try:
+        return _Compilation(model, graph, values, cfg, im2col_input, feedback_samples).run()
+    except _Im2colDoesNotFit:
+        # The im2col'd input is kh·kw times the image: send the image as is instead.
+        logger.info("the im2col'd input does not fit the scratchpad; sending it as is")
+        return _Compilation(model, graph, values, cfg, False, feedback_samples).run()
+
+
+class _Im2colDoesNotFit(Exception):
+    """The plan with an im2col'd input failed; the plan without may fit."""
+
+
+@dataclass
+class _Step:
+    """One graph op as the device runs it."""
+
+    op: object
+    kind: str                  # gs | maxpool | avgpool | add | smartdeal
+    inputs: list
+    output: str
+    im2col: bool = False
+    z: str = None              # SmartDeal: the basis output tensor
+    n_chunks: int = 0
+
+
+class _Compilation:
+    def __init__(self, model, graph, values, cfg, im2col_input, feedback_samples):
+        self.torch = _torch()
+        self.model, self.graph, self.cfg = model, graph, cfg
+        self.encoding = cfg.encoding
+        self.lanes = cfg.lanes
+        self.im2col_input = im2col_input
+        self.feedback_samples = int(feedback_samples)
+        self.values = values
+        self.tensors = {}          # name -> NativeTensor
+        self.float = {}            # name -> (N, C, H, W) float64, the device's domain
+        self.device = {}           # name -> (N, C, H, W) int64 device values
+        self.fold = {}             # tensor -> factor its readers multiply their weights by
+        self.chunked = {}          # tensor -> elements a SmartDeal basis layer reads
+        self.layers, self.info = [], []
+        self.transform = InputTransform()
+        self.rng = np.random.default_rng(0)
+
+    # Structure -------------------------------------------------------------------------------
+
+    def run(self):
+        graph = self.graph
+        for name, tensor in graph.tensors.items():
+            shape = tensor.shape if tensor.is_image else (tensor.shape[0], 1, 1)
+            self.tensors[name] = NativeTensor(name, tuple(int(v) for v in shape),
+                                              producer=tensor.producer)
+        self.steps = [self._step(index, op) for index, op in enumerate(graph.ops)]
+        self._plan()
+        self._calibrate_input()
+        for index, step in enumerate(self.steps):
+            self._emit(index, step)
+        out = self.tensors[graph.output]
+        calibration = self.device[graph.output][:, :out.shape[0]]
+        calibration = calibration.reshape((len(calibration),) + tuple(graph.output_shape))
+        calibration = calibration.astype(np.int8)
+        return NativeProgram(
+            cfg=self.cfg, depth=self.depth, tensors=self.tensors, layers=self.layers,
+            input=graph.input, input_shape=tuple(graph.input_shape),
+            input_scale_log2=self.tensors[graph.input].scale_log2,
+            input_transform=self.transform, output=graph.output,
+            output_shape=tuple(graph.output_shape), output_scale_log2=out.scale_log2,
+            info=self.info, plan=self.plan, calibration_output=calibration)
+
+    def _step(self, index, op):
+        graph = self.graph
+        if op.kind in (CONV, LINEAR):
+            info = op.pattern
+            smartdeal = info is not None and info.pattern == "smartdeal"
+            if smartdeal and op.kind == CONV:
+                raise UnsupportedError(
+                    f"Layer {op.name!r} ({op.torch_op}) is pruned with SmartDeal, which is "
+                    f"compiled for Linear layers only; prune the Conv2d with another pattern")
+            if smartdeal:
+                return self._smartdeal_step(op)
+            im2col = (op.kind == CONV and self.im2col_input and op.inputs[0] == graph.input
+                      and graph.tensors[graph.input].is_image
+                      and graph.tensors[graph.input].shape[0] < self.lanes
+                      and graph.tensors[graph.input].consumers == [op.name])
+            if im2col:
+                self._im2col_input(op)
+            return _Step(op, "gs", list(op.inputs), op.output, im2col=im2col)
+        if op.kind in (MAXPOOL, AVGPOOL, ADD):
+            return _Step(op, op.kind, list(op.inputs), op.output)
+        raise UnsupportedError(f"Op {op.name!r} of kind {op.kind!r} cannot be compiled")
+
+    def _im2col_input(self, op):
+        tensor = self.tensors[self.graph.input]
+        channels, height, width = tensor.shape
+        ho, wo = self.tensors[op.output].shape[1:]
+        tensor.shape = (op.kernel[0] * op.kernel[1] * channels, ho, wo)
+        self.transform = InputTransform("im2col", op.kernel, op.stride, op.padding,
+                                        op.dilation)
+
+    def _smartdeal_step(self, op):
+        source = self.tensors[op.inputs[0]]
+        features, height, width = source.shape
+        if (height, width) != (1, 1):
+            raise UnsupportedError(
+                f"SmartDeal layer {op.name!r} reads the flattened (C, H, W) = "
+                f"{self.graph.tensors[op.inputs[0]].shape} tensor {op.inputs[0]!r}: its "
+                f"3-element chunks follow torch's CHW order, the core stores HWC; pool to "
+                f"1x1 before the flatten or prune the layer with another pattern")
+        if not self.cfg.basis:
+            raise UnsupportedError(f"SmartDeal layer {op.name!r} needs the basis unit, which "
+                                   f"this core leaves out (CoreConfig.basis=False)")
+        n_chunks = -(-features // 3)
+        z = f"{op.name}.z"
+        self.tensors[z] = NativeTensor(z, (3 * n_chunks, 1, 1), producer=f"{op.name}.basis")
+        self.chunked[op.inputs[0]] = max(self.chunked.get(op.inputs[0], 0), 3 * n_chunks)
+        return _Step(op, "smartdeal", list(op.inputs), op.output, z=z, n_chunks=n_chunks)
+
+    def _plan(self):
+        """Geometries (halo, chunk padding, shared geometry of addition operands) and bases."""
+        pad = {name: 0 for name in self.tensors}
+        for step in self.steps:
+            if step.kind in ("gs", MAXPOOL, AVGPOOL) and not step.im2col:
+                source = step.inputs[0]
+                pad[source] = max(pad[source], max(step.op.padding))
+        # Addition operands share one geometry: union their classes, the largest halo wins.
+        parent = {name: name for name in self.tensors}
+
+        def find(name):
+            while parent[name] != name:
+                parent[name] = parent[parent[name]]
+                name = parent[name]
+            return name
+
+        for step in self.steps:
+            if step.kind == ADD:
+                a, b = (find(n) for n in step.inputs)
+                parent[a] = b
+        # ... and one channel count: a one-pixel tensor read in SmartDeal chunks has more.
+        channels = {name: max(tensor.shape[0], self.chunked.get(name, 0))
+                    for name, tensor in self.tensors.items()}
+        for name in self.tensors:
+            root = find(name)
+            pad[root] = max(pad[root], pad[name])
+            channels[root] = max(channels[root], channels[name])
+        for name, tensor in self.tensors.items():
+            tensor.geometry = TensorGeometry(tensor.shape[1], tensor.shape[2],
+                                             channels[find(name)], self.lanes,
+                                             pad[find(name)])
+        stored = self.tensors[self.graph.input].geometry.channels
+        if stored > self.tensors[self.graph.input].shape[0]:
+            self.transform = InputTransform(channels=stored)   # the host pads the chunks
+        # Lifetimes over the steps: the input from the start, the output to the end.
+        self.tensors[self.graph.input].first = 0
+        for index, step in enumerate(self.steps):
+            for name in (step.output, step.z):
+                if name is not None:
+                    self.tensors[name].first = self.tensors[name].last = index
+            for name in step.inputs:
+                self.tensors[name].last = index
+        self.tensors[self.graph.output].last = len(self.steps)
+        self.depth = scratchpad_depth(self.cfg)
+        try:
+            self.plan = plan_memory([Lifetime(t.name, t.geometry.words, t.first, t.last)
+                                     for t in self.tensors.values()], self.depth,
+                                    banks=self.lanes)
+        except CapacityError:
+            if self.transform.kind == "im2col":
+                raise _Im2colDoesNotFit() from None
+            raise
+        for name, tensor in self.tensors.items():
+            tensor.geometry = tensor.geometry.at(self.plan.bases[name])
+
+    # Calibration -----------------------------------------------------------------------------
+
+    def _graph_value(self, name):
+        """(N, C, H, W) float64 of a graph tensor (a flat one as (N, F, 1, 1))."""
+        value = self.values[name]
+        return value.reshape(value.shape[:2] + (1, 1)) if value.ndim == 2 else value
+
+    def _calibrate_input(self):
+        name = self.graph.input
+        tensor = self.tensors[name]
+        raw = self.values[name]
+        tensor.scale_log2 = _scale_log2(float(np.abs(raw).max()))
+        hwc = self.transform.apply(raw)                     # (N, H, W, C) as stored
+        value = hwc.transpose(0, 3, 1, 2)[:, :tensor.shape[0]]
+        self.float[name] = value
+        # The stored input, zero channels past the shape included (SmartDeal chunks).
+        stored = quantize(hwc, tensor.scale_log2).astype(np.int64).transpose(0, 3, 1, 2)
+        self.device[name] = stored
+
+    def _set_output(self, name, device, scale_log2, float_value):
+        tensor = self.tensors[name]
+        tensor.scale_log2 = int(scale_log2)
+        extra = tensor.geometry.channels - device.shape[1]
+        if extra > 0:           # chunk padding: zero, cleared before the producer
+            device = np.pad(device, ((0, 0), (0, extra), (0, 0), (0, 0)))
+        self.device[name] = device
+        self.float[name] = float_value
+
+    def _release(self, index):
+        """Drop the calibration values of tensors no later step reads."""
+        for name, tensor in self.tensors.items():
+            if tensor.last is not None and tensor.last <= index and \
+                    name != self.graph.output and name in self.device:
+                del self.device[name]
+                self.float.pop(name, None)
+
+    def _dev(self, name):
+        """(N, C, H, W) device values of a tensor's first ``shape[0]`` channels."""
+        return self.device[name][:, :self.tensors[name].shape[0]]
+
+    # Emission --------------------------------------------------------------------------------
+
+    def _emit(self, index, step):
+        first = len(self.layers)
+        if step.kind == "gs":
+            self._gs(step)
+        elif step.kind == MAXPOOL:
+            self._maxpool(step)
+        elif step.kind == AVGPOOL:
+            self._avgpool(step)
+        elif step.kind == ADD:
+            self._add(step)
+        else:
+            self._smartdeal(step)
+        out = self.tensors[step.output]
+        if out.needs_clear:
+            # Right before the layer that writes it (its region is free all step long).
+            at = next(i for i in range(first, len(self.layers))
+                      if self.layers[i].output == out.name)
+            g = out.geometry
+            self.layers.insert(at, ClearLayer(f"{out.name}.clear", out.name, g.base, g.words))
+            self.info.insert(at, {"name": f"{out.name}.clear", "kind": "clear",
+                                  "torch_op": "clear", "tensor": out.name,
+                                  "words": g.words})
+        self._release(index)
+
+    # Convolutions and Linear layers ----------------------------------------------------------
+
+    def _kernel(self, step):
+        """The op as a convolution over its source tensor: (weight, kept mask, groups,
+        kernel, stride, padding, dilation), float weights with any folded factor."""
+        op = step.op
+        source = self.tensors[step.inputs[0]]
+        weight = op.weight
+        mask = np.ones(weight.shape, bool) if op.mask is None else op.mask.astype(bool)
+        if op.kind == LINEAR:
+            c, h, w = source.shape
+            weight = weight.reshape((weight.shape[0], c, h, w))
+            mask = mask.reshape(weight.shape)
+            geometry = (1, (h, w), (1, 1), (0, 0), (1, 1))
+        else:
+            geometry = (op.groups, op.kernel, op.stride, op.padding, op.dilation)
+        if step.im2col:
+            # A 1x1 convolution over the im2col'd channels tap·C + c: the GEMM view with
+            # unpadded channels (zero outside each output channel's group).
+            channels = weight.shape[1] * op.groups
+            weight = to_gemm(weight, op.groups, channels)[:, :, None, None]
+            mask = to_gemm(mask, op.groups, channels)[:, :, None, None]
+            geometry = (1, (1, 1), (1, 1), (0, 0), (1, 1))
+        weight = weight * self.fold.get(step.inputs[0], 1.0)
+        return (weight, mask) + geometry
+
+    def _gs(self, step):
+        op = step.op
+        weight, mask, groups, kernel, stride, padding, dilation = self._kernel(step)
+        pattern = None if step.im2col else op.pattern
+        self._quantised_conv(step, op.name, op.torch_op, step.inputs[0], step.output, weight,
+                             mask, op.bias, groups, kernel, stride, padding, dilation,
+                             op.relu, pattern, op.row_order)
+
+    def _quantised_conv(self, step, name, torch_op, src, dst, weight, mask, bias, groups,
+                        kernel, stride, padding, dilation, relu, pattern, row_order):
+        """Quantise, pack and emit one SUM layer with the rules of :mod:`.compiler`."""
+        torch = self.torch
+        functional = torch.nn.functional
+        cfg, encoding = self.cfg, self.encoding
+        source, out = self.tensors[src], self.tensors[dst]
+        cp = source.view.padded_channels
+        c_out, in_per_group = weight.shape[:2]
+        gemm_w = to_gemm(weight, groups, cp)
+        gemm_mask = to_gemm(mask, groups, cp)
+        layer = FloatLayer("gs", name, torch_op, (c_out,), gemm_w, np.asarray(bias, float),
+                           gemm_mask, pattern=pattern, row_order=row_order)
+        s_x = source.scale_log2
+        exact = functional.conv2d(torch.from_numpy(self.float[src]), torch.from_numpy(weight),
+                                  None, stride, padding, dilation, groups).numpy()
+        float_out = np.maximum(exact + layer.bias[None, :, None, None], 0) if relu else \
+            exact + layer.bias[None, :, None, None]
+        s_y = _scale_log2(float(np.abs(float_out).max()))
+        s_w, q, b = _choose_weight_scale(layer, s_x, cfg, encoding)
+        if s_y < s_x + s_w:
+            s_y = s_x + s_w
+        if s_y - s_x - s_w > 31:
+            s_w = s_y - s_x - 31
+            q = quantize_weights(layer.weight, layer.mask, s_w, encoding)
+        x_dev = self._dev(src)
+        q = self._feedback(layer, q, x_dev * 2.0 ** s_x, s_x, s_w, groups, in_per_group,
+                           kernel, stride, padding, dilation, cp)
+        q_kernel = _from_gemm(q, groups, in_per_group, kernel, cp)
+        acc = functional.conv2d(torch.from_numpy(x_dev.astype(np.float64)),
+                                torch.from_numpy(q_kernel.astype(np.float64)), None, stride,
+                                padding, dilation, groups).numpy()
+        acc = np.rint(acc).astype(np.int64)
+        # Bias correction: the mean difference between the float layer and the device.
+        correction = (exact - acc * 2.0 ** (s_x + s_w)).mean(axis=(0, 2, 3))
+        b = np.floor((layer.bias + correction) / 2.0 ** (s_x + s_w) + 0.5).astype(np.int64)
+        limit = 1 << (cfg.acc_width - 2)
+        b = np.clip(b, -limit, limit - 1 - np.abs(q).sum(axis=1) * 128)
+        shift = s_y - s_x - s_w
+        matrix = _pack(layer, q, cfg)
+        nest = LoopNest(source.view, out.view, kernel, stride, padding, dilation)
+        self._append(GSLayer(name, torch_op, matrix, b, shift, relu, SUM, nest, (src,), dst),
+                     s_x, s_w, s_y, int(np.count_nonzero(gemm_mask)))
+        y = requantize(wrap(acc, cfg.acc_width) + b[None, :, None, None], shift, relu,
+                       cfg.acc_width).astype(np.int64)
+        self._set_output(dst, y, s_y, float_out)
+
+    def _feedback(self, layer, q, x, s_x, s_w, groups, in_per_group, kernel, stride, padding,
+                  dilation, cp):
+        """Error-feedback rounding per group of the GEMM view (block-diagonal for grouped
+        convs), on calibration patches at a sample of output pixels."""
+        n, _, height, width = x.shape
+        ho = (height + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
+        wo = (width + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
+        total = n * ho * wo
+        if total > self.feedback_samples:
+            pick = np.sort(self.rng.choice(total, self.feedback_samples, replace=False))
+        else:
+            pick = np.arange(total)
+        sample, pixel = np.divmod(pick, ho * wo)
+        oy, ox = np.divmod(pixel, wo)
+        ky, kx = np.meshgrid(np.arange(kernel[0]), np.arange(kernel[1]), indexing="ij")
+        rows = oy[:, None] * stride[0] + ky.ravel()[None] * dilation[0]
+        cols = ox[:, None] * stride[1] + kx.ravel()[None] * dilation[1]
+        padded = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2))
+        patches = padded[sample[:, None], :, rows, cols]           # (S, taps, C)
+        c_out = layer.weight.shape[0]
+        per_group = c_out // groups
+        taps = kernel[0] * kernel[1]
+        channels = x.shape[1]
+        q = q.copy()
+        for g in range(groups):
+            rows_g = np.arange(g * per_group, (g + 1) * per_group)
+            channel = np.arange(g * in_per_group, (g + 1) * in_per_group) if groups > 1 \
+                else np.arange(channels)
+            cols_g = (np.arange(taps)[:, None] * cp + channel[None]).ravel()
+            if cols_g.size > FEEDBACK_MAX_COLUMNS:
+                logger.info("%s: %d columns, rounded without error feedback", layer.name,
+                            cols_g.size)
+                continue
+            block = FloatLayer("gs", layer.name, layer.op, (per_group,),
+                               layer.weight[np.ix_(rows_g, cols_g)], layer.bias[rows_g],
+                               layer.mask[np.ix_(rows_g, cols_g)])
+            x_g = patches[:, :, channel].reshape(len(pick), -1)
+            q[np.ix_(rows_g, cols_g)] = _error_feedback_round(
+                block, q[np.ix_(rows_g, cols_g)], x_g, s_x, s_w, self.encoding, self.cfg)
+        return q
+
+    def _append(self, layer, s_x, s_w, s_y, kernel_weights):
+        self.layers.append(layer)
+        entry = {"name": layer.name, "kind": layer.kind, "torch_op": layer.torch_op,
+                 "input_scale_log2": int(s_x), "weight_scale_log2": int(s_w),
+                 "scale_log2": int(s_y), "shift": int(layer.shift),
+                 "kernel_weights": int(kernel_weights)}
+        if layer.kind == "gs":
+            entry.update(op=layer.op, pattern=layer.matrix.pattern,
+                         per_row=layer.matrix.per_row, nnz=layer.matrix.nnz,
+                         groups=layer.matrix.n_groups, rowgroups=layer.matrix.n_rowgroups,
+                         pixels=layer.nest.pixels)
+        self.info.append(entry)
+
+    # Pooling ---------------------------------------------------------------------------------
+
+    def _pool_matrix(self, channels, taps, cp, value=1):
+        q = np.zeros((channels, taps * cp), dtype=np.int64)
+        c = np.arange(channels)
+        for t in range(taps):
+            q[c, t * cp + c] = value
+        return GSMatrix.from_dense(q, "gs-gather", self.lanes, 1, self.encoding)
+
+    def _pool_window(self, x, op, reduce):
+        torch = self.torch
+        (py, px) = op.padding
+        halo = torch.from_numpy(np.pad(x.astype(np.float64),
+                                       ((0, 0), (0, 0), (py, py), (px, px))))
+        if reduce == MAX:
+            y = torch.nn.functional.max_pool2d(halo, op.kernel, op.stride, 0, op.dilation)
+        else:
+            y = torch.nn.functional.avg_pool2d(halo, op.kernel, op.stride, 0,
+                                               divisor_override=1)
+        return np.rint(y.numpy()).astype(np.int64)
+
+    def _maxpool(self, step):
+        op = step.op
+        source, out = self.tensors[step.inputs[0]], self.tensors[step.output]
+        channels = source.shape[0]
+        matrix = self._pool_matrix(channels, op.kernel[0] * op.kernel[1],
+                                   source.view.padded_channels)
+        nest = LoopNest(source.view, out.view, op.kernel, op.stride, op.padding, op.dilation)
+        s_x = source.scale_log2
+        self._append(GSLayer(op.name, op.torch_op, matrix, np.zeros(channels, np.int64), 0,
+                             op.relu, MAX, nest, tuple(step.inputs), step.output),
+                     s_x, 0, s_x, matrix.nnz)
+        y = requantize(self._pool_window(self._dev(source.name), op, MAX), 0, op.relu,
+                       self.cfg.acc_width).astype(np.int64)
+        self._set_output(step.output, y, s_x, self._graph_value(step.output))
+
+    def _avgpool(self, step):
+        """SUM with weight 1 and shift ``k = ceil(log2(divisor))`` (+ the output scale's
+        difference); a divisor that is not a power of two leaves ``2**k / divisor``, folded
+        into the single Conv2d/Linear reading the result."""
+        op = step.op
+        source, out = self.tensors[step.inputs[0]], self.tensors[step.output]
+        channels = source.shape[0]
+        taps = op.kernel[0] * op.kernel[1]
+        k = max(0, math.ceil(math.log2(op.divisor)))
+        factor = 2.0 ** k / op.divisor
+        if factor != 1.0:
+            readers = self.graph.tensors[step.output].consumers
+            kinds = [self.graph.op(r).kind for r in readers]
+            if step.output == self.graph.output or kinds not in ([CONV], [LINEAR]):
+                what = "the model's output" if step.output == self.graph.output else \
+                    ", ".join(f"{r!r} ({self.graph.op(r).torch_op})" for r in readers)
+                raise UnsupportedError(
+                    f"Average pool {op.name!r} divides by {op.divisor}, not a power of two: "
+                    f"the core shifts by {k} and the leftover factor 2**{k}/{op.divisor} must "
+                    f"be folded into the weights of a single Conv2d or Linear reading it, but "
+                    f"it is read by {what}; use a power-of-two window or let one Conv2d/Linear "
+                    f"read the pool")
+            self.fold[step.output] = factor
+        limit = 1 << (self.cfg.acc_width - 2)
+        if 128 * taps >= limit:
+            raise CapacityError(f"Average pool {op.name!r}: a window of {taps} taps overflows "
+                                f"the {self.cfg.acc_width}-bit accumulator")
+        s_x = source.scale_log2
+        float_value = self._graph_value(step.output) / factor
+        s_y = max(_scale_log2(float(np.abs(float_value).max())), s_x - k)
+        s_y = min(s_y, s_x - k + 31)
+        shift = k + s_y - s_x
+        matrix = self._pool_matrix(channels, taps, source.view.padded_channels)
+        nest = LoopNest(source.view, out.view, op.kernel, op.stride, op.padding, op.dilation)
+        self._append(GSLayer(op.name, op.torch_op, matrix, np.zeros(channels, np.int64),
+                             shift, op.relu, SUM, nest, tuple(step.inputs), step.output),
+                     s_x, -k, s_y, matrix.nnz)
+        y = requantize(self._pool_window(self._dev(source.name), op, SUM), shift, op.relu,
+                       self.cfg.acc_width).astype(np.int64)
+        self._set_output(step.output, y, s_y, float_value)
+
+    # Residual additions ----------------------------------------------------------------------
+
+    def _add_weights(self, op, scales):
+        """Integer weights ``alpha_i · 2**(s_i − s_acc)`` aligning the operands' scales, and
+        ``s_acc``: the coarser-aligned ``min(s_a, s_b)``, made finer only when an ``alpha``
+        below 1 (or, with int8 weights, a non-integer one) needs it."""
+        alphas = np.asarray(op.scales, dtype=np.float64)
+        s_acc = min(scales)
+
+        def ideal(s):
+            return alphas * 2.0 ** (np.asarray(scales) - s)
+
+        nonzero = np.abs(ideal(s_acc))[alphas != 0]
+        if nonzero.size and nonzero.min() < 1:
+            s_acc -= math.ceil(-math.log2(nonzero.min()))
+        if self.encoding == "int8":
+            while not np.array_equal(ideal(s_acc), np.round(ideal(s_acc))) and \
+                    2 * np.abs(ideal(s_acc)).max() <= 127:
+                s_acc -= 1          # a non-integer alpha: more precision, still in int8
+            target = ideal(s_acc)
+            w = np.sign(target) * np.floor(np.abs(target) + 0.5)
+            fits = np.abs(w).max() <= 127
+            limit = "int8 weights are at most 127 (scales at most 2**6 apart)"
+        else:
+            target = ideal(s_acc)
+            w = np.where(target == 0, 0, pow2_round(target, exp_min=-64, exp_max=64))
+            fits = np.abs(w).max() <= 2 ** POW2_EXP_MAX
+            limit = f"pow2 weights are 2**0 .. 2**{POW2_EXP_MAX}"
+        if not fits:
+            raise UnsupportedError(
+                f"Addition {op.name!r}: operand scales 2**{scales[0]} and 2**{scales[1]} "
+                f"(weights {tuple(op.scales)}) cannot be aligned with integer weights: "
+                f"{limit}; calibrate with an input batch where both branches have similar "
+                f"ranges, or add a BatchNorm to the smaller branch")
+        if not np.allclose(w, target):
+            logger.warning("addition %s: weights %s rounded to %s", op.name, target.tolist(),
+                           w.tolist())
+        return w.astype(np.int64), s_acc
+
+    def _add(self, step):
+        op = step.op
+        a, b = (self.tensors[n] for n in step.inputs)
+        out = self.tensors[step.output]
+        if (a.geometry.height, a.geometry.width, a.geometry.channels, a.geometry.pad) != \
+                (b.geometry.height, b.geometry.width, b.geometry.channels, b.geometry.pad):
+            raise AssertionError(f"operands of {op.name} must share one geometry")
+        scales = (a.scale_log2, b.scale_log2)
+        w, s_acc = self._add_weights(op, scales)
+        channels = a.shape[0]
+        cp = a.view.padded_channels
+        q = np.zeros((channels, 2 * cp), dtype=np.int64)
+        c = np.arange(channels)
+        q[c, c], q[c, cp + c] = w[0], w[1]
+        matrix = GSMatrix.from_dense(q, "gs-gather", self.lanes, 1, self.encoding)
+        float_value = self._graph_value(step.output)
+        s_y = _scale_log2(float(np.abs(float_value).max()))
+        s_y = min(max(s_y, s_acc), s_acc + 31)
+        shift = s_y - s_acc
+        nest = ResidualNest(a.view.at(0), out.view, operand_bases=(a.geometry.base,
+                                                                   b.geometry.base))
+        self._append(GSLayer(op.name, op.torch_op, matrix, np.zeros(channels, np.int64),
+                             shift, op.relu, SUM, nest, tuple(step.inputs), step.output),
+                     s_acc, 0, s_y, matrix.nnz)
+        acc = w[0] * self._dev(a.name) + w[1] * self._dev(b.name)
+        y = requantize(acc, shift, op.relu, self.cfg.acc_width).astype(np.int64)
+        self._set_output(step.output, y, s_y, float_value)
+
+    # SmartDeal -------------------------------------------------------------------------------
+
+    def _smartdeal(self, step):
+        """A BASIS layer (``z = B·x`` per 3-element chunk) and the power-of-two C' on z, as
+        :func:`gsaccel.sw.compile.compiler._lower_smartdeal` lowers them."""
+        from ..prune import smartdeal_factors
+        op = step.op
+        module = dict(self.model.named_modules()).get(op.name)
+        if module is None:
+            raise UnsupportedError(f"SmartDeal layer {op.name!r} must be a module called once "
+                                   f"(its factors are read from the module)")
+        c, basis = smartdeal_factors(module)
+        rows, cols = op.weight.shape
+        n_chunks = step.n_chunks
+        cprime = np.asarray(c, np.float64).reshape(rows, 3 * n_chunks)
+        approx = (cprime.reshape(rows * n_chunks, 3) @ basis).reshape(rows, -1)[:, :cols]
+        # BatchNorm folded into the layer scales its rows: scale C' alike.
+        norms = (approx * approx).sum(axis=1)
+        row_scale = np.where(norms > 0, (op.weight * approx).sum(axis=1) /
+                             np.where(norms > 0, norms, 1), 1.0)
+        residual = np.abs(op.weight - row_scale[:, None] * approx).max(initial=0)
+        if residual > 1e-3 * max(1e-12, np.abs(op.weight).max(initial=0)):
+            raise UnsupportedError(f"SmartDeal layer {op.name!r}: its weight is not C·B up to "
+                                   f"a per-row scale (off by {residual:.3g}); re-run the "
+                                   f"SmartDeal pruning after changing the weights")
+        source, z = self.tensors[step.inputs[0]], self.tensors[step.z]
+        s_x = source.scale_log2
+        s_b = _scale_log2(float(np.abs(basis).max()))
+        basis_q = np.clip(np.floor(basis / 2.0 ** s_b + 0.5), -127, 127).astype(np.int64)
+        x_float = np.zeros((len(self.float[source.name]), 3 * n_chunks))
+        x_float[:, :cols] = self.float[source.name].reshape(len(x_float), -1)
+        z_float = (x_float.reshape(-1, n_chunks, 3) @ basis.T).reshape(len(x_float), -1)
+        s_z = max(_scale_log2(float(np.abs(z_float).max())), s_x + s_b)
+        shift = s_z - s_x - s_b
+        if shift > 31:
+            raise CapacityError(f"Layer {op.name!r}: requantisation shift {shift} exceeds 31")
+        x_dev = self.device[source.name].reshape(len(x_float), -1)[:, :3 * n_chunks]
+        self.layers.append(BasisLayer(f"{op.name}.basis", "SmartDeal B", basis_q, n_chunks,
+                                      source.geometry, z.geometry, shift, False,
+                                      (source.name,), z.name))
+        self.info.append({"name": f"{op.name}.basis", "kind": "basis",
+                          "torch_op": "SmartDeal B", "input_scale_log2": int(s_x),
+                          "weight_scale_log2": int(s_b), "scale_log2": int(s_z),
+                          "shift": int(shift), "pattern": "basis", "kernel_weights": 9})
+        zq = requantize((x_dev.reshape(-1, n_chunks, 3) @ basis_q.T).reshape(len(x_dev), -1),
+                        shift, False, self.cfg.acc_width).astype(np.int64)
+        self._set_output(z.name, zq[:, :, None, None], s_z, z_float[:, :, None, None])
+        info = op.pattern
+        weight = (cprime * row_scale[:, None] * self.fold.get(source.name, 1.0))
+        self._quantised_conv(
+            step, f"{op.name}.cprime", "SmartDeal C'", z.name, step.output,
+            weight[:, :, None, None], (cprime != 0)[:, :, None, None], op.bias, 1, (1, 1),
+            (1, 1), (0, 0), (1, 1), op.relu,
+            type(info)(info.c_pattern, info.lanes, info.per_row), op.row_order)

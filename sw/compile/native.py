@@ -33,7 +33,7 @@ import numpy as np
 
 from ...hw.config import POW2_EXP_MAX, CoreConfig
 from ..errors import CapacityError, ShapeError, UnsupportedError
-from ..format import GSMatrix, pow2_round
+from ..format import GSMatrix, pow2_encode, pow2_round
 from ..format.geometry import LoopNest, TensorGeometry
 from ..golden.numerics import dequantize, quantize, requantize, wrap
 from .compiler import (FloatLayer, _choose_weight_scale, _error_feedback_round, _pack,
@@ -42,7 +42,8 @@ from .graph import ADD, AVGPOOL, CONV, LINEAR, MAXPOOL, lower_graph
 from .layers import MAX, SUM, BasisLayer, ClearLayer, GSLayer, InputTransform, ResidualNest
 from .plan import Lifetime, plan_memory, scratchpad_depth
 
-__all__ = ["compile_native", "NativeProgram", "NativeTensor", "kernel_columns", "to_gemm"]
+__all__ = ["compile_native", "NativeProgram", "NativeTensor", "kernel_columns", "to_gemm",
+           "diagonal_matrix"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,42 @@ def _from_gemm(gemm, groups, in_per_group, kernel, padded_channels):
     cols = kernel_columns(c_out, in_per_group, groups, taps, padded_channels)
     return gemm[np.arange(c_out)[:, None, None], cols].reshape(
         (c_out, in_per_group) + tuple(kernel))
+
+
+def diagonal_matrix(values, padded_channels, lanes, encoding):
+    """The packed GEMM view of a per-channel layer — pooling, an addition: output channel
+    ``c`` reads only input channel ``c``, with weight ``values[c, t]`` at tap ``t`` (column
+    ``t·Cp + c``).
+
+    Built directly, without the dense (C, taps·Cp) matrix (a global pool's is large), as the
+    ``gs-gather`` e = 1 packing of ``GSMatrix.from_dense``: row group ``r`` holds channels
+    ``r·V .. r·V + V − 1``, lane ``i`` reads bank ``i``, group ``t`` is tap ``t``. Every
+    value must be nonzero (a layer without a tap leaves its column out of ``values``).
+    """
+    values = np.asarray(values, dtype=np.int64)
+    channels, taps = values.shape
+    if not values.all():
+        raise ShapeError("A per-channel layer's weights must all be nonzero")
+    if encoding == "pow2":
+        pow2_encode(values)
+    elif values.min() < -128 or values.max() > 127:
+        raise ShapeError(f"int8 weights must be in [-128, 127], not {values.min()}.."
+                         f"{values.max()}")
+    n_rg = -(-channels // lanes)
+    rows = np.arange(n_rg * lanes).reshape(n_rg, lanes)            # channel of each lane
+    real = rows < channels
+    group_values = np.zeros((n_rg, taps, lanes), dtype=np.int64)
+    group_cols = np.zeros((n_rg, taps, lanes), dtype=np.int64)
+    r, i = np.nonzero(real)
+    channel = rows[r, i]
+    group_values[r, :, i] = values[channel]
+    group_cols[r, :, i] = np.arange(taps)[None] * padded_channels + channel[:, None]
+    return GSMatrix(shape=(channels, taps * padded_channels), pattern="gs-gather",
+                    lanes=lanes, per_row=1, encoding=encoding,
+                    group_values=group_values.reshape(-1, lanes),
+                    group_cols=group_cols.reshape(-1, lanes),
+                    rg_groups=np.full(n_rg, taps, dtype=np.int64),
+                    rg_rows=np.where(real, rows, -1))
 
 
 # Records ----------------------------------------------------------------------------------------
@@ -659,12 +696,9 @@ class _Compilation:
 
     # Pooling ---------------------------------------------------------------------------------
 
-    def _pool_matrix(self, channels, taps, cp, value=1):
-        q = np.zeros((channels, taps * cp), dtype=np.int64)
-        c = np.arange(channels)
-        for t in range(taps):
-            q[c, t * cp + c] = value
-        return GSMatrix.from_dense(q, "gs-gather", self.lanes, 1, self.encoding)
+    def _pool_matrix(self, channels, taps, cp):
+        return diagonal_matrix(np.ones((channels, taps), dtype=np.int64), cp, self.lanes,
+                               self.encoding)
 
     def _pool_window(self, x, op, reduce):
         torch = self.torch
@@ -784,18 +818,19 @@ class _Compilation:
         w, s_acc = self._add_weights(op, scales)
         channels = a.shape[0]
         cp = a.view.padded_channels
-        q = np.zeros((channels, 2 * cp), dtype=np.int64)
-        c = np.arange(channels)
-        q[c, c], q[c, cp + c] = w[0], w[1]
-        matrix = GSMatrix.from_dense(q, "gs-gather", self.lanes, 1, self.encoding)
+        taps = [t for t in range(2) if w[t] != 0]         # alpha = 0: a tap less
+        matrix = diagonal_matrix(np.broadcast_to(w[taps], (channels, len(taps))), cp,
+                                 self.lanes, self.encoding)
         float_value = self._graph_value(step.output)
         s_y = _scale_log2(float(np.abs(float_value).max()))
         s_y = min(max(s_y, s_acc), s_acc + 31)
         shift = s_y - s_acc
-        nest = ResidualNest(a.view.at(0), out.view, operand_bases=(a.geometry.base,
-                                                                   b.geometry.base))
+        operands = [(a, b)[t] for t in taps]
+        nest = ResidualNest(a.view.at(0), out.view,
+                            operand_bases=tuple(t.geometry.base for t in operands))
         self._append(GSLayer(op.name, op.torch_op, matrix, np.zeros(channels, np.int64),
-                             shift, op.relu, SUM, nest, tuple(step.inputs), step.output),
+                             shift, op.relu, SUM, nest, tuple(t.name for t in operands),
+                             step.output),
                      s_acc, 0, s_y, matrix.nnz)
         acc = w[0] * self._dev(a.name) + w[1] * self._dev(b.name)
         y = requantize(acc, shift, op.relu, self.cfg.acc_width).astype(np.int64)

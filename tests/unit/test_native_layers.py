@@ -11,7 +11,7 @@ from torch import nn
 
 from gsaccel.sw.compile.layers import (BasisLayer, ClearLayer, GSLayer, InputTransform,
                                        ResidualNest, im2col)
-from gsaccel.sw.compile.native import kernel_columns, to_gemm
+from gsaccel.sw.compile.native import diagonal_matrix, kernel_columns, to_gemm
 from gsaccel.sw.errors import ShapeError
 from gsaccel.sw.format import GSMatrix
 from gsaccel.sw.format.geometry import LoopNest, TensorGeometry
@@ -156,3 +156,21 @@ def test_gs_layer_checks_its_matrix_against_its_nest():
         GSLayer("c", "Conv2d", matrix, np.zeros(4), 32, False, "sum", nest, ("x",), "y")
     with pytest.raises(ShapeError, match="Operation must be one of"):
         GSLayer("c", "Conv2d", matrix, np.zeros(4), 0, False, "min", nest, ("x",), "y")
+
+
+@pytest.mark.parametrize("channels, taps, lanes, encoding", [
+    (6, 9, 4, "pow2"), (16, 2, 8, "int8"), (5, 490, 16, "pow2"), (20, 1, 4, "int8")])
+def test_diagonal_matrix_is_the_gs_gather_packing(rng, channels, taps, lanes, encoding):
+    cp = -(-channels // lanes) * lanes
+    if encoding == "pow2":
+        values = rng.choice([-4, -1, 1, 2, 8], (channels, taps))
+    else:
+        values = rng.choice([-127, -3, 1, 5, 100], (channels, taps))
+    dense = np.zeros((channels, taps * cp), dtype=np.int64)
+    for t in range(taps):
+        dense[np.arange(channels), t * cp + np.arange(channels)] = values[:, t]
+    matrix = diagonal_matrix(values, cp, lanes, encoding)
+    assert matrix == GSMatrix.from_dense(dense, "gs-gather", lanes, 1, encoding)
+    assert np.array_equal(matrix.to_dense(), dense)
+    with pytest.raises(ShapeError, match="must all be nonzero"):
+        diagonal_matrix(np.zeros((channels, taps)), cp, lanes, encoding)

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 from ..errors import CapacityError, ShapeError
 
-__all__ = ["WORDS_PER_BANK_DEPTH", "scratchpad_depth", "bank_depth_for", "Lifetime", "MemoryPlan", "plan_memory",
-           "peak_live"]
+__all__ = ["WORDS_PER_BANK_DEPTH", "scratchpad_depth", "bank_depth_for", "Lifetime",
+           "MemoryPlan", "plan_memory", "peak_live"]
 
 
 #: Scratchpad words per bank per unit of ``CoreConfig.bank_depth``. ``bank_depth`` is, today,

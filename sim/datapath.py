@@ -6,23 +6,21 @@ Not part of the core (``hw/core.py`` wires the same blocks to the sequencer and 
 processor); the amaranth.sim and cocotb testbenches of the datapath use it as their DUT.
 """
 
-import numpy as np
 from amaranth.hdl import Module, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..hw.arbiter import ScratchpadArbiter
-from ..hw.config import POW2_EXP_MAX, CoreConfig
+from ..hw.config import CoreConfig
 from ..hw.basis import BasisUnit
 from ..hw.engine import GatherEngine
 from ..hw.layouts import LayerControl, group_layout, row_layout
 from ..hw.scratchpad import BankedScratchpad, ElementPort, element_addr_width
 from ..hw.sequencer import ScratchpadOwner
 from ..hw.writer import ResultWriter
-from ..sw.format import PATTERNS, GSMatrix
 from ..sw.compile.image import LayerSpec, build_image
 
-__all__ = ["Datapath", "random_weight_values", "random_gs_matrix", "layer_words"]
+__all__ = ["Datapath", "layer_words"]
 
 
 class Datapath(wiring.Component):
@@ -128,65 +126,6 @@ class Datapath(wiring.Component):
                 wiring.connect(m, basis.banks[bank], arbiter.basis[bank])
             wiring.connect(m, arbiter.banks[bank], scratchpad.banks[bank])
         return m
-
-
-# Stimulus -------------------------------------------------------------------------------------
-
-def random_weight_values(rng, size, encoding):
-    """Nonzero weights of ``encoding``: ±2**k (0 <= k <= 15, small k likelier) or int8."""
-    if encoding == "pow2":
-        exponent = np.minimum(rng.geometric(0.25, size) - 1, POW2_EXP_MAX)
-        return np.where(rng.random(size) < 0.5, -1, 1) << exponent
-    values = rng.integers(1, 128, size) * np.where(rng.random(size) < 0.5, -1, 1)
-    return np.where(values == 127, -128, values)    # reach the int8 minimum as well
-
-
-def random_gs_matrix(rng, pattern, rows, cols, lanes, per_row=1, encoding="pow2",
-                     density=0.3):
-    """A random :class:`~gsaccel.sw.format.GSMatrix` of ``pattern`` (any row count; for the
-    gs patterns ``cols >= lanes``).
-
-    gs-gather/gs-scatter row groups keep ``e*k`` weights per row with every bank loaded
-    exactly ``k`` times (``k`` random per row group); gs-scatter groups randomly permuted rows.
-    """
-    segments = lanes // per_row
-    weights = np.zeros((rows, cols), dtype=np.int64)
-    row_order = None
-    if pattern == "dense":
-        weights = random_weight_values(rng, (rows, cols), encoding)
-        weights[rng.random((rows, cols)) < 0.1] = 0           # kept zeros of a dense matrix
-    elif pattern == "unstructured":
-        mask = rng.random((rows, cols)) < density
-        weights[mask] = random_weight_values(rng, int(mask.sum()), encoding)
-    elif pattern == "1xN":
-        count = int(rng.integers(1, cols + 1))
-        for start in range(0, rows, lanes):
-            columns = rng.choice(cols, count, replace=False)
-            block = weights[start:start + lanes]
-            block[:, columns] = random_weight_values(rng, (block.shape[0], count), encoding)
-    elif pattern in ("gs-gather", "gs-scatter"):
-        if cols < lanes:
-            raise ValueError(f"GS test matrices need at least {lanes} columns, not {cols!r}")
-        order = rng.permutation(rows) if pattern == "gs-scatter" else np.arange(rows)
-        per_bank = cols // lanes        # columns every bank has, so k rounds always fit
-        for start in range(0, rows, segments):
-            members = order[start:start + segments]
-            rounds = int(rng.integers(1, per_bank + 1))
-            used = {int(r): set() for r in members}
-            for _ in range(rounds):
-                banks = rng.permutation(lanes)
-                for i, row in enumerate(members):
-                    for bank in banks[i * per_row:(i + 1) * per_row]:
-                        free = [c for c in range(bank, cols, lanes) if c not in used[int(row)]]
-                        col = int(rng.choice(free))
-                        used[int(row)].add(col)
-                        weights[row, col] = random_weight_values(rng, 1, encoding)[0]
-        if pattern == "gs-scatter":
-            row_order = order
-    else:
-        raise ValueError(f"Pattern must be one of {', '.join(PATTERNS)}, not {pattern!r}")
-    return GSMatrix.from_dense(weights, pattern, lanes, per_row=per_row, encoding=encoding,
-                               row_order=row_order)
 
 
 def layer_words(cfg, matrix, bias):

@@ -16,7 +16,8 @@ from gsaccel.hw.config import CoreConfig
 from gsaccel.hw.layouts import LayerControl, group_layout, row_layout
 from gsaccel.hw.sequencer import ScratchpadOwner
 from gsaccel.sim.cocotb_streams import StreamSource, pack_payload
-from gsaccel.sim.datapath import layer_words, random_gs_matrix
+from gsaccel.sim.datapath import layer_words
+from gsaccel.sim.stimulus import random_gs_matrix
 from gsaccel.sw import golden
 
 CFG = CoreConfig.from_json(os.environ["GSACCEL_CFG"])

@@ -12,7 +12,8 @@ from gsaccel.hw.engine import GatherEngine
 from gsaccel.hw.layouts import group_layout
 from gsaccel.hw.sequencer import ScratchpadOwner
 from gsaccel.sim.amaranth_sim import run_sim, seeded_rng, stall_pattern, stream_put
-from gsaccel.sim.datapath import Datapath, layer_words, random_gs_matrix
+from gsaccel.sim.datapath import Datapath, layer_words
+from gsaccel.sim.stimulus import random_gs_matrix
 from gsaccel.sw import golden
 from gsaccel.sw.format import GSMatrix
 
@@ -30,6 +31,9 @@ async def load_buffer(ctx, dut, buffer, values, buffer_size):
         ctx.set(dut.host.wr_en, 1)
         await ctx.tick()
     ctx.set(dut.host.wr_en, 0)
+    # With the deep pipeline the scratchpad's write port is registered: the last write lands
+    # a cycle later, before anything may read it.
+    await ctx.tick()
 
 
 async def read_buffer(ctx, dut, buffer, count, buffer_size):

@@ -2,10 +2,9 @@
 during a GS layer, the basis unit during a BASIS layer."""
 
 from amaranth.hdl import Array, Module, Signal
-from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from .config import check_config
+from .component import CoreComponent
 from .scratchpad import BankPort, ElementPort, bank_addr_width, element_addr_width
 from .sequencer import ScratchpadOwner
 
@@ -17,7 +16,7 @@ __all__ = ["ScratchpadArbiter", "HOST_READ_LATENCY"]
 HOST_READ_LATENCY = 2
 
 
-class ScratchpadArbiter(wiring.Component):
+class ScratchpadArbiter(CoreComponent):
     """The scratchpad's ports, given to one client at a time as ``owner`` says.
 
     * ``HOST`` (and any value without a client): the host's element port. Element ``a`` is
@@ -55,9 +54,7 @@ class ScratchpadArbiter(wiring.Component):
         If ``cfg`` is not a :class:`CoreConfig`.
     """
 
-    def __init__(self, cfg):
-        check_config(cfg)
-        self._cfg = cfg
+    def members(self, cfg):
         lanes, addr_width = cfg.lanes, bank_addr_width(cfg)
         members = {
             "owner":  In(ScratchpadOwner),
@@ -68,11 +65,7 @@ class ScratchpadArbiter(wiring.Component):
         if cfg.basis:
             members["basis"] = In(BankPort(addr_width=addr_width)).array(lanes)
         members["banks"] = Out(BankPort(addr_width=addr_width)).array(lanes)
-        super().__init__(members)
-
-    @property
-    def cfg(self):
-        return self._cfg
+        return members
 
     def elaborate(self, platform):
         m = Module()

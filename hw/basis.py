@@ -1,9 +1,10 @@
 """The SmartDeal basis unit: ``z = B · x`` for each 3-element chunk of a buffer, requantised."""
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
-from amaranth.lib import data, wiring
+from amaranth.lib import data
 from amaranth.lib.wiring import In, Out
 
+from .component import CoreComponent
 from .config import check_config
 from .layouts import LayerControl
 from .scratchpad import BankPort, bank_addr_width, read_latency
@@ -19,7 +20,7 @@ def basis_latency(cfg):
     return 1 + read_latency(cfg) + 4 + Requantizer.PIPELINED_LATENCY + 2
 
 
-class BasisUnit(wiring.Component):
+class BasisUnit(CoreComponent):
     """Basis transform of ``n_chunks`` 3-element chunks, one chunk per cycle, pipelined.
 
     For chunk ``g``: ``x = src[3g : 3g+3]`` (three distinct banks, as V >= 4),
@@ -67,14 +68,16 @@ class BasisUnit(wiring.Component):
         If ``cfg.lanes`` is less than 4.
     """
 
-    def __init__(self, cfg):
+    def check(self, cfg):
         check_config(cfg)
         if cfg.lanes < 4:
             raise ValueError(f"Basis unit lane count must be at least 4, so that a chunk's "
                              f"three elements fall in three banks, not {cfg.lanes!r}")
-        self._cfg = cfg
+        return cfg
+
+    def members(self, cfg):
         lanes, addr_width = cfg.lanes, bank_addr_width(cfg)
-        super().__init__({
+        return {
             "start":    In(1),
             "n_chunks": In(16),
             "basis":    In(data.ArrayLayout(signed(8), 9)),
@@ -82,11 +85,7 @@ class BasisUnit(wiring.Component):
             "banks":    Out(BankPort(addr_width=addr_width)).array(lanes),
             "busy":     Out(1),
             "done":     Out(1),
-        })
-
-    @property
-    def cfg(self):
-        return self._cfg
+        }
 
     def elaborate(self, platform):
         m = Module()

@@ -6,7 +6,7 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .config import check_config
+from .component import CoreComponent
 from .framing import frame_layout, reply_layout
 from .layouts import (COUNTER_NAMES, ErrorCode, FrameType, Memory as MemoryId, hello_payload,
                       memory_depth, memory_layout, word_bytes)
@@ -17,7 +17,7 @@ from .sequencer import Sequencer, datapath_members
 __all__ = ["CommandProcessor"]
 
 
-class CommandProcessor(wiring.Component):
+class CommandProcessor(CoreComponent):
     """Execute host frames: HELLO, WRITE, READ and RUN, and reply to each.
 
     Owns the layer table, weight and row memories (and, through the sequencer, the
@@ -76,10 +76,8 @@ class CommandProcessor(wiring.Component):
         If ``cfg`` is not a :class:`CoreConfig`.
     """
 
-    def __init__(self, cfg):
-        check_config(cfg)
-        self._cfg = cfg
-        super().__init__({
+    def members(self, cfg):
+        return {
             "i_frame":     In(stream.Signature(frame_layout(cfg))),
             "pl_addr":     Out(range(max(2, cfg.max_payload))),
             "pl_data":     In(8),
@@ -89,11 +87,7 @@ class CommandProcessor(wiring.Component):
             "busy":        Out(1),
             "error":       Out(1),
             **datapath_members(cfg),
-        })
-
-    @property
-    def cfg(self):
-        return self._cfg
+        }
 
     def elaborate(self, platform):
 

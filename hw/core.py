@@ -6,7 +6,7 @@ from amaranth.lib.wiring import In, Out
 
 from .arbiter import ScratchpadArbiter
 from .basis import BasisUnit
-from .config import check_config
+from .component import CoreComponent
 from .engine import GatherEngine
 from .framing import FrameReceiver, FrameTransmitter
 from .scratchpad import BankedScratchpad
@@ -17,7 +17,7 @@ from .writer import ResultWriter
 __all__ = ["GsaccelCore"]
 
 
-class GsaccelCore(wiring.Component):
+class GsaccelCore(CoreComponent):
     """One gsaccel core: frame receiver, command processor and sequencer, gather engine,
     result writer, basis unit, V-bank scratchpad and its arbiter, and frame transmitter.
 
@@ -49,19 +49,13 @@ class GsaccelCore(wiring.Component):
         If ``cfg`` is not a :class:`CoreConfig`.
     """
 
-    def __init__(self, cfg):
-        check_config(cfg)
-        self._cfg = cfg
-        super().__init__({
+    def members(self, cfg):
+        return {
             "i_stream": In(stream.Signature(8)),
             "o_stream": Out(stream.Signature(8)),
             "busy":     Out(1),
             "error":    Out(1),
-        })
-
-    @property
-    def cfg(self):
-        return self._cfg
+        }
 
     def elaborate(self, platform):
         cfg = self._cfg

@@ -2,10 +2,10 @@
 products, a segmented adder tree and V/e accumulators that emit one sum vector per row group."""
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import data, stream
 from amaranth.lib.wiring import In, Out
 
-from .config import check_config
+from .component import CoreComponent
 from .lane import Lane, lane_nonzero
 from .layouts import LayerControl, group_layout
 from .scratchpad import BankPort, bank_addr_width, read_latency
@@ -33,7 +33,7 @@ def sums_layout(cfg):
     return data.ArrayLayout(signed(cfg.acc_width), cfg.lanes)
 
 
-class GatherEngine(wiring.Component):
+class GatherEngine(CoreComponent):
     """Gather/accumulate engine.
 
     Timing: a group accepted in cycle ``t`` presents its bank addresses in cycle ``t``
@@ -90,11 +90,9 @@ class GatherEngine(wiring.Component):
         If ``cfg`` is not a :class:`CoreConfig`.
     """
 
-    def __init__(self, cfg):
-        check_config(cfg)
-        self._cfg = cfg
+    def members(self, cfg):
         lanes, addr_width = cfg.lanes, bank_addr_width(cfg)
-        super().__init__({
+        return {
             "i_group":     In(stream.Signature(group_layout(cfg))),
             "control":     In(LayerControl),
             "banks":       Out(BankPort(addr_width=addr_width, write=False)).array(lanes),
@@ -105,11 +103,7 @@ class GatherEngine(wiring.Component):
             "issue":       Out(1),
             "issue_lanes": Out(range(lanes + 1)),
             "stall":       Out(1),
-        })
-
-    @property
-    def cfg(self):
-        return self._cfg
+        }
 
     @property
     def credits(self):
@@ -119,7 +113,7 @@ class GatherEngine(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self._cfg
-        lanes, bank_bits, acc_width = cfg.lanes, cfg.bank_bits, cfg.acc_width
+        lanes, acc_width = cfg.lanes, cfg.acc_width
         group = self.i_group.payload
 
         # Credits ----------------------------------------------------------------------------

@@ -5,9 +5,10 @@ A frame is ``SYNC | type | seq | length u16 LE | payload | crc32 u32 LE`` with t
 """
 
 from amaranth.hdl import Cat, Module, Mux, Signal
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import data, stream
 from amaranth.lib.wiring import In, Out
 
+from .component import CoreComponent
 from .config import CoreConfig, check_config
 from .crc import Crc32
 from .layouts import ErrorCode, FRAME_SYNC
@@ -21,6 +22,7 @@ def _check_cfg(cfg):
     if cfg.max_payload > 65535:
         raise ValueError(f"Maximum payload must fit the 16-bit length field, "
                          f"not {cfg.max_payload!r}")
+    return cfg
 
 
 def frame_layout(cfg: CoreConfig):
@@ -47,7 +49,7 @@ def reply_layout():
     })
 
 
-class FrameReceiver(wiring.Component):
+class FrameReceiver(CoreComponent):
     """Find, check and buffer host frames.
 
     Bytes outside a frame that are not ``FRAME_SYNC`` are skipped. The payload goes to a
@@ -82,20 +84,17 @@ class FrameReceiver(wiring.Component):
         If ``cfg.max_payload`` does not fit the 16-bit length field.
     """
 
-    def __init__(self, cfg):
-        _check_cfg(cfg)
-        self._cfg = cfg
-        super().__init__({
+    def check(self, cfg):
+        return _check_cfg(cfg)
+
+    def members(self, cfg):
+        return {
             "i_stream": In(stream.Signature(8)),
             "o_frame":  Out(stream.Signature(frame_layout(cfg))),
             "rd_addr":  In(range(cfg.max_payload)),
             "rd_data":  Out(8),
             "in_frame": Out(1),
-        })
-
-    @property
-    def cfg(self):
-        return self._cfg
+        }
 
     def elaborate(self, platform):
         cfg = self._cfg
@@ -183,7 +182,7 @@ class FrameReceiver(wiring.Component):
         return m
 
 
-class FrameTransmitter(wiring.Component):
+class FrameTransmitter(CoreComponent):
     """Send reply frames: ``SYNC``, the header from ``i_reply``, ``length`` payload bytes taken
     from ``i_data``, then the CRC-32 over type..payload, honouring back-pressure on
     ``o_stream``.
@@ -212,19 +211,16 @@ class FrameTransmitter(wiring.Component):
         If ``cfg.max_payload`` does not fit the 16-bit length field.
     """
 
-    def __init__(self, cfg):
-        _check_cfg(cfg)
-        self._cfg = cfg
-        super().__init__({
+    def check(self, cfg):
+        return _check_cfg(cfg)
+
+    def members(self, cfg):
+        return {
             "i_reply":  In(stream.Signature(reply_layout())),
             "i_data":   In(stream.Signature(8)),
             "o_stream": Out(stream.Signature(8)),
             "busy":     Out(1),
-        })
-
-    @property
-    def cfg(self):
-        return self._cfg
+        }
 
     def elaborate(self, platform):
         m = Module()

@@ -2,10 +2,9 @@
 accumulator width. A pow-2 code needs only a barrel shifter; int8 needs a multiplier."""
 
 from amaranth.hdl import Module, Mux, Signal, signed
-from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from .config import check_config
+from .component import CoreComponent
 from .layouts import pow2_code_layout
 
 __all__ = ["Lane", "lane_nonzero"]
@@ -18,7 +17,7 @@ def lane_nonzero(cfg, value):
     return value != 0
 
 
-class Lane(wiring.Component):
+class Lane(CoreComponent):
     """Product of one activation and one weight code.
 
     ``cfg.encoding == "pow2"``: ``product = ±(x << exp)`` if ``nonzero`` else 0 (a shift lane,
@@ -48,18 +47,15 @@ class Lane(wiring.Component):
     """
 
     def __init__(self, cfg, *, pipelined=False):
-        check_config(cfg)
-        self._cfg = cfg
         self._pipelined = bool(pipelined)
-        super().__init__({
+        super().__init__(cfg)
+
+    def members(self, cfg):
+        return {
             "x":       In(signed(8)),
             "w":       In(cfg.value_width),
             "product": Out(signed(cfg.acc_width)),
-        })
-
-    @property
-    def cfg(self):
-        return self._cfg
+        }
 
     def elaborate(self, platform):
         m = Module()

@@ -5,7 +5,7 @@ with no logic around it; :class:`SinglePortMemory` goes into the SB_SPRAM256KA b
 iCE40 UltraPlus, which leaves the 4-kbit block RAMs to the rest of the core.
 """
 
-from amaranth.hdl import Cat, ClockDomain, ClockSignal, Const, Instance, Module, Signal
+from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out

@@ -5,7 +5,7 @@ from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from .config import check_config
+from .component import CoreComponent
 from .memory import SimpleDualPortMemory
 
 __all__ = ["BankedScratchpad", "BankPort", "ElementPort", "bank_addr_width",
@@ -145,7 +145,7 @@ def read_latency(cfg):
     return 2 if cfg.deep_pipeline else 1
 
 
-class BankedScratchpad(wiring.Component):
+class BankedScratchpad(CoreComponent):
     """V banks of ``2 * bank_depth`` int8 words, one per lane.
 
     Element ``c`` of buffer ``b`` lives in bank ``c % V`` at bank address
@@ -171,15 +171,9 @@ class BankedScratchpad(wiring.Component):
         If ``cfg`` is not a :class:`CoreConfig`.
     """
 
-    def __init__(self, cfg):
-        check_config(cfg)
-        self._cfg = cfg
+    def members(self, cfg):
         lanes, addr_width = cfg.lanes, bank_addr_width(cfg)
-        super().__init__({"banks": In(BankPort(addr_width=addr_width)).array(lanes)})
-
-    @property
-    def cfg(self):
-        return self._cfg
+        return {"banks": In(BankPort(addr_width=addr_width)).array(lanes)}
 
     def elaborate(self, platform):
         m = Module()

@@ -8,10 +8,10 @@ top of the datapath's time. The host side (frames, the memories the sequencer re
 """
 
 from amaranth.hdl import Module, Mux, Signal, signed
-from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib import data, enum, stream
 from amaranth.lib.wiring import In, Out
 
-from .config import check_config
+from .component import CoreComponent
 from .layouts import LayerControl, LayerKind, group_layout, layer_layout, row_layout
 from .writer import WRITE_LATENCY
 
@@ -60,7 +60,7 @@ def datapath_members(cfg):
     }
 
 
-class Sequencer(wiring.Component):
+class Sequencer(CoreComponent):
     """Run layers ``first .. first+count-1`` of the layer table on the datapath.
 
     For a GS layer it streams the layer's group words (read ahead from the synchronous weight
@@ -136,10 +136,8 @@ class Sequencer(wiring.Component):
         If ``cfg`` is not a :class:`CoreConfig`.
     """
 
-    def __init__(self, cfg):
-        check_config(cfg)
-        self._cfg = cfg
-        super().__init__({
+    def members(self, cfg):
+        return {
             "start":       In(1),
             "first":       In(8),
             "count":       In(8),
@@ -159,11 +157,7 @@ class Sequencer(wiring.Component):
             "group_word":  Out(group_layout(cfg)),
             "row_word":    Out(row_layout(cfg)),
             **datapath_members(cfg),
-        })
-
-    @property
-    def cfg(self):
-        return self._cfg
+        }
 
     def elaborate(self, platform):
         cfg = self._cfg

@@ -6,7 +6,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
-from .config import check_config
+from .component import CoreComponent
 from .engine import sums_layout
 from .layouts import LayerControl, row_layout
 from .scratchpad import BankPort, bank_addr_width
@@ -123,7 +123,7 @@ _RESULT_STAGES = 1
 WRITE_LATENCY = _SUM_STAGES + Requantizer.PIPELINED_LATENCY + _RESULT_STAGES
 
 
-class ResultWriter(wiring.Component):
+class ResultWriter(CoreComponent):
     """Requantising writer of sum vectors.
 
     Sum vectors enter a :class:`~amaranth.lib.fifo.SyncFIFO` of ``result_queue // V``
@@ -161,22 +161,16 @@ class ResultWriter(wiring.Component):
         If ``cfg`` is not a :class:`CoreConfig`.
     """
 
-    def __init__(self, cfg):
-        check_config(cfg)
-        self._cfg = cfg
+    def members(self, cfg):
         lanes, addr_width = cfg.lanes, bank_addr_width(cfg)
-        super().__init__({
+        return {
             "i_sums":   In(stream.Signature(sums_layout(cfg))),
             "i_row":    In(stream.Signature(row_layout(cfg))),
             "control":  In(LayerControl),
             "banks":    Out(BankPort(addr_width=addr_width, read=False)).array(lanes),
             "credit":   Out(1),
             "idle":     Out(1),
-        })
-
-    @property
-    def cfg(self):
-        return self._cfg
+        }
 
     @property
     def queue_depth(self):

@@ -33,6 +33,7 @@ class ScratchpadArbiter(CoreComponent):
     Parameters
     ----------
     cfg : CoreConfig
+        Checked by :class:`~gsaccel.hw.component.CoreComponent` (``TypeError`` if it is not one).
 
     Members
     -------
@@ -47,11 +48,6 @@ class ScratchpadArbiter(CoreComponent):
         The basis unit's reads and writes (only with ``cfg.basis``).
     banks : Out(BankPort(addr_width=BA)).array(V)
         To :class:`~gsaccel.hw.scratchpad.BankedScratchpad`.
-
-    Raises
-    ------
-    TypeError
-        If ``cfg`` is not a :class:`CoreConfig`.
     """
 
     def members(self, cfg):

@@ -45,6 +45,7 @@ class BasisUnit(CoreComponent):
     Parameters
     ----------
     cfg : CoreConfig
+        Checked by :class:`~gsaccel.hw.component.CoreComponent` (``TypeError`` if it is not one).
 
     Members
     -------
@@ -62,8 +63,6 @@ class BasisUnit(CoreComponent):
 
     Raises
     ------
-    TypeError
-        If ``cfg`` is not a :class:`CoreConfig`.
     ValueError
         If ``cfg.lanes`` is less than 4.
     """

@@ -45,6 +45,7 @@ class CommandProcessor(CoreComponent):
     Parameters
     ----------
     cfg : CoreConfig
+        Checked by :class:`~gsaccel.hw.component.CoreComponent` (``TypeError`` if it is not one).
 
     Members
     -------
@@ -69,11 +70,6 @@ class CommandProcessor(CoreComponent):
     writer_idle, issue, issue_lanes, stall
         The :class:`~gsaccel.hw.sequencer.Sequencer`'s datapath ports
         (:func:`~gsaccel.hw.sequencer.datapath_members`), passed through.
-
-    Raises
-    ------
-    TypeError
-        If ``cfg`` is not a :class:`CoreConfig`.
     """
 
     def members(self, cfg):

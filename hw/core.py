@@ -30,6 +30,7 @@ class GsaccelCore(CoreComponent):
     Parameters
     ----------
     cfg : CoreConfig
+        Checked by :class:`~gsaccel.hw.component.CoreComponent` (``TypeError`` if it is not one).
 
     Members
     -------
@@ -42,11 +43,6 @@ class GsaccelCore(CoreComponent):
         not count: it needs input to progress).
     error : Out(1)
         The last reply was an ERROR (for a status LED).
-
-    Raises
-    ------
-    TypeError
-        If ``cfg`` is not a :class:`CoreConfig`.
     """
 
     def members(self, cfg):

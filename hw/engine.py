@@ -59,6 +59,7 @@ class GatherEngine(CoreComponent):
     Parameters
     ----------
     cfg : CoreConfig
+        Checked by :class:`~gsaccel.hw.component.CoreComponent` (``TypeError`` if it is not one).
 
     Members
     -------
@@ -83,11 +84,6 @@ class GatherEngine(CoreComponent):
         Nonzero lanes of the group accepted this cycle (0 when none is).
     stall : Out(1)
         The offered group is a ``last`` group and no credit is free.
-
-    Raises
-    ------
-    TypeError
-        If ``cfg`` is not a :class:`CoreConfig`.
     """
 
     def members(self, cfg):

@@ -62,6 +62,7 @@ class FrameReceiver(CoreComponent):
     Parameters
     ----------
     cfg : CoreConfig
+        Checked by :class:`~gsaccel.hw.component.CoreComponent` (``TypeError`` if it is not one).
 
     Members
     -------
@@ -78,8 +79,6 @@ class FrameReceiver(CoreComponent):
 
     Raises
     ------
-    TypeError
-        If ``cfg`` is not a :class:`CoreConfig`.
     ValueError
         If ``cfg.max_payload`` does not fit the 16-bit length field.
     """
@@ -190,6 +189,7 @@ class FrameTransmitter(CoreComponent):
     Parameters
     ----------
     cfg : CoreConfig
+        Checked by :class:`~gsaccel.hw.component.CoreComponent` (``TypeError`` if it is not one).
 
     Members
     -------
@@ -205,8 +205,6 @@ class FrameTransmitter(CoreComponent):
 
     Raises
     ------
-    TypeError
-        If ``cfg`` is not a :class:`CoreConfig`.
     ValueError
         If ``cfg.max_payload`` does not fit the 16-bit length field.
     """

@@ -26,6 +26,7 @@ class Lane(CoreComponent):
     Parameters
     ----------
     cfg : CoreConfig
+        Checked by :class:`~gsaccel.hw.component.CoreComponent` (``TypeError`` if it is not one).
     pipelined : bool
         Register in the middle: after the activation's negation (pow2) or before the
         multiplier (int8), so ``product`` is that of the previous cycle's ``x`` and ``w``.
@@ -39,11 +40,6 @@ class Lane(CoreComponent):
         Weight code (``pow2_code_layout`` bits or a two's-complement int8).
     product : Out(signed(cfg.acc_width))
         Exact product, sign-extended.
-
-    Raises
-    ------
-    TypeError
-        If ``cfg`` is not a :class:`CoreConfig`.
     """
 
     def __init__(self, cfg, *, pipelined=False):

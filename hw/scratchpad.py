@@ -158,17 +158,13 @@ class BankedScratchpad(CoreComponent):
     Parameters
     ----------
     cfg : CoreConfig
+        Checked by :class:`~gsaccel.hw.component.CoreComponent` (``TypeError`` if it is not one).
 
     Members
     -------
     banks : In(BankPort(addr_width=BA)).array(V)
         The port of each bank; ``rd_data`` is the word at the ``rd_addr`` of two cycles ago
         (one without ``cfg.deep_pipeline``).
-
-    Raises
-    ------
-    TypeError
-        If ``cfg`` is not a :class:`CoreConfig`.
     """
 
     def members(self, cfg):

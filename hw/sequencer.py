@@ -91,6 +91,7 @@ class Sequencer(CoreComponent):
     Parameters
     ----------
     cfg : CoreConfig
+        Checked by :class:`~gsaccel.hw.component.CoreComponent` (``TypeError`` if it is not one).
 
     Members
     -------
@@ -129,11 +130,6 @@ class Sequencer(CoreComponent):
     basis_start : Out(1)
     basis_done, engine_idle, writer_idle, issue, issue_lanes, stall : In
         Status of the basis unit, engine and writer.
-
-    Raises
-    ------
-    TypeError
-        If ``cfg`` is not a :class:`CoreConfig`.
     """
 
     def members(self, cfg):

@@ -139,6 +139,7 @@ class ResultWriter(CoreComponent):
     Parameters
     ----------
     cfg : CoreConfig
+        Checked by :class:`~gsaccel.hw.component.CoreComponent` (``TypeError`` if it is not one).
 
     Members
     -------
@@ -154,11 +155,6 @@ class ResultWriter(CoreComponent):
         Pulses in the last slot cycle of each vector.
     idle : Out(1)
         Queue empty and no write in flight.
-
-    Raises
-    ------
-    TypeError
-        If ``cfg`` is not a :class:`CoreConfig`.
     """
 
     def members(self, cfg):

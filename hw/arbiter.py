@@ -6,7 +6,7 @@ from amaranth.lib.wiring import In, Out
 
 from .component import CoreComponent
 from .scratchpad import BankPort, ElementPort, bank_addr_width, element_addr_width
-from .sequencer import ScratchpadOwner
+from .sequencer import ClearPort, ScratchpadOwner
 
 __all__ = ["ScratchpadArbiter", "HOST_READ_LATENCY"]
 
@@ -25,6 +25,7 @@ class ScratchpadArbiter(CoreComponent):
       cycles ago.
     * ``GS``: the gather engine reads, the result writer writes.
     * ``BASIS`` (``cfg.basis`` only): the basis unit reads and writes.
+    * ``CLEAR``: the sequencer's ``clear`` port writes 0 to its word of every bank.
 
     The clients' read data is the banks' whoever owns them. The selection is
     combinational: ``owner`` should come from a register, and change only when no client
@@ -46,6 +47,8 @@ class ScratchpadArbiter(CoreComponent):
         The result writer's writes.
     basis : In(BankPort(addr_width=BA)).array(V)
         The basis unit's reads and writes (only with ``cfg.basis``).
+    clear : In(ClearPort(addr_width=BA))
+        A CLEAR layer's writes.
     banks : Out(BankPort(addr_width=BA)).array(V)
         To :class:`~gsaccel.hw.scratchpad.BankedScratchpad`.
     """
@@ -60,6 +63,7 @@ class ScratchpadArbiter(CoreComponent):
         }
         if cfg.basis:
             members["basis"] = In(BankPort(addr_width=addr_width)).array(lanes)
+        members["clear"] = In(ClearPort(addr_width=addr_width))
         members["banks"] = Out(BankPort(addr_width=addr_width)).array(lanes)
         return members
 
@@ -69,8 +73,8 @@ class ScratchpadArbiter(CoreComponent):
         lanes, bank_bits = cfg.lanes, cfg.bank_bits
         host = self.host
 
-        # The host's element: its bank, and the bank's address (both buffers included). The
-        # read data comes from the bank addressed HOST_READ_LATENCY cycles ago.
+        # The host's element: its bank, and the bank's address. The read data comes from the
+        # bank addressed HOST_READ_LATENCY cycles ago.
         host_bank = host.addr[:bank_bits] if bank_bits else 0
         host_bank_addr = host.addr >> bank_bits
         host_bank_q = [Signal(range(lanes), name=f"host_bank_q{k}")
@@ -91,6 +95,10 @@ class ScratchpadArbiter(CoreComponent):
                                  port.wr_en.eq(writer.wr_en),
                                  port.wr_addr.eq(writer.wr_addr),
                                  port.wr_data.eq(writer.wr_data)]
+                with m.Case(ScratchpadOwner.CLEAR):
+                    m.d.comb += [port.wr_en.eq(self.clear.en),
+                                 port.wr_addr.eq(self.clear.addr),
+                                 port.wr_data.eq(0)]
                 if basis is not None:
                     with m.Case(ScratchpadOwner.BASIS):
                         m.d.comb += [port.rd_addr.eq(basis[bank].rd_addr),

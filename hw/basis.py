@@ -6,7 +6,7 @@ from amaranth.lib.wiring import In, Out
 
 from .component import CoreComponent
 from .config import check_config
-from .layouts import LayerControl
+from .layouts import layer_control_layout
 from .scratchpad import BankPort, bank_addr_width, read_latency
 from .writer import Requantizer
 
@@ -23,8 +23,10 @@ def basis_latency(cfg):
 class BasisUnit(CoreComponent):
     """Basis transform of ``n_chunks`` 3-element chunks, one chunk per cycle, pipelined.
 
-    For chunk ``g``: ``x = src[3g : 3g+3]`` (three distinct banks, as V >= 4),
-    ``z = B · x`` exactly, ``dst[3g+k] = requantize(z_k, shift, relu)``.
+    For chunk ``g``: ``x`` = elements ``s + 3g .. s + 3g + 2`` of the scratchpad (three
+    distinct banks, as V >= 4), ``z = B · x`` exactly, and element ``d + 3g + k`` becomes
+    ``requantize(z_k, shift, relu)``, with ``s = control.src_base * V`` and
+    ``d = control.dst_base * V`` (element addresses wrap at the scratchpad's size).
 
     Timing (``docs/gateware.md``): with ``start`` pulsed in cycle 0, chunk ``g`` issues in
     cycle ``g``, presents its bank addresses (registers) in ``g+1``, gets its bank data in
@@ -51,11 +53,12 @@ class BasisUnit(CoreComponent):
     -------
     start : In(1)
     n_chunks : In(16)
-        Chunks; more than ``buffer_size // 3`` are clamped to that.
+        Chunks; more than ``V * bank_depth // 3`` are clamped to that.
     basis : In(data.ArrayLayout(signed(8), 9))
         B, row-major.
-    control : In(LayerControl)
-        The layer's settings; the unit uses ``src``, ``dst``, ``shift`` and ``relu``.
+    control : In(layer_control_layout(cfg))
+        The layer's settings; the unit uses ``src_base``, ``dst_base``, ``shift`` and
+        ``relu``.
     banks : Out(BankPort(addr_width=BA)).array(V)
         The scratchpad's ports (``rd_addr`` and the write members are registers).
     busy : Out(1)
@@ -80,7 +83,7 @@ class BasisUnit(CoreComponent):
             "start":    In(1),
             "n_chunks": In(16),
             "basis":    In(data.ArrayLayout(signed(8), 9)),
-            "control":  In(LayerControl),
+            "control":  In(layer_control_layout(cfg)),
             "banks":    Out(BankPort(addr_width=addr_width)).array(lanes),
             "busy":     Out(1),
             "done":     Out(1),
@@ -97,18 +100,20 @@ class BasisUnit(CoreComponent):
         latency = basis_latency(cfg)
         launch = Signal()
         m.d.comb += launch.eq(self.start & ~self.busy)
-        # A layer covers at most one buffer: more chunks are clamped, as in the golden model.
-        # (Registered: ``n_chunks`` is stable a cycle before ``start``.)
-        limit = cfg.buffer_size // 3
+        # A layer covers at most the scratchpad: more chunks are clamped, as in the golden
+        # model. (Registered: ``n_chunks`` is stable a cycle before ``start``.)
+        limit = cfg.act_size // 3
         n_chunks = Signal(16)
         m.d.sync += n_chunks.eq(Mux(self.n_chunks > limit, limit, self.n_chunks))
         remaining = Signal(17)
         at_end = Signal()                       # remaining == 0
         issuing = Signal()                      # chunks 1.. left to issue
         to_issue = Signal(16)                   # chunks left to issue after the next one
-        # The next chunk's three elements, registers (0, 1, 2 between layers), so that the
-        # bank addresses are decoded from registers only.
+        # The next chunk's three elements, registers (the source's first three between
+        # layers: ``control`` is stable from the cycle before ``start``), so that the bank
+        # addresses are decoded from registers only.
         element = [Signal(cfg.col_width + 2, init=k, name=f"element{k}") for k in range(3)]
+        first = [Cat(Const(k, bank_bits), self.control.src_base) for k in range(3)]
         # The end tests are registered flags, set a cycle ahead.
         with m.If(launch):
             m.d.sync += [
@@ -122,7 +127,6 @@ class BasisUnit(CoreComponent):
             with m.If(at_end):
                 m.d.comb += self.done.eq(1)
                 m.d.sync += self.busy.eq(0)
-                m.d.sync += [element[k].eq(k) for k in range(3)]
             with m.Else():
                 m.d.sync += [remaining.eq(remaining - 1), at_end.eq(remaining == 1)]
             with m.If(issuing):
@@ -133,6 +137,8 @@ class BasisUnit(CoreComponent):
         m.d.comb += issue.eq((launch & (n_chunks != 0)) | (self.busy & issuing))
         with m.If(issue):
             m.d.sync += [element[k].eq(element[k] + 3) for k in range(3)]
+        with m.Elif(~self.busy):
+            m.d.sync += [element[k].eq(first[k]) for k in range(3)]
 
         # Stages 0 and 1: decode the chunk's three elements (three distinct banks) into the
         # read ports, which are registers: the unit may sit far from the banks ---------------
@@ -142,7 +148,7 @@ class BasisUnit(CoreComponent):
             for k in range(3):
                 address = address | ((element[k][:bank_bits] == bank).replicate(
                     cfg.col_width - bank_bits) & element[k][bank_bits:])
-            m.d.sync += self.banks[bank].rd_addr.eq(Cat(address, self.control.src))
+            m.d.sync += self.banks[bank].rd_addr.eq(address)
 
         # The pipeline's valid bits: valid[k] is chunk g's in cycle g + k.
         valid = [issue] + [Signal(name=f"s{k}_valid") for k in range(1, latency)]
@@ -185,12 +191,13 @@ class BasisUnit(CoreComponent):
                      for k in range(3)]
 
         # Stages 7 to 10: requantise (two cycles), saturate, and write the three elements (three
-        # distinct banks) of the chunk that reaches the end: its columns count up by 3 from
-        # 0, as the reads did ------------------------------------------------------------------
+        # distinct banks) of the chunk that reaches the end: its elements count up by 3 from
+        # the destination's first, as the reads did ----------------------------
         written = valid[latency - 1]
         targets = [Signal(cfg.col_width + 2, init=k, name=f"target{k}") for k in range(3)]
         with m.If(launch):
-            m.d.sync += [target.eq(k) for k, target in enumerate(targets)]
+            m.d.sync += [target.eq(Cat(Const(k, bank_bits), self.control.dst_base))
+                         for k, target in enumerate(targets)]
         with m.Elif(written):
             m.d.sync += [target.eq(target + 3) for target in targets]
         results = []
@@ -213,7 +220,7 @@ class BasisUnit(CoreComponent):
                 with m.If(written & (target[:bank_bits] == bank)):
                     m.d.sync += [
                         self.banks[bank].wr_en.eq(1),
-                        self.banks[bank].wr_addr.eq(Cat(target[bank_bits:], self.control.dst)),
+                        self.banks[bank].wr_addr.eq(target[bank_bits:]),
                         self.banks[bank].wr_data.eq(results[k]),
                     ]
         return m

@@ -26,8 +26,9 @@ class CoreConfig:
     lanes : int
         V: lanes = scratchpad banks = weights per group (2, 4, 8 or 16).
     bank_depth : int
-        Words per bank and per activation buffer; one buffer holds ``lanes * bank_depth``
-        int8 activations. A power of two.
+        Words per scratchpad bank; the scratchpad holds ``lanes * bank_depth`` int8
+        activations in one address space, where the compiler places every tensor at a
+        bank address of its own (docs/architecture.md, "Tensors"). A power of two.
     encoding : str
         Weight value encoding, ``"pow2"`` (6-bit sign/zero/exponent code, shift lanes) or
         ``"int8"`` (multiplier lanes).
@@ -58,7 +59,7 @@ class CoreConfig:
     """
 
     lanes: int = 8
-    bank_depth: int = 64
+    bank_depth: int = 128
     encoding: str = "pow2"
     acc_width: int = 24
     weight_depth: int = 2048
@@ -106,14 +107,21 @@ class CoreConfig:
                 raise ValueError(f"{name.replace('_', ' ').capitalize()} must be at most "
                                  f"65536, not {getattr(self, name)!r}")
         if self.lanes * self.bank_depth > 65536:
-            raise ValueError(f"Buffer size lanes*bank_depth must be at most 65536, "
+            # The host addresses ACTS elements with 16 bits (WRITE and READ frames).
+            raise ValueError(f"Scratchpad size lanes*bank_depth must be at most 65536, "
                              f"not {self.lanes * self.bank_depth!r}")
 
     # Derived widths ------------------------------------------------------------------------
     @property
-    def buffer_size(self):
-        """Activations in one buffer (the largest layer input or output)."""
+    def act_size(self):
+        """Activations the scratchpad holds: ``lanes * bank_depth``."""
         return self.lanes * self.bank_depth
+
+    @property
+    def act_addr_width(self):
+        """Bits of a bank address: ``log2(bank_depth)``. Address arithmetic wraps at
+        ``bank_depth`` (every adder of the datapath is this wide)."""
+        return max(1, (self.bank_depth - 1).bit_length())
 
     @property
     def result_vectors(self):
@@ -127,8 +135,8 @@ class CoreConfig:
 
     @property
     def col_width(self):
-        """Bits of a column (element) index into one buffer: bank in the low bits."""
-        return (self.buffer_size - 1).bit_length()
+        """Bits of an element index into the scratchpad (bank in the low bits)."""
+        return max(1, (self.act_size - 1).bit_length())
 
     @property
     def value_width(self):

@@ -106,6 +106,7 @@ class GsaccelCore(CoreComponent):
         # Scratchpad ownership ---------------------------------------------------------------
         m.d.comb += arbiter.owner.eq(proc.owner)
         wiring.connect(m, proc.acts, arbiter.host)
+        wiring.connect(m, proc.clear, arbiter.clear)
         for bank in range(cfg.lanes):
             wiring.connect(m, engine.banks[bank], arbiter.engine[bank])
             wiring.connect(m, writer.banks[bank], arbiter.writer[bank])

@@ -7,19 +7,27 @@ from amaranth.lib.wiring import In, Out
 
 from .component import CoreComponent
 from .lane import Lane, lane_nonzero
-from .layouts import LayerControl, group_layout
+from .layouts import LayerOp, group_stream_layout, layer_control_layout
 from .scratchpad import BankPort, bank_addr_width, read_latency
 
-__all__ = ["GatherEngine", "sums_layout", "pipeline_depth", "engine_latency"]
+__all__ = ["GatherEngine", "sums_layout", "address_stages", "pipeline_depth",
+           "engine_latency"]
+
+
+def address_stages(cfg):
+    """Registers between a group's acceptance and its bank addresses (``base + offset``):
+    one with ``cfg.deep_pipeline`` (the adders would otherwise sit in front of the block
+    RAMs' address inputs), none without."""
+    return 1 if cfg.deep_pipeline else 0
 
 
 def pipeline_depth(cfg):
-    """Registered stages from a group's acceptance to the accumulators: the scratchpad's
-    read (:func:`read_latency`), the crossbar's second half and the negation, the lane's
-    shift, its product, and the adder tree (one stage per level with ``cfg.deep_pipeline``,
-    else one)."""
+    """Registered stages from a group's acceptance to the accumulators: the address
+    (:func:`address_stages`), the scratchpad's read (:func:`read_latency`), the crossbar's
+    second half and the negation, the lane's shift, its product, and the adder tree (one
+    stage per level with ``cfg.deep_pipeline``, else one)."""
     tree_stages = cfg.lanes.bit_length() - 1 if cfg.deep_pipeline else 1
-    return read_latency(cfg) + 3 + tree_stages
+    return address_stages(cfg) + read_latency(cfg) + 3 + tree_stages
 
 
 def engine_latency(cfg):
@@ -36,15 +44,21 @@ def sums_layout(cfg):
 class GatherEngine(CoreComponent):
     """Gather/accumulate engine.
 
-    Timing: a group accepted in cycle ``t`` presents its bank addresses in cycle ``t``
-    (combinationally from ``i_group``, which should come from a register), gets its bank data
-    through the first half of the crossbar in ``t+2`` (the scratchpad's latency), through
-    the second half and negated in ``t+3``, has
-    its lane products in ``t+4``, adds one level of the adder tree in each of ``t+5`` ..
-    ``t+4+log2(V)`` (each registered), and adds the segment sums into the accumulators in
-    ``t+5+log2(V)``; if it is a ``last`` group its sum vector is offered at ``o_sums`` in
-    that same cycle, combinationally from the accumulator adders
-    (:func:`engine_latency` is one more). Each stage is short enough for 100 MHz on an ECP5.
+    Lane ``i`` of a group reads bank ``lanes[i].bank`` at ``base + offset[bank]`` (wrapping at
+    ``bank_depth``), ``base`` being the input base of the output pixel the group is replayed
+    for. Timing: a group accepted in cycle ``t`` presents its bank addresses in cycle ``t+1``
+    (registered sums of ``i_group``, which should come from a register; in cycle ``t``,
+    combinationally, without ``cfg.deep_pipeline``), gets its bank data through the first
+    half of the crossbar two cycles later (the scratchpad's latency), through the second half
+    and negated the cycle after, then its lane products, one level of the adder tree per
+    cycle (each registered) and the accumulators, :func:`pipeline_depth` cycles after ``t``;
+    if it is a ``last`` group its sum vector is offered at ``o_sums`` in that same cycle,
+    combinationally from the accumulator adders (:func:`engine_latency` is one more). Each
+    stage is short enough for 100 MHz on an ECP5.
+
+    ``control.op`` SUM accumulates; MAX keeps, per lane (every lane is its own segment,
+    whatever ``seg_log2``), the largest product of its nonzero weights, from the most
+    negative accumulator value (padding lanes are ignored).
 
     A ``last`` group is accepted only while the engine holds a credit; it starts with
     ``result_queue // V`` credits, takes one per accepted ``last`` group and gets one back per
@@ -63,10 +77,11 @@ class GatherEngine(CoreComponent):
 
     Members
     -------
-    i_group : In(stream.Signature(group_layout(cfg)))
-    control : In(LayerControl)
-        The layer's settings; the engine uses ``src`` (the activation buffer read) and
-        ``seg_log2`` (log2 of the segment length e; values above ``log2(V)`` mean ``e = V``).
+    i_group : In(stream.Signature(group_stream_layout(cfg)))
+        A group word and its pixel's input base.
+    control : In(layer_control_layout(cfg))
+        The layer's settings; the engine uses ``op`` and ``seg_log2`` (log2 of the segment
+        length e; values above ``log2(V)`` mean ``e = V``).
     banks : Out(BankPort(addr_width=BA, write=False)).array(V)
         The scratchpad's read ports (data two cycles after the address, one without
         ``cfg.deep_pipeline``).
@@ -74,8 +89,9 @@ class GatherEngine(CoreComponent):
     credit : In(1)
         One pulse per sum vector the consumer has finished.
     clear : In(1)
-        Zero the accumulators (pulse it while ``idle``, e.g. when a layer starts, so that the
-        groups of a previous layer after its last ``last`` group leave nothing behind).
+        Reset the accumulators (to 0, or to the most negative value for MAX; pulse it while
+        ``idle`` with the new layer's ``control``, so that the groups of a previous layer
+        after its last ``last`` group leave nothing behind).
     idle : Out(1)
         No group in flight (accumulators are clear between layers).
     issue : Out(1)
@@ -89,8 +105,8 @@ class GatherEngine(CoreComponent):
     def members(self, cfg):
         lanes, addr_width = cfg.lanes, bank_addr_width(cfg)
         return {
-            "i_group":     In(stream.Signature(group_layout(cfg))),
-            "control":     In(LayerControl),
+            "i_group":     In(stream.Signature(group_stream_layout(cfg))),
+            "control":     In(layer_control_layout(cfg)),
             "banks":       Out(BankPort(addr_width=addr_width, write=False)).array(lanes),
             "o_sums":      Out(stream.Signature(sums_layout(cfg))),
             "credit":      In(1),
@@ -110,7 +126,8 @@ class GatherEngine(CoreComponent):
         m = Module()
         cfg = self._cfg
         lanes, acc_width = cfg.lanes, cfg.acc_width
-        group = self.i_group.payload
+        group, base = self.i_group.payload.word, self.i_group.payload.base
+        is_max = self.control.op == LayerOp.MAX
 
         # Credits ----------------------------------------------------------------------------
         # ``no_credit`` is a register (credits == 0), as ``ready`` fans out to the sequencer's
@@ -134,20 +151,32 @@ class GatherEngine(CoreComponent):
         nonzero = [lane_nonzero(cfg, group.lanes[i].value) for i in range(lanes)]
         m.d.comb += self.issue_lanes.eq(Mux(accept, sum(n.as_unsigned() for n in nonzero), 0))
 
-        # Stage 0: bank addresses, straight from the group word (the packer routed them) ----
-        # hits[i][b]: lane i reads bank b; a padding lane hits no bank.
+        # Stage 0: bank addresses, the pixel's base plus each bank's offset (the packer routed
+        # the offsets), registered with the deep pipeline together with the group's lanes:
+        # hits[i][b]: lane i reads bank b; a padding lane hits no bank --------------------
         hits = [Cat(nonzero[i] & (group.lanes[i].bank == bank) for bank in range(lanes))
                 for i in range(lanes)]
+        address = m.d.sync if address_stages(cfg) else m.d.comb
+        s0_hits = [Signal(lanes, name=f"s0_hits{i}") for i in range(lanes)]
+        s0_value = [Signal(cfg.value_width, name=f"s0_value{i}") for i in range(lanes)]
+        for i in range(lanes):
+            address += [s0_hits[i].eq(hits[i]), s0_value[i].eq(group.lanes[i].value)]
         for bank, port in enumerate(self.banks):
-            m.d.comb += port.rd_addr.eq(Cat(group.bank_addr[bank], self.control.src))
+            address += port.rd_addr.eq((base + group.offset[bank])[:cfg.act_addr_width])
 
         # The pipeline registers of the stages before the accumulators (valid and last of
-        # each): 5 + log2(V) of them, or 5 without the deep pipeline.
+        # each): pipeline_depth(cfg) of them.
         depth = pipeline_depth(cfg)
         valid = [accept] + [Signal(name=f"s{k}_valid") for k in range(1, depth + 1)]
         last = [accept & group.last] + [Signal(name=f"s{k}_last") for k in range(1, depth + 1)]
         for k in range(1, depth + 1):
             m.d.sync += [valid[k].eq(valid[k - 1]), last[k].eq(last[k - 1])]
+        # MAX ignores padding lanes: each lane's nonzero flag goes down the pipeline to its
+        # accumulator (with e = 1, lane j's product reaches accumulator j unsummed).
+        kept = [Cat(lane_nonzero(cfg, value) for value in s0_value)]
+        for k in range(address_stages(cfg), depth):
+            kept.append(Signal(lanes, name=f"s{k + 1}_kept"))
+            m.d.sync += kept[-1].eq(kept[-2])
 
         # Stages 1 and 2: the bank read, then the scratchpad's output register -----------
         s1_hits = [Signal(lanes, name=f"s1_hits{i}") for i in range(lanes)]
@@ -157,7 +186,7 @@ class GatherEngine(CoreComponent):
         # (Without the deep pipeline the scratchpad has no output register: no stage 2.)
         stage2 = m.d.sync if cfg.deep_pipeline else m.d.comb
         for i in range(lanes):
-            m.d.sync += [s1_value[i].eq(group.lanes[i].value), s1_hits[i].eq(hits[i])]
+            m.d.sync += [s1_value[i].eq(s0_value[i]), s1_hits[i].eq(s0_hits[i])]
             stage2 += [s2_value[i].eq(s1_value[i]), s2_hits[i].eq(s1_hits[i])]
 
         # Stages 3 to 5: bank -> lane crossbar, then the lanes -------------------------------
@@ -200,7 +229,7 @@ class GatherEngine(CoreComponent):
         top = lanes.bit_length() - 1
         level = s5_product
         for k in range(1, top + 1):
-            summing = self.control.seg_log2 >= k
+            summing = (self.control.seg_log2 >= k) & ~is_max     # MAX: every lane alone
             if cfg.deep_pipeline or k == top:
                 step = [Signal(signed(acc_width), name=f"tree{k}_{j}") for j in range(lanes)]
                 domain = m.d.sync
@@ -218,16 +247,22 @@ class GatherEngine(CoreComponent):
         segment_sums = level
         acc_stage = depth
 
-        # Stage 6 + log2(V): accumulators --------------------------------------------------------------
+        # The accumulators: sums (SUM), or the largest kept product (MAX) -------------------
         accumulators = [Signal(signed(acc_width), name=f"acc{j}") for j in range(lanes)]
         updated = [Signal(signed(acc_width), name=f"updated{j}") for j in range(lanes)]
-        m.d.comb += [updated[j].eq((accumulators[j] + segment_sums[j])[:acc_width])
-                     for j in range(lanes)]
+        kept = kept[-1]
+        for j in range(lanes):
+            larger = kept[j] & (segment_sums[j] > accumulators[j])
+            m.d.comb += updated[j].eq(Mux(
+                is_max, Mux(larger, segment_sums[j], accumulators[j]),
+                (accumulators[j] + segment_sums[j])[:acc_width]))
+        lowest = Const(-(1 << (acc_width - 1)), signed(acc_width))
+        start = Mux(is_max, lowest, 0)
         with m.If(self.clear):
-            m.d.sync += [accumulator.eq(0) for accumulator in accumulators]
+            m.d.sync += [accumulator.eq(start) for accumulator in accumulators]
         with m.If(valid[acc_stage]):
             with m.If(last[acc_stage]):
-                m.d.sync += [accumulator.eq(0) for accumulator in accumulators]
+                m.d.sync += [accumulator.eq(start) for accumulator in accumulators]
             with m.Else():
                 m.d.sync += [accumulators[j].eq(updated[j]) for j in range(lanes)]
         # A row group's sum vector goes straight from the adders into the consumer's queue

@@ -16,9 +16,11 @@ from .config import ENCODINGS, CoreConfig
 
 __all__ = [
     "pow2_code_layout", "lane_layout", "group_layout", "row_layout", "layer_layout",
-    "LayerKind", "LayerControl", "Memory", "FrameType", "ErrorCode", "FRAME_SYNC", "FRAME_HEADER_BYTES",
+    "LayerKind", "LayerOp", "layer_control_layout", "group_stream_layout",
+    "row_stream_layout", "Memory", "FrameType", "ErrorCode", "FRAME_SYNC", "FRAME_HEADER_BYTES",
     "FRAME_CRC_BYTES", "HELLO_MAGIC", "PROTOCOL_VERSION", "word_bytes", "memory_layout",
     "memory_depth", "HELLO_FORMAT", "hello_payload", "HELLO_FEATURE_BASIS", "HELLO_FEATURE_DEEP_PIPELINE",
+    "HELLO_FEATURE_LOOP_NEST",
     "COUNTER_NAMES",
 ]
 
@@ -46,83 +48,136 @@ def lane_layout(cfg: CoreConfig):
 def group_layout(cfg: CoreConfig):
     """A weight-memory word: V lanes processed in one cycle; ``last`` ends a row group.
 
-    Lane ``i`` multiplies element ``col = bank_addr[b] * V + b`` of the source buffer, with
-    ``b = lanes[i].bank``. The packer stores each bank's address (the gather's V indirect
-    accesses) rather than each lane's column: the words go from the weight memory to the
-    banks with no crossbar on the address side, and because a group's nonzero lanes read
-    distinct banks (the GS patterns are conflict-free) nothing is lost. A bank no lane reads
-    has address 0.
+    Lane ``i`` multiplies the element in bank ``b = lanes[i].bank`` at bank address
+    ``in_base + offset[b]`` (wrapping at ``bank_depth``), where ``in_base`` is the output
+    pixel's input base (:func:`layer_layout`): the layer's groups are replayed for every
+    output pixel. The packer stores each bank's offset (the gather's V indirect accesses)
+    rather than each lane's column: the words go from the weight memory to the banks with no
+    crossbar on the address side, and because a group's nonzero lanes read distinct banks
+    (the GS patterns are conflict-free) nothing is lost. A bank no lane reads has offset 0.
     """
     return data.StructLayout({
-        "lanes":     data.ArrayLayout(lane_layout(cfg), cfg.lanes),
-        "bank_addr": data.ArrayLayout(unsigned(cfg.col_width - cfg.bank_bits), cfg.lanes),
-        "last":      unsigned(1),
+        "lanes":  data.ArrayLayout(lane_layout(cfg), cfg.lanes),
+        "offset": data.ArrayLayout(unsigned(cfg.act_addr_width), cfg.lanes),
+        "last":   unsigned(1),
     })
 
 
 def row_layout(cfg: CoreConfig):
     """A row-memory word: where one finished output goes, and its bias.
 
-    Each row group consumes V/e row records in segment order; ``valid = 0`` marks a padding
-    segment of a partial row group, whose result is dropped (but still takes a writer cycle).
+    Each row group consumes V/e row records in segment order, for every output pixel;
+    ``out_elem`` is the output's element within the pixel: bank ``out_elem % V`` at bank
+    address ``out_base + out_elem // V``. ``valid = 0`` marks a padding segment of a
+    partial row group, whose result is dropped (but still takes a writer cycle).
     """
     return data.StructLayout({
-        "out_addr": unsigned(cfg.col_width),
+        "out_elem": unsigned(cfg.col_width),
         "bias":     signed(cfg.acc_width),
         "valid":    unsigned(1),
     })
 
 
+def group_stream_layout(cfg: CoreConfig):
+    """What the sequencer streams to the gather engine: a group word and the input base of
+    the output pixel it is replayed for."""
+    return data.StructLayout({
+        "word": group_layout(cfg),
+        "base": unsigned(cfg.act_addr_width),
+    })
+
+
+def row_stream_layout(cfg: CoreConfig):
+    """What the sequencer streams to the result writer: a row record and the output base of
+    the pixel it is replayed for."""
+    return data.StructLayout({
+        "row":  row_layout(cfg),
+        "base": unsigned(cfg.act_addr_width),
+    })
+
+
 class LayerKind(enum.Enum, shape=unsigned(2)):
-    GS    = 0   # sparse matrix on the gather/scatter engine (every pattern family)
+    GS    = 0   # a loop nest over output pixels on the gather engine (every pattern family)
     BASIS = 1   # SmartDeal basis transform z = B·x per 3-element chunk
+    CLEAR = 2   # zero ``group_count`` bank words from ``dst_base``, in every bank
+
+
+class LayerOp(enum.Enum, shape=unsigned(1)):
+    SUM = 0     # accumulate the segments' sums
+    MAX = 1     # keep the largest nonzero lane's product (e = 1): max pooling
 
 
 def layer_layout(cfg: CoreConfig = None):
-    """A layer-table word. For ``BASIS`` layers ``group_count`` is the number of chunks.
+    """A layer-table word (docs/architecture.md, "The loop nest").
+
+    A GS layer runs its ``group_count`` groups from ``group_base`` and ``row_count`` row
+    records from ``row_base`` once per output pixel (oy, ox), ``0 <= oy <= last_row``,
+    ``0 <= ox <= last_col``, in raster order, with::
+
+        in_base  = src_base + oy * in_row_step  + ox * in_pixel_step
+        out_base = dst_base + oy * out_row_step + ox * out_pixel_step
+
+    (bank addresses, wrapping at ``bank_depth``). A BASIS layer transforms ``group_count``
+    chunks from element ``src_base * V`` to element ``dst_base * V``. A CLEAR layer zeroes
+    ``group_count`` bank words from ``dst_base`` in every bank.
 
     The 3x3 basis is part of the word only on a core with a basis unit (``cfg.basis``):
-    without it the table is 72 bits narrower, which saves five block RAMs on an iCE40.
+    without it the table is 72 bits narrower, which saves block RAMs on an iCE40.
     """
+    cfg = cfg or CoreConfig()
+    addr = unsigned(cfg.act_addr_width)
     fields = {
-        "kind":        LayerKind,
-        "src":         unsigned(1),     # activation buffer read
-        "dst":         unsigned(1),     # activation buffer written
-        "relu":        unsigned(1),
-        "seg_log2":    unsigned(3),     # e = 1 << seg_log2 weights per row per group
-        "shift":       unsigned(5),     # requantisation right shift
-        "group_base":  unsigned(16),
-        "group_count": unsigned(16),
-        "row_base":    unsigned(16),
+        "kind":           LayerKind,
+        "op":             LayerOp,
+        "relu":           unsigned(1),
+        "seg_log2":       unsigned(3),     # e = 1 << seg_log2 weights per row per group
+        "shift":          unsigned(5),     # requantisation right shift
+        "group_base":     unsigned(16),
+        "group_count":    unsigned(16),
+        "row_base":       unsigned(16),
+        "row_count":      unsigned(16),
+        "src_base":       addr,
+        "dst_base":       addr,
+        "last_col":       unsigned(8),     # Wo - 1
+        "last_row":       unsigned(8),     # Ho - 1
+        "in_pixel_step":  addr,
+        "in_row_step":    addr,
+        "out_pixel_step": addr,
+        "out_row_step":   addr,
     }
-    if (cfg or CoreConfig()).basis:
+    if cfg.basis:
         fields["basis"] = data.ArrayLayout(signed(8), 9)    # B row-major, BASIS layers only
     return data.StructLayout(fields)
 
 
-class LayerControl(data.Struct):
+def layer_control_layout(cfg: CoreConfig):
     """The settings of the layer being run, from its descriptor (:func:`layer_layout`, whose
     fields of the same names they are): the sequencer holds them for the gather engine, the
     result writer and the basis unit, stable for the whole layer.
 
     Members
     -------
-    src : unsigned(1)
-        Activation buffer read.
-    dst : unsigned(1)
-        Activation buffer written.
+    op : LayerOp
+        SUM or MAX (GS layers).
     relu : unsigned(1)
         Clamp the requantised results at 0.
     seg_log2 : unsigned(3)
         log2 of the segment length e (GS layers).
     shift : unsigned(5)
         Requantisation right shift.
+    src_base, dst_base : unsigned(act_addr_width)
+        The layer's source and destination bank addresses (BASIS and CLEAR layers; a GS
+        layer's bases travel with its streams, one per output pixel).
     """
-    src:      unsigned(1)
-    dst:      unsigned(1)
-    relu:     unsigned(1)
-    seg_log2: unsigned(3)
-    shift:    unsigned(5)
+    addr = unsigned(cfg.act_addr_width)
+    return data.StructLayout({
+        "op":       LayerOp,
+        "relu":     unsigned(1),
+        "seg_log2": unsigned(3),
+        "shift":    unsigned(5),
+        "src_base": addr,
+        "dst_base": addr,
+    })
 
 
 class Memory(py_enum.IntEnum):
@@ -130,7 +185,7 @@ class Memory(py_enum.IntEnum):
     LAYERS  = 0
     WEIGHTS = 1
     ROWS    = 2
-    ACTS    = 3   # one byte per element; address = buffer * buffer_size + element
+    ACTS    = 3   # one byte per element; element a is in bank a % V at bank address a // V
     COUNTERS = 4  # read-only: cycles, busy lane-cycles, stall cycles, groups (u32 each)
 
 
@@ -155,7 +210,7 @@ def memory_depth(cfg: CoreConfig, mem: Memory):
         Memory.LAYERS:   cfg.layer_depth,
         Memory.WEIGHTS:  cfg.weight_depth,
         Memory.ROWS:     cfg.row_depth,
-        Memory.ACTS:     2 * cfg.buffer_size,
+        Memory.ACTS:     cfg.act_size,
         Memory.COUNTERS: 4,
     }[Memory(mem)]
 
@@ -169,7 +224,7 @@ FRAME_SYNC = 0xA5
 FRAME_HEADER_BYTES = 5      # sync, type, seq, length
 FRAME_CRC_BYTES = 4
 HELLO_MAGIC = b"GSAC"
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 
 class FrameType(py_enum.IntEnum):
@@ -203,6 +258,9 @@ HELLO_FEATURE_BASIS = 0x01
 #: HELLO feature bit: the core has the deep pipeline (``CoreConfig.deep_pipeline``), which
 #: lengthens the engine's and the basis unit's pipelines.
 HELLO_FEATURE_DEEP_PIPELINE = 0x02
+#: HELLO feature bit: the core runs layers as loop nests over output pixels (HWC tensors at
+#: bank addresses, tap offsets in the group words, SUM|MAX, CLEAR layers; protocol v4).
+HELLO_FEATURE_LOOP_NEST = 0x04
 
 
 def hello_payload(cfg):
@@ -212,7 +270,8 @@ def hello_payload(cfg):
                        ENCODINGS.index(cfg.encoding), cfg.acc_width, cfg.weight_depth,
                        cfg.row_depth, cfg.layer_depth, cfg.result_queue, cfg.max_payload,
                        (HELLO_FEATURE_BASIS if cfg.basis else 0) |
-                       (HELLO_FEATURE_DEEP_PIPELINE if cfg.deep_pipeline else 0))
+                       (HELLO_FEATURE_DEEP_PIPELINE if cfg.deep_pipeline else 0) |
+                       HELLO_FEATURE_LOOP_NEST)
 
 #: The four u32 counters, in the order RUN replies with them and COUNTERS reads them.
 COUNTER_NAMES = ("cycles", "busy_lane_cycles", "stall_cycles", "groups")

@@ -13,14 +13,14 @@ __all__ = ["BankedScratchpad", "BankPort", "ElementPort", "bank_addr_width",
 
 
 def bank_addr_width(cfg):
-    """Bits of a bank address: both buffers, ``log2(2 * bank_depth)``."""
-    return (2 * cfg.bank_depth - 1).bit_length()
+    """Bits of a bank address: ``log2(bank_depth)`` (``cfg.act_addr_width``)."""
+    return cfg.act_addr_width
 
 
 def element_addr_width(cfg):
-    """Bits of an element address ``buffer * buffer_size + element`` (both buffers):
-    ``log2(2 * buffer_size)``, the bank in the low bits."""
-    return (2 * cfg.buffer_size - 1).bit_length()
+    """Bits of an element address (element ``a`` is in bank ``a % V`` at bank address
+    ``a // V``): ``log2(V * bank_depth)``, the bank in the low bits."""
+    return cfg.col_width
 
 
 def _check_addr_width(addr_width):
@@ -105,7 +105,7 @@ class ElementPort(wiring.Signature):
     Members
     -------
     addr : Out(addr_width)
-        Element address ``buffer * buffer_size + element``.
+        Element address: bank ``addr % V``, bank address ``addr // V``.
     wr_en, wr_data : Out(1), Out(signed(8))
         Write the element at ``addr``.
     rd_data : In(signed(8))
@@ -146,10 +146,11 @@ def read_latency(cfg):
 
 
 class BankedScratchpad(CoreComponent):
-    """V banks of ``2 * bank_depth`` int8 words, one per lane.
+    """V banks of ``bank_depth`` int8 words, one per lane.
 
-    Element ``c`` of buffer ``b`` lives in bank ``c % V`` at bank address
-    ``b * bank_depth + c // V`` (docs/architecture.md). Every bank has one read port, whose
+    Element ``a`` of the scratchpad lives in bank ``a % V`` at bank address ``a // V``; a
+    tensor's element (h, w, c) is in bank ``c % V`` (docs/architecture.md, "Tensors"). Every
+    bank has one read port, whose
     data is registered once more after the RAM with ``cfg.deep_pipeline`` (data two cycles
     after the address; else one), and one write port (registered too with the deep pipeline:
     the word is written a cycle later); a read and a write of the same address in one cycle
@@ -178,7 +179,7 @@ class BankedScratchpad(CoreComponent):
             # where Yosys would pick LUT RAM (ECP5 at small depths): LUT RAM reads
             # asynchronously, which puts the bank read on the engine's address path.
             m.submodules[f"bank{bank}"] = ram = SimpleDualPortMemory(
-                width=8, depth=2 * self._cfg.bank_depth, block_ram=True)
+                width=8, depth=self._cfg.bank_depth, block_ram=True)
             # The RAM's output goes straight into a register: an ECP5 block RAM's
             # clock-to-output (5.8 ns at speed grade 6) leaves no room for logic after it.
             data = Signal(signed(8), name=f"rd_data{bank}")

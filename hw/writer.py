@@ -8,7 +8,7 @@ from amaranth.lib.wiring import In, Out
 
 from .component import CoreComponent
 from .engine import sums_layout
-from .layouts import LayerControl, row_layout
+from .layouts import layer_control_layout, row_stream_layout
 from .scratchpad import BankPort, bank_addr_width
 
 __all__ = ["Requantizer", "ResultWriter", "WRITE_LATENCY"]
@@ -129,9 +129,10 @@ class ResultWriter(CoreComponent):
     Sum vectors enter a :class:`~amaranth.lib.fifo.SyncFIFO` of ``result_queue // V``
     vectors. The writer takes slot ``j`` (``j < V/e``) of the head vector with the next row
     record in one cycle (a *slot cycle*), when both are available: in slot cycle ``s`` it
-    registers the slot's sum and the bias, in ``s+1`` adds them (wrapping), in ``s+2``
-    rounds, in ``s+3`` shifts, in ``s+4`` saturates, and in ``s+5`` drives the scratchpad
-    write of element ``out_addr`` of buffer ``dst`` (if the record is ``valid``).
+    registers the slot's sum, the bias and the write's bank and address (bank
+    ``out_elem % V`` at ``base + out_elem // V``, wrapping), in ``s+1`` adds the sum and the
+    bias (wrapping), in ``s+2`` rounds, in ``s+3`` shifts, in ``s+4`` saturates, and in
+    ``s+5`` drives the scratchpad write (if the record is ``valid``).
     In the last slot cycle of a vector it pops the queue and pulses ``credit``.
 
     ``control`` must be stable during a layer.
@@ -144,11 +145,11 @@ class ResultWriter(CoreComponent):
     Members
     -------
     i_sums : In(stream.Signature(sums_layout(cfg)))
-    i_row : In(stream.Signature(row_layout(cfg)))
-        One record per slot, in order.
-    control : In(LayerControl)
+    i_row : In(stream.Signature(row_stream_layout(cfg)))
+        One record per slot, in order, with its pixel's output base.
+    control : In(layer_control_layout(cfg))
         The layer's settings; the writer uses ``seg_log2`` (log2 of e: a vector has V/e
-        slots, one for values above ``log2(V)``), ``shift``, ``relu`` and ``dst``.
+        slots, one for values above ``log2(V)``), ``shift`` and ``relu``.
     banks : Out(BankPort(addr_width=BA, read=False)).array(V)
         The scratchpad's write ports.
     credit : Out(1)
@@ -161,8 +162,8 @@ class ResultWriter(CoreComponent):
         lanes, addr_width = cfg.lanes, bank_addr_width(cfg)
         return {
             "i_sums":   In(stream.Signature(sums_layout(cfg))),
-            "i_row":    In(stream.Signature(row_layout(cfg))),
-            "control":  In(LayerControl),
+            "i_row":    In(stream.Signature(row_stream_layout(cfg))),
+            "control":  In(layer_control_layout(cfg)),
             "banks":    Out(BankPort(addr_width=addr_width, read=False)).array(lanes),
             "credit":   Out(1),
             "idle":     Out(1),
@@ -204,11 +205,12 @@ class ResultWriter(CoreComponent):
             self.i_row.ready.eq(queue.r_rdy),
             take.eq(queue.r_rdy & self.i_row.valid),
         ]
-        row = self.i_row.payload
+        row, base = self.i_row.payload.row, self.i_row.payload.base
         # Stage 1 registers the slot's sum and the row's bias (the queue is LUT RAM with an
         # asynchronous read, the row record comes from a register), stage 2 adds them.
         s1_go, s1_write = Signal(), Signal()
         s1_sum, s1_bias = Signal(signed(acc_width)), Signal.like(row.bias)
+        # The write's element: its bank in the low bits, its bank address above them.
         s1_addr = Signal(cfg.col_width)
         m.d.sync += s1_go.eq(take)
         with m.If(take):
@@ -216,7 +218,8 @@ class ResultWriter(CoreComponent):
                 s1_sum.eq(head[slot]),
                 s1_bias.eq(row.bias),
                 s1_write.eq(row.valid),
-                s1_addr.eq(row.out_addr),
+                s1_addr.eq(Cat(row.out_elem[:bank_bits],
+                               (base + row.out_elem[bank_bits:])[:cfg.act_addr_width])),
             ]
             with m.If(slot == last_slot):
                 m.d.sync += slot.eq(0)
@@ -256,7 +259,7 @@ class ResultWriter(CoreComponent):
         for bank, port in enumerate(self.banks):
             m.d.comb += [
                 port.wr_en.eq(write[-1] & (addr[-1][:bank_bits] == bank)),
-                port.wr_addr.eq(Cat(addr[-1][bank_bits:], self.control.dst)),
+                port.wr_addr.eq(addr[-1][bank_bits:]),
                 port.wr_data.eq(data),
             ]
         m.d.comb += self.idle.eq(~queue.r_rdy & ~Cat(s1_go, *go).any())

@@ -7,13 +7,14 @@ hardware executes, with the arithmetic of :mod:`.numerics` and the cycles of :mo
 import numpy as np
 
 from ...hw.config import CoreConfig
-from ...hw.layouts import (COUNTER_NAMES, ErrorCode, LayerKind, Memory, group_layout,
+from ...hw.layouts import (COUNTER_NAMES, ErrorCode, LayerKind, LayerOp, Memory, group_layout,
                            layer_layout, memory_depth, memory_layout, row_layout)
 from ...hw.sequencer import MIN_BASIS_CYCLES
-from ..errors import DeviceError, ShapeError
+from ..errors import DeviceError
 from ..format import pow2_decode
 from ..format.words import unpack_word
-from .cycles import LAYER_OVERHEAD, RUN_OVERHEAD, basis_layer_cycles, gs_layer_cycles
+from .cycles import (LAYER_OVERHEAD, RUN_OVERHEAD, basis_layer_cycles, clear_layer_cycles,
+                     gs_layer_cycles)
 from .numerics import basis_layer, lane_products, requantize, wrap
 
 __all__ = ["GoldenCore"]
@@ -70,26 +71,30 @@ class GoldenCore:
             self.write(mem, 0, words)
 
     def _layer_groups(self, base, count):
+        """(values, banks, offsets, last) of ``count`` group words from ``base``."""
         key = (base, count)
         if key not in self._decoded:
             cfg, lanes = self.cfg, self.cfg.lanes
-            words = self._mems[Memory.WEIGHTS][base:base + count]
+            words = [self._mems[Memory.WEIGHTS][(base + g) % cfg.weight_depth]
+                     for g in range(count)]
             layout = group_layout(cfg)
             codes = np.zeros((count, lanes), dtype=np.int64)
-            cols = np.zeros((count, lanes), dtype=np.int64)
+            banks = np.zeros((count, lanes), dtype=np.int64)
+            offsets = np.zeros((count, lanes), dtype=np.int64)
             last = np.zeros(count, dtype=bool)
             for g, word in enumerate(words):
                 fields = unpack_word(layout, word)
                 for lane, lane_fields in enumerate(fields["lanes"]):
                     bank = lane_fields["bank"]
                     codes[g, lane] = lane_fields["value"]
-                    cols[g, lane] = fields["bank_addr"][bank] * lanes + bank
+                    banks[g, lane] = bank
+                    offsets[g, lane] = fields["offset"][bank]
                 last[g] = fields["last"]
             if cfg.encoding == "pow2":
                 values = pow2_decode(codes)
             else:
                 values = (codes ^ 0x80) - 0x80
-            self._decoded[key] = values, cols, last
+            self._decoded[key] = values, banks, offsets, last
         return self._decoded[key]
 
     def run(self, first, count):
@@ -103,66 +108,108 @@ class GoldenCore:
         acts = self._mems[Memory.ACTS]
         for index in range(first, first + count):
             desc = unpack_word(layer_layout(cfg), self._mems[Memory.LAYERS][index])
-            src = acts[desc["src"] * cfg.buffer_size:][:cfg.buffer_size].astype(np.int64)
-            dst_base = desc["dst"] * cfg.buffer_size
-            if desc["kind"] == LayerKind.BASIS.value and not cfg.basis:
+            kind = desc["kind"]
+            if kind == LayerKind.CLEAR.value:
+                words = (desc["dst_base"] + np.arange(desc["group_count"])) % cfg.bank_depth
+                acts[(words[:, None] * cfg.lanes + np.arange(cfg.lanes)).ravel()] = 0
+                counters["cycles"] += clear_layer_cycles(desc["group_count"])
+            elif kind == LayerKind.BASIS.value and not cfg.basis:
                 # No basis unit: the sequencer's BASIS_START and BASIS states pass at once
                 # and nothing is written.
                 counters["cycles"] += LAYER_OVERHEAD + MIN_BASIS_CYCLES
-                continue
-            if desc["kind"] == LayerKind.BASIS.value:
-                n = desc["group_count"]
-                if 3 * n > cfg.buffer_size:
-                    n = cfg.buffer_size // 3
-                z = basis_layer(np.reshape(desc["basis"], (3, 3)), src, n, desc["shift"],
+            elif kind == LayerKind.BASIS.value:
+                n = min(desc["group_count"], cfg.act_size // 3)
+                src = desc["src_base"] * cfg.lanes + np.arange(3 * n)
+                z = basis_layer(np.reshape(desc["basis"], (3, 3)),
+                                acts[src % cfg.act_size].astype(np.int64), n, desc["shift"],
                                 desc["relu"], cfg.acc_width)
-                writes = np.arange(3 * n), z
+                acts[(desc["dst_base"] * cfg.lanes + np.arange(3 * n)) % cfg.act_size] = z
                 counters["cycles"] += basis_layer_cycles(n, cfg)
-            else:
-                writes, layer_counters = self._run_gs(desc, src)
-                for name, value in layer_counters.items():
+            elif kind == LayerKind.GS.value:
+                for name, value in self._run_gs(desc, acts).items():
                     counters[name] += value
-            # src == dst is a descriptor build_image refuses: the RTL then writes while it
-            # reads; here every read sees the layer's input, which matches it only where no
-            # write overtakes a read.
-            addrs, values = writes
-            acts[dst_base + addrs] = values
+            else:
+                # A kind the sequencer does not know runs as nothing but its preamble and a
+                # minimal GS state (no group, no row).
+                counters["cycles"] += gs_layer_cycles([], 1, cfg)[0]
         self.counters = {name: int(value) & 0xFFFFFFFF for name, value in counters.items()}
         return dict(self.counters)
 
-    def _run_gs(self, desc, src):
-        cfg = self.cfg
-        values, cols, last = self._layer_groups(desc["group_base"], desc["group_count"])
+    def _run_gs(self, desc, acts):
+        """A GS layer, a loop nest over its output pixels, as the RTL runs it: the group
+        words replayed for every pixel form one stream through the engine (accumulators
+        clear only at a ``last`` group), and the writer pairs the k-th sum slot with the
+        k-th record of the row stream, which replays ``row_count`` records per pixel."""
+        cfg, lanes, depth = self.cfg, self.cfg.lanes, self.cfg.bank_depth
+        values, banks, offsets, last = self._layer_groups(desc["group_base"],
+                                                          desc["group_count"])
         e = 1 << desc["seg_log2"]
-        segments = cfg.lanes // e if e <= cfg.lanes else 1
-        e = cfg.lanes // segments
-        # Groups after the final `last` accumulate but never emit: they cost issue cycles only.
-        n_emit = int(last.sum())
-        ends = np.flatnonzero(last)
-        rg_groups = np.diff(np.concatenate([[-1], ends]))
-        products = lane_products(values, src[cols])
-        per_segment = products.reshape(len(values), segments, e).sum(axis=2)
-        rowgroup = np.searchsorted(ends, np.arange(len(values)))
-        sums = np.zeros((n_emit + 1, segments), dtype=np.int64)
-        np.add.at(sums, rowgroup, per_segment)
-        sums = sums[:n_emit].ravel()
-        row_words = self._mems[Memory.ROWS][desc["row_base"]:desc["row_base"] + sums.size]
-        row_words += [0] * (sums.size - len(row_words))
+        segments = lanes // e if e <= lanes else 1
+        e = lanes // segments
+        width = desc["last_col"] + 1
+        pixels = (desc["last_row"] + 1) * width
+        n_groups = len(values)
+        in_bases = _pixel_bases(desc["src_base"], desc["in_pixel_step"], desc["in_row_step"],
+                                np.arange(pixels), width, depth)
+        # Row group of each group of the stream: the `last` groups before it.
+        per_pixel = int(last.sum())
+        before = np.concatenate([[0], np.cumsum(last)[:-1]]) if n_groups else np.zeros(0, int)
+        n_emit = pixels * per_pixel
+        is_max = desc["op"] == LayerOp.MAX.value
+        lowest = -(1 << (cfg.acc_width - 1))
+        # MAX: every lane is its own segment in the engine (seg_log2 only sets how many
+        # slots the writer takes); the largest product of a lane's nonzero weights.
+        sums = np.full((n_emit + 1, lanes if is_max else segments), lowest if is_max else 0,
+                       dtype=np.int64)
+        kept = values != 0
+        # Pixels at a time, so that the (pixels, groups, V) products stay small.
+        chunk = max(1, (1 << 21) // max(1, n_groups * lanes))
+        for start in range(0, pixels, chunk):
+            p = np.arange(start, min(start + chunk, pixels))
+            address = (in_bases[p][:, None, None] + offsets[None]) % depth
+            x = acts[(address * lanes + banks[None]).reshape(len(p), -1)].reshape(address.shape)
+            products = lane_products(values[None], x)
+            rowgroup = (p[:, None] * per_pixel + before[None]).ravel()
+            if is_max:
+                per_lane = np.where(kept[None], products, lowest).reshape(-1, lanes)
+                np.maximum.at(sums, rowgroup, per_lane)
+            else:
+                per_segment = products.reshape(len(p) * n_groups, segments, e).sum(axis=2)
+                np.add.at(sums, rowgroup, per_segment)
+        sums = wrap(sums[:n_emit, :segments].ravel(), cfg.acc_width)
+        # Slot k takes record k % rows of pixel k // rows of the row stream.
+        rows_per_pixel = max(1, desc["row_count"])
+        k = np.arange(sums.size)
+        record, pixel = k % rows_per_pixel, k // rows_per_pixel
+        row_words = [self._mems[Memory.ROWS][(desc["row_base"] + r) % cfg.row_depth]
+                     for r in range(min(rows_per_pixel, sums.size))]
         rows = [unpack_word(row_layout(cfg), w) for w in row_words]
-        bias = np.array([r["bias"] for r in rows], dtype=np.int64)
-        valid = np.array([r["valid"] for r in rows], dtype=bool)
-        addrs = np.array([r["out_addr"] for r in rows], dtype=np.int64)
-        y = requantize(wrap(sums, cfg.acc_width) + bias, desc["shift"], desc["relu"],
+        bias = np.array([r["bias"] for r in rows], dtype=np.int64)[record]
+        valid = np.array([r["valid"] for r in rows], dtype=bool)[record]
+        elem = np.array([r["out_elem"] for r in rows], dtype=np.int64)[record]
+        out_bases = _pixel_bases(desc["dst_base"], desc["out_pixel_step"],
+                                 desc["out_row_step"], pixel, width, depth)
+        address = ((out_bases + elem // lanes) % depth) * lanes + elem % lanes
+        y = requantize(wrap(sums + bias, cfg.acc_width), desc["shift"], desc["relu"],
                        cfg.acc_width)
-        addrs, y = addrs[valid], y[valid]
-        # Later writes to one address win, as in the hardware's write order.
-        _, keep = np.unique(addrs[::-1], return_index=True)
-        keep = len(addrs) - 1 - keep
-        tail = len(values) - (ends[-1] + 1 if n_emit else 0)
-        cycles, stalls = gs_layer_cycles(rg_groups, segments, cfg, trailing_groups=tail)
-        counters = {"cycles": int(cycles), "stall_cycles": stalls, "groups": len(values),
-                    "busy_lane_cycles": int(np.count_nonzero(values))}
-        return (addrs[keep], y[keep]), counters
+        # Writes land in slot order: a later write to an element wins. Every read of the
+        # layer sees the layer's input (the compiler never lets a layer's output overlap its
+        # input; the RTL would read a word it has already written).
+        acts[address[valid]] = y[valid]
+        tail = n_groups - (np.flatnonzero(last)[-1] + 1) if per_pixel else n_groups
+        stream = np.diff(np.concatenate([[-1], np.flatnonzero(np.tile(last, pixels))]))
+        cycles, stalls = gs_layer_cycles(stream, segments, cfg,
+                                         trailing_groups=tail if per_pixel else
+                                         n_groups * pixels)
+        return {"cycles": int(cycles), "stall_cycles": stalls, "groups": n_groups * pixels,
+                "busy_lane_cycles": int(np.count_nonzero(values)) * pixels}
+
+
+def _pixel_bases(base, pixel_step, row_step, pixel, width, depth):
+    """The stream's base for pixel index ``pixel`` (raster order, ``width`` pixels a row),
+    wrapping at ``depth`` as the sequencer's adders do."""
+    pixel = np.asarray(pixel, dtype=np.int64)
+    return (base + (pixel // width) * row_step + (pixel % width) * pixel_step) % depth
 
 
 def _device_error(code, detail):

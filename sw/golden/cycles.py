@@ -14,7 +14,7 @@ from ...hw.sequencer import LAYER_OVERHEAD, RUN_OVERHEAD
 from ...hw.writer import WRITE_LATENCY
 
 __all__ = ["engine_latency", "engine_drain", "gs_layer_cycles", "basis_latency",
-           "basis_layer_cycles", "layer_stats", "WRITE_LATENCY", "LAYER_OVERHEAD", "RUN_OVERHEAD"]
+           "basis_layer_cycles", "clear_layer_cycles", "loop_layer_cycles", "layer_stats", "WRITE_LATENCY", "LAYER_OVERHEAD", "RUN_OVERHEAD"]
 
 # Every latency is the gateware's own (each block computes it from the stages it builds).
 
@@ -65,6 +65,20 @@ def layer_stats(matrix, cfg=None):
     cfg = cfg or CoreConfig(lanes=matrix.lanes, encoding=matrix.encoding)
     cycles, stalls = gs_layer_cycles(matrix.rg_groups, matrix.segments, cfg)
     return {**matrix.stats(), "cycles": cycles, "stall_cycles": stalls}
+
+
+def clear_layer_cycles(words):
+    """A CLEAR layer: its preamble, then one cycle per word (at least one), the last of which
+    steps to the next layer."""
+    return LAYER_OVERHEAD - 1 + max(int(words), 1)
+
+
+def loop_layer_cycles(rg_groups, segments, pixels, cfg: CoreConfig):
+    """(cycles, stall cycles) of a GS layer whose row groups (``rg_groups`` groups each, the
+    last of each a ``last`` group) are replayed for ``pixels`` output pixels: the pixels'
+    groups are one stream through the engine."""
+    return gs_layer_cycles(np.tile(np.asarray(rg_groups, dtype=np.int64), pixels), segments,
+                           cfg)
 
 
 def basis_layer_cycles(n_chunks, cfg: CoreConfig):

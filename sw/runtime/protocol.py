@@ -33,7 +33,8 @@ from dataclasses import dataclass
 
 from ...hw.config import ENCODINGS, CoreConfig
 from ...hw.layouts import (COUNTER_NAMES, FRAME_CRC_BYTES, FRAME_HEADER_BYTES, FRAME_SYNC,
-                           HELLO_FEATURE_BASIS, HELLO_FEATURE_DEEP_PIPELINE, HELLO_FORMAT,
+                           HELLO_FEATURE_BASIS, HELLO_FEATURE_DEEP_PIPELINE,
+                           HELLO_FEATURE_LOOP_NEST, HELLO_FORMAT,
                            HELLO_MAGIC, PROTOCOL_VERSION, ErrorCode, FrameType, Memory,
                            hello_payload, memory_depth, memory_layout, word_bytes)
 from ..errors import FrameError
@@ -242,8 +243,11 @@ def parse_hello(payload):
      layer_depth, result_queue, max_payload, features) = _HELLO.unpack(payload)
     if magic != HELLO_MAGIC:
         raise FrameError(f"HELLO magic must be {HELLO_MAGIC!r}, not {magic!r}")
-    if version != PROTOCOL_VERSION:
-        raise FrameError(f"Protocol version must be {PROTOCOL_VERSION}, not {version}")
+    if version != PROTOCOL_VERSION or not features & HELLO_FEATURE_LOOP_NEST:
+        raise FrameError(f"Protocol version must be {PROTOCOL_VERSION} with loop nests, not "
+                         f"{version}{'' if features & HELLO_FEATURE_LOOP_NEST else ' without'}: "
+                         f"the device runs an older bitstream; rebuild and flash it "
+                         f"(gsaccel build, gsaccel flash)")
     if encoding >= len(ENCODINGS):
         raise FrameError(f"HELLO encoding must be below {len(ENCODINGS)}, not {encoding}")
     try:

@@ -8,7 +8,8 @@ kinds of matrices: odd shapes, negative values, ragged banks, partial and empty 
 
 import numpy as np
 
-__all__ = ["random_values", "random_pattern_matrix", "random_gs_matrix", "PATTERN_CASES"]
+__all__ = ["random_values", "random_pattern_matrix", "random_gs_matrix", "PATTERN_CASES",
+           "random_loop_program", "program_words"]
 
 #: (pattern, per_row) pairs worth covering for a lane count: every family and e.
 def PATTERN_CASES(lanes):
@@ -83,3 +84,129 @@ def random_gs_matrix(rng, pattern, rows, cols, lanes, per_row=1, encoding="pow2"
                                                encoding, density=density)
     return GSMatrix.from_dense(weights, pattern, lanes, per_row=per_row, encoding=encoding,
                                row_order=row_order)
+
+
+class _Planner:
+    """Bank addresses for a test program's tensors, one after another (nothing reused)."""
+
+    def __init__(self, lanes, start=1):
+        self.lanes, self.next = lanes, start
+
+    def tensor(self, height, width, channels, pad=0):
+        from ..sw.format.geometry import TensorGeometry
+        geometry = TensorGeometry(height, width, channels, self.lanes, pad, self.next)
+        self.next = geometry.end + 1            # a gap: a write past the end would show
+        return geometry
+
+
+def random_loop_program(rng, cfg, *, with_basis=None):
+    """A random device program of loop-nest layers that covers what the core runs: a
+    padded, dilated conv, a strided conv, max pooling, a depthwise conv, a residual addition
+    (two taps), a Linear over a flattened (H, W, C) tensor, a SmartDeal basis layer (on a core
+    with a basis unit) and the CLEAR layers of padded tensors; channel counts that are not
+    multiples of V, several patterns and segment sizes, negative weights and saturation.
+
+    Returns ``(layers, input_geometry, tensors)``, ``tensors`` every geometry by name. The
+    scratchpad must hold ``tensors``' last end (:func:`program_words`).
+    """
+    from ..sw.compile.layers import BasisLayer, ClearLayer, GSLayer, ResidualNest
+    from ..sw.compile.native import diagonal_matrix, to_gemm
+    from ..sw.errors import PatternError
+    from ..sw.format import GSMatrix
+    from ..sw.format.geometry import LoopNest
+
+    lanes, encoding = cfg.lanes, cfg.encoding
+    plan = _Planner(lanes)
+    layers = []
+
+    def conv(name, source, dest, c_out, kernel, *, stride=1, padding=0, dilation=1,
+             pattern="unstructured", per_row=1, density=0.5, relu=False):
+        nest = LoopNest(source, dest, (kernel, kernel), (stride, stride), (padding, padding),
+                        (dilation, dilation))
+        weight = np.zeros((c_out, source.channels, kernel, kernel), dtype=np.int64)
+        mask = rng.random(weight.shape) < density
+        weight[mask] = random_values(rng, int(mask.sum()), encoding, max_exp=4)
+        gemm, order = to_gemm(weight, 1, source.padded_channels), None
+        if pattern != "unstructured":
+            # A random matrix of the pattern over the GEMM view, padding channels zeroed.
+            gemm, order = random_pattern_matrix(rng, pattern, c_out, nest.columns, lanes,
+                                                per_row, encoding, density=density)
+            channel = np.arange(nest.columns) % source.padded_channels
+            gemm[:, channel >= source.channels] = 0
+        try:
+            matrix = GSMatrix.from_dense(gemm, pattern, lanes, per_row, encoding=encoding,
+                                         row_order=order)
+        except PatternError:
+            # Zeroing the padding channels can break the pattern's rule: pack it as is.
+            matrix = GSMatrix.from_dense(gemm, "unstructured", lanes, per_row,
+                                         encoding=encoding)
+        bias = rng.integers(-400, 400, c_out)
+        # A shift that keeps most outputs inside int8 (some saturate): sums of n products of
+        # int8 inputs (spread ~74) grow like sqrt(n).
+        kept = matrix.to_dense()
+        per_row = max(1.0, np.count_nonzero(kept) / max(1, c_out))
+        spread = np.sqrt(per_row) * np.abs(kept[kept != 0]).mean() * 74 if kept.any() else 1
+        shift = int(np.clip(round(np.log2(spread / 48)) + rng.integers(-1, 2), 0, 31))
+        layers.append(GSLayer(name, "Conv2d", matrix, bias, shift, relu, "sum", nest, (),
+                              name))
+        return nest
+
+    def clear(geometry, name):
+        layers.append(ClearLayer(f"clear {name}", name, geometry.base, geometry.words))
+
+    source = plan.tensor(6, 5, 5, pad=2)                       # the input, written by the host
+    tensors = {"input": source}
+    a = plan.tensor(6, 5, lanes + 3, pad=1)
+    clear(a, "dilated")
+    conv("dilated", source, a, a.channels, 3, padding=2, dilation=2, relu=True)
+    b = plan.tensor(3, 3, 6, pad=1)
+    clear(b, "strided")
+    conv("strided", a, b, b.channels, 3, stride=2, padding=1, pattern="gs-gather",
+         per_row=min(2, lanes), density=0.6)
+    # Max pooling: weight 1 on each tap of its own channel, MAX.
+    pooled = plan.tensor(2, 2, 6, pad=1)
+    clear(pooled, "pool")
+    layers.append(GSLayer("pool", "MaxPool2d", diagonal_matrix(
+        np.ones((6, 4), dtype=np.int64), b.padded_channels, lanes, encoding),
+        np.zeros(6, dtype=np.int64), 0, False, "max",
+        LoopNest(b, pooled, (2, 2), (1, 1), (0, 0)), (), "pool"))
+    # A depthwise 3x3 conv with padding, then a residual addition of its input and output.
+    depthwise = plan.tensor(2, 2, 6, pad=0)
+    taps = random_values(rng, (6, 9), encoding, max_exp=3)
+    layers.append(GSLayer("depthwise", "Conv2d", diagonal_matrix(taps, pooled.padded_channels,
+                                                                  lanes, encoding),
+                          rng.integers(-50, 50, 6), 2, True, "sum",
+                          LoopNest(pooled, depthwise, (3, 3), (1, 1), (1, 1)), (),
+                          "depthwise"))
+    shortcut = plan.tensor(2, 2, 6, pad=1)
+    clear(shortcut, "shortcut")
+    layers.append(GSLayer("shortcut", "Conv2d", diagonal_matrix(
+        np.ones((6, 1), dtype=np.int64), depthwise.padded_channels, lanes, encoding),
+        np.zeros(6, dtype=np.int64), 0, False, "sum",
+        LoopNest(depthwise, shortcut, (1, 1), padding=(0, 0)), (), "shortcut"))
+    added = plan.tensor(2, 2, 6)
+    weights = np.stack([random_values(rng, 6, encoding, max_exp=1),
+                        random_values(rng, 6, encoding, max_exp=1)], axis=1)
+    layers.append(GSLayer("add", "add", diagonal_matrix(weights, pooled.padded_channels, lanes,
+                                                        encoding),
+                          np.zeros(6, dtype=np.int64), 1, True, "sum",
+                          ResidualNest(pooled.at(0), added, operand_bases=(pooled.base,
+                                                                           shortcut.base)),
+                          (), "add"))
+    # A Linear over the flattened 2x2x6 tensor: a kernel over the whole input.
+    features = plan.tensor(1, 1, 9 if lanes >= 4 else 7)
+    conv("linear", added, features, features.channels, 2, pattern="unstructured",
+         density=0.7)
+    tensors.update(dilated=a, strided=b, pool=pooled, depthwise=depthwise,
+                   shortcut=shortcut, add=added, linear=features)
+    if (cfg.basis if with_basis is None else with_basis) and lanes >= 4:
+        z = plan.tensor(1, 1, 9)
+        layers.append(BasisLayer("basis", "SmartDeal B", rng.integers(-128, 128, (3, 3)), 3,
+                                 features, z, 3, False, (), "basis"))
+        tensors["basis"] = z
+    return layers, source, tensors
+
+
+def program_words(tensors):
+    """Bank words per bank a :func:`random_loop_program` needs."""
+    return max(geometry.end for geometry in tensors.values()) + 1

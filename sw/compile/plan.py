@@ -20,27 +20,26 @@ from dataclasses import dataclass, field
 
 from ..errors import CapacityError, ShapeError
 
-__all__ = ["WORDS_PER_BANK_DEPTH", "scratchpad_depth", "bank_depth_for", "Lifetime",
+__all__ = ["scratchpad_depth", "scratchpad_depth_of", "bank_depth_for", "Lifetime",
            "MemoryPlan", "plan_memory", "peak_live"]
 
 
-#: Scratchpad words per bank per unit of ``CoreConfig.bank_depth``. ``bank_depth`` is, today,
-#: the words per bank of *each* of two ping-pong buffers; the loop-nest core has one address
-#: space of both. This is the one place that says so.
-WORDS_PER_BANK_DEPTH = 2
+def scratchpad_depth_of(bank_depth):
+    """Bank words per bank the activation tensors may use on a core of ``bank_depth``: all
+    of them (the scratchpad is one address space of ``bank_depth`` words per bank)."""
+    return int(bank_depth)
 
 
 def scratchpad_depth(cfg):
     """Bank words per bank the activation tensors may use on ``cfg``'s core:
-    ``2 · cfg.bank_depth`` (:data:`WORDS_PER_BANK_DEPTH`)."""
-    return WORDS_PER_BANK_DEPTH * cfg.bank_depth
+    ``cfg.bank_depth``."""
+    return scratchpad_depth_of(cfg.bank_depth)
 
 
 def bank_depth_for(words):
     """The smallest ``CoreConfig.bank_depth`` (a power of two) whose scratchpad holds
     ``words`` words per bank."""
-    units = max(1, -(-int(words) // WORDS_PER_BANK_DEPTH))
-    return 1 << (units - 1).bit_length()
+    return 1 << (max(1, int(words)) - 1).bit_length()
 
 
 @dataclass(frozen=True)
@@ -95,6 +94,23 @@ class MemoryPlan:
     peak_tensors: tuple
     strategy: str = ""
     tried: dict = field(default_factory=dict)
+
+    @property
+    def fits(self):
+        """The layout lies inside ``depth`` words per bank."""
+        return self.top <= self.depth
+
+    def shortfall(self, capacity):
+        """What the layout needs against ``capacity`` (a phrase: "a capacity of 8 banks x
+        128 words"): the peak live set, and the fragmentation when the layout needs more
+        than the peak (for capacity messages)."""
+        words = {name: t.words for name, t in self.lifetimes.items()}
+        listing = ", ".join(f"{name} ({words[name]})" for name in
+                            sorted(self.peak_tensors, key=lambda n: -words[n]))
+        layout = "" if self.top == self.peak_words else \
+            f"; the best layout found needs {self.top} words (live tensors fragment the space)"
+        return (f"at step {self.peak_step} the live tensors need {self.peak_words} words per "
+                f"bank — {listing} — against {capacity}{layout}")
 
     def end(self, name):
         return self.bases[name] + self.lifetimes[name].words
@@ -164,18 +180,21 @@ _STRATEGIES = {
 }
 
 
-def plan_memory(lifetimes, depth, *, banks=None):
+def plan_memory(lifetimes, depth, *, banks=None, strict=True):
     """Place ``lifetimes`` (:class:`Lifetime`) into ``depth`` words per bank.
 
     Returns
     -------
     MemoryPlan
+        With ``strict=False`` also when no layout fits (``plan.fits`` is False and
+        ``plan.top`` exceeds ``depth``): the compiler then reports every limit at once.
 
     Raises
     ------
     CapacityError
-        If no layout fits: the message lists the peak live set (tensor names and words)
-        against the capacity, the words the best layout needs, and the remedy.
+        If no layout fits (and ``strict``): the message lists the peak live set (tensor
+        names and words) against the capacity, the words the best layout needs, and the
+        remedy.
     ShapeError
         If two lifetimes share a name.
     """
@@ -215,17 +234,11 @@ def plan_memory(lifetimes, depth, *, banks=None):
     plan = MemoryPlan(depth=depth, lifetimes={t.name: t for t in lifetimes}, bases=bases,
                       top=top, peak_words=peak, peak_step=step, peak_tensors=live,
                       strategy=strategy, tried=tried)
-    if top > depth:
-        words = {t.name: t.words for t in lifetimes}
-        listing = ", ".join(f"{name} ({words[name]})" for name in
-                            sorted(live, key=lambda n: -words[n]))
+    if strict and not plan.fits:
         shape = f"{banks} banks x {depth} words" if banks else f"{depth} words per bank"
-        layout = "" if top == peak else \
-            f"; the best layout found needs {top} words (live tensors fragment the space)"
         raise CapacityError(
-            f"Activations do not fit the scratchpad: at step {step} the live tensors need "
-            f"{peak} words per bank — {listing} — against a capacity of {shape}{layout}. "
-            f"Use a core with a bigger bank_depth (bank_depth={bank_depth_for(top)} gives "
-            f"{WORDS_PER_BANK_DEPTH * bank_depth_for(top)} words per bank) or a board with "
-            f"more memory")
+            f"Activations do not fit the scratchpad: {plan.shortfall(f'a capacity of {shape}')}"
+            f". Use a core with a bigger bank_depth (bank_depth="
+            f"{bank_depth_for(top)} gives {scratchpad_depth_of(bank_depth_for(top))} words "
+            f"per bank) or a board with more memory")
     return plan

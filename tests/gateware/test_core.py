@@ -10,105 +10,152 @@ from gsaccel.hw.layouts import FrameType, Memory
 from gsaccel.sim.amaranth_sim import seeded_rng
 from gsaccel.sw.runtime import protocol
 from gsaccel.sw.golden import GoldenCore
-from gsaccel.sw.compile.image import LayerSpec, build_image
+from gsaccel.hw.layouts import LayerKind, layer_layout
+from gsaccel.sim.stimulus import program_words, random_loop_program
+from gsaccel.sw.compile.image import build_image
+from gsaccel.sw.compile.layers import BasisLayer, GSLayer
+from gsaccel.sw.errors import ShapeError
+from gsaccel.sw.format import GSMatrix
+from gsaccel.sw.format.geometry import LoopNest, TensorGeometry
+from gsaccel.sw.format.words import pack_word, unpack_word
 
 from core_host import image_requests, random_matrix, reference_reply, run_core
 
 
-def program(cfg, rng):
-    """Four GS layers of different patterns and segment sizes, plus a SmartDeal basis layer,
-    alternating buffers; shapes are not powers of two and biases push into saturation."""
-    n_in = 13
-    wide = 2 * cfg.lanes + 3        # every bank holds two columns for gs-gather's P <= 2
-    shapes = [(wide, n_in, "unstructured", 1), (9, wide, "gs-gather", 2),
-              (10, 9, "1xN", 1), (7, 10, "dense", cfg.lanes)]
-    layers, src = [], 0
-    for rows, cols, pattern, per_row in shapes:
-        matrix = random_matrix(rng, rows, cols, pattern, cfg, per_row=per_row)
-        bias = rng.integers(-300, 300, rows)
-        layers.append(LayerSpec(kind="gs", matrix=matrix, bias=bias,
-                                shift=int(rng.integers(0, 4)), relu=bool(rng.integers(0, 2)),
-                                src=src, dst=1 - src))
-        src = 1 - src
-    if cfg.lanes >= 4:                 # the basis unit needs three banks for a chunk
-        layers.append(LayerSpec(kind="basis", basis=rng.integers(-128, 128, (3, 3)),
-                                n_chunks=2, shift=2, relu=False, src=src, dst=1 - src))
-    return layers, n_in
+def loop_config(lanes, encoding, deep, *, basis=True, rng=None):
+    """A small core that holds :func:`random_loop_program` (``rng`` draws the program)."""
+    probe = CoreConfig(lanes=lanes, encoding=encoding, basis=basis)
+    layers, source, tensors = random_loop_program(rng, probe)
+    depth = 1 << (program_words(tensors) - 1).bit_length()
+    cfg = CoreConfig(lanes=lanes, bank_depth=depth, encoding=encoding, weight_depth=512,
+                     row_depth=256, layer_depth=16, result_queue=lanes * 2, max_payload=128,
+                     deep_pipeline=deep, basis=basis)
+    return cfg, layers, source, tensors
 
 
-def session(cfg, rng):
-    layers, n_in = program(cfg, rng)
+def acts_frames(cfg, seq, elements):
+    """WRITE frames filling ACTS from element 0 with ``elements`` (int8)."""
+    frames = []
+    step = protocol.max_write_words(cfg, Memory.ACTS)
+    for start in range(0, len(elements), step):
+        chunk = (np.asarray(elements[start:start + step]).astype(np.int64) & 0xFF).tolist()
+        frames.append((FrameType.WRITE, seq & 0xFF,
+                       protocol.write_payload(cfg, Memory.ACTS, start, chunk)))
+        seq += 1
+    return frames, seq
+
+
+def read_frames(cfg, seq, mem, count):
+    frames = []
+    step = protocol.max_read_words(cfg, mem)
+    for start in range(0, count, step):
+        frames.append((FrameType.READ, seq & 0xFF,
+                       protocol.read_payload(mem, start, min(step, count - start))))
+        seq += 1
+    return frames, seq
+
+
+def session(cfg, layers, source, rng):
+    """Load the program, fill the scratchpad with stale bytes and the input, run every layer,
+    read the whole scratchpad back, then run single layers and read the counters."""
     image = build_image(cfg, layers)
     frames, seq = image_requests(cfg, image)
-    x = rng.integers(-128, 128, n_in)
-    frames.append((FrameType.WRITE, seq, protocol.write_payload(cfg, Memory.ACTS, 0,
-                                                              (x & 0xFF).tolist())))
-    frames.append((FrameType.RUN, seq + 1, protocol.run_payload(0, len(layers))))
-    frames.append((FrameType.READ, seq + 2, protocol.read_payload(Memory.ACTS, 0, 2 * 16)))
-    frames.append((FrameType.READ, seq + 3,
-                   protocol.read_payload(Memory.ACTS, cfg.buffer_size, 16)))
+    acts = rng.integers(-128, 128, (cfg.lanes, cfg.bank_depth)).astype(np.int8)
+    source.scatter(rng.integers(-128, 128, (source.height, source.width, source.channels)),
+                   acts)
+    more, seq = acts_frames(cfg, seq, acts.T.ravel())
+    frames += more
+    frames.append((FrameType.RUN, seq & 0xFF, protocol.run_payload(0, len(layers))))
+    more, seq = read_frames(cfg, seq + 1, Memory.ACTS, cfg.act_size)
+    frames += more
     # Single layers too, so a wrong per-layer constant cannot hide in a sum.
-    frames.append((FrameType.RUN, seq + 4, protocol.run_payload(1, 1)))
-    frames.append((FrameType.RUN, seq + 5, protocol.run_payload(len(layers) - 1, 1)))
-    frames.append((FrameType.READ, seq + 6, protocol.read_payload(Memory.COUNTERS, 0, 4)))
+    for index in (1, 3, len(layers) - 1):
+        frames.append((FrameType.RUN, seq & 0xFF, protocol.run_payload(index, 1)))
+        seq += 1
+    frames.append((FrameType.READ, seq & 0xFF, protocol.read_payload(Memory.COUNTERS, 0, 4)))
     return frames
 
 
-@pytest.mark.parametrize("lanes,encoding,deep", [(4, "pow2", True), (8, "int8", True),
-                                                 (2, "int8", True), (16, "pow2", True),
-                                                 (8, "pow2", False), (4, "int8", False)])
-def test_core_runs_image_like_golden(lanes, encoding, deep):
-    cfg = CoreConfig(lanes=lanes, bank_depth=64 // lanes, encoding=encoding, weight_depth=192,
-                     row_depth=128, layer_depth=8, result_queue=lanes * 2, max_payload=96,
-                     deep_pipeline=deep)
-    rng = seeded_rng(lanes)
-    frames = session(cfg, rng)
+def check_against_golden(cfg, frames, name, deadline):
     golden = GoldenCore(cfg)
     expected = [(seq, *reference_reply(golden, t, p)) for t, seq, p in frames]
     got = run_core(cfg, [(protocol.encode_frame(t, s, p), 1) for t, s, p in frames],
-                   name=f"core_image_{lanes}_{encoding}", deadline=400_000)
+                   name=name, deadline=deadline)
     got = [(f.seq, f.type, f.payload) for f in got]
     for mine, want in zip(got, expected):
         if want[1] == FrameType.DATA and len(want[2]) == 16 and mine[2] != want[2]:
             raise AssertionError(f"counters {protocol.parse_counters(mine[2])} != golden "
                                  f"{protocol.parse_counters(want[2])}")
     assert got == expected
-    # The comparison is not vacuous: the network's outputs are not all zero or saturated.
-    outputs = np.frombuffer(expected[-5][2], dtype=np.int8)
-    assert np.count_nonzero(outputs) and np.count_nonzero(np.abs(outputs.astype(int)) < 127)
+    return golden
 
 
-@pytest.mark.parametrize("per_row,cut", [(4, 2), (1, 1)])
-def test_layer_cut_inside_a_row_group_leaks_nothing(per_row, cut):
-    """A hand-written descriptor may end a layer inside a row group: its trailing groups cost
-    issue cycles, emit nothing, and must not leak partial sums into the next layer. With
-    ``per_row=1`` eight trailing groups outlast the writer, so the layer ends when the
+@pytest.mark.parametrize("lanes,encoding,deep", [
+    (4, "pow2", True), (8, "int8", True), (2, "int8", True), (8, "pow2", False),
+    pytest.param(16, "pow2", True, marks=pytest.mark.slow),
+    pytest.param(4, "int8", False, marks=pytest.mark.slow)])
+def test_core_runs_loop_nests_like_golden(lanes, encoding, deep):
+    """Convolutions (padded, dilated, strided), max pooling, a depthwise conv, a residual
+    addition, a Linear over a flattened tensor, a basis layer and the CLEARs of padded
+    tensors, on a scratchpad full of stale bytes: every reply (the whole scratchpad, the
+    counters of the run and of single layers) equals GoldenCore's."""
+    rng = seeded_rng(lanes)
+    cfg, layers, source, tensors = loop_config(lanes, encoding, deep, rng=rng)
+    golden = check_against_golden(cfg, session(cfg, layers, source, rng),
+                                  f"core_loops_{lanes}_{encoding}_{int(deep)}", 2_000_000)
+    # The comparison is not vacuous: the last layer's outputs are neither all zero nor all
+    # saturated, and GoldenCore agrees with the layer-level golden model.
+    acts = np.array(golden.read(Memory.ACTS, 0, cfg.act_size), dtype=np.int8)
+    out = tensors["linear"].gather(acts.reshape(cfg.bank_depth, lanes).T)
+    assert np.count_nonzero(out) and np.count_nonzero(np.abs(out.astype(int)) < 127)
+
+
+def linear(cfg, matrix, src, dst, shift, pixels=1):
+    """A GS layer of ``matrix`` from bank address ``src`` to ``dst``, replayed for
+    ``pixels`` output pixels in a row (each pixel's input and output one pixel on)."""
+    rows, cols = matrix.shape
+    padded = -(-cols // cfg.lanes) * cfg.lanes
+    if padded != cols:          # the GEMM view's columns are whole channel words
+        matrix = GSMatrix.from_dense(np.pad(matrix.to_dense(), ((0, 0), (0, padded - cols))),
+                                     "unstructured", cfg.lanes, matrix.per_row,
+                                     encoding=cfg.encoding)
+    source = TensorGeometry(1, pixels, cols, cfg.lanes, base=src)
+    dest = TensorGeometry(1, pixels, rows, cfg.lanes, base=dst)
+    return GSLayer("linear", "Linear", matrix, np.zeros(rows, dtype=np.int64), shift, False,
+                   "sum", LoopNest(source, dest, (1, 1)), (), "linear")
+
+
+def input_frames(cfg, seq, x):
+    return [(FrameType.WRITE, seq, protocol.write_payload(cfg, Memory.ACTS, 0,
+                                                          (x & 0xFF).tolist()))], seq + 1
+
+
+@pytest.mark.parametrize("per_row,cut,pixels", [(4, 2, 1), (1, 1, 1), (4, 1, 3)])
+def test_layer_cut_inside_a_row_group_leaks_nothing(per_row, cut, pixels):
+    """A hand-written descriptor may end a layer's groups inside a row group: the trailing
+    groups cost issue cycles and emit nothing at the layer's end (with more pixels, a pixel's
+    trailing groups add into the next pixel's first row group, as the engine's accumulators
+    only clear at a ``last`` group), and must not leak partial sums into the next layer.
+    With ``per_row=1`` eight trailing groups outlast the writer, so the layer ends when the
     engine's pipeline drains (``golden.engine_drain(cfg)``)."""
-    from gsaccel.hw.layouts import layer_layout
-    from gsaccel.sw.format.words import pack_word, unpack_word
-    cfg = CoreConfig(lanes=4, bank_depth=8, weight_depth=64, row_depth=32, layer_depth=4,
+    cfg = CoreConfig(lanes=4, bank_depth=16, weight_depth=64, row_depth=32, layer_depth=4,
                      result_queue=8, max_payload=96)
-    rng = seeded_rng(99)
-    first = random_matrix(rng, 5, 9, "dense", cfg, per_row=per_row, density=1.0)
+    rng = seeded_rng(99 + pixels)
+    first = random_matrix(rng, 5, 8, "dense", cfg, per_row=per_row, density=1.0)
     second = random_matrix(rng, 6, 5, "dense", cfg, per_row=1, density=1.0)
     # Shifts keep the outputs off the int8 rails, so a leaked partial sum would show.
-    image = build_image(cfg, [LayerSpec(matrix=first, shift=9, src=0, dst=1),
-                              LayerSpec(matrix=second, shift=8, src=1, dst=0)])
+    image = build_image(cfg, [linear(cfg, first, 0, 8, 9, pixels),
+                              linear(cfg, second, 8, 0, 8)])
     descriptor = unpack_word(layer_layout(cfg), image.layers[0])
     descriptor["group_count"] -= cut               # the last row group loses its last group
     image.layers[0] = pack_word(layer_layout(cfg), descriptor)
     frames, seq = image_requests(cfg, image)
-    x = rng.integers(-128, 128, 9)
-    frames += [(FrameType.WRITE, seq, protocol.write_payload(cfg, Memory.ACTS, 0,
-                                                             (x & 0xFF).tolist())),
-               (FrameType.RUN, seq + 1, protocol.run_payload(0, 2)),
-               (FrameType.READ, seq + 2, protocol.read_payload(Memory.ACTS, 0, 6))]
-    golden = GoldenCore(cfg)
-    expected = [(s, *reference_reply(golden, t, p)) for t, s, p in frames]
-    got = run_core(cfg, [(protocol.encode_frame(t, s, p), 1) for t, s, p in frames],
-                   name=f"core_cut_row_group_{per_row}", deadline=100_000)
-    assert [(f.seq, f.type, f.payload) for f in got] == expected
-    outputs = np.frombuffer(expected[-1][2], dtype=np.int8).astype(int)
+    more, seq = input_frames(cfg, seq, rng.integers(-128, 128, 8 * pixels))
+    frames += more + [(FrameType.RUN, seq, protocol.run_payload(0, 2)),
+                      (FrameType.READ, seq + 1, protocol.read_payload(Memory.ACTS, 0, 64))]
+    golden = check_against_golden(cfg, frames, f"core_cut_row_group_{per_row}_{pixels}",
+                                  100_000)
+    outputs = np.array(golden.read(Memory.ACTS, 32, 8 * pixels))
     assert np.count_nonzero(np.abs(outputs) < 127) >= 3
 
 
@@ -116,30 +163,51 @@ def test_core_without_basis_unit_passes_over_a_basis_descriptor():
     """``basis=False`` leaves the unit out: build_image refuses a BASIS layer, and a
     hand-written BASIS descriptor runs as the golden model says (nothing written, the
     sequencer's two BASIS states only)."""
-    from gsaccel.hw.layouts import LayerKind, layer_layout
-    from gsaccel.sw.errors import ShapeError
-    from gsaccel.sw.format.words import pack_word
-    cfg = CoreConfig(lanes=4, bank_depth=8, weight_depth=64, row_depth=32, layer_depth=4,
+    cfg = CoreConfig(lanes=4, bank_depth=16, weight_depth=64, row_depth=32, layer_depth=4,
                      result_queue=8, max_payload=96, basis=False)
     assert "basis" not in layer_layout(cfg).members
     rng = seeded_rng(7)
-    with pytest.raises(ShapeError, match=r"^layer 0: this core has no basis unit"):
-        build_image(cfg, [LayerSpec(kind="basis", basis=np.eye(3, dtype=int), n_chunks=2)])
+    one = TensorGeometry(1, 1, 9, cfg.lanes)
+    with pytest.raises(ShapeError, match=r"^layer 'b': this core has no basis unit"):
+        build_image(cfg, [BasisLayer("b", "SmartDeal B", np.eye(3, dtype=int), 2, one, one, 0,
+                                     False, (), "b")])
     matrix = random_matrix(rng, 6, 9, "dense", cfg, per_row=4, density=1.0)
-    image = build_image(cfg, [LayerSpec(matrix=matrix, shift=7, src=0, dst=1)])
+    image = build_image(cfg, [linear(cfg, matrix, 0, 8, 7)])
     image.layers.append(pack_word(layer_layout(cfg), {
-        "kind": LayerKind.BASIS, "src": 1, "dst": 0, "group_count": 3, "shift": 1}))
+        "kind": LayerKind.BASIS, "src_base": 8, "dst_base": 0, "group_count": 3,
+        "shift": 1}))
     frames, seq = image_requests(cfg, image)
     x = rng.integers(-128, 128, 9)
-    frames += [(FrameType.WRITE, seq, protocol.write_payload(cfg, Memory.ACTS, 0,
-                                                             (x & 0xFF).tolist())),
-               (FrameType.RUN, seq + 1, protocol.run_payload(0, 2)),
-               (FrameType.READ, seq + 2, protocol.read_payload(Memory.ACTS, 0, 9)),
-               (FrameType.READ, seq + 3, protocol.read_payload(Memory.ACTS, 32, 6))]
-    golden = GoldenCore(cfg)
-    expected = [(s, *reference_reply(golden, t, p)) for t, s, p in frames]
-    got = run_core(cfg, [(protocol.encode_frame(t, s, p), 1) for t, s, p in frames],
-                   name="core_no_basis", deadline=100_000)
-    assert [(f.seq, f.type, f.payload) for f in got] == expected
-    # The basis layer left buffer 0 (its destination) holding the input.
-    assert np.frombuffer(expected[-2][2], dtype=np.int8).tolist() == x.tolist()
+    more, seq = input_frames(cfg, seq, x)
+    frames += more + [(FrameType.RUN, seq, protocol.run_payload(0, 2)),
+                      (FrameType.READ, seq + 1, protocol.read_payload(Memory.ACTS, 0, 9)),
+                      (FrameType.READ, seq + 2, protocol.read_payload(Memory.ACTS, 32, 6))]
+    golden = check_against_golden(cfg, frames, "core_no_basis", 100_000)
+    # The basis layer left bank words 0.. (its destination) holding the input.
+    assert golden.read(Memory.ACTS, 0, 9) == x.tolist()
+
+
+def test_clear_and_unknown_kinds_follow_golden():
+    """A CLEAR of bank words that wrap past the scratchpad's end, a CLEAR of 0 words (one
+    cycle, nothing written) and a descriptor of the kind the sequencer does not know (its
+    preamble and an empty GS state) cost and do what GoldenCore says."""
+    cfg = CoreConfig(lanes=4, bank_depth=16, weight_depth=16, row_depth=16, layer_depth=4,
+                     result_queue=8, max_payload=96)
+    layout = layer_layout(cfg)
+    image = build_image(cfg, [])
+    image.layers = [pack_word(layout, {"kind": LayerKind.CLEAR, "dst_base": 13,
+                                       "group_count": 5}),
+                    pack_word(layout, {"kind": LayerKind.CLEAR, "dst_base": 2,
+                                       "group_count": 0}),
+                    pack_word(layout, {"kind": 3, "group_count": 4, "row_count": 2})]
+    rng = seeded_rng(5)
+    frames, seq = image_requests(cfg, image)
+    more, seq = acts_frames(cfg, seq, rng.integers(-128, 128, cfg.act_size))
+    frames += more
+    for index in range(3):
+        frames.append((FrameType.RUN, seq, protocol.run_payload(index, 1)))
+        seq += 1
+    more, seq = read_frames(cfg, seq, Memory.ACTS, cfg.act_size)
+    golden = check_against_golden(cfg, frames + more, "core_clear", 100_000)
+    acts = np.array(golden.read(Memory.ACTS, 0, cfg.act_size)).reshape(16, 4)
+    assert not acts[[13, 14, 15, 0, 1]].any() and acts[[2, 12]].all()

@@ -273,11 +273,14 @@ class Sequencer(CoreComponent):
         running = Signal()
         m.d.comb += self.busy.eq(running)
 
+        # A row count of 0 reads as 1 (see the row stream above).
+        rows_per_pixel = Mux(layer.row_count == 0, 1, layer.row_count)
+
         def step_streams():
             with m.If(group_free):
                 group.step(layer.group_base, layer.group_count)
             with m.If(row_free):
-                row.step(layer.row_base, layer.row_count)
+                row.step(layer.row_base, rows_per_pixel)
 
         # CLEAR: one bank word of every bank per cycle.
         clear_addr = Signal(cfg.act_addr_width)
@@ -304,7 +307,6 @@ class Sequencer(CoreComponent):
                          clear_addr.eq(data_.dst_base), clear_left.eq(data_.group_count)]
             is_gs = data_.kind == LayerKind.GS
             group.start(data_.group_base, Mux(is_gs, data_.group_count, 0))
-            # (A row count of 0 reads as 1, for the same reason.)
             row.start(data_.row_base, Mux(is_gs, Mux(data_.row_count == 0, 1,
                                                      data_.row_count), 0))
 

@@ -6,6 +6,8 @@ Not part of the core (``hw/core.py`` wires the same blocks to the sequencer and 
 processor); the amaranth.sim and cocotb testbenches of the datapath use it as their DUT.
 """
 
+import dataclasses
+
 from amaranth.hdl import Module, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -14,13 +16,15 @@ from ..hw.arbiter import ScratchpadArbiter
 from ..hw.config import CoreConfig
 from ..hw.basis import BasisUnit
 from ..hw.engine import GatherEngine
-from ..hw.layouts import LayerControl, group_layout, row_layout
+from ..hw.layouts import group_stream_layout, layer_control_layout, row_stream_layout
 from ..hw.scratchpad import BankedScratchpad, ElementPort, element_addr_width
 from ..hw.sequencer import ScratchpadOwner
 from ..hw.writer import ResultWriter
-from ..sw.compile.image import LayerSpec, build_image
+from ..sw.compile.image import layer_words as image_layer_words
+from ..sw.compile.layers import GSLayer
+from ..sw.format.geometry import LoopNest, TensorGeometry
 
-__all__ = ["Datapath", "layer_words"]
+__all__ = ["Datapath", "layer_words", "one_pixel_nest", "whole_words"]
 
 
 class Datapath(wiring.Component):
@@ -36,9 +40,9 @@ class Datapath(wiring.Component):
 
     Members
     -------
-    i_group : In(stream.Signature(group_layout(cfg)))
-    i_row : In(stream.Signature(row_layout(cfg)))
-    control : In(LayerControl)
+    i_group : In(stream.Signature(group_stream_layout(cfg)))
+    i_row : In(stream.Signature(row_stream_layout(cfg)))
+    control : In(layer_control_layout(cfg))
         Layer settings, stable during a layer.
     owner : In(ScratchpadOwner)
         Who drives the scratchpad (:class:`~gsaccel.hw.arbiter.ScratchpadArbiter`).
@@ -59,9 +63,9 @@ class Datapath(wiring.Component):
             raise TypeError(f"Configuration must be a CoreConfig, not {cfg!r}")
         self._cfg = cfg
         super().__init__({
-            "i_group":      In(stream.Signature(group_layout(cfg))),
-            "i_row":        In(stream.Signature(row_layout(cfg))),
-            "control":      In(LayerControl),
+            "i_group":      In(stream.Signature(group_stream_layout(cfg))),
+            "i_row":        In(stream.Signature(row_stream_layout(cfg))),
+            "control":      In(layer_control_layout(cfg)),
             "owner":        In(ScratchpadOwner),
             "clear":        In(1),
             "host":         In(ElementPort(addr_width=element_addr_width(cfg))),
@@ -128,7 +132,29 @@ class Datapath(wiring.Component):
         return m
 
 
-def layer_words(cfg, matrix, bias):
-    """The group words and row words the packer produces for one GS layer of ``matrix``."""
-    image = build_image(cfg, [LayerSpec(kind="gs", matrix=matrix, bias=bias, src=0, dst=1)])
-    return image.weights, image.rows
+def whole_words(matrix):
+    """``matrix`` with zero columns up to a multiple of V: the GEMM view of a Linear layer,
+    whose input channels are padded to whole bank words (the groups are unchanged)."""
+    rows, cols = matrix.shape
+    padded = -(-cols // matrix.lanes) * matrix.lanes
+    return matrix if padded == cols else dataclasses.replace(matrix, shape=(rows, padded))
+
+
+def one_pixel_nest(cfg, matrix, src=0, dst=None):
+    """The loop nest of a Linear layer of ``matrix``: one pixel, its input at bank address
+    ``src``, its output at ``dst`` (default: just past the input)."""
+    rows, cols = matrix.shape
+    source = TensorGeometry(1, 1, cols, cfg.lanes, base=src)
+    dest = TensorGeometry(1, 1, rows, cfg.lanes, base=source.end if dst is None else dst)
+    return LoopNest(source, dest, (1, 1))
+
+
+def layer_words(cfg, matrix, bias, nest=None, op="sum"):
+    """The group words and row words the packer produces for one GS layer of ``matrix``
+    (in the GEMM view of ``nest``, by default :func:`one_pixel_nest`), and its descriptor
+    fields."""
+    nest = one_pixel_nest(cfg, matrix) if nest is None else nest
+    layer = GSLayer("layer", "test", whole_words(matrix), bias, 0, False, op, nest, (),
+                    "layer")
+    descriptor, groups, rows = image_layer_words(cfg, layer)
+    return groups, rows, descriptor

@@ -49,7 +49,7 @@ async def test_round_trip(dut, idle, backpressure):
     if backpressure:
         tb.sink.set_pause_generator(pauses(rng, 0.5))
     half = 1 << (CFG.acc_width - 1)
-    records = [{"out_addr": int(rng.integers(0, CFG.buffer_size)),
+    records = [{"out_elem": int(rng.integers(0, CFG.act_size)),
                 "bias": int(rng.integers(-half, half)), "valid": int(rng.integers(0, 2))}
                for _ in range(60)]
     records[0]["bias"], records[1]["bias"] = -half, half - 1

@@ -38,7 +38,7 @@ def test_stream_round_trip(put_stall, get_stall):
     layout = row_layout(cfg)
     dut = StreamFifo(layout)
     rng = seeded_rng(1)
-    records = [{"out_addr": int(rng.integers(0, 64)), "bias": int(rng.integers(-1000, 1000)),
+    records = [{"out_elem": int(rng.integers(0, 64)), "bias": int(rng.integers(-1000, 1000)),
                 "valid": int(rng.integers(0, 2))} for _ in range(40)]
     received = []
 
@@ -55,7 +55,7 @@ def test_stream_round_trip(put_stall, get_stall):
             received.append(await stream_get(ctx, dut.o, stall=stall))
 
     run_sim(dut, producer, consumer, name="stream_round_trip", deadline=2000)
-    assert [{name: getattr(p, name) for name in ("out_addr", "bias", "valid")}
+    assert [{name: getattr(p, name) for name in ("out_elem", "bias", "valid")}
             for p in received] == records
 
 

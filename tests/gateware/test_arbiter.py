@@ -34,14 +34,15 @@ def test_port_signatures():
     assert repr(BankPort(addr_width=5, read=False)) == \
         "BankPort(addr_width=5, read=False, write=True)"
     cfg = CoreConfig(lanes=8, bank_depth=16)
-    assert (bank_addr_width(cfg), element_addr_width(cfg)) == (5, 8)
+    assert (bank_addr_width(cfg), element_addr_width(cfg)) == (4, 7)
 
 
 @pytest.mark.parametrize("basis", [True, False])
 def test_owner_routes_the_ports(basis):
-    """Random traffic on every client under a random owner (including the unused value 3):
-    the owner's client drives every bank (the host its element's bank only, by default and
-    for BASIS without a basis unit), and the read data reaches every reader."""
+    """Random traffic on every client under a random owner: the owner's client drives every
+    bank (the host its element's bank only, by default and for BASIS without a basis unit;
+    CLEAR writes 0 at the clear port's word of every bank), and the read data reaches every
+    reader."""
     cfg = CoreConfig(lanes=4, bank_depth=8, basis=basis)
     dut = ScratchpadArbiter(cfg)
     rng = seeded_rng(11 + basis)
@@ -53,7 +54,7 @@ def test_owner_routes_the_ports(basis):
         host_banks = []               # the host's bank in each cycle, oldest first
         for _ in range(300):
             owner = int(rng.integers(0, 4))
-            host_addr = int(rng.integers(0, 2 * cfg.buffer_size))
+            host_addr = int(rng.integers(0, cfg.act_size))
             host = {"addr": host_addr, "wr_en": int(rng.integers(0, 2)),
                     "wr_data": int(rng.integers(-128, 128))}
             ctx.set(dut.owner.as_value(), owner)
@@ -70,6 +71,9 @@ def test_owner_routes_the_ports(basis):
                                     rng.integers(0, 2 if name == "wr_en" else 1 << bank_width))
                         ctx.set(getattr(port, name), value)
                         driven[client, bank, name] = value
+            clear = {"en": int(rng.integers(0, 2)), "addr": int(rng.integers(0, 1 << bank_width))}
+            for name, value in clear.items():
+                ctx.set(getattr(dut.clear, name), value)
             bank_data = [int(rng.integers(-128, 128)) for _ in range(lanes)]
             for bank in range(lanes):
                 ctx.set(dut.banks[bank].rd_data, bank_data[bank])
@@ -85,6 +89,9 @@ def test_owner_routes_the_ports(basis):
                                for name in ("wr_en", "wr_addr", "wr_data")}}
                 elif owner == ScratchpadOwner.BASIS.value and cfg.basis:
                     want = {name: driven["basis", bank, name] for name in got}
+                elif owner == ScratchpadOwner.CLEAR.value:
+                    want = {"rd_addr": 0, "wr_en": clear["en"], "wr_addr": clear["addr"],
+                            "wr_data": 0}
                 else:
                     element = host_addr // lanes
                     want = {"rd_addr": element, "wr_addr": element,

@@ -16,7 +16,7 @@ def test_rejects_bad_config():
 
 
 def test_bank_addr_width():
-    assert bank_addr_width(CoreConfig(lanes=4, bank_depth=16)) == 5
+    assert bank_addr_width(CoreConfig(lanes=4, bank_depth=16)) == 4
     assert bank_addr_width(CoreConfig(lanes=16, bank_depth=1)) == 1
 
 
@@ -26,7 +26,7 @@ def test_random_traffic(lanes, bank_depth):
     cfg = CoreConfig(lanes=lanes, bank_depth=bank_depth)
     dut = BankedScratchpad(cfg)
     rng = seeded_rng(lanes)
-    depth = 2 * bank_depth
+    depth = bank_depth
     model = np.zeros((lanes, depth), dtype=np.int64)
 
     async def bench(ctx):

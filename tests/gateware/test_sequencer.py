@@ -15,7 +15,7 @@ from gsaccel.sw.golden import GoldenCore
 
 from core_host import reference_reply, run_core
 
-CFG = CoreConfig(lanes=4, bank_depth=8, weight_depth=40, row_depth=24, layer_depth=4,
+CFG = CoreConfig(lanes=4, bank_depth=32, weight_depth=40, row_depth=24, layer_depth=5,
                  result_queue=8, max_payload=64)
 
 
@@ -68,7 +68,7 @@ def test_bad_requests_are_rejected_before_anything_is_written():
         (FrameType.READ, 9, struct.pack("<BHH", Memory.ACTS, depth - 1, 2)),   # BAD_ADDRESS
         (FrameType.READ, 10, struct.pack("<BHH", Memory.ACTS, 0, 65)),         # too long
         (FrameType.READ, 11, struct.pack("<BHH", Memory.ACTS, 0, 1) + b"\x00"),  # BAD_LENGTH
-        (FrameType.RUN, 12, b"\x03\x02"),                                      # BAD_LAYER
+        (FrameType.RUN, 12, b"\x04\x02"),                                      # BAD_LAYER
         (FrameType.RUN, 13, b"\x00\x00"),                                      # BAD_LAYER
         (FrameType.RUN, 14, b"\x00"),                                          # BAD_LENGTH
         (FrameType.HELLO, 15, b"\x00"),                                        # BAD_LENGTH
@@ -109,8 +109,8 @@ def test_empty_layers_cost_what_golden_says():
     from gsaccel.hw.layouts import LayerKind, layer_layout
     from gsaccel.sw.format.words import pack_word
     cfg = CFG
-    basis = pack_word(layer_layout(cfg), {"kind": LayerKind.BASIS, "src": 0, "dst": 1,
-                                          "group_count": 0, "basis": [1] * 9})
+    basis = pack_word(layer_layout(cfg), {"kind": LayerKind.BASIS, "src_base": 0,
+                                          "dst_base": 4, "group_count": 0, "basis": [1] * 9})
     frames = [(FrameType.RUN, 1, protocol.run_payload(0, 1)),      # zeroed table: empty GS
               (FrameType.RUN, 2, protocol.run_payload(0, 4)),
               (FrameType.WRITE, 3, protocol.write_payload(cfg, Memory.LAYERS, 2, [basis])),
@@ -119,29 +119,40 @@ def test_empty_layers_cost_what_golden_says():
     _check_session(cfg, frames, name="cmd_empty_layers")
 
 
-def test_sequencer_streams_layers_under_back_pressure():
-    """The Sequencer alone, with memories and datapath emulated by the testbench: groups and
-    row records stream in order under random back-pressure, BASIS layers get their
-    parameters, and the counters add up what the datapath reported."""
+def test_sequencer_streams_loop_nests_under_back_pressure():
+    """The Sequencer alone, with memories and datapath emulated by the testbench: for every
+    output pixel of a layer, in raster order, its group words stream with the pixel's input
+    base and its row records with the pixel's output base (the row stream goes on past the
+    last pixel), under random back-pressure; BASIS layers get their parameters, a CLEAR
+    layer writes its words, and the counters add up what the datapath reported."""
     from gsaccel.hw.layouts import COUNTER_NAMES, LayerKind, group_layout, layer_layout, row_layout
     from gsaccel.hw.sequencer import ScratchpadOwner
     from gsaccel.sim.amaranth_sim import background, run_sim, stall_pattern
     from gsaccel.sw.format.words import pack_word, unpack_word
 
     cfg = CFG
+    depth = cfg.bank_depth
     rng = seeded_rng(21)
     weights = [int(w) for w in rng.integers(0, 1 << group_layout(cfg).size, cfg.weight_depth)]
     rows = [int(w) for w in rng.integers(0, 1 << row_layout(cfg).size, cfg.row_depth)]
-    # (kind, group_base, group_count, row_base, rows the "writer" takes)
-    plan = [(LayerKind.GS, 3, 9, 5, 6), (LayerKind.BASIS, 0, 4, 0, 0),
-            (LayerKind.GS, 30, 1, 22, 3), (LayerKind.GS, 0, 0, 0, 0)]
-    layers = [pack_word(layer_layout(cfg), {
-        "kind": kind, "src": k % 2, "dst": 1 - k % 2, "relu": k % 2, "seg_log2": 1,
-        "shift": 3 + k, "group_base": base, "group_count": count, "row_base": row_base,
-        "basis": [k - 4 + i for i in range(9)]}) for k, (kind, base, count, row_base, _)
-        in enumerate(plan)]
+    # Descriptor fields, and the rows the "writer" takes (past the last pixel's, for the
+    # second layer).
+    plan = [
+        ({"kind": LayerKind.GS, "group_base": 3, "group_count": 4, "row_base": 20,
+          "row_count": 3, "last_col": 2, "last_row": 1, "src_base": 5, "dst_base": 30,
+          "in_pixel_step": 2, "in_row_step": 7, "out_pixel_step": 1, "out_row_step": 3}, 18),
+        ({"kind": LayerKind.BASIS, "group_count": 4, "src_base": 6, "dst_base": 1}, 0),
+        ({"kind": LayerKind.GS, "group_base": 36, "group_count": 1, "row_base": 22,
+          "row_count": 0, "last_col": 1, "src_base": 31, "dst_base": 3,
+          "in_pixel_step": 1, "out_pixel_step": 2}, 4),
+        ({"kind": LayerKind.CLEAR, "group_count": 5, "dst_base": 29}, 0),
+        ({"kind": LayerKind.GS}, 0),
+    ]
+    layers = [pack_word(layer_layout(cfg), {"relu": k % 2, "seg_log2": 1, "shift": 3 + k,
+                                            "basis": [k - 4 + i for i in range(9)], **fields})
+              for k, (fields, _) in enumerate(plan)]
     dut = Sequencer(cfg)
-    taken_groups, taken_rows, basis_runs = [], [], []
+    taken_groups, taken_rows, basis_runs, cleared = [], [], [], []
     stats = {"busy": 0, "stall": 0, "issue": 0}
 
     async def memories(ctx):
@@ -163,7 +174,7 @@ def test_sequencer_streams_layers_under_back_pressure():
             owner = ScratchpadOwner(ctx.get(dut.owner))
             if owner != ScratchpadOwner.HOST and previous_owner == ScratchpadOwner.HOST:
                 layer += 1
-                rows_left = plan[layer][4]
+                rows_left = plan[layer][1]
             previous_owner = owner
             group_ready = not next(group_stalls)
             row_ready = rows_left > 0 and not next(row_stalls)
@@ -178,13 +189,19 @@ def test_sequencer_streams_layers_under_back_pressure():
             ctx.set(dut.writer_idle, rows_left == 0)
             ctx.set(dut.basis_done, basis_wait == 0)
             if issue:
-                taken_groups.append((layer, ctx.get(dut.o_group.payload.as_value())))
+                payload = dut.o_group.payload
+                taken_groups.append((layer, ctx.get(payload.word.as_value()),
+                                     ctx.get(payload.base)))
             if row_ready and ctx.get(dut.o_row.valid):
-                taken_rows.append((layer, ctx.get(dut.o_row.payload.as_value())))
+                payload = dut.o_row.payload
+                taken_rows.append((layer, ctx.get(payload.row.as_value()),
+                                   ctx.get(payload.base)))
                 rows_left -= 1
+            if owner == ScratchpadOwner.CLEAR and ctx.get(dut.clear.en):
+                cleared.append(ctx.get(dut.clear.addr))
             if ctx.get(dut.basis_start):
                 basis_runs.append({name: ctx.get(getattr(dut.control, name)) for name in
-                                   ("shift", "relu", "src", "dst")} |
+                                   ("shift", "relu", "src_base", "dst_base")} |
                                   {"n_chunks": ctx.get(dut.n_chunks),
                                    "basis": [ctx.get(dut.basis[i]) for i in range(9)]})
                 basis_wait = 5
@@ -206,19 +223,35 @@ def test_sequencer_streams_layers_under_back_pressure():
         assert not ctx.get(dut.busy)
         counters.update(zip(COUNTER_NAMES, (ctx.get(dut.counters[i]) for i in range(4))))
 
+    def bases(fields, side, pixels):
+        first, step, row_step = (fields.get(f"{side}_base", 0),
+                                 fields.get(f"{'in' if side == 'src' else 'out'}_pixel_step", 0),
+                                 fields.get(f"{'in' if side == 'src' else 'out'}_row_step", 0))
+        width = fields.get("last_col", 0) + 1
+        return [(first + (p // width) * row_step + (p % width) * step) % depth
+                for p in range(pixels)]
+
     counters = {}
     run_sim(dut, background(memories), background(datapath), host, name="sequencer_alone",
-            deadline=2_000)
-    want_groups = [(k, weights[base + g]) for k, (kind, base, count, _, _) in enumerate(plan)
-                   if kind == LayerKind.GS for g in range(count)]
-    want_rows = [(k, rows[(row_base + r) % cfg.row_depth])   # the row pointer wraps
-                 for k, (kind, _, _, row_base, n) in enumerate(plan)
-                 if kind == LayerKind.GS for r in range(n)]
+            deadline=3_000)
+    want_groups, want_rows = [], []
+    for k, (fields, taken) in enumerate(plan):
+        if fields["kind"] != LayerKind.GS:
+            continue
+        pixels = (fields.get("last_col", 0) + 1) * (fields.get("last_row", 0) + 1)
+        count = fields.get("group_count", 0)
+        want_groups += [(k, weights[fields["group_base"] + g], base)
+                        for base in bases(fields, "src", pixels) for g in range(count)]
+        per_pixel = max(1, fields.get("row_count", 0))        # a row count of 0 reads as 1
+        out_bases = bases(fields, "dst", -(-taken // per_pixel))
+        want_rows += [(k, rows[(fields.get("row_base", 0) + r % per_pixel) % cfg.row_depth],
+                       out_bases[r // per_pixel]) for r in range(taken)]
     assert taken_groups == want_groups
     assert taken_rows == want_rows
+    assert cleared == [(29 + i) % depth for i in range(5)]
     desc = unpack_word(layer_layout(cfg), layers[1])
-    assert basis_runs == [{"n_chunks": 4, "shift": desc["shift"], "relu": 1, "src": 1, "dst": 0,
-                           "basis": list(desc["basis"])}]
+    assert basis_runs == [{"n_chunks": 4, "shift": desc["shift"], "relu": 1, "src_base": 6,
+                           "dst_base": 1, "basis": list(desc["basis"])}]
     assert counters == {"cycles": stats["busy"], "busy_lane_cycles": 3 * len(want_groups),
                         "stall_cycles": stats["stall"], "groups": len(want_groups)}
     assert stats["issue"] == len(want_groups) and stats["stall"] > 0

@@ -73,10 +73,11 @@ def test_writer_queue_depth():
     assert ResultWriter(CoreConfig(lanes=8, result_queue=20)).queue_depth == 2
 
 
-def run_writer(cfg, seg_log2, sums, rows, shift, relu, dst, *, sum_stall=0.0, row_stall=0.0,
+def run_writer(cfg, seg_log2, sums, rows, shift, relu, *, sum_stall=0.0, row_stall=0.0,
                salt=0):
-    """Feed ``sums`` (vectors) and ``rows`` (records) to a ResultWriter; return the writes
-    (bank, bank address, data, cycle), the row transfer cycles and the credit cycles."""
+    """Feed ``sums`` (vectors) and ``rows`` (records ``(out_elem, bias, valid, base)``) to a
+    ResultWriter; return the writes (bank, bank address, data, cycle), the row transfer
+    cycles and the credit cycles."""
     dut = ResultWriter(cfg)
     rng = seeded_rng(salt)
     writes, row_cycles, credit_cycles = [], [], []
@@ -88,11 +89,12 @@ def run_writer(cfg, seg_log2, sums, rows, shift, relu, dst, *, sum_stall=0.0, ro
             await stream_put(ctx, dut.i_sums, [int(v) for v in vector], stall=stall)
 
     async def rows_source(ctx):
-        ctx.set(dut.control, {"seg_log2": seg_log2, "shift": shift, "relu": relu, "dst": dst})
+        ctx.set(dut.control, {"seg_log2": seg_log2, "shift": shift, "relu": relu})
         stall = stall_pattern(rng, row_stall)
-        for out_addr, bias, valid in rows:
-            await stream_put(ctx, dut.i_row, {"out_addr": out_addr, "bias": bias,
-                                              "valid": valid}, stall=stall)
+        for out_elem, bias, valid, base in rows:
+            await stream_put(ctx, dut.i_row, {"row": {"out_elem": out_elem, "bias": bias,
+                                                      "valid": valid}, "base": base},
+                             stall=stall)
         await ctx.tick().until(dut.idle)
         done.append(True)
 
@@ -132,20 +134,21 @@ def test_writer_random(lanes, seg_log2, sum_stall, row_stall):
     for _ in range(n_vectors * slots):
         # Biases near the accumulator limits make sum + bias wrap.
         bias = int(rng.choice([rng.integers(-300, 300), rng.integers(-half, half)]))
-        records.append((int(rng.integers(0, cfg.buffer_size)), bias,
-                        int(rng.random() < 0.8)))
-    shift, relu, dst = int(rng.integers(0, 14)), int(rng.integers(0, 2)), 1
+        # The pixel's output base plus the element's word may wrap past the last bank word.
+        records.append((int(rng.integers(0, cfg.act_size)), bias, int(rng.random() < 0.8),
+                        int(rng.integers(0, cfg.bank_depth))))
+    shift, relu = int(rng.integers(0, 14)), int(rng.integers(0, 2))
     writes, row_cycles, credit_cycles = run_writer(cfg, seg_log2, sums, records, shift, relu,
-                                                   dst, sum_stall=sum_stall,
-                                                   row_stall=row_stall, salt=7)
+                                                   sum_stall=sum_stall, row_stall=row_stall,
+                                                   salt=7)
     expected = []
     for k in range(n_vectors):
         for j in range(slots):
-            out_addr, bias, valid = records[k * slots + j]
+            out_elem, bias, valid, base = records[k * slots + j]
             value = golden.requantize(int(sums[k, j]) + bias, shift, relu, cfg.acc_width)
             if valid:
-                expected.append((out_addr % lanes,
-                                 dst * cfg.bank_depth + out_addr // lanes, int(value)))
+                expected.append((out_elem % lanes,
+                                 (base + out_elem // lanes) % cfg.bank_depth, int(value)))
     assert [w[:3] for w in writes] == expected
     # Every row's write lands exactly WRITE_LATENCY cycles after its slot cycle.
     valid_row_cycles = [c for c, r in zip(row_cycles, records) if r[2]]

@@ -9,7 +9,7 @@ kinds of matrices: odd shapes, negative values, ragged banks, partial and empty 
 import numpy as np
 
 __all__ = ["random_values", "random_pattern_matrix", "random_gs_matrix", "PATTERN_CASES",
-           "random_loop_program", "program_words"]
+           "random_loop_program", "program_words", "loop_program_config"]
 
 #: (pattern, per_row) pairs worth covering for a lane count: every family and e.
 def PATTERN_CASES(lanes):
@@ -210,3 +210,16 @@ def random_loop_program(rng, cfg, *, with_basis=None):
 def program_words(tensors):
     """Bank words per bank a :func:`random_loop_program` needs."""
     return max(geometry.end for geometry in tensors.values()) + 1
+
+
+def loop_program_config(lanes, encoding="pow2", **fields):
+    """A small CoreConfig that holds :func:`random_loop_program` (its size depends on the
+    lanes and the basis unit, not on the random draws); ``fields`` override the rest."""
+    from ..hw.config import CoreConfig
+    probe = CoreConfig(lanes=lanes, encoding=encoding, basis=fields.get("basis", True))
+    _, _, tensors = random_loop_program(np.random.default_rng(0), probe)
+    settings = dict(lanes=lanes, encoding=encoding,
+                    bank_depth=1 << (program_words(tensors) - 1).bit_length(),
+                    weight_depth=512, row_depth=256, layer_depth=16, result_queue=2 * lanes,
+                    max_payload=128)
+    return CoreConfig(**{**settings, **fields})

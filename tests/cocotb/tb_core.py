@@ -17,10 +17,11 @@ from gsaccel.hw.layouts import ErrorCode, FrameType, Memory
 from gsaccel.sim.cocotb_streams import StreamSink, StreamSource
 from gsaccel.sw.runtime import protocol
 from gsaccel.sw.golden import GoldenCore
-from gsaccel.sw.compile.image import LayerSpec, build_image
+from gsaccel.sim.stimulus import random_loop_program
+from gsaccel.sw.compile.image import build_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "gateware"))
-from core_host import image_requests, random_matrix, reference_reply  # noqa: E402
+from core_host import image_requests, reference_reply  # noqa: E402
 
 CFG = CoreConfig.from_json(os.environ["GSACCEL_CFG"])
 SEED = int(os.environ.get("GSACCEL_SEED", "20240611"), 0)
@@ -78,24 +79,32 @@ class CoreTB:
         return got
 
 
-def program(cfg, rng):
-    n_in, layers, cols, src = 2 * cfg.lanes + 5, [], 2 * cfg.lanes + 5, 0
-    for rows, pattern, per_row in [(19, "unstructured", 1), (2 * cfg.lanes + 3, "1xN", 1),
-                                   (10, "gs-gather", 2), (6, "dense", cfg.lanes)]:
-        matrix = random_matrix(rng, rows, cols, pattern, cfg, per_row=per_row)
-        layers.append(LayerSpec(kind="gs", matrix=matrix, bias=rng.integers(-500, 500, rows),
-                                shift=int(rng.integers(0, 5)), relu=bool(rng.integers(0, 2)),
-                                src=src, dst=1 - src))
-        cols, src = rows, 1 - src
-    layers.append(LayerSpec(kind="basis", basis=rng.integers(-128, 128, (3, 3)), n_chunks=2,
-                            shift=3, src=src, dst=1 - src))
-    return layers, n_in
+async def write_acts(tb, seq, first, values):
+    """WRITE frames of ACTS elements from ``first``; returns the next sequence number."""
+    step = protocol.max_write_words(tb.cfg, Memory.ACTS)
+    values = np.asarray(values).astype(np.int64)
+    for start in range(0, len(values), step):
+        await tb.check(FrameType.WRITE, seq & 0xFF, protocol.write_payload(
+            tb.cfg, Memory.ACTS, first + start, (values[start:start + step] & 0xFF).tolist()))
+        seq += 1
+    return seq
 
 
-@cocotb.test(timeout_time=100, timeout_unit="ms")
+async def read_acts(tb, seq, first, count):
+    step = protocol.max_read_words(tb.cfg, Memory.ACTS)
+    for start in range(0, count, step):
+        await tb.check(FrameType.READ, seq & 0xFF, protocol.read_payload(
+            Memory.ACTS, first + start, min(step, count - start)))
+        seq += 1
+    return seq
+
+
+@cocotb.test(timeout_time=500, timeout_unit="ms")
 @cocotb.parametrize(idle=[False, True], backpressure=[False, True])
 async def test_image(dut, idle, backpressure):
-    """Load a multi-layer image, run it on fresh inputs, read the outputs and counters."""
+    """Load a loop-nest program (convolutions, pooling, depthwise, a residual addition, a
+    Linear over a flattened tensor, a basis layer, CLEARs), fill the scratchpad with stale
+    bytes, run it on two fresh inputs and read the whole scratchpad and the counters."""
     tb = CoreTB(dut, CFG)
     await tb.reset()
     rng = np.random.default_rng([SEED, int(idle), int(backpressure)])
@@ -103,23 +112,23 @@ async def test_image(dut, idle, backpressure):
         tb.set_idle_generator(pause_pattern(rng, 0.3))
     if backpressure:
         tb.set_backpressure_generator(pause_pattern(rng, 0.5))
-    layers, n_in = program(CFG, rng)
+    layers, source, _ = random_loop_program(rng, CFG)
     image = build_image(CFG, layers)
     frames, seq = image_requests(CFG, image)
     await tb.check(FrameType.HELLO, 250, b"")
     for frame in frames:
         await tb.check(*frame)
+    seq = await write_acts(tb, seq, 0, rng.integers(-128, 128, CFG.act_size))
     for k in range(2):
-        x = rng.integers(-128, 128, n_in)
-        x[:2] = (-128, 127)
-        await tb.check(FrameType.WRITE, seq, protocol.write_payload(
-            CFG, Memory.ACTS, 0, (x & 0xFF).tolist()))
-        await tb.check(FrameType.RUN, seq + 1, protocol.run_payload(0, len(layers)))
-        await tb.check(FrameType.READ, seq + 2, protocol.read_payload(Memory.ACTS, 0, 40))
-        await tb.check(FrameType.READ, seq + 3,
-                       protocol.read_payload(Memory.ACTS, CFG.buffer_size, 40))
-        seq += 4
-    await tb.check(FrameType.READ, seq, protocol.read_payload(Memory.COUNTERS, 0, 4))
+        acts = np.zeros((CFG.lanes, CFG.bank_depth), dtype=np.int64)
+        x = rng.integers(-128, 128, (source.height, source.width, source.channels))
+        x[0, 0, :2] = (-128, 127)
+        source.scatter(x, acts)
+        region = acts[:, source.base:source.end].T.ravel()
+        seq = await write_acts(tb, seq, source.base * CFG.lanes, region)
+        await tb.check(FrameType.RUN, seq & 0xFF, protocol.run_payload(0, len(layers)))
+        seq = await read_acts(tb, seq + 1, 0, CFG.act_size)
+    await tb.check(FrameType.READ, seq & 0xFF, protocol.read_payload(Memory.COUNTERS, 0, 4))
     assert not int(dut.error.value)
 
 
@@ -135,7 +144,7 @@ async def test_errors(dut, idle, backpressure):
         tb.set_idle_generator(pause_pattern(rng, 0.3))
     if backpressure:
         tb.set_backpressure_generator(pause_pattern(rng, 0.5))
-    depth = 2 * CFG.buffer_size
+    depth = CFG.act_size
     await tb.check(FrameType.WRITE, 1, protocol.write_payload(CFG, Memory.ACTS, 0, [1, 2, 3]))
     for seq, (frame_type, payload) in enumerate([
             (FrameType.WRITE, bytes([9, 0, 0, 1])),

@@ -13,14 +13,18 @@ from cocotb.triggers import RisingEdge
 
 from gsaccel.hw.arbiter import HOST_READ_LATENCY
 from gsaccel.hw.config import CoreConfig
-from gsaccel.hw.layouts import LayerControl, group_layout, row_layout
+from gsaccel.hw.layouts import (group_stream_layout, layer_control_layout,
+                                row_layout, row_stream_layout)
 from gsaccel.hw.sequencer import ScratchpadOwner
 from gsaccel.sim.cocotb_streams import StreamSource, pack_payload
-from gsaccel.sim.datapath import layer_words
+from gsaccel.sim.datapath import layer_words, one_pixel_nest
 from gsaccel.sim.stimulus import random_gs_matrix
 from gsaccel.sw import golden
 
 CFG = CoreConfig.from_json(os.environ["GSACCEL_CFG"])
+#: The layers' inputs start at bank address 0, their outputs at HALF (the scratchpad's
+#: second half).
+HALF = CFG.bank_depth // 2
 SEED = int(os.environ.get("GSACCEL_SEED", "20240611"), 0)
 log = logging.getLogger("gsaccel.tb.engine")
 
@@ -38,8 +42,8 @@ class DatapathTB:
     def __init__(self, dut, cfg):
         self.dut, self.cfg = dut, cfg
         Clock(dut.clk, 10, unit="ns").start()
-        self.groups = StreamSource(dut, "i_group", dut.clk, layout=group_layout(cfg))
-        self.rows = StreamSource(dut, "i_row", dut.clk, layout=row_layout(cfg))
+        self.groups = StreamSource(dut, "i_group", dut.clk, layout=group_stream_layout(cfg))
+        self.rows = StreamSource(dut, "i_row", dut.clk, layout=row_stream_layout(cfg))
         dut.host__wr_en.value = 0
         dut.owner.value = ScratchpadOwner.HOST.value
         dut.basis_start.value = 0
@@ -58,14 +62,15 @@ class DatapathTB:
         self.rows.set_pause_generator(generator)
 
     def set_control(self, **settings):
-        """Drive the layer settings (``LayerControl`` fields; the others 0)."""
-        self.dut.control.value = pack_payload(LayerControl, settings)
+        """Drive the layer settings (``layer_control_layout`` fields; the others 0)."""
+        self.dut.control.value = pack_payload(layer_control_layout(self.cfg), settings)
 
     async def write_buffer(self, buffer, values):
+        """Write elements from bank address ``buffer * HALF`` on."""
         dut = self.dut
         dut.owner.value = ScratchpadOwner.HOST.value
         for element, value in enumerate(values):
-            dut.host__addr.value = buffer * self.cfg.buffer_size + element
+            dut.host__addr.value = buffer * HALF * self.cfg.lanes + element
             dut.host__wr_data.value = int(value) & 0xFF
             dut.host__wr_en.value = 1
             await RisingEdge(dut.clk)
@@ -78,7 +83,7 @@ class DatapathTB:
         values = []
         for element in range(count + HOST_READ_LATENCY):
             if element < count:
-                dut.host__addr.value = buffer * self.cfg.buffer_size + element
+                dut.host__addr.value = buffer * HALF * self.cfg.lanes + element
             await RisingEdge(dut.clk)
             if element >= HOST_READ_LATENCY:    # data of the address of that many cycles ago
                 values.append(dut.host__rd_data.value.to_signed())
@@ -87,16 +92,17 @@ class DatapathTB:
     async def run_layer(self, matrix, x, bias, shift, relu, *, max_cycles=20_000):
         """Run one layer; returns (y, counters) with cycles counted from the first issue."""
         dut = self.dut
-        self.set_control(seg_log2=matrix.per_row.bit_length() - 1, src=0, dst=1, shift=shift,
-                         relu=relu)
+        self.set_control(seg_log2=matrix.per_row.bit_length() - 1, shift=shift, relu=relu)
         await self.write_buffer(1, [-77] * matrix.shape[0])     # a missing write shows
         await self.write_buffer(0, x)
         dut.owner.value = ScratchpadOwner.GS.value
-        groups, rows = layer_words(self.cfg, matrix, bias)
+        # One pixel (a Linear layer): input base 0, output base HALF.
+        groups, rows, _ = layer_words(self.cfg, matrix, bias,
+                                      one_pixel_nest(self.cfg, matrix, 0, HALF))
         for word in groups:
             self.groups.send_nowait(word)
         for word in rows:
-            self.rows.send_nowait(word)
+            self.rows.send_nowait(word | HALF << row_layout(self.cfg).size)
         counters = {"cycles": None, "busy_lane_cycles": 0, "stall_cycles": 0, "groups": 0}
         cycle = None
         for _ in range(max_cycles):
@@ -126,7 +132,7 @@ class DatapathTB:
         dut = self.dut
         await self.write_buffer(dst, [-77] * (3 * n_chunks + 3))
         await self.write_buffer(src, x)
-        self.set_control(src=src, dst=dst, shift=shift, relu=relu)
+        self.set_control(src_base=src * HALF, dst_base=dst * HALF, shift=shift, relu=relu)
         dut.n_chunks.value = n_chunks
         dut.basis.value = sum((int(v) & 0xFF) << (8 * i) for i, v in enumerate(np.ravel(basis)))
         dut.owner.value = ScratchpadOwner.BASIS.value
@@ -222,7 +228,7 @@ async def test_basis_layers(dut):
     await tb.reset()
     rng = np.random.default_rng([SEED, CFG.lanes, 99])
     for n_chunks, (src, dst), shift, relu in [(1, (0, 1), 0, 0), (7, (1, 0), 5, 1),
-                                              (CFG.buffer_size // 3 - 1, (0, 1), 9, 0),
+                                              (HALF * CFG.lanes // 3 - 1, (0, 1), 9, 0),
                                               (5, (1, 0), 31, 1)]:
         x = rng.integers(-128, 128, 3 * n_chunks)
         x[:3] = (-128, 127, -128)

@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from gsaccel.hw.config import CoreConfig
 from gsaccel.hw.core import GsaccelCore
 from gsaccel.sim.build import cached_verilog, run_cocotb
+from gsaccel.sim.stimulus import loop_program_config
 
 HERE = Path(__file__).resolve().parent
 
-CFG = CoreConfig(lanes=4, bank_depth=16, encoding="pow2", weight_depth=256, row_depth=128,
-                 layer_depth=8, result_queue=8, max_payload=128)
+CFG = loop_program_config(4, result_queue=8)
 
 
 @pytest.mark.verilator

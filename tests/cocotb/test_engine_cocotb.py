@@ -13,9 +13,9 @@ HERE = Path(__file__).resolve().parent
 # Three builds cover V in {4, 8, 16} and both encodings; a small queue at V=4 makes the
 # credit stalls frequent.
 CONFIGS = [
-    CoreConfig(lanes=4, bank_depth=16, encoding="pow2", result_queue=4),
-    CoreConfig(lanes=8, bank_depth=16, encoding="int8", result_queue=16),
-    CoreConfig(lanes=16, bank_depth=8, encoding="pow2", result_queue=32),
+    CoreConfig(lanes=4, bank_depth=32, encoding="pow2", result_queue=4),
+    CoreConfig(lanes=8, bank_depth=32, encoding="int8", result_queue=16),
+    CoreConfig(lanes=16, bank_depth=16, encoding="pow2", result_queue=32),
 ]
 
 

@@ -11,7 +11,7 @@ from gsaccel.sim.amaranth_sim import seeded_rng
 from gsaccel.sw.runtime import protocol
 from gsaccel.sw.golden import GoldenCore
 from gsaccel.hw.layouts import LayerKind, layer_layout
-from gsaccel.sim.stimulus import program_words, random_loop_program
+from gsaccel.sim.stimulus import loop_program_config, random_loop_program
 from gsaccel.sw.compile.image import build_image
 from gsaccel.sw.compile.layers import BasisLayer, GSLayer
 from gsaccel.sw.errors import ShapeError
@@ -23,13 +23,9 @@ from core_host import image_requests, random_matrix, reference_reply, run_core
 
 
 def loop_config(lanes, encoding, deep, *, basis=True, rng=None):
-    """A small core that holds :func:`random_loop_program` (``rng`` draws the program)."""
-    probe = CoreConfig(lanes=lanes, encoding=encoding, basis=basis)
-    layers, source, tensors = random_loop_program(rng, probe)
-    depth = 1 << (program_words(tensors) - 1).bit_length()
-    cfg = CoreConfig(lanes=lanes, bank_depth=depth, encoding=encoding, weight_depth=512,
-                     row_depth=256, layer_depth=16, result_queue=lanes * 2, max_payload=128,
-                     deep_pipeline=deep, basis=basis)
+    """A small core and :func:`random_loop_program` drawn with ``rng`` for it."""
+    cfg = loop_program_config(lanes, encoding, deep_pipeline=deep, basis=basis)
+    layers, source, tensors = random_loop_program(rng, cfg)
     return cfg, layers, source, tensors
 
 

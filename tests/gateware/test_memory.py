@@ -282,13 +282,12 @@ def test_spram_matches_model_in_verilator():
 def test_core_with_spram_matches_golden_in_verilator():
     """The whole core as built for the iCEBreaker (row memory in SPRAM) passes the core's
     cocotb testbench (tests/cocotb/tb_core.py: bit- and cycle-exact against GoldenCore)."""
-    from gsaccel.hw.config import CoreConfig
     from gsaccel.hw.core import GsaccelCore
     from gsaccel.sim.build import run_cocotb
+    from gsaccel.sim.stimulus import loop_program_config
     if cocotb is None:
         pytest.skip("cocotb is not installed")
-    cfg = CoreConfig(lanes=4, bank_depth=16, encoding="pow2", weight_depth=256, row_depth=128,
-                     layer_depth=8, result_queue=8, max_payload=128)
+    cfg = loop_program_config(4, result_queue=8)       # tb_core's program fits it
     build = spram_verilog_dir(GsaccelCore(cfg), "gsaccel_core", cfg)
     assert "SB_SPRAM256KA spram0" in (build / "gsaccel_core.v").read_text()
     run_cocotb(build, toplevel="gsaccel_core", test_module="tb_core",

@@ -79,7 +79,9 @@ class InputTransform:
     chunks). ``kind="im2col"``: the first convolution's patches are sent instead — a
     (Ho, Wo, kh·kw·C) tensor whose channel ``(ky·kw + kx)·C + c`` is input channel ``c`` at tap
     (ky, kx) of output pixel (oy, ox), zero outside the image — and that convolution runs as a
-    1x1 convolution over kh·kw·C channels.
+    1x1 convolution over kh·kw·C channels. ``kind="flatten"``: an image read only by Linear
+    layers (after a flatten) is sent flat, one pixel of C·H·W channels in torch's CHW order,
+    so that its C channels do not each take a bank word per pixel.
     """
 
     kind: str = "none"
@@ -89,7 +91,7 @@ class InputTransform:
     dilation: tuple = (1, 1)
     channels: int = None
 
-    KINDS: ClassVar[tuple] = ("none", "im2col")
+    KINDS: ClassVar[tuple] = ("none", "im2col", "flatten")
 
     def __post_init__(self):
         if self.kind not in self.KINDS:
@@ -107,6 +109,8 @@ class InputTransform:
                              f"{x.shape}")
         if self.kind == "im2col":
             x = im2col(x, self.kernel, self.stride, self.padding, self.dilation)
+        elif self.kind == "flatten":
+            x = x.reshape(len(x), -1, 1, 1)
         hwc = x.transpose(0, 2, 3, 1)
         if self.channels is not None and self.channels > hwc.shape[3]:
             hwc = np.pad(hwc, ((0, 0), (0, 0), (0, 0), (0, self.channels - hwc.shape[3])))

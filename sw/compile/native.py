@@ -1,6 +1,6 @@
 """torch model → a native loop-nest program (DESIGN §2.1, §2.2, §3).
 
-:func:`compile_native` turns a model into a :class:`NativeProgram`: every layer runs on the
+:func:`compile_native` turns a model into a :class:`~.program.Program`: every layer runs on the
 core as a loop nest over output pixels, on HWC, channel-banked tensors, and its weights are
 the layer's *kernel* in the GEMM view (rows = output channels, columns ``tap·Cp + c``) —
 stored once, never once per output position. Steps (docs/runtime.md, "Native compilation"):
@@ -15,19 +15,26 @@ stored once, never once per output position. Steps (docs/runtime.md, "Native com
    share one geometry) and a bank address by liveness.
 3. **Quantise** op by op, in topological order, into device layers (:mod:`.layers`) with the
    integer numerics of :mod:`gsaccel.sw.golden.loopnest`: the rules of
-   :mod:`.compiler` (power-of-two scales, pow2/int8 weights, kept weights never 0, the
+   :mod:`.quantize` (power-of-two scales, pow2/int8 weights, kept weights never 0, the
    accumulator bound, error-feedback rounding on calibration patches, bias correction) on the
    GEMM view; pooling and additions as SUM/MAX layers with exact weights.
 
 The calibration runs the quantised layers on the example batch with torch convolutions on
 the integers (exact in float64), so each layer is quantised against what the device really
-feeds it; :meth:`NativeProgram.run_golden` runs the same program through the golden loop-nest
+feeds it; :meth:`Program.run_golden` runs the same program through the golden loop-nest
 model on a scratchpad, bit-exact, and must give the same integers.
+
+Capacity (DESIGN §2.2): every limit the program exceeds — activation words, layers, group
+words, row records, a layer's output side or groups — is reported at once, in one
+:class:`~gsaccel.sw.errors.CapacityError` naming the numbers and the remedy. The plan and the
+layer count are known before any weight is quantised; once any limit is known to be
+exceeded, the remaining layers are rounded plainly (no error feedback) only to count them.
 """
 
+import dataclasses
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -35,15 +42,16 @@ from ...hw.config import POW2_EXP_MAX, CoreConfig
 from ..errors import CapacityError, ShapeError, UnsupportedError
 from ..format import GSMatrix, pow2_encode, pow2_round
 from ..format.geometry import LoopNest, TensorGeometry
-from ..golden.numerics import dequantize, quantize, requantize, wrap
-from .compiler import (FloatLayer, _choose_weight_scale, _error_feedback_round, _pack,
-                       _scale_log2, quantize_weights)
-from .graph import ADD, AVGPOOL, CONV, LINEAR, MAXPOOL, lower_graph
+from ..golden.numerics import quantize, requantize, wrap
+from .graph import ADD, AVGPOOL, CONV, LINEAR, MAXPOOL, _as_float64, _torch, lower_graph
+from .image import MAX_OUTPUT_SIDE
 from .layers import MAX, SUM, BasisLayer, ClearLayer, GSLayer, InputTransform, ResidualNest
-from .plan import Lifetime, plan_memory, scratchpad_depth
+from .plan import Lifetime, bank_depth_for, plan_memory, scratchpad_depth
+from .program import Program, ProgramTensor
+from .quantize import (FloatLayer, _choose_weight_scale, _error_feedback_round, _pack,
+                       _scale_log2, quantize_weights)
 
-__all__ = ["compile_native", "NativeProgram", "NativeTensor", "kernel_columns", "to_gemm",
-           "diagonal_matrix"]
+__all__ = ["compile_native", "kernel_columns", "to_gemm", "diagonal_matrix"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,175 +128,11 @@ def diagonal_matrix(values, padded_channels, lanes, encoding):
                     rg_rows=np.where(real, rows, -1))
 
 
-# Records ----------------------------------------------------------------------------------------
-
-@dataclass
-class NativeTensor:
-    """An activation tensor of a native program.
-
-    Attributes
-    ----------
-    name : str
-        The graph tensor's (fx node's) name; ``<op>.z`` for a SmartDeal basis output.
-    shape : (int, int, int)
-        (C, H, W) as the device holds it: a flat (F,) tensor is (F, 1, 1); an im2col'd input
-        is (kh·kw·C, Ho, Wo).
-    geometry : TensorGeometry
-        Where it is stored (base included). Its channels may exceed ``shape[0]`` for a
-        one-pixel tensor that a SmartDeal layer reads in whole 3-element chunks.
-    scale_log2 : int
-        ``value = int8 · 2**scale_log2``.
-    producer : str or None
-        The device layer writing it (None: the host).
-    first, last : int
-        Steps (graph ops) during which it is live.
-    """
-
-    name: str
-    shape: tuple
-    geometry: TensorGeometry = None
-    scale_log2: int = 0
-    producer: str = None
-    first: int = 0
-    last: int = 0
-
-    @property
-    def view(self):
-        """The geometry with ``shape[0]`` channels: what its writer and its GS readers use
-        (the same addresses as ``geometry`` for every element they touch)."""
-        g = self.geometry
-        return TensorGeometry(g.height, g.width, self.shape[0], g.lanes, g.pad, g.base)
-
-    @property
-    def needs_clear(self):
-        """A device layer writes it and something reads words it does not write: a halo,
-        or channels past ``shape[0]``."""
-        return self.producer is not None and (
-            self.geometry.pad > 0 or self.geometry.channels > self.shape[0])
-
-
-@dataclass
-class NativeProgram:
-    """A model compiled to loop-nest device layers, with its golden run.
-
-    Attributes
-    ----------
-    cfg : CoreConfig
-    depth : int
-        Scratchpad words per bank the plan uses (:func:`~.plan.scratchpad_depth`).
-    tensors : dict of str to NativeTensor
-        Every stored tensor, input first, in creation order.
-    layers : list
-        :class:`~.layers.ClearLayer`, :class:`~.layers.GSLayer` and
-        :class:`~.layers.BasisLayer` records in execution order.
-    input : str
-        The input tensor (written by the host after ``input_transform``).
-    input_shape : tuple
-        Per-sample shape of the model's input ((C, H, W) or (F,)).
-    input_scale_log2 : int
-    input_transform : InputTransform
-    output : str
-    output_shape : tuple
-        Per-sample shape of the model's output.
-    output_scale_log2 : int
-    info : list of dict
-        Per device layer: name, kind, torch op, input/weight/output scales, shift, pattern,
-        per_row, nnz, groups and ``kernel_weights`` (the kept weights of the kernel).
-    plan : MemoryPlan
-    calibration_output : ndarray of int8
-        The device output on the example batch, as the compiler's calibration computed it
-        (torch convolutions on the integers); :meth:`run_golden_int` on the same batch must
-        equal it bit for bit.
-    """
-
-    cfg: CoreConfig
-    depth: int
-    tensors: dict
-    layers: list
-    input: str
-    input_shape: tuple
-    input_scale_log2: int
-    input_transform: InputTransform
-    output: str
-    output_shape: tuple
-    output_scale_log2: int
-    info: list = field(default_factory=list)
-    plan: object = None
-    calibration_output: np.ndarray = None
-
-    @property
-    def input_geometry(self):
-        return self.tensors[self.input].geometry
-
-    @property
-    def output_geometry(self):
-        return self.tensors[self.output].view
-
-    def quantize_input(self, x):
-        """(N, H, W, C) int8: the batch ``x`` (model layout) as the host writes it."""
-        x = _as_float64(x)
-        if x.shape[1:] != tuple(self.input_shape):
-            raise ShapeError(f"Input must have shape (N,) + {tuple(self.input_shape)}, not "
-                             f"{x.shape}")
-        return quantize(self.input_transform.apply(x), self.input_scale_log2)
-
-    def run_golden_int(self, x, *, stale=True, seed=0):
-        """int8 outputs ``(N,) + output_shape`` of the golden loop-nest run of every layer.
-
-        Each sample runs on its own ``(V, depth)`` scratchpad, filled with random bytes first
-        when ``stale`` (what earlier inferences leave behind: nothing may read it).
-        """
-        xq = self.quantize_input(x)
-        rng = np.random.default_rng(seed)
-        lanes, depth = self.cfg.lanes, self.depth
-        src, out = self.input_geometry, self.output_geometry
-        results = []
-        for sample in xq:
-            acts = (rng.integers(-128, 128, (lanes, depth)) if stale
-                    else np.zeros((lanes, depth))).astype(np.int8)
-            src.scatter(sample, acts)
-            for layer in self.layers:
-                layer.run(acts, self.cfg.acc_width)
-            y = out.gather(acts).transpose(2, 0, 1)
-            results.append(y.reshape(self.output_shape))
-        return np.stack(results).astype(np.int8) if results else \
-            np.zeros((0,) + tuple(self.output_shape), dtype=np.int8)
-
-    def run_golden(self, x, **options):
-        """Float outputs ``(N,) + output_shape`` of the golden run: quantise the input,
-        scatter it into the scratchpad, run the layers, gather and dequantise the output."""
-        return dequantize(self.run_golden_int(x, **options), self.output_scale_log2)
-
-    def stats(self):
-        """What the program needs of a core: activation words, layers, weight groups, row
-        records, kept weights."""
-        gs = [layer for layer in self.layers if layer.kind == "gs"]
-        return {
-            "activation_words": self.plan.top, "peak_live_words": self.plan.peak_words,
-            "scratchpad_words": self.depth, "layers": len(self.layers),
-            "groups": sum(layer.matrix.n_groups for layer in gs),
-            "row_groups": sum(layer.matrix.n_rowgroups for layer in gs),
-            "nnz": sum(layer.matrix.nnz for layer in gs),
-        }
-
-
 # Compilation ------------------------------------------------------------------------------------
-
-def _torch():
-    import torch
-    return torch
-
-
-def _as_float64(x):
-    torch = _torch()
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().double().numpy()
-    return np.array(x, dtype=np.float64)
-
 
 def compile_native(model, example_input, cfg=None, *, im2col_input=True,
                    feedback_samples=FEEDBACK_SAMPLES):
-    """Compile ``model`` into a :class:`NativeProgram` of loop-nest layers for ``cfg``.
+    """Compile ``model`` into a :class:`~.program.Program` of loop-nest layers for ``cfg``.
 
     Parameters
     ----------
@@ -311,7 +155,8 @@ def compile_native(model, example_input, cfg=None, *, im2col_input=True,
     UnsupportedError
         An operation the native core cannot run (the message says what to change).
     CapacityError
-        The live tensors do not fit the scratchpad, or a scale or weight cannot be encoded.
+        The program does not fit the core (every limit it exceeds, in one message), or a
+        scale or weight cannot be encoded.
     ShapeError
         A bad example input.
     """
@@ -322,12 +167,50 @@ def compile_native(model, example_input, cfg=None, *, im2col_input=True,
                          f"not shape {x.shape}")
     graph = lower_graph(model, x)
     values = graph.forward(x)
+    _check_lowering(model, graph, x, values)
     try:
         return _Compilation(model, graph, values, cfg, im2col_input, feedback_samples).run()
     except _Im2colDoesNotFit:
         # The im2col'd input is kh·kw times the image: send the image as is instead.
         logger.info("the im2col'd input does not fit the scratchpad; sending it as is")
         return _Compilation(model, graph, values, cfg, False, feedback_samples).run()
+
+
+def _check_lowering(model, graph, x, values):
+    """The graph's float forward must reproduce the model's own (eval mode): otherwise
+    something was silently mis-lowered."""
+    torch = _torch()
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        dtype = next((p.dtype for p in model.parameters()), torch.float32)
+        with torch.no_grad():
+            reference = model(torch.from_numpy(x).to(dtype))
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    reference = reference.detach().double().numpy().reshape(len(x), -1)
+    lowered = values[graph.output].reshape(len(x), -1)
+    deviation = float(np.abs(lowered - reference).max(initial=0))
+    tolerance = 1e-4 * max(1.0, float(np.abs(reference).max(initial=0)))
+    if lowered.shape != reference.shape or deviation > tolerance:
+        raise UnsupportedError(f"The lowered graph must reproduce the model's output, but it "
+                               f"differs by {deviation:.3g} (tolerance {tolerance:.3g})")
+
+
+def _capacity_error(problems):
+    """One :class:`CapacityError` naming every limit exceeded, and the remedy."""
+    limits = {limit: value for limit, _, value in problems if limit is not None}
+    bigger = ", ".join(f"{limit}={value}" for limit, value in limits.items() if value)
+    remedies = []
+    if bigger:
+        remedies.append(f"use a core with {bigger} (a CoreConfig, or a board with more "
+                        f"memory)")
+    if limits.keys() & {"weight_depth", "row_depth"}:
+        remedies.append("prune harder")
+    remedy = f" To fit it, {' or '.join(remedies)}." if remedies else ""
+    return CapacityError(f"Program does not fit the core: "
+                         f"{'; '.join(text for _, text, _ in problems)}.{remedy}")
 
 
 class _Im2colDoesNotFit(Exception):
@@ -356,7 +239,7 @@ class _Compilation:
         self.im2col_input = im2col_input
         self.feedback_samples = int(feedback_samples)
         self.values = values
-        self.tensors = {}          # name -> NativeTensor
+        self.tensors = {}          # name -> ProgramTensor
         self.float = {}            # name -> (N, C, H, W) float64, the device's domain
         self.device = {}           # name -> (N, C, H, W) int64 device values
         self.fold = {}             # tensor -> factor its readers multiply their weights by
@@ -371,18 +254,23 @@ class _Compilation:
         graph = self.graph
         for name, tensor in graph.tensors.items():
             shape = tensor.shape if tensor.is_image else (tensor.shape[0], 1, 1)
-            self.tensors[name] = NativeTensor(name, tuple(int(v) for v in shape),
+            self.tensors[name] = ProgramTensor(name, tuple(int(v) for v in shape),
                                               producer=tensor.producer)
+        self._flatten_input()
         self.steps = [self._step(index, op) for index, op in enumerate(graph.ops)]
         self._plan()
+        self.dry = bool(self._problems())      # known not to fit: only count what follows
         self._calibrate_input()
         for index, step in enumerate(self.steps):
             self._emit(index, step)
+        problems = self._problems()
+        if problems:
+            raise _capacity_error(problems)
         out = self.tensors[graph.output]
         calibration = self.device[graph.output][:, :out.shape[0]]
         calibration = calibration.reshape((len(calibration),) + tuple(graph.output_shape))
         calibration = calibration.astype(np.int8)
-        return NativeProgram(
+        return Program(
             cfg=self.cfg, depth=self.depth, tensors=self.tensors, layers=self.layers,
             input=graph.input, input_shape=tuple(graph.input_shape),
             input_scale_log2=self.tensors[graph.input].scale_log2,
@@ -412,6 +300,17 @@ class _Compilation:
             return _Step(op, op.kind, list(op.inputs), op.output)
         raise UnsupportedError(f"Op {op.name!r} of kind {op.kind!r} cannot be compiled")
 
+    def _flatten_input(self):
+        """An image input that only Linear layers read is sent flat (C·H·W channels of one
+        pixel, CHW order): their weights then need no column permutation, and C < V
+        channels do not leave banks idle."""
+        graph = self.graph
+        tensor = graph.tensors[graph.input]
+        if tensor.is_image and tensor.consumers and all(
+                graph.op(name).kind == LINEAR for name in tensor.consumers):
+            self.tensors[graph.input].shape = (tensor.size, 1, 1)
+            self.transform = InputTransform("flatten")
+
     def _im2col_input(self, op):
         tensor = self.tensors[self.graph.input]
         channels, height, width = tensor.shape
@@ -434,7 +333,7 @@ class _Compilation:
                                    f"this core leaves out (CoreConfig.basis=False)")
         n_chunks = -(-features // 3)
         z = f"{op.name}.z"
-        self.tensors[z] = NativeTensor(z, (3 * n_chunks, 1, 1), producer=f"{op.name}.basis")
+        self.tensors[z] = ProgramTensor(z, (3 * n_chunks, 1, 1), producer=f"{op.name}.basis")
         self.chunked[op.inputs[0]] = max(self.chunked.get(op.inputs[0], 0), 3 * n_chunks)
         return _Step(op, "smartdeal", list(op.inputs), op.output, z=z, n_chunks=n_chunks)
 
@@ -471,7 +370,8 @@ class _Compilation:
                                              pad[find(name)])
         stored = self.tensors[self.graph.input].geometry.channels
         if stored > self.tensors[self.graph.input].shape[0]:
-            self.transform = InputTransform(channels=stored)   # the host pads the chunks
+            # The host pads the chunks.
+            self.transform = dataclasses.replace(self.transform, channels=stored)
         # Lifetimes over the steps: the input from the start, the output to the end.
         self.tensors[self.graph.input].first = 0
         for index, step in enumerate(self.steps):
@@ -482,16 +382,59 @@ class _Compilation:
                 self.tensors[name].last = index
         self.tensors[self.graph.output].last = len(self.steps)
         self.depth = scratchpad_depth(self.cfg)
-        try:
-            self.plan = plan_memory([Lifetime(t.name, t.geometry.words, t.first, t.last)
-                                     for t in self.tensors.values()], self.depth,
-                                    banks=self.lanes)
-        except CapacityError:
-            if self.transform.kind == "im2col":
-                raise _Im2colDoesNotFit() from None
-            raise
+        self.plan = plan_memory([Lifetime(t.name, t.geometry.words, t.first, t.last)
+                                 for t in self.tensors.values()], self.depth,
+                                banks=self.lanes, strict=False)
+        if not self.plan.fits and self.transform.kind == "im2col":
+            raise _Im2colDoesNotFit()
         for name, tensor in self.tensors.items():
             tensor.geometry = tensor.geometry.at(self.plan.bases[name])
+
+    # Capacity --------------------------------------------------------------------------------
+
+    def _problems(self):
+        """``(limit, description, remedy)`` of every limit of the core the program exceeds:
+        before emission from the plan and the steps, after it from the layers as well."""
+        cfg, problems = self.cfg, []
+        if not self.plan.fits:
+            problems.append(("bank_depth", "activations: " + self.plan.shortfall(
+                f"the scratchpad's {cfg.bank_depth} words per bank (CoreConfig.bank_depth)"),
+                bank_depth_for(self.plan.top)))
+        n_layers = max(len(self.layers),
+                       sum(2 if step.kind == "smartdeal" else 1 for step in self.steps)
+                       + sum(1 for t in self.tensors.values() if t.needs_clear))
+        gs = [layer for layer in self.layers if layer.kind == "gs"]
+        for need, have, what, limit, most in (
+                (n_layers, cfg.layer_depth, "layers", "layer_depth", 256),
+                (sum(layer.matrix.n_groups for layer in gs), cfg.weight_depth, "group words",
+                 "weight_depth", 65536),
+                (sum(layer.matrix.rg_rows.size for layer in gs), cfg.row_depth,
+                 "row records", "row_depth", 65536)):
+            if need > have:
+                problems.append((limit, f"{need} {what}, the core holds {have} "
+                                        f"(CoreConfig.{limit})",
+                                 1 << (need - 1).bit_length() if need <= most else None))
+        for step in self.steps:
+            height, width = self.tensors[step.output].shape[1:]
+            if max(height, width) > MAX_OUTPUT_SIDE:
+                problems.append((None, f"layer {step.op.name!r}: {height}x{width} output "
+                                       f"pixels, a layer counts at most {MAX_OUTPUT_SIDE} "
+                                       f"rows and columns (split the layer or stride it)",
+                                 None))
+        for layer in gs:
+            for need, what in ((layer.matrix.n_groups, "groups"),
+                               (int(layer.matrix.rg_rows.size), "row records")):
+                if need > 65535:
+                    problems.append((None, f"layer {layer.name!r}: {need} {what} per pixel, "
+                                           f"a layer holds at most 65535 (prune it harder "
+                                           f"or split it)", None))
+        return problems
+
+    def _count(self):
+        """After a layer is packed: stop rounding carefully once the weights overflow."""
+        if not self.dry and self._problems():
+            logger.info("the program does not fit the core; counting the rest")
+            self.dry = True
 
     # Calibration -----------------------------------------------------------------------------
 
@@ -604,8 +547,8 @@ class _Compilation:
         c_out, in_per_group = weight.shape[:2]
         gemm_w = to_gemm(weight, groups, cp)
         gemm_mask = to_gemm(mask, groups, cp)
-        layer = FloatLayer("gs", name, torch_op, (c_out,), gemm_w, np.asarray(bias, float),
-                           gemm_mask, pattern=pattern, row_order=row_order)
+        layer = FloatLayer(name, gemm_w, np.asarray(bias, float), gemm_mask, pattern=pattern,
+                           row_order=row_order)
         s_x = source.scale_log2
         exact = functional.conv2d(torch.from_numpy(self.float[src]), torch.from_numpy(weight),
                                   None, stride, padding, dilation, groups).numpy()
@@ -643,7 +586,10 @@ class _Compilation:
     def _feedback(self, layer, q, x, s_x, s_w, groups, in_per_group, kernel, stride, padding,
                   dilation, cp):
         """Error-feedback rounding per group of the GEMM view (block-diagonal for grouped
-        convs), on calibration patches at a sample of output pixels."""
+        convs), on calibration patches at a sample of output pixels. Skipped once the
+        program is known not to fit (the rounding then only counts the groups)."""
+        if self.dry:
+            return q
         n, _, height, width = x.shape
         ho = (height + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
         wo = (width + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
@@ -673,9 +619,8 @@ class _Compilation:
                 logger.info("%s: %d columns, rounded without error feedback", layer.name,
                             cols_g.size)
                 continue
-            block = FloatLayer("gs", layer.name, layer.op, (per_group,),
-                               layer.weight[np.ix_(rows_g, cols_g)], layer.bias[rows_g],
-                               layer.mask[np.ix_(rows_g, cols_g)])
+            block = FloatLayer(layer.name, layer.weight[np.ix_(rows_g, cols_g)],
+                               layer.bias[rows_g], layer.mask[np.ix_(rows_g, cols_g)])
             x_g = patches[:, :, channel].reshape(len(pick), -1)
             q[np.ix_(rows_g, cols_g)] = _error_feedback_round(
                 block, q[np.ix_(rows_g, cols_g)], x_g, s_x, s_w, self.encoding, self.cfg)
@@ -690,9 +635,10 @@ class _Compilation:
         if layer.kind == "gs":
             entry.update(op=layer.op, pattern=layer.matrix.pattern,
                          per_row=layer.matrix.per_row, nnz=layer.matrix.nnz,
-                         groups=layer.matrix.n_groups, rowgroups=layer.matrix.n_rowgroups,
+                          groups=layer.matrix.n_groups, rowgroups=layer.matrix.n_rowgroups,
                          pixels=layer.nest.pixels)
         self.info.append(entry)
+        self._count()
 
     # Pooling ---------------------------------------------------------------------------------
 
@@ -764,6 +710,8 @@ class _Compilation:
         self._append(GSLayer(op.name, op.torch_op, matrix, np.zeros(channels, np.int64),
                              shift, op.relu, SUM, nest, tuple(step.inputs), step.output),
                      s_x, -k, s_y, matrix.nnz)
+        if factor != 1.0:
+            self.info[-1]["float_factor"] = factor      # the output is the model's / factor
         y = requantize(self._pool_window(self._dev(source.name), op, SUM), shift, op.relu,
                        self.cfg.acc_width).astype(np.int64)
         self._set_output(step.output, y, s_y, float_value)

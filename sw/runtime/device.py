@@ -10,9 +10,9 @@ timeout. A reply with another sequence number (a late answer to an earlier attem
 discarded. A corrupt reply, a silent device or an ``ERROR BAD_CRC`` answer makes the host
 resend, at most ``retries`` times; then it raises :class:`FrameError`,
 :class:`DeviceTimeout` or :class:`DeviceError`. WRITE, READ and HELLO are idempotent and are
-simply resent. RUN is not — layers may overwrite the buffer they read — so a RUN whose reply
-was lost is never resent on its own: :meth:`Accelerator.run` writes the input again and
-repeats the whole inference.
+simply resent. RUN is not — a layer's output may take the scratchpad words of a tensor an
+earlier layer read, the input's included — so a RUN whose reply was lost is never resent on
+its own: :meth:`Accelerator.infer` writes the input again and repeats the whole inference.
 """
 
 import abc
@@ -45,10 +45,10 @@ class Accelerator(abc.ABC):
     program : Program or None
         The program last loaded.
     counters : dict
-        Counters of the last :meth:`run`, summed over its inputs, plus ``inferences``.
+        Counters of the last :meth:`infer`, summed over its inputs, plus ``inferences``.
     """
 
-    #: How many times :meth:`run` repeats one inference whose RUN reply was lost.
+    #: How many times :meth:`infer` repeats one inference whose RUN reply was lost.
     run_retries = 3
 
     def __init__(self):
@@ -84,20 +84,25 @@ class Accelerator(abc.ABC):
 
     # Programs -----------------------------------------------------------------------------
     def load(self, program):
-        """Write ``program``'s device image (layer table, weights, rows).
+        """Write ``program``'s device image (weights, rows, layer table).
 
         Raises
         ------
         DeviceError
-            If the program was compiled for another core configuration.
+            If the program was compiled for another core than the one this target runs
+            (a board's: what it answered to HELLO), naming the fields that differ.
         """
         cfg = self.config
         if program.cfg != cfg:
-            raise DeviceError(f"Program must target this device's core {cfg}, "
-                              f"not {program.cfg}")
+            differ = ", ".join(f"{name} {getattr(program.cfg, name)!r} (device "
+                               f"{getattr(cfg, name)!r})"
+                               for name in CoreConfig.__dataclass_fields__
+                               if getattr(program.cfg, name) != getattr(cfg, name))
+            raise DeviceError(f"Program must target this device's core {cfg}, not "
+                              f"{program.cfg}: {differ}; compile it for this core (gsaccel "
+                              f"compile --board, or cfg=device.config)")
         image = program.image()
-        for mem, words in ((Memory.WEIGHTS, image.weights), (Memory.ROWS, image.rows),
-                           (Memory.LAYERS, image.layers)):
+        for mem, words in image.memories():
             if words:
                 self.write(mem, 0, list(words))
         self.program = program
@@ -110,29 +115,35 @@ class Accelerator(abc.ABC):
         return self.program
 
     def infer_quantized(self, xq):
-        """Run int8 inputs (``(N, input_size)`` or ``(input_size,)``, zero-padded as
-        :meth:`Program.quantize_input` makes them); return int8 outputs.
+        """Run int8 inputs as :meth:`Program.quantize_input` makes them (``(N, H, W, C)``,
+        or one ``(H, W, C)``); return int8 outputs ``(N,) + output_shape`` (or
+        ``output_shape`` for one input).
 
-        The output has shape ``(N, n_outputs)`` (or ``(n_outputs,)`` for one input).
+        Per input: WRITE the input tensor's whole region (bank words ``[base, end)`` of its
+        geometry in every bank, halo and padding channels zero), RUN every layer once, READ
+        the output tensor's region and gather the output from it.
         """
         program = self._require_program()
+        geometry = program.input_geometry
+        shape = (geometry.height, geometry.width, geometry.channels)
         xq = np.asarray(xq)
-        single = xq.ndim == 1
-        xq = np.atleast_2d(xq)
-        if xq.ndim != 2 or xq.shape[1] != program.input_size:
-            raise ShapeError(f"Quantised input must have shape (N, {program.input_size}), "
-                             f"not {xq.shape}")
+        single = xq.shape == shape
+        if single:
+            xq = xq[None]
+        if xq.shape[1:] != shape:
+            raise ShapeError(f"Quantised input must have shape (N,) + {shape}, not "
+                             f"{xq.shape}")
         if xq.size and (xq.min() < -128 or xq.max() > 127):
             raise ShapeError(f"Quantised input must lie in -128..127, not "
                              f"{int(xq.min())}..{int(xq.max())}")
-        cfg = self.config
-        in_addr = program.input_buffer * cfg.buffer_size
-        out_addr = program.output_buffer * cfg.buffer_size + program.output_offset
+        in_addr, _ = program.input_region()
+        out_addr, out_count = program.output_region()
         totals = {name: 0 for name in COUNTER_NAMES}
-        out = np.empty((len(xq), program.n_outputs), dtype=np.int8)
+        out = np.empty((len(xq),) + program.output_shape, dtype=np.int8)
         for i, sample in enumerate(xq):
+            elements = [int(v) for v in program.input_elements(sample)]
             for attempt in range(self.run_retries + 1):
-                self.write(Memory.ACTS, in_addr, [int(v) for v in sample])
+                self.write(Memory.ACTS, in_addr, elements)
                 try:
                     counters = self.run_layers(0, len(program.layers))
                     break
@@ -142,12 +153,11 @@ class Accelerator(abc.ABC):
                     logger.warning("RUN reply lost; repeating inference %d", i)
             for name in COUNTER_NAMES:
                 totals[name] += counters[name]
-            words = self.read(Memory.ACTS, out_addr, program.n_outputs)
-            out[i] = np.array(words, dtype=np.uint8).view(np.int8)
+            out[i] = program.output_from_elements(self.read(Memory.ACTS, out_addr, out_count))
         self.counters = totals | {"inferences": len(xq)}
         return out[0] if single else out
 
-    def run(self, x):
+    def infer(self, x):
         """Run float inputs; return float32 outputs, dequantised.
 
         ``x`` is one input of the program's input shape, or a batch of them along axis 0.
@@ -162,9 +172,11 @@ class Accelerator(abc.ABC):
         if x.shape[1:] != tuple(program.input_shape):
             raise ShapeError(f"Input must have shape {tuple(program.input_shape)} or "
                              f"(N, {', '.join(map(str, program.input_shape))}), not {x.shape}")
-        yq = self.infer_quantized(program.quantize_input(x))
-        y = program.dequantize_output(yq)
+        y = program.dequantize_output(self.infer_quantized(program.quantize_input(x)))
         return y[0] if single else y
+
+    #: The name of :meth:`infer` in earlier releases.
+    run = infer
 
 
 class Device(Accelerator):
@@ -356,19 +368,32 @@ class GoldenDevice(Accelerator):
 
     Parameters
     ----------
-    cfg : CoreConfig
-        The core to model.
+    cfg : CoreConfig, optional
+        The core to model. Without one, the core is ``CoreConfig()`` until a program is
+        loaded, and then the program's own (DESIGN §4: golden and sim run the program's
+        configuration unless one is given).
     """
 
     def __init__(self, cfg=None):
         super().__init__()
-        from ..golden import GoldenCore
+        self._fixed = cfg is not None
         self._cfg = CoreConfig() if cfg is None else cfg
-        self.core = GoldenCore(self._cfg)
+        self.core = self._new_core(self._cfg)
+
+    @staticmethod
+    def _new_core(cfg):
+        from ..golden import GoldenCore
+        return GoldenCore(cfg)
 
     @property
     def config(self):
         return self._cfg
+
+    def load(self, program):
+        if not self._fixed and program.cfg != self._cfg:
+            self._cfg = program.cfg
+            self.core = self._new_core(self._cfg)
+        super().load(program)
 
     def hello(self):
         return self._cfg

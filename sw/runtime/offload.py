@@ -31,7 +31,8 @@ class OffloadedModel(_module_base()):
 
     ``forward`` takes a float tensor ``(N,) + input_shape`` (or one input without the batch
     axis) and returns the dequantised float32 outputs on the input's torch device. Inputs are
-    sent one at a time (the core holds one activation vector per buffer).
+    sent one at a time: each is written into the program's input tensor, every layer runs,
+    and the output tensor is read back.
 
     Attributes
     ----------
@@ -51,7 +52,7 @@ class OffloadedModel(_module_base()):
         if array.shape != shape and array.shape[1:] != shape:
             raise ShapeError(f"Input must have shape {shape} or (N, "
                              f"{', '.join(map(str, shape))}), not {tuple(array.shape)}")
-        y = torch.from_numpy(np.ascontiguousarray(self.device.run(array)))
+        y = torch.from_numpy(np.ascontiguousarray(self.device.infer(array)))
         return y.to(x.device) if isinstance(x, torch.Tensor) else y
 
     @property
@@ -97,7 +98,7 @@ def offload(model, target="sim", example_input=None, *, lanes=8, encoding="pow2"
         program = compile(model, example_input, lanes=lanes if cfg is None else cfg.lanes,
                           encoding=encoding if cfg is None else cfg.encoding, cfg=cfg)
         if device is None:
-            device = connect(target, cfg=program.cfg, **connect_options)
+            device = connect(target, program=program, **connect_options)
         device.load(program)
     except BaseException:
         if device is not None:

@@ -47,7 +47,7 @@ def parse_target(target):
     raise GsaccelError(f"Target must be one of {', '.join(TARGETS)}, not {target!r}")
 
 
-def connect(target, *, cfg=None, timeout=None, retries=3, waves=None):
+def connect(target, *, cfg=None, program=None, timeout=None, retries=3, waves=None):
     """Open ``target`` and return its device (a context manager).
 
     Parameters
@@ -57,7 +57,11 @@ def connect(target, *, cfg=None, timeout=None, retries=3, waves=None):
         native harness) or ``serial:PORT[@BAUD]`` (a board).
     cfg : CoreConfig, optional
         The core to model or build (``golden``, ``sim``); a board reports its own with HELLO.
-        Default: ``CoreConfig()``.
+        Default: ``program``'s configuration; without a program, ``CoreConfig()`` (and a
+        ``golden`` target then takes the configuration of the first program it loads).
+    program : Program, optional
+        The program to be run: ``golden`` and ``sim`` are built for its core when ``cfg`` is
+        not given (DESIGN §4). It is not loaded.
     timeout : float, optional
         Seconds to wait for each reply (default 10 for ``sim``, 2 for a board).
     retries : int
@@ -74,9 +78,11 @@ def connect(target, *, cfg=None, timeout=None, retries=3, waves=None):
     kind, port, baud = parse_target(target)
     if waves is not None and kind != "sim":
         raise GsaccelError(f"Waveforms come from the sim target only, not {target!r}")
-    cfg = CoreConfig() if cfg is None else cfg
+    if cfg is None and program is not None:
+        cfg = program.cfg
     if kind == "golden":
         return GoldenDevice(cfg)
+    cfg = CoreConfig() if cfg is None else cfg
     if kind == "sim":
         try:
             from .verilator import VerilatorTransport

@@ -108,7 +108,7 @@ ICEBREAKER = Board(
     # 30 MHz does not need them). No basis unit: it needs nine multipliers (the UP5K has
     # eight DSPs) and about 1100 LUTs; a one-vector result queue saves 192 flip-flops.
     # docs/boards.md.
-    config=CoreConfig(lanes=8, bank_depth=64, weight_depth=512, row_depth=1024,
+    config=CoreConfig(lanes=8, bank_depth=128, weight_depth=512, row_depth=1024,
                       layer_depth=8, result_queue=8, max_payload=256, basis=False,
                       deep_pipeline=False),
     uart=("uart", 0),
@@ -133,7 +133,7 @@ ULX3S_85F = Board(
     # took the Fmax to 92 MHz (docs/boards.md).
     clk_hz=100e6,
     baud=3_000_000,
-    config=CoreConfig(lanes=16, bank_depth=64, weight_depth=1024, row_depth=1024,
+    config=CoreConfig(lanes=16, bank_depth=128, weight_depth=1024, row_depth=1024,
                       layer_depth=64, result_queue=64, max_payload=1024),
     uart=("uart", 0),
     leds={"idle": ("led", 0, None), "busy": ("led", 1, None), "error": ("led", 7, None)},
@@ -153,7 +153,7 @@ ORANGECRAB = Board(
     # bit.
     clk_hz=32e6,
     baud=3_000_000,
-    config=CoreConfig(lanes=16, bank_depth=128, weight_depth=1024, row_depth=1024,
+    config=CoreConfig(lanes=16, bank_depth=256, weight_depth=1024, row_depth=1024,
                       layer_depth=32, result_queue=32, max_payload=1024),
     uart=("uart", 0),
     leds={"idle": ("rgb_led", 0, "g"), "busy": ("rgb_led", 0, "b"),

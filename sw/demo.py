@@ -142,7 +142,7 @@ def _train_prune_run(*, target, cfg, device, sparsity, pattern, seed, epochs,
 
     golden = GoldenDevice(cfg)
     golden.load(program)
-    golden_out = golden.run(x)
+    golden_out = golden.infer(x)
     result["golden_accuracy"] = float((golden_out.argmax(1) == y).mean())
     result["golden_float_agreement"] = float((golden_out.argmax(1) ==
                                               float_logits.argmax(1)).mean())
@@ -158,7 +158,7 @@ def _train_prune_run(*, target, cfg, device, sparsity, pattern, seed, epochs,
         task = progress.add_task(f"inference on {target}", total=len(x))
         for begin in range(0, len(x), 25):
             batch = x[begin:begin + 25]
-            outputs.append(device.run(batch))
+            outputs.append(device.infer(batch))
             for name, value in device.counters.items():
                 totals[name] = totals.get(name, 0) + value
             progress.advance(task, len(batch))
@@ -203,12 +203,13 @@ def _console():
 
 
 def compile_dense_bytes(program):
-    """Bytes of the same layers stored dense in int8 (the baseline the packing is against)."""
+    """Bytes of the same layers stored dense in int8 (the baseline the packing is against):
+    each GS layer's kernel in its GEMM view, rows x columns, and 9 per basis."""
     total = 0
-    for spec in program.layers:
-        if spec.kind == "gs":
-            rows, cols = spec.matrix.shape
+    for layer in program.layers:
+        if layer.kind == "gs":
+            rows, cols = layer.matrix.shape
             total += rows * cols
-        else:
+        elif layer.kind == "basis":
             total += 9
     return total

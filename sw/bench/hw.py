@@ -22,11 +22,16 @@ from ...hw.layouts import Memory
 from .. import golden
 from ..errors import GsaccelError, ToolNotFound
 from ..format import GSMatrix
-from ..compile.image import LayerSpec, build_image
+from ..format.geometry import LoopNest, TensorGeometry
+from ..compile.image import build_image
+from ..compile.layers import GSLayer
+from ..compile.program import gather_region, region
 
-__all__ = ["run", "pattern_masks", "lane_cells"]
+__all__ = ["run", "pattern_masks", "lane_cells", "one_pixel_layer"]
 
 SPARSITIES = (0.5, 0.75, 0.875)
+#: Rows and columns of the dense layer the simulation speed is measured on.
+SPEED_SIDE = 256
 
 
 def pattern_masks(weights, sparsity, lanes):
@@ -50,21 +55,42 @@ def _pow2_weights(rng, mask):
     return np.where(mask, random_values(rng, mask.shape, "pow2", max_exp=5), 0)
 
 
-def _run_layer(device, cfg, matrix, rng):
-    """Load one layer, run it on ``device``; return (counters, outputs, expected)."""
-    layer = LayerSpec(matrix=matrix, bias=rng.integers(-512, 512, matrix.shape[0]), shift=6)
-    image = build_image(cfg, [layer])
-    for mem, words in image.memories():
+def one_pixel_layer(cfg, matrix, bias=None, shift=6, name="bench"):
+    """``matrix`` as a GS layer on one pixel: ``y = W·x`` with the input vector at bank
+    address 0 and the output right after it (a Linear layer is the loop nest's one-pixel
+    case)."""
+    rows, cols = matrix.shape
+    source = TensorGeometry(1, 1, cols, cfg.lanes)
+    dest = TensorGeometry(1, 1, rows, cfg.lanes, base=source.end)
+    bias = np.zeros(rows, np.int64) if bias is None else bias
+    return GSLayer(name, "Linear", matrix, bias, shift, False, "sum", LoopNest(source, dest),
+                   ("x",), "y")
+
+
+def _load_layer(device, cfg, layer, x):
+    """Write the one-layer image and the input vector ``x`` (its whole region) to
+    ``device`` (a target, or a :class:`GoldenCore`)."""
+    for mem, words in build_image(cfg, [layer]).memories():
         device.write(mem, 0, words)
+    source = layer.nest.source
+    banks = np.zeros((cfg.lanes, source.end), dtype=np.int64)
+    source.scatter(np.asarray(x).reshape(1, 1, -1), banks)
+    address, _ = region(source)
+    device.write(Memory.ACTS, address, [int(v) for v in banks[:, source.base:].T.ravel()])
+
+
+def _run_layer(device, cfg, matrix, rng):
+    """Load one layer, run it on ``device``; return (counters, the golden core's counters,
+    outputs, expected)."""
+    layer = one_pixel_layer(cfg, matrix, rng.integers(-512, 512, matrix.shape[0]))
     x = rng.integers(-128, 128, matrix.shape[1])
-    device.write(Memory.ACTS, 0, [int(v) for v in x])
+    _load_layer(device, cfg, layer, x)
     counters = device.run_layers(0, 1)
-    got = np.array(device.read(Memory.ACTS, cfg.buffer_size, matrix.shape[0]), dtype=np.int64)
-    got = (got + 128) % 256 - 128                        # raw bytes or signed: both to int8
+    dest = layer.nest.dest
+    got = gather_region(dest, device.read(Memory.ACTS, *region(dest))).ravel().astype(np.int64)
     expected = golden.gs_layer(matrix, x, layer.bias, layer.shift, False, cfg.acc_width)
     reference = golden.GoldenCore(cfg)
-    reference.load(image)
-    reference.write(Memory.ACTS, 0, [int(v) for v in x])
+    _load_layer(reference, cfg, layer, x)
     return counters, reference.run(0, 1), got, expected
 
 
@@ -153,14 +179,12 @@ def sim_speed(cfg, progress):
     """Simulated cycles per wall-clock second of the Verilator core on a long layer."""
     from ..runtime.targets import connect
     rng = np.random.default_rng(7)
-    rows = cols = min(cfg.buffer_size, 256)
+    rows = cols = SPEED_SIDE
     matrix = GSMatrix.from_dense(_pow2_weights(rng, np.ones((rows, cols), bool)), "dense",
                                  cfg.lanes, cfg.lanes)
-    image = build_image(cfg, [LayerSpec(matrix=matrix, shift=8)])
     with connect("sim", cfg=cfg, timeout=120) as device:
-        for mem, words in image.memories():
-            device.write(mem, 0, words)
-        device.write(Memory.ACTS, 0, [int(v) for v in rng.integers(-128, 128, cols)])
+        _load_layer(device, cfg, one_pixel_layer(cfg, matrix, shift=8),
+                    rng.integers(-128, 128, cols))
         device.run_layers(0, 1)                          # warm up
         started = time.perf_counter()
         cycles = 0
@@ -204,7 +228,7 @@ def run(*, out_dir, quick=False):
     console = Console(stderr=True)
     lanes = 8
     rows, cols = (64, 96) if quick else (256, 256)
-    cfg = CoreConfig(lanes=lanes, bank_depth=64, weight_depth=16384, row_depth=1024)
+    cfg = CoreConfig(lanes=lanes, bank_depth=128, weight_depth=16384, row_depth=1024)
     with console.status("bench hw: building the Verilator core and running layers…") as status:
         table, results, _ = pattern_table(rows=rows, cols=cols, lanes=lanes, quick=quick,
                                           device_cfg=cfg,
@@ -223,7 +247,7 @@ def run(*, out_dir, quick=False):
         "## One lane after yosys `synth_ice40`", "", lanes_md, "",
         "## Verilator simulation speed", "",
         f"{cycles} simulated cycles in {elapsed:.2f} s: **{cycles / elapsed / 1e6:.2f} M "
-        f"cycles/s** (V = {lanes}, native harness, dense layer {min(cfg.buffer_size, 256)}², "
+        f"cycles/s** (V = {lanes}, native harness, dense layer {SPEED_SIDE}², "
         f"including host frame traffic).", ""])
     (Path(out_dir) / "benchmarks.md").write_text(text)
     return text

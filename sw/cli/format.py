@@ -1,5 +1,6 @@
 """``gsaccel pack``, ``unpack`` and ``inspect``: the GS compact format from the command line."""
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -48,10 +49,11 @@ def register(subparsers):
     unpack.set_defaults(func=run_unpack)
 
     inspect = add_command(subparsers, "inspect",
-                          help="show shape, pattern, groups, padding and predicted cycles of "
-                               "a .gsf file",
+                          help="show a .gsf matrix (shape, pattern, groups, padding, predicted "
+                               "cycles) or a .gsp program (per layer its loop nest, taps, "
+                               "groups per pixel and cycles)",
                           example="gsaccel inspect W.gsf --json")
-    inspect.add_argument("file", metavar="W.gsf")
+    inspect.add_argument("file", metavar="FILE", help="a .gsf matrix or a .gsp program")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
     inspect.set_defaults(func=run_inspect)
 
@@ -88,15 +90,18 @@ def pack_model(path, *, lanes=8, encoding="pow2", pattern=None, per_row=1):
     """``(layer name, GSMatrix, SmartDeal basis or None)`` for every Linear/Conv2d of a
     torch.save'd model.
 
-    Each layer's masked weight (GEMM view, out × in·kh·kw) is quantised with a power-of-two
-    scale to ``encoding``, then packed with ``pattern`` or, when that is None, the pattern its
-    pruning recorded (``gsaccel.sw.prune.pattern_info``; unstructured when it has none). A
-    SmartDeal layer packs C′ (its power-of-two factor, exact: scaled by 2**10 to integers)
-    under its C pattern, and returns B beside it.
+    Each layer's masked weight in the hardware's GEMM view
+    (``gsaccel.sw.prune.gemm_layout(module, lanes).to_gemm(weight * mask)``: a Conv2d's rows
+    are its output channels and its columns ``tap·Cp + c``, channels padded to V, what the
+    core's loop nest runs; a Linear's is its weight) is quantised with a power-of-two scale
+    to ``encoding``, then packed with ``pattern`` or, when that is None, the pattern its
+    pruning recorded (``gsaccel.sw.prune.pattern_info``, with its gs-scatter row order;
+    unstructured when it has none). A SmartDeal layer packs C′ (its power-of-two factor,
+    exact: scaled by 2**10 to integers) under its C pattern, and returns B beside it.
     """
-    from ..compile.compiler import _masked_weight, _scale_log2, quantize_weights
-    from ..prune import (SMARTDEAL_EXP_MIN, pattern_info, prunable_layers, smartdeal_cprime,
-                         smartdeal_factors)
+    from ..compile.quantize import _scale_log2, quantize_weights
+    from ..prune import (SMARTDEAL_EXP_MIN, gemm_layout, pattern_info, prunable_layers,
+                         smartdeal_cprime, smartdeal_factors)
     model = load_model(path)
     layers = prunable_layers(model)
     if not layers:
@@ -114,11 +119,9 @@ def pack_model(path, *, lanes=8, encoding="pow2", pattern=None, per_row=1):
             except GsaccelError as error:
                 raise type(error)(f"layer {name!r}: {error}") from None
             continue
-        weight, mask = _masked_weight(module)
-        weight = weight.reshape(weight.shape[0], -1)
-        mask = None if mask is None else mask.reshape(weight.shape)
+        weight, mask = _gemm_weight(module, gemm_layout(module, lanes))
         limit = 2 ** POW2_EXP_MAX if encoding == "pow2" else 127
-        kept = weight if mask is None else weight[mask]
+        kept = weight[mask]
         scale = _scale_log2(float(np.abs(kept).max()) if kept.size else 0.0, limit)
         q = quantize_weights(weight, mask, scale, encoding)
         layer_pattern, layer_e, order = pattern, per_row, None
@@ -139,6 +142,18 @@ def pack_model(path, *, lanes=8, encoding="pow2", pattern=None, per_row=1):
             raise type(error)(f"layer {name!r}: {error}") from None
 
 
+def _gemm_weight(module, layout):
+    """(masked weight, kept mask) of a layer in its GEMM view ``layout``; the structural
+    zeros are never kept, and an unpruned layer keeps every weight of its own."""
+    dense = module.weight_orig if hasattr(module, "weight_orig") else module.weight
+    dense = dense.detach().cpu().double().numpy()
+    if hasattr(module, "weight_mask"):
+        mask = layout.to_gemm(module.weight_mask.detach().cpu().numpy() != 0)
+    else:
+        mask = layout.candidates()
+    return layout.to_gemm(dense) * mask, mask
+
+
 def _print_summary(path, stats):
     print(f"{path}: {stats['shape'][0]}x{stats['shape'][1]} {stats['pattern']} V={stats['lanes']} "
           f"e={stats['per_row']}, {stats['nnz']} nonzeros, {stats['groups']} groups, "
@@ -153,6 +168,10 @@ def run_unpack(args):
 
 
 def run_inspect(args):
+    from ..compile.program import GSP_MAGIC
+    path = Path(args.file)
+    if path.is_file() and path.read_bytes()[:len(GSP_MAGIC)] == GSP_MAGIC:
+        return _inspect_program(args)
     stats = golden.layer_stats(GSMatrix.load(args.file))
     if args.json:
         json.dump(stats, sys.stdout, indent=2)
@@ -179,6 +198,22 @@ def run_inspect(args):
     for key, value in rows:
         table.add_row(key, str(value))
     console().print(table)
+
+
+def _inspect_program(args):
+    from ..compile.program import Program
+    from .runtime import program_summary, program_table
+    program = Program.load(args.file)
+    if args.json:
+        from ..compile.program import jsonable
+        json.dump(jsonable({"cfg": dataclasses.asdict(program.cfg), **program.stats()}),
+                  sys.stdout, indent=2)
+        print()
+        return
+    out = console()
+    out.print(program_table(program, title=f"{args.file}: V={program.cfg.lanes}, "
+                                           f"{program.cfg.encoding} weights"))
+    out.print(program_summary(program), soft_wrap=True)
 
 
 def _summarise(values):

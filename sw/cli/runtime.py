@@ -18,21 +18,26 @@ def register(subparsers):
         subparsers, "compile",
         help="compile a torch model (.pt) into a device program (.gsp)",
         description="Trace a saved torch model (torch.save of an nn.Module, pruned or not), "
-                    "calibrate int8 activation scales on an example batch, quantise the "
-                    "weights and pack every layer for the core.",
+                    "plan its activation tensors in the scratchpad, calibrate int8 activation "
+                    "scales on an example batch, quantise the weights and pack every layer "
+                    "as a loop nest over its output pixels. A model that does not fit the "
+                    "core is refused with every limit it exceeds.",
         example="gsaccel compile model.pt --example x.npy --lanes 8 -o model.gsp")
     compile_.add_argument("model", metavar="MODEL.pt", help="torch.save of an nn.Module")
     compile_.add_argument("--example", metavar="X.npy", required=True,
                           help="calibration batch (N, ...) of float inputs")
     add_lanes(compile_)
     add_encoding(compile_)
-    compile_.add_argument("--bank-depth", metavar="D", type=int, default=64,
-                          help="words per scratchpad bank; a buffer holds V*D activations "
+    compile_.add_argument("--bank-depth", metavar="D", type=int, default=128,
+                          help="words per scratchpad bank: the scratchpad holds V*D int8 "
+                               "activations, where every tensor gets a region of its own "
                                "(default: %(default)s)")
     compile_.add_argument("--weight-depth", metavar="G", type=int, default=2048,
                           help="group words in the weight memory (default: %(default)s)")
     compile_.add_argument("--row-depth", metavar="R", type=int, default=1024,
                           help="row records in the row memory (default: %(default)s)")
+    compile_.add_argument("--layer-depth", metavar="L", type=int, default=16,
+                          help="layer descriptors in the layer table (default: %(default)s)")
     compile_.add_argument("--board", metavar="BOARD",
                           help="compile for this board's default core (icebreaker, "
                                "ulx3s-85f, orangecrab) instead of the size options above")
@@ -79,37 +84,56 @@ def run_compile(args):
         try:
             cfg = CoreConfig(lanes=args.lanes, encoding=args.encoding,
                              bank_depth=args.bank_depth, weight_depth=args.weight_depth,
-                             row_depth=args.row_depth)
+                             row_depth=args.row_depth, layer_depth=args.layer_depth)
         except (TypeError, ValueError) as error:
             raise GsaccelError(f"Core configuration is invalid: {error}") from None
     program = compile(model, example, cfg=cfg)
     program.save(args.output)
     out = console()
     out.print(program_table(program))
-    stats = program.stats()
-    out.print(f"wrote {args.output}: {stats['layers']} layers, {stats['weight_bytes']} "
-                  f"weight bytes, {stats['cycles']} cycles per inference, utilisation "
-                  f"{stats['utilisation']:.1%}", soft_wrap=True)
+    out.print(f"wrote {args.output}: {program_summary(program)}", soft_wrap=True)
 
 
-def program_table(program):
+def program_table(program, title=None):
+    """Per layer: the loop nest (output pixels Ho x Wo, taps), pattern, groups per pixel,
+    kept weights, utilisation and the cycles of the golden cycle model."""
     from rich.table import Table
-    table = Table(title=f"program for V={program.cfg.lanes}, {program.cfg.encoding} weights")
-    for column in ("#", "layer", "op", "kind", "shape", "pattern", "e", "nnz", "groups",
-                   "util", "shift", "relu"):
-        table.add_column(column, justify="right" if column in
-                         ("#", "nnz", "groups", "util", "shift", "e") else "left")
-    for index, (spec, info) in enumerate(zip(program.layers, program.info)):
-        if spec.kind == "gs":
-            m = spec.matrix
+    cfg = program.cfg
+    table = Table(title=title or f"program for V={cfg.lanes}, {cfg.encoding} weights, "
+                                 f"{len(program.layers)} layers")
+    columns = ("#", "layer", "op", "kind", "nest Ho x Wo", "taps", "pattern", "e",
+               "groups/pixel", "nnz", "util", "cycles", "shift", "relu")
+    for column in columns:
+        table.add_column(column, justify="left" if column in
+                         ("layer", "op", "kind", "pattern") else "right")
+    for index, (layer, stats) in enumerate(zip(program.layers, program.layer_stats())):
+        if layer.kind == "gs":
+            m = layer.matrix
             util = m.nnz / (m.lanes * m.n_groups) if m.n_groups else 0.0
-            row = (f"{m.shape[0]}x{m.shape[1]}", m.pattern, str(m.per_row), str(m.nnz),
-                   str(m.n_groups), f"{util:.0%}")
+            height, width = stats["output"]
+            row = (f"{height}x{width}", str(stats["taps"]), m.pattern, str(m.per_row),
+                   str(m.n_groups), str(m.nnz), f"{util:.0%}")
+            kind = "gs" if layer.op == "sum" else "gs max"
+        elif layer.kind == "basis":
+            row = ("1x1", "-", "basis", "-", f"{layer.n_chunks} chunks", "9", "-")
+            kind = "basis"
         else:
-            row = (f"{spec.n_chunks} chunks", "basis", "-", "9", str(spec.n_chunks), "-")
-        table.add_row(str(index), info.get("name", spec.name), info.get("op", ""), spec.kind,
-                      *row, str(spec.shift), "yes" if spec.relu else "")
+            row = ("-", "-", "-", "-", f"{layer.words} words", "-", "-")
+            kind = "clear"
+        table.add_row(str(index), layer.name, layer.torch_op, kind, *row,
+                      str(stats["cycles"]), str(getattr(layer, "shift", "")),
+                      "yes" if getattr(layer, "relu", False) else "")
     return table
+
+
+def program_summary(program):
+    """One line: layers, memories used, weight bytes, cycles and utilisation."""
+    stats, cfg = program.stats(), program.cfg
+    return (f"{stats['layers']} layers of {cfg.layer_depth}, {stats['group_words']} group "
+            f"words of {cfg.weight_depth}, {stats['row_words']} row records of "
+            f"{cfg.row_depth}, {stats['activation_words']} activation words per bank of "
+            f"{program.depth}; {stats['weight_bytes']} weight bytes, {stats['cycles']} cycles "
+            f"per inference, utilisation {stats['utilisation']:.1%}")
 
 
 # run --------------------------------------------------------------------------------------------
@@ -132,9 +156,9 @@ def run_run(args):
             raise ShapeError(f"{args.labels}: labels must have shape ({len(x)},), "
                              f"not {labels.shape}")
     model = load_model(args.compare) if args.compare else None
-    with connect(args.target, cfg=program.cfg, waves=args.waves) as device:
+    with connect(args.target, program=program, waves=args.waves) as device:
         device.load(program)
-        y = device.run(x)
+        y = device.infer(x)
         counters = dict(device.counters)
         if model is not None:
             n = min(len(x), max(1, args.compare_samples))
@@ -165,56 +189,71 @@ def run_run(args):
 def compare_layers(program, model, x, device):
     """Per-layer comparison of torch float, the golden model and ``device``.
 
-    The device runs each input one layer at a time (RUN of one layer, then a READ of its
-    destination buffer), so every intermediate activation is checked.
+    The device runs each input one layer at a time (a RUN of one layer, then a READ of the
+    region of the tensor it wrote), so every intermediate tensor is checked; CLEAR layers
+    run but are not reported.
 
     Returns
     -------
     rows : list of dict
-        Per layer: name, op, elements, max/mean abs error of golden vs float (dequantised),
-        saturated outputs (at -128 or 127), device mismatches vs golden.
+        Per GS or basis layer: name, op, elements, max/mean abs error of golden vs float
+        (dequantised; NaN where the float model has no such tensor), saturated outputs (at
+        -128 or 127), device mismatches vs golden.
     summary : dict
         samples, agree_float, agree_golden (final argmax agreement), bit_exact.
     """
     import torch
     from ...hw.layouts import Memory
-    from ..compile import float_trace, lower
-    model.eval()
-    floats = lower(model, program.input_shape)
-    if len(floats) != len(program.layers):
-        raise ShapeError(f"Model must lower to the program's {len(program.layers)} layers, "
-                         f"not {len(floats)}; is it the model the program came from?")
-    float_out = float_trace(floats, x)
-    xq = program.quantize_input(x)
-    cfg = program.cfg
-    golden = [[] for _ in program.layers]
-    dev = [[] for _ in program.layers]
-    for sample in xq:
-        for index, y in enumerate(program.trace_quantized(sample)):
-            golden[index].append(y)
-        device.write(Memory.ACTS, program.input_buffer * cfg.buffer_size,
-                     [int(v) for v in sample])
-        for index, spec in enumerate(program.layers):
+    from ..compile.graph import lower_graph
+    from ..compile.program import gather_region, region
+    graph = lower_graph(model, x)
+    names = [layer.output for layer in program.layers]
+    if graph.output != program.output or program.output not in names or any(
+            name not in graph.tensors and program.tensors[name].producer not in
+            (layer.name for layer in program.layers) for name in names):
+        raise ShapeError(f"Model must lower to the program's tensors ({', '.join(names)}); "
+                         f"is it the model the program came from?")
+    values = graph.forward(x)
+    golden = program.trace_golden_int(x)
+    device_trace = [[] for _ in program.layers]
+    in_addr, _ = program.input_region()
+    for sample in program.quantize_input(x):
+        device.write(Memory.ACTS, in_addr, [int(v) for v in program.input_elements(sample)])
+        for index, layer in enumerate(program.layers):
             device.run_layers(index, 1)
-            words = device.read(Memory.ACTS, spec.dst * cfg.buffer_size, spec.out_size)
-            dev[index].append(np.array(words, dtype=np.uint8).view(np.int8))
+            geometry = program.written(layer)
+            words = device.read(Memory.ACTS, *region(geometry))
+            device_trace[index].append(gather_region(geometry, words).transpose(2, 0, 1))
     rows = []
-    for index, (spec, info) in enumerate(zip(program.layers, program.info)):
-        g = np.stack(golden[index]).astype(np.int64)
-        d = np.stack(dev[index]).astype(np.int64)
-        f = float_out[index][:, :g.shape[1]]
-        deq = g * 2.0 ** info["scale_log2"]
-        err = np.abs(deq - f)
-        rows.append({"layer": index, "name": info["name"], "op": info["op"],
-                     "elements": g.shape[1], "float_max": float(np.abs(f).max()),
-                     "max_err": float(err.max()), "mean_err": float(err.mean()),
-                     "lsb": 2.0 ** info["scale_log2"],
+    for index, (layer, info) in enumerate(zip(program.layers, program.info)):
+        g = golden[index].astype(np.int64)
+        d = np.stack(device_trace[index]).astype(np.int64)
+        mismatches = int((g != d).sum())
+        if layer.kind == "clear":
+            if mismatches:
+                rows.append({"layer": index, "name": layer.name, "op": "clear",
+                             "elements": g[0].size, "float_max": float("nan"),
+                             "max_err": float("nan"), "mean_err": float("nan"),
+                             "lsb": float("nan"), "saturated": 0, "mismatches": mismatches})
+            continue
+        scale = program.tensors[layer.output].scale_log2
+        if layer.output in values:
+            f = values[layer.output].reshape(g.shape) / info.get("float_factor", 1.0)
+            err = np.abs(g * 2.0 ** scale - f)
+            float_max, max_err, mean_err = (float(np.abs(f).max()), float(err.max()),
+                                            float(err.mean()))
+        else:                        # a SmartDeal basis output: no tensor of the model
+            float_max = max_err = mean_err = float("nan")
+        rows.append({"layer": index, "name": layer.name, "op": layer.torch_op,
+                     "elements": g[0].size, "float_max": float_max, "max_err": max_err,
+                     "mean_err": mean_err, "lsb": 2.0 ** scale,
                      "saturated": int(((g == 127) | (g == -128)).sum()),
-                     "mismatches": int((g != d).sum())})
+                     "mismatches": mismatches})
     with torch.no_grad():
         reference = model(torch.from_numpy(x).float()).numpy().reshape(len(x), -1)
-    final_g = np.stack(golden[-1])[:, program.output_offset:][:, :program.n_outputs]
-    final_d = np.stack(dev[-1])[:, program.output_offset:][:, :program.n_outputs]
+    last = max(i for i, name in enumerate(names) if name == program.output)
+    final_g = golden[last].reshape(len(x), -1)
+    final_d = np.stack(device_trace[last]).reshape(len(x), -1)
     summary = {"samples": len(x),
                "agree_float": float((final_g.argmax(1) == reference.argmax(1)).mean()),
                "agree_golden": float((final_d.argmax(1) == final_g.argmax(1)).mean()),

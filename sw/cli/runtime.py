@@ -101,8 +101,8 @@ def program_table(program, title=None):
     cfg = program.cfg
     table = Table(title=title or f"program for V={cfg.lanes}, {cfg.encoding} weights, "
                                  f"{len(program.layers)} layers")
-    columns = ("#", "layer", "op", "kind", "nest Ho x Wo", "taps", "pattern", "e",
-               "groups/pixel", "nnz", "util", "cycles", "shift", "relu")
+    columns = ("#", "layer", "op", "kind", "HoxWo", "taps", "pattern", "e", "groups/px",
+               "nnz", "util", "cycles", "shift", "relu")
     for column in columns:
         table.add_column(column, justify="left" if column in
                          ("layer", "op", "kind", "pattern") else "right")

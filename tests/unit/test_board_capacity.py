@@ -1,10 +1,11 @@
 """Every board's default core holds the demo's network: the digits MLP (64-128-64-10)
-pruned to GS-gather packs into its weight, row and layer memories and its buffers, and the
+pruned to GS-gather packs into its weight, row and layer memories and its scratchpad, and the
 golden model runs it. (gsaccel build checks that the core fits the FPGA; this checks that
 the core it fits is big enough for the model it is for.)
 
 The iCEBreaker's 512 group words (all of its block RAM that the scratchpad leaves) hold
-4096 weights: the demo's 75 % (4256 weights, 532 groups at V = 8) does not fit, 87.5 % does.
+4096 weights: the demo's 75 % (4256 weights, 544 group words at V = 8: its 10-row last layer
+pads a row group) does not fit, 87.5 % does.
 """
 
 import numpy as np
@@ -30,12 +31,14 @@ def test_default_core_holds_the_demo_network(name):
     x = torch.rand(64, 64) * 16            # digits pixels are 0..16
     program = compile(model, x, cfg=cfg)
     stats = program.stats()
-    assert 0 < stats["groups"] <= cfg.weight_depth
+    assert 0 < stats["group_words"] <= cfg.weight_depth
     assert len(program.layers) == 3 <= cfg.layer_depth
+    assert stats["activation_words"] <= cfg.bank_depth
     device = GoldenDevice(cfg)
     device.load(program)
-    out = device.run(x[:4].numpy())
+    out = device.infer(x[:4].numpy())
     assert out.shape == (4, 10) and np.count_nonzero(out)
+    assert np.array_equal(out, program.run_golden(x[:4].numpy()))
 
 
 def test_icebreaker_refuses_the_75_percent_demo_network_by_name():
@@ -44,6 +47,8 @@ def test_icebreaker_refuses_the_75_percent_demo_network_by_name():
     torch.manual_seed(0)
     model = DigitsMLP()
     prune(model, "gs-gather", 0.75, lanes=cfg.lanes)
-    with pytest.raises(CapacityError, match=r"^Program needs 5\d\d group words, the core's "
-                                            r"weight memory holds 512$"):
+    with pytest.raises(CapacityError, match=r"^Program does not fit the core: 5\d\d group "
+                                            r"words, the core holds 512 \(CoreConfig\."
+                                            r"weight_depth\)\. To fit it, use a core with "
+                                            r"weight_depth=1024 .* or prune harder\.$"):
         compile(model, torch.rand(64, 64) * 16, cfg=cfg)

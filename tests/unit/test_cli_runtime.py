@@ -20,7 +20,7 @@ def files(tmp_path):
     model = nn.Sequential(nn.Flatten(), nn.Linear(20, 24), nn.ReLU(), nn.Linear(24, 6)).eval()
     torch.save(model, tmp_path / "m.pt")
     rng = np.random.default_rng(SEED)
-    np.save(tmp_path / "x.npy", rng.normal(size=(32, 4, 5)).astype(np.float32))
+    np.save(tmp_path / "x.npy", rng.normal(size=(32, 2, 2, 5)).astype(np.float32))
     np.save(tmp_path / "labels.npy", rng.integers(0, 6, 32))
     return tmp_path
 
@@ -38,7 +38,7 @@ def test_compile_then_run_with_compare(files, capsys):
     out = capsys.readouterr().out
     assert "wrote" in out and "cycles per inference" in out
     program = Program.load(files / "m.gsp")
-    assert program.cfg.lanes == 4 and program.input_shape == (4, 5)
+    assert program.cfg.lanes == 4 and program.input_shape == (2, 2, 5)
     assert main(["run", str(files / "m.gsp"), "--input", str(files / "x.npy"), "--target",
                  "golden", "--labels", str(files / "labels.npy"), "--compare",
                  str(files / "m.pt"), "-o", str(files / "y.npy")]) == 0
@@ -48,6 +48,29 @@ def test_compile_then_run_with_compare(files, capsys):
     assert "golden equals golden bit for bit: yes" in out
     y = np.load(files / "y.npy")
     assert np.array_equal(y, program.run_golden(np.load(files / "x.npy")))
+
+
+def test_inspect_a_program(tmp_path, capsys):
+    import json
+    torch.manual_seed(SEED)
+    model = nn.Sequential(nn.Conv2d(2, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(8, 8, 3), nn.Flatten(), nn.Linear(8, 3)).eval()
+    torch.save(model, tmp_path / "c.pt")
+    np.save(tmp_path / "img.npy", np.random.default_rng(SEED).normal(size=(8, 2, 6, 6)))
+    assert main(["compile", str(tmp_path / "c.pt"), "--example", str(tmp_path / "img.npy"),
+                 "--bank-depth", "256", "-o", str(tmp_path / "c.gsp")]) == 0
+    capsys.readouterr()
+    program = Program.load(tmp_path / "c.gsp")
+    assert main(["inspect", str(tmp_path / "c.gsp")]) == 0
+    out = capsys.readouterr().out
+    for needle in ("HoxWo", "groups/px", "cycles", "6x6", "3x3", "1x1", "gs max",
+                   f"{program.stats()['cycles']} cycles per inference"):
+        assert needle in out, needle
+    assert main(["inspect", str(tmp_path / "c.gsp"), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["cycles"] == program.stats()["cycles"] and stats["cfg"]["bank_depth"] == 256
+    assert [entry["output"] for entry in stats["per_layer"]] == [
+        list(entry["output"]) for entry in program.layer_stats()]
 
 
 def test_compile_for_a_board(files, capsys):
@@ -78,13 +101,16 @@ def test_run_one_input(files, capsys):
      "x.npy: not a torch model file"),
     (["compile", "{d}/sd.pt", "--example", "{d}/x.npy", "-o", "{d}/o.gsp"],
      "sd.pt: must hold a whole nn.Module (torch.save(model, ...)), not a OrderedDict"),
-    (["compile", "{d}/maxpool.pt", "--example", "{d}/img.npy", "-o", "{d}/o.gsp"],
-     "is not supported: the core has no max unit; use AvgPool2d"),
+    (["compile", "{d}/tanh.pt", "--example", "{d}/img.npy", "-o", "{d}/o.gsp"],
+     "Operation module '1' (nn.Tanh) at node '_1' is not supported"),
+    (["compile", "{d}/m.pt", "--example", "{d}/x.npy", "--bank-depth", "2", "--layer-depth",
+      "1", "-o", "{d}/o.gsp"],
+     "Program does not fit the core: activations: at step 0 the live tensors need"),
     (["compile", "{d}/m.pt", "--example", "{d}/x.npy", "--lanes", "3", "-o", "{d}/o.gsp"],
      "Core configuration is invalid: Lane count must be 2, 4, 8 or 16, not 3"),
     (["run", "{d}/missing.gsp", "--input", "{d}/x.npy"], "missing.gsp: no such file"),
     (["run", "{d}/x.npy", "--input", "{d}/x.npy"], "not a gsaccel program"),
-    (["run", "{d}/m.gsp", "--input", "{d}/bad.npy"], "inputs must have shape (N, 4, 5)"),
+    (["run", "{d}/m.gsp", "--input", "{d}/bad.npy"], "inputs must have shape (N, 2, 2, 5)"),
     (["run", "{d}/m.gsp", "--input", "{d}/x.npy", "--target", "fpga"],
      "Target must be one of golden, sim, serial:PORT[@BAUD], not 'fpga'"),
     (["run", "{d}/m.gsp", "--input", "{d}/x.npy", "--target", "serial:/nonexistent/tty"],
@@ -94,7 +120,7 @@ def test_run_one_input(files, capsys):
 ])
 def test_errors_are_one_line_and_exit_1(files, capsys, argv, needle):
     torch.save(torch.load(files / "m.pt", weights_only=False).state_dict(), files / "sd.pt")
-    torch.save(nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2)), files / "maxpool.pt")
+    torch.save(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Tanh()), files / "tanh.pt")
     np.save(files / "img.npy", np.zeros((2, 1, 6, 6), dtype=np.float32))
     np.save(files / "bad.npy", np.zeros((3, 7)))
     main(["compile", str(files / "m.pt"), "--example", str(files / "x.npy"), "-o",

@@ -296,19 +296,50 @@ def test_serial_loopback_is_not_mistaken_for_a_device():
 
 
 def test_lost_run_reply_repeats_the_whole_inference():
-    from gsaccel.sw.format import GSMatrix
-    from gsaccel.sw.compile.image import LayerSpec
-    from gsaccel.sw.compile.program import Program
-    matrix = GSMatrix.from_dense(np.eye(4, dtype=np.int64), "unstructured", 4)
-    program = Program(CFG, [LayerSpec("gs", matrix, np.zeros(4, np.int64), 0, False, 0, 1)],
-                      input_shape=(4,), input_scale_log2=0, output_shape=(4,),
-                      output_scale_log2=0)
-    # Requests: HELLO, 3 x WRITE (load), WRITE (input), RUN (reply dropped), WRITE, RUN, READ.
-    device, responder, _ = make({5: "drop"})
+    import torch
+    from gsaccel.sw.compile import compile
+    torch.manual_seed(SEED)
+    program = compile(torch.nn.Sequential(torch.nn.Linear(4, 4)).eval(), torch.randn(8, 4),
+                      cfg=CFG, lanes=4)
+    device, responder, transport = make()
     device.load(program)
-    device.infer_quantized(np.array([[1, 2, 3, 4]]))
+    # Requests from here: WRITE (input), RUN (reply dropped), WRITE, RUN, READ (output).
+    transport.faults[transport.n + 1] = "drop"
+    xq = program.quantize_input(np.array([[0.5, -1.0, 2.0, 0.25]]))
+    device.infer_quantized(xq)
     assert responder.runs == 2
     assert responder.requests[-5:] == [FrameType.WRITE, FrameType.RUN, FrameType.WRITE,
                                        FrameType.RUN, FrameType.READ]
-    assert responder.mems[Memory.ACTS][:4] == [1, 2, 3, 4]
+    address, count = program.input_region()
+    written = responder.mems[Memory.ACTS][address:address + count]
+    assert written == [int(v) & 0xFF for v in program.input_elements(xq[0])]
     assert device.counters["inferences"] == 1 and device.counters["cycles"] == 102
+
+
+def test_infer_writes_the_input_region_and_reads_the_output_region():
+    import torch
+    from gsaccel.sw.compile import compile
+    torch.manual_seed(SEED)
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 2), torch.nn.ReLU(),
+                                torch.nn.Flatten(), torch.nn.Linear(3 * 2 * 2, 4)).eval()
+    program = compile(model, torch.randn(8, 2, 3, 3), cfg=CFG, lanes=4)
+    device, responder, _ = make()
+    device.load(program)
+    out_address, out_count = program.output_region()
+    # The scripted responder computes nothing: its RUN plants an output, read back.
+    y = np.arange(-2, 2, dtype=np.int8)
+    g = program.output_geometry
+    planted = np.zeros((CFG.lanes, g.end), dtype=np.int64)
+    g.scatter(y.reshape(1, 1, 4), planted)
+    answer = responder.answer
+
+    def run_plants_the_output(frame):
+        if frame.type == FrameType.RUN:
+            responder.mems[Memory.ACTS][out_address:out_address + out_count] = \
+                (planted[:, g.base:].T.ravel() & 0xFF).tolist()
+        return answer(frame)
+
+    responder.answer = run_plants_the_output
+    got = device.infer_quantized(program.quantize_input(np.ones((1, 2, 3, 3))))
+    assert got.tolist() == [y.tolist()]
+    assert responder.requests[-3:] == [FrameType.WRITE, FrameType.RUN, FrameType.READ]

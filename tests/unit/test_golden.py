@@ -10,7 +10,9 @@ from gsaccel.sim.stimulus import PATTERN_CASES, random_pattern_matrix
 from gsaccel.sw import golden
 from gsaccel.sw.errors import CapacityError, DeviceError, ShapeError
 from gsaccel.sw.format import GSMatrix
-from gsaccel.sw.compile.image import LayerSpec, build_image
+from gsaccel.sw.compile.image import build_image
+from gsaccel.sw.compile.layers import BasisLayer, GSLayer
+from gsaccel.sw.format.geometry import LoopNest, TensorGeometry
 from gsaccel.sw.format.words import pack_word, unpack_word
 from gsaccel.hw.layouts import group_layout, layer_layout, row_layout
 
@@ -90,7 +92,7 @@ def test_basis_layer():
 
 def test_word_codec_round_trips():
     cfg = CoreConfig(lanes=4, bank_depth=8)
-    row = {"out_addr": 17, "bias": -12345, "valid": 1}
+    row = {"out_elem": 17, "bias": -12345, "valid": 1}
     assert unpack_word(row_layout(cfg), pack_word(row_layout(cfg), row)) == row
     layer = unpack_word(layer_layout(cfg), pack_word(layer_layout(cfg), {
         "kind": 1, "basis": [-128, 127, 0, 1, 2, 3, 4, 5, -6], "shift": 31}))
@@ -98,58 +100,86 @@ def test_word_codec_round_trips():
     with pytest.raises(ValueError, match=r"^Field bias must be in"):
         pack_word(row_layout(cfg), {"bias": 1 << 23})
     group = pack_word(group_layout(cfg), {"lanes": [{"value": 33, "bank": 3}] * 4,
-                                          "bank_addr": [1, 2, 0, 7], "last": 1})
+                                          "offset": [1, 2, 0, 7], "last": 1})
     assert group >> (group_layout(cfg).size - 1) == 1
-    assert unpack_word(group_layout(cfg), group)["bank_addr"] == [1, 2, 0, 7]
+    assert unpack_word(group_layout(cfg), group)["offset"] == [1, 2, 0, 7]
+
+
+def vector(cfg, channels, base):
+    """A one-pixel tensor of ``channels`` at bank address ``base``."""
+    return TensorGeometry(1, 1, channels, cfg.lanes, base=base)
+
+
+def one_pixel_layer(cfg, matrix, source, dest, **fields):
+    """``matrix`` (``dest.channels`` x ``source.channels``) as a one-pixel GS layer: its
+    columns padded to the source's Cp."""
+    dense = matrix.to_dense()
+    padded = np.zeros((dense.shape[0], source.padded_channels), dtype=np.int64)
+    padded[:, :dense.shape[1]] = dense
+    order = matrix.rg_rows.ravel() if matrix.pattern == "gs-scatter" else None
+    packed = GSMatrix.from_dense(padded, matrix.pattern, matrix.lanes, matrix.per_row,
+                                 matrix.encoding, row_order=None if order is None else
+                                 order[order >= 0])
+    fields = dict(dict(bias=np.zeros(dense.shape[0], np.int64), shift=0, relu=False), **fields)
+    return GSLayer("layer", "Linear", packed, fields["bias"], fields["shift"], fields["relu"],
+                   "sum", LoopNest(source, dest), ("x",), "y")
 
 
 def build_program(rng, cfg):
+    """Four one-pixel GS layers of every pattern family and a BASIS layer, chained through
+    tensors placed one after the other; returns (layers, tensors in order)."""
     lanes = cfg.lanes
-    layers, shapes = [], [13, 2 * lanes + 5, 3 * lanes + 1, 21, 11]
+    shapes = [13, 2 * lanes + 5, 3 * lanes, 21, 11]
     cases = [("gs-gather", 1), ("gs-scatter", 2), ("1xN", 1), ("unstructured", lanes)]
+    base, tensors = 0, []
+    for channels in shapes[:3] + [shapes[2]] + shapes[3:]:
+        tensors.append(vector(cfg, channels, base))
+        base = tensors[-1].end
+    sources = [0, 1, 3, 4]
+    layers = []
     for index, (pattern, per_row) in enumerate(cases):
-        dense, order = random_pattern_matrix(rng, pattern, shapes[index + 1], shapes[index],
-                                             lanes, per_row, cfg.encoding, density=0.8)
+        source = tensors[sources[index]]
+        dense, order = random_pattern_matrix(rng, pattern, tensors[sources[index] + 1].channels,
+                                             source.channels, lanes, per_row, cfg.encoding,
+                                             density=0.8)
         matrix = GSMatrix.from_dense(dense, pattern, lanes, per_row, cfg.encoding,
                                      row_order=order)
-        bias = rng.integers(-2000, 2000, dense.shape[0])
-        layers.append(LayerSpec(matrix=matrix, bias=bias, shift=int(rng.integers(2, 9)),
-                                relu=bool(index % 2), src=index % 2, dst=1 - index % 2))
-    layers.insert(2, LayerSpec(kind="basis", basis=rng.integers(-128, 128, (3, 3)),
-                               n_chunks=shapes[2] // 3, shift=7, src=0, dst=1))
-    # Re-chain buffers around the inserted basis layer.
-    for index, layer in enumerate(layers):
-        layer.src, layer.dst = index % 2, 1 - index % 2
-    return layers
+        layers.append(one_pixel_layer(cfg, matrix, source, tensors[sources[index] + 1],
+                                      bias=rng.integers(-2000, 2000, dense.shape[0]),
+                                      shift=int(rng.integers(2, 9)), relu=bool(index % 2)))
+    layers.insert(2, BasisLayer("basis", "SmartDeal B", rng.integers(-128, 128, (3, 3)),
+                                shapes[2] // 3, tensors[2], tensors[3], 7, False, ("x",), "z"))
+    return layers, tensors
 
 
 @pytest.mark.parametrize("encoding", ["pow2", "int8"])
 def test_core_interpreter_equals_the_kernels(rng, encoding):
-    cfg = CoreConfig(lanes=4, bank_depth=16, encoding=encoding)
-    layers = build_program(rng, cfg)
+    cfg = CoreConfig(lanes=4, bank_depth=32, encoding=encoding)
+    layers, tensors = build_program(rng, cfg)
     core = golden.GoldenCore(cfg)
     core.load(build_image(cfg, layers))
-    x = rng.integers(-128, 128, layers[0].in_size)
-    core.write(Memory.ACTS, 0, x.tolist())
+    x = rng.integers(-128, 128, tensors[0].channels)
+    banks = np.zeros((cfg.lanes, tensors[0].end), dtype=np.int64)
+    tensors[0].scatter(x.reshape(1, 1, -1), banks)
+    core.write(Memory.ACTS, 0, banks.T.ravel().tolist())
     counters = core.run(0, len(layers))
-    buffers = [np.zeros(cfg.buffer_size, dtype=np.int64) for _ in range(2)]
-    buffers[0][:x.size] = x
+    y = x
     cycles, groups, busy = golden.RUN_OVERHEAD, 0, 0
     for layer in layers:
-        src = buffers[layer.src]
         if layer.kind == "basis":
-            y = golden.basis_layer(layer.basis, src, layer.n_chunks, layer.shift, layer.relu)
+            y = golden.basis_layer(layer.basis, y, layer.n_chunks, layer.shift, layer.relu)
             cycles += golden.basis_layer_cycles(layer.n_chunks, cfg)
         else:
-            y = golden.gs_layer(layer.matrix, src, layer.bias, layer.shift, layer.relu)
+            padded = np.zeros(layer.matrix.shape[1], dtype=np.int64)
+            padded[:y.size] = y
+            y = golden.gs_layer(layer.matrix, padded, layer.bias, layer.shift, layer.relu)
             cycles += golden.gs_layer_cycles(layer.matrix.rg_groups, layer.matrix.segments,
                                              cfg)[0]
             groups += layer.matrix.n_groups
             busy += layer.matrix.nnz
-        buffers[layer.dst][:y.size] = y
-    out = layers[-1]
-    got = core.read(Memory.ACTS, out.dst * cfg.buffer_size, out.out_size)
-    assert got == buffers[out.dst][:out.out_size].tolist()
+    out = tensors[-1]
+    acts = np.array(core.read(Memory.ACTS, 0, cfg.act_size)).reshape(-1, cfg.lanes).T
+    assert out.gather(acts).ravel().tolist() == list(y)
     assert counters["cycles"] == cycles
     assert counters["groups"] == groups and counters["busy_lane_cycles"] == busy
     assert core.read(Memory.COUNTERS, 0, 4) == [counters[k] for k in
@@ -192,27 +222,33 @@ def test_cycle_model():
 
 
 def test_image_capacity_errors(rng):
-    cfg = CoreConfig(lanes=4, bank_depth=4, weight_depth=8)
+    cfg = CoreConfig(lanes=4, bank_depth=16, weight_depth=8)
     dense, _ = random_pattern_matrix(rng, "dense", 16, 16, 4, 1, "pow2", density=1.0)
     matrix = GSMatrix.from_dense(dense, "dense", 4)
-    with pytest.raises(CapacityError, match=r"^Program needs 64 group words, the core's weight "
-                                            r"memory holds 8$"):
-        build_image(cfg, [LayerSpec(matrix=matrix)])
-    big = GSMatrix.from_dense(np.ones((4, 17)), "dense", 4)
-    with pytest.raises(CapacityError, match=r"^layer 0: 17 inputs and 4 outputs; a buffer holds "
-                                            r"16"):
-        build_image(cfg, [LayerSpec(matrix=big)])
+    layer = one_pixel_layer(cfg, matrix, vector(cfg, 16, 0), vector(cfg, 16, 4))
+    with pytest.raises(CapacityError, match=r"^Program does not fit the core: 64 group words, "
+                                            r"the core holds 8 \(CoreConfig.weight_depth\)"):
+        build_image(cfg, [layer])
+    wide = GSLayer("wide", "Conv2d", GSMatrix.from_dense(np.ones((4, 4)), "dense", 4),
+                   np.zeros(4, np.int64), 0, False, "sum",
+                   LoopNest(TensorGeometry(1, 300, 4, 4), TensorGeometry(1, 300, 4, 4)),
+                   ("x",), "y")
+    with pytest.raises(CapacityError, match=r"^layer 'wide': 300 output columns; a layer "
+                                            r"counts at most 256"):
+        build_image(CoreConfig(lanes=4, bank_depth=1024), [wide])
     with pytest.raises(ShapeError, match=r"matrix has 4 lanes and pow2 values, the core 8 lanes"):
-        build_image(CoreConfig(lanes=8), [LayerSpec(matrix=matrix)])
+        build_image(CoreConfig(lanes=8), [layer])
 
 
 def test_image_refuses_a_group_that_reads_one_bank_twice():
-    """Group words carry one address per bank, so two nonzero lanes of a group must not
+    """Group words carry one offset per bank, so two nonzero lanes of a group must not
     name two columns of one bank; build_image says which group does."""
     cfg = CoreConfig(lanes=4, bank_depth=4)
-    matrix = GSMatrix.from_dense(np.ones((4, 8)), "dense", 4)
+    layer = one_pixel_layer(cfg, GSMatrix.from_dense(np.ones((4, 8)), "dense", 4),
+                            vector(cfg, 8, 0), vector(cfg, 4, 2))
+    matrix = layer.matrix
     matrix.group_cols = matrix.group_cols.copy()
     matrix.group_cols[1, 0] = (matrix.group_cols[1, 1] + 4) % 8   # same bank, other column
-    with pytest.raises(ShapeError, match=r"^group 1 reads two columns of bank \d; a GS matrix "
+    with pytest.raises(ShapeError, match=r"^group 1 reads two words of bank \d; a GS matrix "
                                          r"must be conflict-free$"):
-        build_image(cfg, [LayerSpec(matrix=matrix)])
+        build_image(cfg, [layer])

@@ -23,12 +23,7 @@ from gsaccel.sw.prune import pattern_info, prune
 SEED = int(os.environ.get("GSACCEL_SEED", "1234"))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # Models -----------------------------------------------------------------------------------------

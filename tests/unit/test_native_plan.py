@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from gsaccel.hw.config import CoreConfig
-from gsaccel.sw.compile.plan import (WORDS_PER_BANK_DEPTH, Lifetime, bank_depth_for,
-                                     peak_live, plan_memory, scratchpad_depth)
+from gsaccel.sw.compile.plan import (Lifetime, bank_depth_for, peak_live, plan_memory,
+                                     scratchpad_depth)
 from gsaccel.sw.errors import CapacityError, ShapeError
 
 
@@ -93,13 +93,19 @@ def test_capacity_error_lists_the_peak_live_set_and_the_remedy():
     assert re.search(r"at step 2 the live tensors need 1800 words per bank — conv1 \(700\), "
                      r"conv2 \(600\), add \(500\) — against a capacity of 8 banks x 1024 "
                      r"words", message), message
-    assert "bank_depth=1024 gives 2048 words per bank" in message
+    assert "bank_depth=2048 gives 2048 words per bank" in message
     assert "a board with more memory" in message
+    # Not strict: the plan is returned, and says what it lacks.
+    plan = plan_memory(lifetimes, 1024, banks=8, strict=False)
+    assert not plan.fits and plan.top >= 1800
+    assert plan.shortfall("1024 words").startswith("at step 2 the live tensors need 1800 "
+                                                    "words per bank")
 
 
 def test_depth_conventions():
-    assert scratchpad_depth(CoreConfig(bank_depth=256)) == WORDS_PER_BANK_DEPTH * 256 == 512
-    assert [bank_depth_for(w) for w in (1, 2, 3, 512, 513, 3468)] == [1, 1, 2, 256, 512, 2048]
+    # One address space: the tensors may use every word of every bank.
+    assert scratchpad_depth(CoreConfig(bank_depth=256)) == 256
+    assert [bank_depth_for(w) for w in (1, 2, 3, 512, 513, 3468)] == [1, 2, 4, 512, 1024, 4096]
     for words in (1, 7, 100, 4097):
         assert scratchpad_depth(CoreConfig(bank_depth=bank_depth_for(words))) >= words
 

@@ -50,3 +50,25 @@ def test_pack_a_smartdeal_model_packs_c_prime_and_basis(tmp_path):
     c, b = smartdeal_factors(model[0])
     np.testing.assert_array_equal(matrix.to_dense(), (c.reshape(16, -1) * 2 ** 10).round())
     np.testing.assert_array_equal(np.load(tmp_path / "out" / "0.basis.npy"), b)
+
+
+@pytest.mark.parametrize("pattern", ["gs-gather", "gs-scatter"])
+def test_a_pruned_conv_is_packed_in_the_hardware_gemm_view(tmp_path, pattern):
+    """A Conv2d is packed as the core runs it: rows = output channels, columns tap·Cp + c
+    (12 channels padded to 16), the view the pruner pruned; gs-scatter keeps its row order."""
+    from gsaccel.sw.prune import gemm_layout
+    torch.manual_seed(2)
+    model = torch.nn.Sequential(torch.nn.Conv2d(12, 16, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(16 * 2 * 2, 10))
+    prune(model, pattern=pattern, sparsity=0.5, lanes=8)
+    torch.save(model, tmp_path / "conv.pt")
+    assert main(["pack", str(tmp_path / "conv.pt"), "-o", str(tmp_path / "out")]) == 0
+    matrix = GSMatrix.load(tmp_path / "out" / "0.gsf")
+    layout = gemm_layout(model[0], 8)
+    assert matrix.shape == layout.shape == (16, 9 * 16) and matrix.pattern == pattern
+    mask = layout.to_gemm(model[0].weight_mask.numpy() != 0)
+    np.testing.assert_array_equal(matrix.to_dense() != 0, mask)
+    if pattern == "gs-scatter":
+        order = model[0].gsaccel_row_order.numpy()
+        np.testing.assert_array_equal(matrix.rg_rows.ravel()[matrix.rg_rows.ravel() >= 0],
+                                      order)

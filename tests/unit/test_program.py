@@ -1,4 +1,7 @@
-"""Programs: .gsp round trips and damage, host-side quantisation, golden device runs."""
+"""Programs: .gsp round trips and damage, host-side quantisation and tensor regions, and the
+golden target (the device image on GoldenCore) equal to the layer-level golden run bit for bit
+and to the cycle model cycle for cycle, on conv nets with max pooling, depthwise convs and
+residual additions, and on an MLP."""
 
 import os
 import struct
@@ -6,80 +9,160 @@ import zlib
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
 from gsaccel.hw.config import CoreConfig
 from gsaccel.hw.layouts import Memory
-from gsaccel.sim.stimulus import random_pattern_matrix
-from gsaccel.sw.runtime.device import GoldenDevice
+from gsaccel.sw.compile import compile
+from gsaccel.sw.compile.program import GSP_MAGIC, GSP_VERSION, Program
 from gsaccel.sw.errors import DeviceError, FormatError, ShapeError
-from gsaccel.sw.format import GSMatrix
-from gsaccel.sw.compile.image import LayerSpec
-from gsaccel.sw.compile.program import GSP_MAGIC, Program
+from gsaccel.sw.prune import prune
+from gsaccel.sw.runtime.device import GoldenDevice
+
+from test_graph import MODELS, _build
 
 SEED = int(os.environ.get("GSACCEL_SEED", "1234"))
-CFG = CoreConfig(lanes=4, bank_depth=16)
+#: Big enough for every model below.
+BIG = CoreConfig(lanes=8, bank_depth=8192, weight_depth=16384, row_depth=4096, layer_depth=64)
 
 
-def _program(seed=SEED):
-    """A 3-layer program: a random gs-gather layer (sim.stimulus), a basis layer, a random
-    unstructured one."""
-    rng = np.random.default_rng(seed)
-    w1, _ = random_pattern_matrix(rng, "gs-gather", 12, 10, 4, 1, "pow2", density=1.0)
-    w3, _ = random_pattern_matrix(rng, "unstructured", 5, 12, 4, 2, "pow2", density=0.4)
-    layers = [
-        LayerSpec("gs", GSMatrix.from_dense(w1, "gs-gather", 4), rng.integers(-50, 50, 12), 3,
-                  True, 0, 1, name="fc1"),
-        LayerSpec("basis", basis=rng.integers(-100, 100, (3, 3)), shift=6, relu=False, src=1,
-                  dst=0, n_chunks=4, name="basis"),
-        LayerSpec("gs", GSMatrix.from_dense(w3, "unstructured", 4, 2), rng.integers(-9, 9, 5), 4,
-                  False, 0, 1, name="fc2"),
-    ]
-    return Program(CFG, layers, input_shape=(2, 5), input_scale_log2=-5, output_shape=(5,),
-                   output_scale_log2=-2, info=[{"name": s.name} for s in layers])
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class Mixed(nn.Module):
+    """Every kind of device layer: an im2col'd conv, a halo (CLEAR), max pooling, a residual
+    addition, a SmartDeal Linear (BASIS + C')."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, 8, 3)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.fc1 = nn.Linear(8 * 2 * 2, 16)
+        self.fc2 = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.conv1(x))
+        x = self.pool(x + torch.relu(self.conv2(x)))
+        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+
+MIXED_INPUT = (2, 6, 6)
+
+
+def _inputs(shape, n=16, seed=SEED):
+    return torch.randn((n,) + tuple(shape), generator=torch.Generator().manual_seed(seed))
+
+
+_PROGRAMS = {}
+
+
+def _mixed():
+    if "mixed" not in _PROGRAMS:
+        model = _build(Mixed)
+        prune(model, "smartdeal", 0.5, lanes=8, layers=["fc2"])
+        _PROGRAMS["mixed"] = compile(model, _inputs(MIXED_INPUT), cfg=CoreConfig(
+            bank_depth=256))
+    return _PROGRAMS["mixed"]
+
+
+def test_mixed_program_has_every_layer_kind():
+    program = _mixed()
+    kinds = {(layer.kind, getattr(layer, "op", None)) for layer in program.layers}
+    assert kinds == {("gs", "sum"), ("gs", "max"), ("clear", None), ("basis", None)}
 
 
 def test_gsp_round_trip(tmp_path):
-    program = _program()
+    program = _mixed()
     program.save(tmp_path / "p.gsp")
     again = Program.load(tmp_path / "p.gsp")
     assert again.image() == program.image()
-    assert (again.input_shape, again.input_scale_log2, again.output_shape,
-            again.output_scale_log2, again.info) == ((2, 5), -5, (5,), -2, program.info)
-    x = np.random.default_rng(SEED).normal(size=(6, 2, 5))
+    for name in ("cfg", "depth", "input", "input_shape", "input_scale_log2", "input_transform",
+                 "output", "output_shape", "output_scale_log2", "info"):
+        assert getattr(again, name) == getattr(program, name), name
+    assert again.tensors == program.tensors
+    assert again.plan.bases == program.plan.bases and again.plan.top == program.plan.top
+    assert [layer.name for layer in again.layers] == [layer.name for layer in program.layers]
+    assert again.stats() == program.stats()
+    x = _inputs(MIXED_INPUT, 6, seed=SEED + 1)
     assert np.array_equal(again.run_golden(x), program.run_golden(x))
+    assert again.calibration_output is None         # the calibration is not stored
 
 
 def test_truncated_file_at_every_length_is_a_format_error():
-    data = _program().to_bytes()
+    data = _mixed().to_bytes()
     for length in range(0, len(data), max(1, len(data) // 97)):
         with pytest.raises(FormatError):
             Program.from_bytes(data[:length])
 
 
 def test_corrupt_byte_is_caught_by_the_crc():
-    data = bytearray(_program().to_bytes())
+    data = bytearray(_mixed().to_bytes())
     data[len(data) // 2] ^= 0x01
     with pytest.raises(FormatError, match=r"^data: CRC-32 mismatch; the file is corrupt$"):
         Program.from_bytes(bytes(data))
 
 
+def _reseal(body):
+    return bytes(body) + struct.pack("<I", zlib.crc32(bytes(body)))
+
+
 def test_wrong_version_and_magic():
-    data = bytearray(_program().to_bytes())
-    data[4:6] = struct.pack("<H", 7)
-    data[-4:] = struct.pack("<I", zlib.crc32(bytes(data[:-4])))
-    with pytest.raises(FormatError, match=r"^p: gsaccel program version 7 is not supported"):
+    data = bytearray(_mixed().to_bytes())
+    data[4:6] = struct.pack("<H", 1)            # a two-buffer program of an earlier release
+    data = bytearray(_reseal(data[:-4]))
+    with pytest.raises(FormatError, match=r"^p: gsaccel program version 1 is not supported"):
         Program.from_bytes(bytes(data), source="p")
     with pytest.raises(FormatError, match=r"^p: not a gsaccel program \(magic b'GSF\\x1a'"):
         Program.from_bytes(b"GSF\x1a" + bytes(data[4:]), source="p")
-    assert bytes(data[:4]) == GSP_MAGIC
+    assert bytes(data[:4]) == GSP_MAGIC and GSP_VERSION == 2
+
+
+def _with_header(program, edit):
+    """The program's file with its JSON header edited by ``edit(header)``."""
+    import json
+    data = program.to_bytes()
+    hlen = struct.unpack_from("<I", data, 6)[0]
+    header = json.loads(data[10:10 + hlen])
+    edit(header)
+    text = json.dumps(header).encode()
+    return _reseal(data[:6] + struct.pack("<I", len(text)) + text + data[10 + hlen:-4])
 
 
 def test_header_that_is_not_a_program():
     header = b'{"cfg": {"lanes": 3}}'
-    body = struct.pack("<4sHI", GSP_MAGIC, 1, len(header)) + header + struct.pack("<I", 0)
-    data = body + struct.pack("<I", zlib.crc32(body))
+    body = struct.pack("<4sHI", GSP_MAGIC, GSP_VERSION, len(header)) + header + \
+        struct.pack("<I", 0)
     with pytest.raises(FormatError, match=r"^data: header does not describe a program"):
-        Program.from_bytes(data)
+        Program.from_bytes(_reseal(body))
+    program = _mixed()
+
+    def span_past_payload(header):
+        layer = next(entry for entry in header["layers"] if entry["kind"] == "gs")
+        layer["matrix"][1] += 10 ** 6
+
+    with pytest.raises(FormatError, match=r"^data: layer \d+'s matrix spans bytes \d+\.\.\d+ "
+                                          r"of a \d+-byte payload$"):
+        Program.from_bytes(_with_header(program, span_past_payload))
+
+    def unknown_tensor(header):
+        header["layers"][-1]["output"] = "nowhere"
+
+    with pytest.raises(FormatError, match=r"names tensor 'nowhere'"):
+        Program.from_bytes(_with_header(program, unknown_tensor))
+
+    def tensor_past_the_scratchpad(header):
+        header["tensors"][0]["geometry"]["base"] = header["depth"]
+
+    with pytest.raises(FormatError, match=r"must lie in the 8-bank scratchpad's 256 words"):
+        Program.from_bytes(_with_header(program, tensor_past_the_scratchpad))
+
+    def moved_output(header):
+        header["output"]["geometry"]["base"] += 1
+
+    with pytest.raises(FormatError, match=r"the output geometry differs from its tensor's"):
+        Program.from_bytes(_with_header(program, moved_output))
 
 
 def test_missing_file(tmp_path):
@@ -87,47 +170,109 @@ def test_missing_file(tmp_path):
         Program.load(tmp_path / "nothere.gsp")
 
 
-def test_golden_device_runs_the_image_like_the_kernels():
-    program = _program()
-    device = GoldenDevice(CFG)
+def test_input_and_output_regions_are_whole_tensors():
+    program = _mixed()
+    g = program.input_geometry
+    address, count = program.input_region()
+    assert (address, count) == (g.base * 8, g.words * 8)
+    xq = program.quantize_input(_inputs(MIXED_INPUT, 2))
+    elements = program.input_elements(xq[0])
+    assert elements.shape == (count,) and elements.dtype == np.int8
+    # Element a is bank a % V at bank address a // V: scattering the region back gives the
+    # tensor, and every other element (halo, padding channels) is zero.
+    banks = np.zeros((8, g.end), dtype=np.int8)
+    banks[:, g.base:] = elements.reshape(-1, 8).T
+    assert np.array_equal(g.gather(banks), xq[0])
+    assert np.count_nonzero(elements) == np.count_nonzero(xq[0])
+    out = program.output_geometry
+    assert program.output_region() == (out.base * 8, out.words * 8)
+    y = program.run_golden_int(_inputs(MIXED_INPUT, 1))[0]
+    raw = np.zeros((8, out.end), dtype=np.int8)
+    out.scatter(y.reshape(out.height, out.width, out.channels), raw)
+    words = (raw[:, out.base:].T.ravel().astype(np.int64) & 0xFF).tolist()   # as READ gives
+    assert np.array_equal(program.output_from_elements(words), y)
+
+
+# The golden target ----------------------------------------------------------------------------
+
+GOLDEN_MODELS = ("lenet", "dscnn", "resnet8", "autoencoder", "mlp")
+
+
+def _model_and_input(name):
+    if name == "mlp":
+        torch.manual_seed(SEED)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 10))
+        prune(model, "gs-gather", 0.75, lanes=8)
+        return model.eval(), (1, 8, 8)
+    cls, shape = MODELS[name]
+    return _build(cls), shape
+
+
+@pytest.mark.parametrize("name", GOLDEN_MODELS)
+def test_golden_target_equals_the_layer_golden_and_the_cycle_model(name):
+    model, shape = _model_and_input(name)
+    x = _inputs(shape)
+    program = compile(model, x, cfg=BIG)
+    device = GoldenDevice(BIG)
     device.load(program)
-    x = np.random.default_rng(SEED).normal(scale=2.0, size=(9, 2, 5))
-    y = device.run(x)
-    assert y.dtype == np.float32 and y.shape == (9, 5)
+    x_test = _inputs(shape, 3, seed=SEED + 7)
+    got = device.infer_quantized(program.quantize_input(x_test))
+    assert np.array_equal(got, program.run_golden_int(x_test))       # int8, bit for bit
+    stats = program.stats()
+    for counter in ("cycles", "stall_cycles", "groups", "busy_lane_cycles"):
+        assert device.counters[counter] == 3 * stats[counter], counter
+    assert stats["cycles"] == 1 + sum(entry["cycles"] for entry in stats["per_layer"])
+    assert np.array_equal(device.infer(x_test), program.run_golden(x_test))
+    # The calibration's integers are the device's.
+    assert np.array_equal(device.infer_quantized(program.quantize_input(x[:2])),
+                          program.calibration_output[:2])
+
+
+def test_golden_device_runs_one_input_and_saturates():
+    program = _mixed()
+    device = GoldenDevice(program.cfg)
+    device.load(program)
+    x = _inputs(MIXED_INPUT, 5).numpy() * 2
+    y = device.infer(x)
+    assert y.dtype == np.float32 and y.shape == (5, 5)
     assert np.array_equal(y, program.run_golden(x))
-    one = device.run(x[3])
+    one = device.infer(x[3])
     assert one.shape == (5,) and np.array_equal(one, y[3])
     assert device.counters["inferences"] == 1
+    assert device.run is not None and np.array_equal(device.run(x[3]), one)  # the old name
     # Saturation on the input: values past 127 LSB clip, they do not wrap.
-    q = program.quantize_input(np.full((1, 2, 5), 1e3))
-    assert (q[0] == 127).all()
+    q = program.quantize_input(np.full((1,) + MIXED_INPUT, 1e3))
+    assert (q[0][..., :program.tensors[program.input].shape[0]] == 127).all()
 
 
-def test_counters_match_the_cycle_model():
-    program = _program()
-    device = GoldenDevice(CFG)
+def test_golden_target_takes_the_programs_core_unless_given_one():
+    program = _mixed()
+    device = GoldenDevice()
+    assert device.config == CoreConfig()
     device.load(program)
-    device.run(np.zeros((3, 2, 5)))
-    assert device.counters["cycles"] == 3 * program.stats()["cycles"]
-    groups = sum(s.matrix.n_groups for s in program.layers if s.kind == "gs")
-    assert device.counters["groups"] == 3 * groups
+    assert device.config == program.cfg == CoreConfig(bank_depth=256)
+    with pytest.raises(DeviceError, match=r"^Program must target this device's core .*: "
+                                          r"bank_depth 256 \(device 128\); compile it for "
+                                          r"this core"):
+        GoldenDevice(CoreConfig()).load(program)
 
 
 def test_run_checks_shapes_and_program():
-    device = GoldenDevice(CFG)
+    device = GoldenDevice(CoreConfig(bank_depth=256))
     with pytest.raises(DeviceError, match=r"^A program must be loaded before running inputs"):
-        device.run(np.zeros((2, 5)))
-    device.load(_program())
-    with pytest.raises(ShapeError, match=r"^Input must have shape \(2, 5\) or \(N, 2, 5\), "
-                                         r"not \(3, 10\)$"):
-        device.run(np.zeros((3, 10)))
-    with pytest.raises(DeviceError, match=r"^Program must target this device's core"):
-        GoldenDevice(CoreConfig(lanes=8)).load(_program())
+        device.infer(np.zeros(MIXED_INPUT))
+    device.load(_mixed())
+    with pytest.raises(ShapeError, match=r"^Input must have shape \(2, 6, 6\) or "
+                                         r"\(N, 2, 6, 6\), not \(3, 10\)$"):
+        device.infer(np.zeros((3, 10)))
+    with pytest.raises(ShapeError, match=r"^Quantised input must have shape \(N,\) \+ "):
+        device.infer_quantized(np.zeros((2, 3)))
 
 
 def test_golden_device_memory_checks_are_device_errors():
-    device = GoldenDevice(CFG)
+    cfg = CoreConfig(lanes=4, bank_depth=16)
+    device = GoldenDevice(cfg)
     device.write(Memory.ACTS, 0, [-1, 5])
     assert device.read(Memory.ACTS, 0, 2) == [255, 5]
     with pytest.raises(DeviceError, match=r"BAD_LAYER"):
-        device.run_layers(0, CFG.layer_depth + 1)
+        device.run_layers(0, cfg.layer_depth + 1)

@@ -8,8 +8,8 @@ import zlib
 import pytest
 
 from gsaccel.hw.config import CoreConfig
-from gsaccel.hw.layouts import (COUNTER_NAMES, FRAME_SYNC, HELLO_MAGIC, ErrorCode, FrameType,
-                                Memory, memory_depth)
+from gsaccel.hw.layouts import (COUNTER_NAMES, FRAME_SYNC, HELLO_FEATURE_LOOP_NEST,
+                                HELLO_MAGIC, ErrorCode, FrameType, Memory, memory_depth)
 from gsaccel.sw.runtime import protocol
 from gsaccel.sw.errors import FrameError
 from gsaccel.sw.runtime.protocol import (Frame, FrameParser, bytes_to_words, counters_payload,
@@ -124,8 +124,15 @@ def test_hello_rejects_bad_magic_version_and_size():
     good = hello_payload(CoreConfig())
     with pytest.raises(FrameError, match=r"^HELLO magic must be b'GSAC', not b'XSAC'$"):
         parse_hello(b"X" + good[1:])
-    with pytest.raises(FrameError, match=r"^Protocol version must be 3, not 9$"):
+    with pytest.raises(FrameError, match=r"^Protocol version must be 4 with loop nests, not 9: "
+                                         r"the device runs an older bitstream; rebuild and "
+                                         r"flash it"):
         parse_hello(HELLO_MAGIC + b"\x09" + good[5:])
+    # A two-buffer core of an earlier release: version 3, no loop-nest feature bit.
+    old = HELLO_MAGIC + b"\x03" + good[5:-1] + bytes([good[-1] & ~HELLO_FEATURE_LOOP_NEST])
+    with pytest.raises(FrameError, match=r"^Protocol version must be 4 with loop nests, not 3 "
+                                         r"without: the device runs an older bitstream"):
+        parse_hello(old)
     with pytest.raises(FrameError, match=r"^HELLO reply must be \d+ bytes, not 3$"):
         parse_hello(good[:3])
     bad_lanes = good[:5] + b"\x03" + good[6:]

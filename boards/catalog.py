@@ -102,13 +102,13 @@ ICEBREAKER = Board(
     # clocks per bit.
     clk_hz=30e6,
     baud=3_000_000,
-    # V = 8 shift lanes: 5272 of 5280 logic cells (the fit is tight: 4037 LUTs, 2390 FFs),
-    # all 30 EBR (16 of them for the 121-bit group words) and the row memory in 3 of the 4
-    # SPRAMs; Fmax 31.8 MHz. No deep pipeline (its registers cost a logic cell each and
-    # 30 MHz does not need them). No basis unit: it needs nine multipliers (the UP5K has
-    # eight DSPs) and about 1100 LUTs; a one-vector result queue saves 192 flip-flops.
-    # docs/boards.md.
-    config=CoreConfig(lanes=8, bank_depth=128, weight_depth=512, row_depth=1024,
+    # V = 4 shift lanes, the most that fit with the loop-nest sequencer (V = 8 needs 6438 of
+    # the 5280 logic cells and 36 of the 30 EBR): 3636 LUTs, 2006 FFs, 23 EBR and the row
+    # memory in 3 of the 4 SPRAMs; Fmax 34.5 MHz (`gsaccel build --board icebreaker`, seed 1).
+    # No deep pipeline (its registers cost a logic cell each and 30 MHz does not need them).
+    # No basis unit: it needs nine multipliers (the UP5K has eight DSPs) and about 1100
+    # LUTs; a one-vector result queue saves flip-flops. docs/boards.md.
+    config=CoreConfig(lanes=4, bank_depth=128, weight_depth=512, row_depth=1024,
                       layer_depth=8, result_queue=8, max_payload=256, basis=False,
                       deep_pipeline=False),
     uart=("uart", 0),

@@ -1,7 +1,8 @@
 """End to end on the ``sim`` target: the Verilator-compiled core behind the native harness.
 
-Every output and counter must equal the golden model bit for bit: whole programs, every
-intermediate layer, and the frame protocol's error handling on the real RTL.
+Every output and counter must equal the golden model bit for bit and the cycle model cycle
+for cycle: loop-nest programs of MLPs and CNNs (max pooling, depthwise convolutions, residual
+additions), every intermediate tensor, and the frame protocol's error handling on the RTL.
 """
 
 import os
@@ -22,6 +23,8 @@ from gsaccel.sw.runtime.transport import Transport
 pytestmark = pytest.mark.verilator
 
 SEED = int(os.environ.get("GSACCEL_SEED", "1234"))
+#: A core for the convolutional programs (one build for all of them, and test_native's).
+CNN_CFG = CoreConfig(bank_depth=2048, weight_depth=16384, row_depth=1024, layer_depth=32)
 
 
 @pytest.fixture(autouse=True)
@@ -42,15 +45,22 @@ def _sim(cfg, wrap=None, *, retries=3):
 
 
 def _assert_same_on_sim_and_golden(program, x):
+    """sim == golden target == the layer golden bit for bit (int8), and the counters ==
+    the golden core's == the cycle model's; returns the dequantised outputs."""
     golden = GoldenDevice(program.cfg)
     golden.load(program)
-    expected = golden.run(x)
+    xq = program.quantize_input(x)
+    expected = golden.infer_quantized(xq)
+    assert np.array_equal(expected, program.run_golden_int(x))
     with _sim(program.cfg) as device:
         device.load(program)
-        got = device.run(x)
+        got = device.infer_quantized(xq)
         assert np.array_equal(got, expected)
         assert device.counters == golden.counters
-    return got
+    stats = program.stats()
+    for counter in ("cycles", "stall_cycles", "groups", "busy_lane_cycles"):
+        assert device.counters[counter] == len(x) * stats[counter], counter
+    return program.dequantize_output(got)
 
 
 @pytest.fixture(scope="module")
@@ -96,14 +106,81 @@ def test_random_pruned_mlp_is_bit_exact(pattern):
     _assert_same_on_sim_and_golden(program, x.numpy())
 
 
-@pytest.mark.slow          # a second Verilator build (a larger weight memory)
-def test_conv_avgpool_linear_is_bit_exact():
-    from gsaccel.sw.models import DigitsCNN
+class TinyLeNet(nn.Module):
+    """LeNet in small: conv 5x5 (padding 2, im2col'd) → ReLU → MaxPool 2 → conv 3x3 + BN +
+    ReLU → MaxPool 3/2 with padding (a halo, cleared) → flatten → FC + ReLU → FC."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 5, padding=2)
+        self.pool1 = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.pool2 = nn.MaxPool2d(3, stride=2, padding=1)
+        self.fc1 = nn.Linear(16 * 3 * 3, 24)
+        self.fc2 = nn.Linear(24, 10)
+
+    def forward(self, x):
+        x = self.pool1(torch.relu(self.conv1(x)))
+        x = self.pool2(torch.relu(self.bn2(self.conv2(x))))
+        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+
+def _conv_net(cls, *args):
     torch.manual_seed(SEED)
-    model = DigitsCNN().eval()
-    x = torch.rand(10, 1, 8, 8, generator=torch.Generator().manual_seed(SEED))
-    cfg = CoreConfig(lanes=8, weight_depth=8192, row_depth=2048)
-    program = compile(model, x, cfg=cfg)
+    model = cls(*args)
+    generator = torch.Generator().manual_seed(SEED)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.copy_(torch.randn(module.num_features, generator=generator)
+                                          * 0.3)
+                module.running_var.uniform_(0.5, 2.0, generator=generator)
+    return model.eval()
+
+
+def _conv_inputs(shape, n):
+    return torch.randn((n,) + shape, generator=torch.Generator().manual_seed(SEED)) * 1.5
+
+
+def test_small_cnn_with_max_pooling_is_bit_exact():
+    model = _conv_net(TinyLeNet)
+    x = _conv_inputs((3, 12, 12), 12)
+    program = compile(model, x[:8], cfg=CNN_CFG)
+    assert {getattr(layer, "op", None) for layer in program.layers} >= {"max", "sum"}
+    assert "clear" in {layer.kind for layer in program.layers}
+    _assert_same_on_sim_and_golden(program, x.numpy())
+
+
+def test_small_cnn_every_tensor_is_bit_exact():
+    from gsaccel.sw.cli.runtime import compare_layers
+    model = _conv_net(TinyLeNet)
+    x = _conv_inputs((3, 12, 12), 4)
+    program = compile(model, x, cfg=CNN_CFG)
+    with _sim(program.cfg) as device:
+        device.load(program)
+        rows, summary = compare_layers(program, model, x.numpy(), device)
+    assert summary["bit_exact"], rows
+    assert summary["agree_golden"] == 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["dscnn", "resnet8", "digits-cnn"])
+def test_dscnn_resnet8_and_digits_cnn_are_bit_exact(name):
+    """A DS-CNN (depthwise 3x3 + pointwise, global average pool of 25x5: a divisor folded into
+    the FC), a ResNet-8 (residual additions, strided projections) and the digits CNN (average
+    pools), each at a small size."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unit"))
+    from test_graph import DSCNN, ResNet8
+    from gsaccel.sw.models import DigitsCNN
+    model, shape = {"dscnn": (lambda: _conv_net(DSCNN, 16), (1, 25, 10)),
+                    "resnet8": (lambda: _conv_net(ResNet8), (3, 12, 10)),
+                    "digits-cnn": (lambda: _conv_net(DigitsCNN), (1, 8, 8))}[name]
+    model = model()
+    x = _conv_inputs(shape, 6)
+    program = compile(model, x, cfg=CNN_CFG)
     _assert_same_on_sim_and_golden(program, x.numpy())
 
 
@@ -111,6 +188,7 @@ def test_offload_forward_runs_on_the_sim(digits_program):
     from gsaccel.sw.runtime.offload import offload
     model, data, program = digits_program
     with offload(model, target="sim", example_input=data.x_train[:256]) as fast:
+        assert fast.device.config == program.cfg        # the sim is built for the program
         y = fast(data.x_test[:16])
         assert isinstance(y, torch.Tensor) and y.shape == (16, 10)
         assert np.array_equal(y.numpy(), program.run_golden(data.x_test[:16].numpy()))

@@ -5,6 +5,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gsaccel.hw.config import CoreConfig
@@ -14,29 +15,35 @@ from gsaccel.sw.runtime import protocol
 from gsaccel.sw.runtime.device import Device
 from gsaccel.sw.errors import DeviceError, DeviceTimeout
 from gsaccel.sw.golden import GoldenCore
-from gsaccel.sw.compile.image import LayerSpec, build_image
+from gsaccel.sw.compile.image import build_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "gateware"))
-from core_host import image_requests, random_matrix, reference_reply  # noqa: E402
+from core_host import image_requests, reference_reply  # noqa: E402
 
 pytestmark = pytest.mark.verilator
 
 #: The default core: the build the ``sim`` target uses, so tests and demo share one build.
 CFG = CoreConfig()
+#: A core for convolutional programs: test_e2e_runtime's CNN_CFG, the same build.
+CNN_CFG = CoreConfig(bank_depth=2048, weight_depth=16384, row_depth=1024, layer_depth=32)
+
+
+def _transport(cfg):
+    from gsaccel.sim.build import require_verilator
+    from gsaccel.sw.runtime.verilator import VerilatorTransport
+    require_verilator()
+    return VerilatorTransport(cfg)
 
 
 @pytest.fixture(scope="module")
 def transport():
-    from gsaccel.sim.build import require_verilator
-    from gsaccel.sw.runtime.verilator import VerilatorTransport
-    require_verilator()
-    transport = VerilatorTransport(CFG)
+    transport = _transport(CFG)
     yield transport
     transport.close()
 
 
-def exchange(transport, frames, timeout=30.0):
-    parser = protocol.FrameParser(max_payload=CFG.max_payload)
+def exchange(transport, frames, timeout=30.0, parser_cfg=CFG):
+    parser = protocol.FrameParser(max_payload=parser_cfg.max_payload)
     replies = []
     for t, seq, payload in frames:
         transport.send(protocol.encode_frame(t, seq, payload))
@@ -47,37 +54,45 @@ def exchange(transport, frames, timeout=30.0):
     return [(f.seq, f.type, f.payload) for f in replies]
 
 
-def test_image_runs_like_golden(transport):
+def test_image_runs_like_golden():
+    """sim.stimulus's random loop-nest program (padded, dilated, strided and depthwise
+    convolutions, max pooling, a residual addition, a Linear over a flattened tensor, a basis
+    layer, CLEARs) on a scratchpad of stale bytes: every reply, the whole scratchpad after
+    each run and the counters equal GoldenCore's."""
+    from gsaccel.sim.stimulus import random_loop_program
     rng = seeded_rng(11)
-    cfg = CFG
-    n_in = 45
-    layers, cols, src = [], n_in, 0
-    for rows, pattern, per_row in [(70, "unstructured", 1), (37, "gs-gather", 4),
-                                   (64, "1xN", 1), (29, "gs-gather", 1), (12, "dense", 8)]:
-        matrix = random_matrix(rng, rows, cols, pattern, cfg, per_row=per_row)
-        layers.append(LayerSpec(kind="gs", matrix=matrix, bias=rng.integers(-2000, 2000, rows),
-                                shift=int(rng.integers(0, 6)), relu=bool(rng.integers(0, 2)),
-                                src=src, dst=1 - src))
-        cols, src = rows, 1 - src
-    layers.append(LayerSpec(kind="basis", basis=rng.integers(-128, 128, (3, 3)), n_chunks=4,
-                            shift=5, src=src, dst=1 - src))
+    cfg = CNN_CFG
+    layers, source, _ = random_loop_program(rng, cfg)
     image = build_image(cfg, layers)
     frames, seq = image_requests(cfg, image)
-    frames.append((FrameType.HELLO, seq, b""))
-    for k in range(3):                    # several inferences with fresh inputs
-        x = rng.integers(-128, 128, n_in)
+    frames.append((FrameType.HELLO, seq & 0xFF, b""))
+    step = protocol.max_write_words(cfg, Memory.ACTS)
+    stale = rng.integers(-128, 128, cfg.act_size)
+    for start in range(0, cfg.act_size, step):
         seq += 1
-        frames.append((FrameType.WRITE, seq & 0xFF,
-                       protocol.write_payload(cfg, Memory.ACTS, 0, (x & 0xFF).tolist())))
-        frames.append((FrameType.RUN, (seq + 1) & 0xFF, protocol.run_payload(0, len(layers))))
-        frames.append((FrameType.READ, (seq + 2) & 0xFF,
-                       protocol.read_payload(Memory.ACTS, 0, 2 * cfg.buffer_size // 2)))
-        frames.append((FrameType.READ, (seq + 3) & 0xFF,
-                       protocol.read_payload(Memory.ACTS, cfg.buffer_size, 128)))
-        seq += 4
+        frames.append((FrameType.WRITE, seq & 0xFF, protocol.write_payload(
+            cfg, Memory.ACTS, start, (stale[start:start + step] & 0xFF).tolist())))
+    read = protocol.max_read_words(cfg, Memory.ACTS)
+    for k in range(3):                    # several inferences with fresh inputs
+        acts = np.zeros((cfg.lanes, source.end), dtype=np.int64)
+        source.scatter(rng.integers(-128, 128, (source.height, source.width, source.channels)),
+                       acts)
+        region = acts[:, source.base:].T.ravel()
+        for start in range(0, region.size, step):
+            seq += 1
+            frames.append((FrameType.WRITE, seq & 0xFF, protocol.write_payload(
+                cfg, Memory.ACTS, source.base * cfg.lanes + start,
+                (region[start:start + step] & 0xFF).tolist())))
+        seq += 1
+        frames.append((FrameType.RUN, seq & 0xFF, protocol.run_payload(0, len(layers))))
+        for start in range(0, cfg.act_size, read):
+            seq += 1
+            frames.append((FrameType.READ, seq & 0xFF,
+                           protocol.read_payload(Memory.ACTS, start, read)))
     golden = GoldenCore(cfg)
     expected = [(s & 0xFF, *reference_reply(golden, t, p)) for t, s, p in frames]
-    got = exchange(transport, frames)
+    with _transport(cfg) as transport:
+        got = exchange(transport, frames, parser_cfg=cfg)
     runs = [i for i, (t, _, _) in enumerate(frames) if t == FrameType.RUN]
     for i in runs:
         assert protocol.parse_counters(got[i][2]) == protocol.parse_counters(expected[i][2])
@@ -92,14 +107,15 @@ def test_device_api_over_sim(transport):
 
 
 def test_speed():
-    """A long run: 16 layers of a full weight memory, repeated; reports cycles/s."""
+    """A long run: 16 one-pixel layers of 64 x 256 weights, repeated; reports cycles/s."""
+    from gsaccel.sw.bench.hw import one_pixel_layer
     from gsaccel.sw.runtime.verilator import VerilatorTransport
     from gsaccel.sw.format import GSMatrix
     rng = seeded_rng(12)
     cfg = CFG
     w = rng.choice([-4, -1, 1, 2, 8], size=(64, 256))
     matrix = GSMatrix.from_dense(w, "dense", cfg.lanes, 8, encoding=cfg.encoding)
-    image = build_image(cfg, [LayerSpec(kind="gs", matrix=matrix, shift=4, src=0, dst=1)])
+    image = build_image(cfg, [one_pixel_layer(cfg, matrix, shift=4)])
     desc = image.layers[0]
     frames, seq = image_requests(cfg, image)
     frames.append((FrameType.WRITE, seq, protocol.write_payload(cfg, Memory.LAYERS, 1,

@@ -3,9 +3,9 @@ pruned to GS-gather packs into its weight, row and layer memories and its scratc
 golden model runs it. (gsaccel build checks that the core fits the FPGA; this checks that
 the core it fits is big enough for the model it is for.)
 
-The iCEBreaker's 512 group words (all of its block RAM that the scratchpad leaves) hold
-4096 weights: the demo's 75 % (4256 weights, 544 group words at V = 8: its 10-row last layer
-pads a row group) does not fit, 87.5 % does.
+The iCEBreaker's core is V = 4 (what fits with the loop-nest sequencer): its 512 group
+words (all of its block RAM that the scratchpad leaves) hold 2048 weights, so the demo's
+87.5 % (2128 weights, 536 group words) does not fit and 93.75 % does.
 """
 
 import numpy as np
@@ -19,7 +19,7 @@ from gsaccel.sw.models import DigitsMLP
 from gsaccel.sw.prune import prune
 
 
-SPARSITY = {"icebreaker": 0.875, "ulx3s-85f": 0.75, "orangecrab": 0.75}
+SPARSITY = {"icebreaker": 0.9375, "ulx3s-85f": 0.75, "orangecrab": 0.75}
 
 
 @pytest.mark.parametrize("name", sorted(BOARDS))
@@ -41,13 +41,13 @@ def test_default_core_holds_the_demo_network(name):
     assert np.array_equal(out, program.run_golden(x[:4].numpy()))
 
 
-def test_icebreaker_refuses_the_75_percent_demo_network_by_name():
+def test_icebreaker_refuses_the_87_percent_demo_network_by_name():
     from gsaccel.sw.errors import CapacityError
     cfg = BOARDS["icebreaker"].config
     torch.manual_seed(0)
     model = DigitsMLP()
-    prune(model, "gs-gather", 0.75, lanes=cfg.lanes)
-    with pytest.raises(CapacityError, match=r"^Program does not fit the core: 5\d\d group "
+    prune(model, "gs-gather", 0.875, lanes=cfg.lanes)
+    with pytest.raises(CapacityError, match=r"^Program does not fit the core: 536 group "
                                             r"words, the core holds 512 \(CoreConfig\."
                                             r"weight_depth\)\. To fit it, use a core with "
                                             r"weight_depth=1024 .* or prune harder\.$"):

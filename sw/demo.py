@@ -166,7 +166,8 @@ def _train_prune_run(*, target, cfg, device, sparsity, pattern, seed, epochs,
     result["target_accuracy"] = float((target_out.argmax(1) == y).mean())
     result["bit_exact"] = bool(np.array_equal(target_out, golden_out))
     result["cycle_exact"] = all(totals[name] == golden.counters[name]
-                                for name in golden.counters)
+                                for name in golden.counters) and \
+        totals["cycles"] == len(x) * stats["cycles"]
     n = totals["inferences"]
     result["cycles_per_inference"] = totals["cycles"] / n
     result["stall_cycles_per_inference"] = totals["stall_cycles"] / n
@@ -185,6 +186,7 @@ def _train_prune_run(*, target, cfg, device, sparsity, pattern, seed, epochs,
     table.add_row(f"{target} counters == golden cycle model",
                   "yes" if result["cycle_exact"] else "NO")
     table.add_row("cycles per inference", f"{result['cycles_per_inference']:.0f}")
+    table.add_row("cycles per inference, golden cycle model", str(result["predicted_cycles"]))
     table.add_row("stall cycles per inference", f"{result['stall_cycles_per_inference']:.0f}")
     table.add_row("lane utilisation", f"{result['utilisation']:.1%}")
     table.add_row("weight bytes (.gsf, packed)", str(result["weight_bytes"]))

@@ -3,7 +3,7 @@
 :func:`compile_native` turns a model into a :class:`~.program.Program`: every layer runs on the
 core as a loop nest over output pixels, on HWC, channel-banked tensors, and its weights are
 the layer's *kernel* in the GEMM view (rows = output channels, columns ``tap·Cp + c``) —
-stored once, never once per output position. Steps (docs/runtime.md, "Native compilation"):
+stored once, never once per output position. Steps (docs/runtime.md, "Compiler"):
 
 1. **Lower** with :func:`~gsaccel.sw.compile.graph.lower_graph` (conv, linear, maxpool,
    avgpool, add; BatchNorm and ReLU fused) and run its float64 forward on the example batch:

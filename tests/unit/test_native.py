@@ -1,7 +1,7 @@
 """Native compilation (gsaccel.sw.compile.native): models → loop-nest device layers whose
 golden run (the bit-exact loop-nest model on a scratchpad full of stale bytes) tracks torch.
 
-Tolerances (docs/runtime.md, "Native compilation"), measured on the dequantised outputs of
+Tolerances (docs/runtime.md, "Accuracy"), measured on the dequantised outputs of
 held-out random inputs, in output LSBs (``2**output_scale_log2``) and relative to the largest
 |float output|:
 

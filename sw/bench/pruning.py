@@ -78,32 +78,57 @@ def _quantise_pow2(matrix):
 def measure(model, lanes=LANES):
     """(real sparsity, packed bytes, utilisation) over the model's prunable layers.
 
-    Sparsity counts zeros of the matrices the engine runs (C' for SmartDeal); bytes are the
+    Each layer is the matrix the engine runs: its hardware GEMM view (a conv's columns
+    ``tap·Cp + c``, channels padded to V; a dense conv on fewer channels than lanes, which the
+    compiler runs im2col'd, ``tap·C + c``; C' for SmartDeal). Sparsity counts the zeros among
+    the layer's own weights (not the structural zeros of padding channels); bytes are the
     .gsf sizes of every layer packed under its pattern (SmartDeal adds 9 bytes of B)."""
+    from ..compile.quantize import masked_gemm_view
     from ..format import GSMatrix
-    from ..prune import gemm_view, pattern_info, prunable_layers, smartdeal_cprime
+    from ..prune import pattern_info, prunable_layers, smartdeal_cprime
     zeros = total = nbytes = nnz = lanes_issued = 0
     for _, module in prunable_layers(model):
         info = pattern_info(module)
         order = getattr(module, "gsaccel_row_order", None)
         order = None if order is None else order.cpu().numpy()
-        if info is None:
-            matrix, pattern, per_row = gemm_view(module), "dense", 1
-        elif info.pattern == "smartdeal":
+        if info is not None and info.pattern == "smartdeal":
             matrix, pattern, per_row = smartdeal_cprime(module), info.c_pattern, info.per_row
+            own = np.ones(matrix.shape, bool)
             nbytes += 9
+        elif info is None and _sent_im2col(module, lanes):
+            # A dense conv on fewer channels than lanes (the first layer): the compiler sends
+            # its input im2col'd and runs it as a 1x1 conv over kh·kw·C channels.
+            matrix = module.weight.detach().double().numpy().reshape(module.out_channels, -1)
+            matrix = matrix.reshape(module.out_channels, module.in_channels, -1) \
+                .transpose(0, 2, 1).reshape(module.out_channels, -1)
+            own, pattern, per_row = np.ones(matrix.shape, bool), "dense", 1
         else:
-            mask = module.weight_mask.detach().reshape(module.weight_mask.shape[0], -1).numpy()
-            matrix, pattern, per_row = gemm_view(module) * mask, info.pattern, info.per_row
+            matrix, _ = masked_gemm_view(module, lanes)
+            own = _own_weights(module, lanes)
+            if info is None:
+                pattern, per_row = ("dense" if own.all() else "unstructured"), 1
+            else:
+                pattern, per_row = info.pattern, info.per_row
         packed = GSMatrix.from_dense(_quantise_pow2(matrix), pattern, lanes, per_row, "pow2",
                                      row_order=order if pattern == "gs-scatter" else None)
         stats = packed.stats()
-        zeros += int((matrix == 0).sum())
-        total += matrix.size
+        zeros += int(((matrix == 0) & own).sum())
+        total += int(own.sum())
         nbytes += stats["bytes"]
         nnz += stats["nnz"]
         lanes_issued += lanes * stats["groups"]
     return zeros / total, nbytes, nnz / lanes_issued
+
+
+def _sent_im2col(module, lanes):
+    from torch import nn
+    return isinstance(module, nn.Conv2d) and module.groups == 1 and module.in_channels < lanes
+
+
+def _own_weights(module, lanes):
+    """Where the layer's own weights land in its GEMM view (the structural zeros excluded)."""
+    from ..prune import gemm_layout
+    return gemm_layout(module, lanes).candidates()
 
 
 def _one_run(dense, data, pattern, per_row, options, sparsity, seed, model_name, settings):

@@ -99,9 +99,9 @@ def pack_model(path, *, lanes=8, encoding="pow2", pattern=None, per_row=1):
     unstructured when it has none). A SmartDeal layer packs C′ (its power-of-two factor,
     exact: scaled by 2**10 to integers) under its C pattern, and returns B beside it.
     """
-    from ..compile.quantize import _scale_log2, quantize_weights
-    from ..prune import (SMARTDEAL_EXP_MIN, gemm_layout, pattern_info, prunable_layers,
-                         smartdeal_cprime, smartdeal_factors)
+    from ..compile.quantize import _scale_log2, masked_gemm_view, quantize_weights
+    from ..prune import (SMARTDEAL_EXP_MIN, pattern_info, prunable_layers, smartdeal_cprime,
+                         smartdeal_factors)
     model = load_model(path)
     layers = prunable_layers(model)
     if not layers:
@@ -119,7 +119,7 @@ def pack_model(path, *, lanes=8, encoding="pow2", pattern=None, per_row=1):
             except GsaccelError as error:
                 raise type(error)(f"layer {name!r}: {error}") from None
             continue
-        weight, mask = _gemm_weight(module, gemm_layout(module, lanes))
+        weight, mask = masked_gemm_view(module, lanes)
         limit = 2 ** POW2_EXP_MAX if encoding == "pow2" else 127
         kept = weight[mask]
         scale = _scale_log2(float(np.abs(kept).max()) if kept.size else 0.0, limit)
@@ -140,18 +140,6 @@ def pack_model(path, *, lanes=8, encoding="pow2", pattern=None, per_row=1):
                                             row_order=order), None
         except GsaccelError as error:
             raise type(error)(f"layer {name!r}: {error}") from None
-
-
-def _gemm_weight(module, layout):
-    """(masked weight, kept mask) of a layer in its GEMM view ``layout``; the structural
-    zeros are never kept, and an unpruned layer keeps every weight of its own."""
-    dense = module.weight_orig if hasattr(module, "weight_orig") else module.weight
-    dense = dense.detach().cpu().double().numpy()
-    if hasattr(module, "weight_mask"):
-        mask = layout.to_gemm(module.weight_mask.detach().cpu().numpy() != 0)
-    else:
-        mask = layout.candidates()
-    return layout.to_gemm(dense) * mask, mask
 
 
 def _print_summary(path, stats):

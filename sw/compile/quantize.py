@@ -25,7 +25,7 @@ from ...hw.config import POW2_EXP_MAX
 from ..errors import PatternError
 from ..format import GSMatrix, pow2_exponent
 
-__all__ = ["FloatLayer", "quantize_weights"]
+__all__ = ["FloatLayer", "quantize_weights", "masked_gemm_view"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,23 @@ class FloatLayer:
     mask: np.ndarray = None
     pattern: object = None
     row_order: np.ndarray = None
+
+
+def masked_gemm_view(module, lanes):
+    """``(weight, kept)`` of a Linear/Conv2d in the hardware's GEMM view for ``lanes`` banks
+    (``gsaccel.sw.prune.gemm_layout(module, lanes).to_gemm(weight * mask)``: a conv's rows are
+    its output channels, its columns ``tap·Cp + c``; a Linear's view is its weight), float64.
+    ``kept`` is the pruning mask in that view; for an unpruned layer every weight of its own
+    (never a structural zero: a padding channel, another group's channel)."""
+    from ..prune import gemm_layout
+    layout = gemm_layout(module, lanes)
+    dense = module.weight_orig if hasattr(module, "weight_orig") else module.weight
+    dense = layout.to_gemm(dense.detach().cpu().double().numpy())
+    if hasattr(module, "weight_mask"):
+        kept = layout.to_gemm(module.weight_mask.detach().cpu().numpy() != 0)
+    else:
+        kept = layout.candidates()
+    return dense * kept, kept
 
 
 def _scale_log2(max_abs, limit=127):

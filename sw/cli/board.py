@@ -40,7 +40,7 @@ def register(subparsers):
     build = add_command(
         subparsers, "build",
         help="build a board bitstream with the YoWASP toolchain and report its cost",
-        example="gsaccel build --board icebreaker --lanes 8 --depth 64 -o build/boards/icebreaker",
+        example="gsaccel build --board icebreaker --lanes 4 --depth 128 -o build/boards/icebreaker",
         description="Elaborate the core for a board, run yosys/nextpnr/pack (the yowasp-* "
                     "tools from PyPI), then print LUT/FF/BRAM/SPRAM/DSP use and Fmax. Exits 1 "
                     "if the design does not fit or misses its clock.")

@@ -33,8 +33,9 @@ def register(subparsers):
                         help="lanes = scratchpad banks: 2, 4, 8 or 16 (default: %(default)s)")
     parser.add_argument("--encoding", metavar="ENC", choices=ENCODINGS, default="pow2",
                         help="weight encoding: pow2 or int8 (default: %(default)s)")
-    parser.add_argument("--depth", metavar="D", type=int, default=64,
-                        help="words per scratchpad bank and buffer (default: %(default)s)")
+    parser.add_argument("--depth", metavar="D", type=int, default=128,
+                        help="words per scratchpad bank, one address space (default: "
+                             "%(default)s)")
     parser.add_argument("--block", metavar="NAME", choices=sorted(BLOCKS), default="core",
                         help=f"block to export: {', '.join(BLOCKS)} (default: %(default)s)")
     parser.add_argument("-o", "--output", metavar="FILE.v", required=True,

@@ -127,11 +127,13 @@ ULX3S_85F = Board(
     device="LFE5U-85F",
     platform_class=ULX3S_85F_Platform,
     osc_hz=25e6,
-    # V = 16 at 100 MHz = 25 MHz * 4 (Fmax 104.2 MHz at seed 1); 3 Mbaud (the FT231X's top
-    # rate) is then 33 1/3 clocks per bit. 1024 group words (16 k weights): with 2048 the
-    # weight memory's 28 block RAMs spread over the chip and its enable and address nets
-    # took the Fmax to 92 MHz (docs/boards.md).
-    clk_hz=100e6,
+    # V = 16 at 62.5 MHz = 25 MHz * 5 / 2: the loop-nest core builds at 81.8 and 71.8 MHz
+    # (two placements; `gsaccel build --board ulx3s-85f`), short of the 100 MHz the core
+    # without loop nests met; the critical paths are long nets (the engine's accumulator
+    # control, the host's write data into the weight memory's block RAMs), to be pipelined.
+    # 3 Mbaud (the FT231X's top rate) is 20 5/6 clocks per bit. 1024 group words (16 k
+    # weights): with 2048 the weight memory's block RAMs spread over the chip (docs/boards.md).
+    clk_hz=62.5e6,
     baud=3_000_000,
     config=CoreConfig(lanes=16, bank_depth=128, weight_depth=1024, row_depth=1024,
                       layer_depth=64, result_queue=64, max_payload=1024),

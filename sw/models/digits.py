@@ -85,7 +85,7 @@ class DigitsMLP(nn.Sequential):
 
 
 class DigitsCNN(nn.Sequential):
-    """Small CNN for 8×8 images, without MaxPool (the core has no max unit).
+    """Small CNN for 8×8 images (average pooling; the core runs max pooling as well).
 
     Conv 1→8 3×3 pad 1, ReLU, AvgPool 2, Conv 8→16 3×3 pad 1, ReLU, AvgPool 2, Flatten,
     Linear 64→10.

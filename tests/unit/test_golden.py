@@ -201,9 +201,11 @@ def test_core_errors_carry_device_codes():
 
 
 def test_engine_latency_grows_with_the_adder_tree():
-    """One pipeline stage per adder-tree level: log2(V) of them."""
-    assert [golden.engine_latency(CoreConfig(lanes=v)) for v in (2, 4, 8, 16)] == [7, 8, 9, 10]
-    assert golden.engine_drain(CoreConfig(lanes=16)) == 9
+    """One pipeline stage per adder-tree level: log2(V) of them (after the address
+    register, the bank read and its register, the crossbar, the shift and the product)."""
+    assert [golden.engine_latency(CoreConfig(lanes=v)) for v in (2, 4, 8, 16)] == [8, 9, 10, 11]
+    assert golden.engine_drain(CoreConfig(lanes=16)) == 10
+    assert golden.engine_latency(CoreConfig(lanes=16, deep_pipeline=False)) == 6
 
 
 def test_cycle_model():

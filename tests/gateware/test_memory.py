@@ -243,14 +243,14 @@ def test_simple_dual_port_memory_is_bare_block_ram():
 
 
 def test_processor_memories_on_up5k():
-    """The V = 8 command processor of an iCEBreaker core: rows in SPRAM, layer table and weights
-    in 26 block RAMs (17-byte words, byte lanes), and its checks need no DSP multiplier."""
-    from gsaccel.hw.config import CoreConfig
+    """The command processor of the iCEBreaker's default core (V = 4): rows in SPRAM, the
+    weights (8-byte group words) and the layer table (17-byte descriptors) in 17 block RAMs
+    as byte lanes, and its checks need no DSP multiplier."""
+    from gsaccel.boards.catalog import BOARDS
     from gsaccel.hw.command import CommandProcessor
-    cfg = CoreConfig(lanes=8, bank_depth=128, weight_depth=512, row_depth=512, layer_depth=8,
-                     result_queue=16, max_payload=256)
+    cfg = BOARDS["icebreaker"].config
     cells = yosys_cells(CommandProcessor(cfg), icebreaker())
-    assert cells.get("SB_SPRAM256KA") == 3 and block_rams(cells) == 17 + 9
+    assert cells.get("SB_SPRAM256KA") == 3 and block_rams(cells) == 17
     assert "SB_MAC16" not in cells
 
 

@@ -4,7 +4,7 @@ packed as pruned, the core's limits are reported at once, programs round-trip th
 Tolerances (docs/runtime.md): golden outputs, dequantised, are compared with the float model.
 int8 weights: max |error| <= 6 % of the largest |float output|; pow2 weights (each weight
 rounded to a power of two, up to ±25 % each): mean |error| <= 6 % and max |error| <= 30 %.
-Structural and numerical rules of the native lowering itself are in test_native.py.
+Structural and numerical rules of the native lowering itself are in test_compile_native.py.
 """
 
 import os

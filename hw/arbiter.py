@@ -5,8 +5,8 @@ from amaranth.hdl import Array, Module, Signal
 from amaranth.lib.wiring import In, Out
 
 from .component import CoreComponent
-from .scratchpad import BankPort, ElementPort, bank_addr_width, element_addr_width
-from .sequencer import ClearPort, ScratchpadOwner
+from .scratchpad import BankPort, ClearPort, ElementPort, bank_addr_width, element_addr_width
+from .sequencer import ScratchpadOwner
 
 __all__ = ["ScratchpadArbiter", "HOST_READ_LATENCY"]
 

@@ -34,8 +34,8 @@ class CoreComponent(wiring.Component):
         return check_config(cfg)
 
     def members(self, cfg):
-        """The signature's members for ``cfg``."""
-        raise NotImplementedError
+        """The signature's members for ``cfg`` (every block defines it)."""
+        raise NotImplementedError(f"{type(self).__name__} must define members(cfg)")
 
     @property
     def cfg(self):

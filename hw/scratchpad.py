@@ -8,7 +8,7 @@ from amaranth.lib.wiring import In, Out
 from .component import CoreComponent
 from .memory import SimpleDualPortMemory
 
-__all__ = ["BankedScratchpad", "BankPort", "ElementPort", "bank_addr_width",
+__all__ = ["BankedScratchpad", "BankPort", "ElementPort", "ClearPort", "bank_addr_width",
            "element_addr_width", "read_latency"]
 
 
@@ -137,6 +137,32 @@ class ElementPort(wiring.Signature):
 
     def __repr__(self):
         return f"ElementPort(addr_width={self.addr_width})"
+
+
+class ClearPort(wiring.Signature):
+    """A CLEAR layer's writes, from the sequencer's side: word ``addr`` of every bank becomes
+    0 while ``en`` is high.
+
+    Parameters
+    ----------
+    addr_width : int
+        Bits of a bank address.
+    """
+
+    def __init__(self, *, addr_width):
+        _check_addr_width(addr_width)
+        self._addr_width = addr_width
+        super().__init__({"en": Out(1), "addr": Out(addr_width)})
+
+    @property
+    def addr_width(self):
+        return self._addr_width
+
+    def __eq__(self, other):
+        return type(other) is ClearPort and self.addr_width == other.addr_width
+
+    def __repr__(self):
+        return f"ClearPort(addr_width={self.addr_width})"
 
 
 def read_latency(cfg):

@@ -8,15 +8,16 @@ top of the datapath's time. The host side (frames, the memories the sequencer re
 """
 
 from amaranth.hdl import Module, Mux, Signal, signed
-from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib import data, enum, stream
 from amaranth.lib.wiring import In, Out
 
 from .component import CoreComponent
+from .scratchpad import ClearPort
 from .layouts import (LayerKind, group_layout, group_stream_layout, layer_control_layout,
                       layer_layout, row_layout, row_stream_layout)
 from .writer import WRITE_LATENCY
 
-__all__ = ["Sequencer", "ScratchpadOwner", "ClearPort", "datapath_members", "LAYER_STATES",
+__all__ = ["Sequencer", "ScratchpadOwner", "datapath_members", "LAYER_STATES",
            "LAYER_OVERHEAD", "RUN_OVERHEAD", "MIN_BASIS_CYCLES"]
 
 #: The states a layer passes through before its datapath time, one cycle each and in this
@@ -41,33 +42,6 @@ class ScratchpadOwner(enum.Enum, shape=2):
     GS    = 1   # gather engine reads, result writer writes
     BASIS = 2   # basis unit
     CLEAR = 3   # the sequencer zeroes a CLEAR layer's words in every bank
-
-
-class ClearPort(wiring.Signature):
-    """A CLEAR layer's writes, from the sequencer's side: word ``addr`` of every bank becomes
-    0 while ``en`` is high.
-
-    Parameters
-    ----------
-    addr_width : int
-        Bits of a bank address.
-    """
-
-    def __init__(self, *, addr_width):
-        if not isinstance(addr_width, int) or isinstance(addr_width, bool) or addr_width <= 0:
-            raise TypeError(f"Address width must be a positive integer, not {addr_width!r}")
-        self._addr_width = addr_width
-        super().__init__({"en": Out(1), "addr": Out(addr_width)})
-
-    @property
-    def addr_width(self):
-        return self._addr_width
-
-    def __eq__(self, other):
-        return type(other) is ClearPort and self.addr_width == other.addr_width
-
-    def __repr__(self):
-        return f"ClearPort(addr_width={self.addr_width})"
 
 
 def datapath_members(cfg):

@@ -370,7 +370,7 @@ def verilate(name, verilog, *, top=None, sources=None, flags=(), executable, wha
             if folder.parent == _builds_root() and _finished(folder, _inputs(folder)):
                 return folder / target
         except (OSError, ValueError, KeyError):
-            pass
+            pass                    # no alias, or a stale one: build from the Verilog below
         require_build_tools()                   # fail before making the Verilog, not after
     if callable(verilog):
         verilog = verilog()

@@ -177,11 +177,11 @@ def _pack(layer, q, cfg):
         try:
             return GSMatrix.from_dense(q, "gs-gather", lanes, e, encoding)
         except PatternError:
-            pass
+            pass                    # the mask is not gs-gather at this e: try the next
     try:
         return GSMatrix.from_dense(q, "1xN", lanes, 1, encoding)
     except PatternError:
-        pass
+        pass                        # nor 1xN: pack it unstructured
     return _fewest_groups(q, "unstructured", cfg)
 
 

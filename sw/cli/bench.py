@@ -14,6 +14,9 @@ BENCHES = {
                 "RTL cycles, lane utilisation and speed-up per pattern; LUTs per lane; "
                 "Verilator cycles/s"),
     "boards":  ("gsaccel.sw.bench.boards", "LUT/FF/BRAM/DSP use and Fmax per board"),
+    "conv":    ("gsaccel.sw.bench.conv",
+                "native convolutions on the RTL: bytes per nonzero, utilisation and cycles; "
+                "the digits CNN against golden; compile time and memory"),
 }
 
 

@@ -53,4 +53,12 @@ class UnsupportedError(GsaccelError):
 
 
 class CapacityError(GsaccelError):
-    """A program does not fit the core's memories."""
+    """A program does not fit the core's memories.
+
+    ``report``: the :class:`~gsaccel.sw.compile.capacity.CapacityReport` of every limit,
+    when the compiler made one (else None).
+    """
+
+    def __init__(self, message, *, report=None):
+        super().__init__(message)
+        self.report = report

@@ -22,7 +22,7 @@ def register(subparsers):
                     "scales on an example batch, quantise the weights and pack every layer "
                     "as a loop nest over its output pixels. A model that does not fit the "
                     "core is refused with every limit it exceeds.",
-        example="gsaccel compile model.pt --example x.npy --lanes 8 -o model.gsp")
+        example="gsaccel compile model.pt --example x.npy --board ulx3s-85f -o model.gsp")
     compile_.add_argument("model", metavar="MODEL.pt", help="torch.save of an nn.Module")
     compile_.add_argument("--example", metavar="X.npy", required=True,
                           help="calibration batch (N, ...) of float inputs")
@@ -41,8 +41,16 @@ def register(subparsers):
     compile_.add_argument("--board", metavar="BOARD",
                           help="compile for this board's default core (icebreaker, "
                                "ulx3s-85f, orangecrab) instead of the size options above")
-    compile_.add_argument("-o", "--output", metavar="M.gsp", required=True,
-                          help="program file to write")
+    compile_.add_argument("--no-phases", dest="phases", action="store_false",
+                          help="refuse a model whose weights exceed the core's memories instead "
+                               "of compiling it into phases that stream them")
+    compile_.add_argument("--report", action="store_true",
+                          help="print every limit of the core against the model (activation "
+                               "words, group words, row records, layers) and whether it fits, "
+                               "fits in phases or not; write no program (exit 1 if it does "
+                               "not fit)")
+    compile_.add_argument("-o", "--output", metavar="M.gsp",
+                          help="program file to write (required without --report)")
     compile_.set_defaults(func=run_compile)
 
     run = add_command(
@@ -74,7 +82,10 @@ def register(subparsers):
 
 def run_compile(args):
     from ..compile import compile
+    from ..compile.native import compile_native
     from ...hw.config import CoreConfig
+    if args.output is None and not args.report:
+        raise GsaccelError("compile needs -o M.gsp (the program to write), or --report")
     model = load_model(args.model)
     example = load_array(args.example, "example input")
     if args.board is not None:
@@ -87,7 +98,20 @@ def run_compile(args):
                              row_depth=args.row_depth, layer_depth=args.layer_depth)
         except (TypeError, ValueError) as error:
             raise GsaccelError(f"Core configuration is invalid: {error}") from None
-    program = compile(model, example, cfg=cfg)
+    if args.report:
+        report = compile_native(model, example, cfg, report_only=True)
+        status = {"fits": "fits in one load", "phased": "fits in phases (weights streamed)",
+                  "no": "does not fit"}[report.status]
+        out = console()
+        out.print(f"capacity of {args.board or 'the core'} (V={cfg.lanes}, {cfg.encoding}): "
+                  f"{status}", soft_wrap=True)
+        for line in report.lines(phases_allowed=args.phases):
+            out.print(f"  {line}", soft_wrap=True)
+        remedy = report.remedy(phases_allowed=args.phases)
+        if remedy:
+            out.print(f"to fit it: {remedy}", soft_wrap=True)
+        return 0 if report.fits or report.fits_phased and args.phases else 1
+    program = compile(model, example, cfg=cfg, phases=args.phases)
     program.save(args.output)
     out = console()
     out.print(program_table(program))
@@ -133,7 +157,9 @@ def program_summary(program):
             f"words of {cfg.weight_depth}, {stats['row_words']} row records of "
             f"{cfg.row_depth}, {stats['activation_words']} activation words per bank of "
             f"{program.depth}; {stats['weight_bytes']} weight bytes, {stats['cycles']} cycles "
-            f"per inference, utilisation {stats['utilisation']:.1%}")
+            f"per inference, utilisation {stats['utilisation']:.1%}"
+            + (f"; {stats['phases']} phases stream {stats['streamed_bytes']} bytes per "
+               f"inference" if stats["phases"] > 1 else ""))
 
 
 # run --------------------------------------------------------------------------------------------
@@ -169,8 +195,10 @@ def run_run(args):
     util = counters["busy_lane_cycles"] / (program.cfg.lanes * counters["groups"]) \
         if counters["groups"] else 0.0
     out.print(f"target {args.target}: {n} inputs, {counters['cycles'] / n:.1f} cycles per "
-                  f"inference, {counters['stall_cycles'] / n:.1f} stall cycles, utilisation "
-                  f"{util:.1%}", soft_wrap=True)
+              f"inference, {counters['stall_cycles'] / n:.1f} stall cycles, utilisation "
+              f"{util:.1%}", soft_wrap=True)
+    out.print(link_line(program, device.link_rate, counters["streamed_bytes"] / n),
+              soft_wrap=True)
     if labels is not None:
         accuracy = float((y.reshape(len(y), -1).argmax(axis=1) == labels).mean())
         out.print(f"accuracy {accuracy:.2%} on {len(labels)} labelled inputs",
@@ -184,6 +212,22 @@ def run_run(args):
         if not summary["bit_exact"]:
             return 1
     return 0
+
+
+def link_line(program, rate, streamed_per_inference):
+    """One line: the bytes that cross the link per inference (input, output and, for a
+    phased program, every phase's image) and the time they take at ``rate`` bytes/s (None:
+    no link, golden), apart from the core's own latency."""
+    in_bytes = program.input_region()[1]
+    out_bytes = program.output_region()[1]
+    total = in_bytes + out_bytes + streamed_per_inference
+    phases = len(program.phases())
+    text = (f"link: {total:.0f} bytes per inference ({in_bytes} in, {out_bytes} out"
+            + (f", {streamed_per_inference:.0f} of weights streamed in {phases} phases"
+               if phases > 1 else "") + ")")
+    if rate:
+        text += f", {1e3 * total / rate:.2f} ms at {rate / 1e3:.0f} kB/s"
+    return text
 
 
 def compare_layers(program, model, x, device):
@@ -217,10 +261,19 @@ def compare_layers(program, model, x, device):
     golden = program.trace_golden_int(x)
     device_trace = [[] for _ in program.layers]
     in_addr, _ = program.input_region()
+    phases = program.phase_images()
+    # Layer index -> (its index in its phase's image, that image, if the phase starts there).
+    placement = {first + i: (i, image if len(phases) > 1 and i == 0 else None)
+                 for first, count, image in phases for i in range(count)}
     for sample in program.quantize_input(x):
         device.write(Memory.ACTS, in_addr, [int(v) for v in program.input_elements(sample)])
         for index, layer in enumerate(program.layers):
-            device.run_layers(index, 1)
+            local, image = placement[index]
+            if image is not None:          # a phased program: load the phase's weights
+                for mem, words in image.memories():
+                    if words:
+                        device.write(mem, 0, list(words))
+            device.run_layers(local, 1)
             geometry = program.written(layer)
             words = device.read(Memory.ACTS, *region(geometry))
             device_trace[index].append(gather_region(geometry, words).transpose(2, 0, 1))

@@ -16,7 +16,7 @@ from .native import compile_native
 __all__ = ["compile"]
 
 
-def compile(model, example_input, lanes=8, encoding="pow2", cfg=None):
+def compile(model, example_input, lanes=8, encoding="pow2", cfg=None, *, phases=True):
     """Compile a torch model into a :class:`~gsaccel.sw.compile.program.Program`.
 
     Parameters
@@ -35,6 +35,9 @@ def compile(model, example_input, lanes=8, encoding="pow2", cfg=None):
         ``pow2`` or ``int8``, when ``cfg`` is not given.
     cfg : CoreConfig, optional
         The core to compile for (default ``CoreConfig(lanes=lanes, encoding=encoding)``).
+    phases : bool
+        When only the weights exceed the core's memories, compile into phases that the
+        runtime streams before their layers (``program.phases()``); else a CapacityError.
 
     Raises
     ------
@@ -48,6 +51,6 @@ def compile(model, example_input, lanes=8, encoding="pow2", cfg=None):
                          f"not ({lanes}, {encoding})")
     if not hasattr(example_input, "detach"):
         example_input = np.asarray(example_input)
-    program = compile_native(model, example_input, cfg)
-    program.image()             # the image builder's own checks (words, ranges)
+    program = compile_native(model, example_input, cfg, phases=phases)
+    program.phase_images()      # the image builder's own checks (words, ranges)
     return program

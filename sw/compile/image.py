@@ -17,7 +17,7 @@ from ..errors import CapacityError, ShapeError
 from ..format import pow2_encode
 from ..format.words import pack_word
 
-__all__ = ["DeviceImage", "build_image", "layer_words"]
+__all__ = ["DeviceImage", "build_image", "layer_words", "layer_sizes", "phase_ranges"]
 
 #: Output pixels per row and rows a descriptor counts (``last_col``/``last_row`` are 8 bits).
 MAX_OUTPUT_SIDE = 256
@@ -39,6 +39,12 @@ class DeviceImage:
     def to_bytes(self, mem):
         size = word_bytes(memory_layout(self.cfg, mem))
         return b"".join(w.to_bytes(size, "little") for w in self.words(mem))
+
+    @property
+    def nbytes(self):
+        """Bytes of every word a loader writes (the WRITE frames' payload)."""
+        return sum(len(words) * word_bytes(memory_layout(self.cfg, mem))
+                   for mem, words in self.memories())
 
     def memories(self):
         """``(mem, words)`` in the order a loader writes them."""
@@ -147,6 +153,41 @@ def layer_words(cfg, layer, group_base=0, row_base=0):
         out_pixel_step=nest.out_pixel_step % cfg.bank_depth,
         out_row_step=nest.out_row_step % cfg.bank_depth)
     return descriptor, _group_words(cfg, matrix, nest.column_offsets()), rows
+
+
+def layer_sizes(layer):
+    """``(group words, row words)`` one device layer takes in the weight and row memories."""
+    if layer.kind != "gs":
+        return 0, 0
+    return int(layer.matrix.n_groups), int(layer.matrix.rg_rows.size)
+
+
+def phase_ranges(cfg: CoreConfig, layers):
+    """Split ``layers`` into phases: ``[(first, count), ...]``, consecutive layers whose group
+    words, row words and layer-table entries fit ``cfg``'s memories together, each phase as
+    long as it can be (one phase when the whole program fits).
+
+    Raises :class:`CapacityError` for a single layer larger than a memory.
+    """
+    ranges, first, used = [], 0, (0, 0)
+    for index, layer in enumerate(layers):
+        size = layer_sizes(layer)
+        for need, have, what, field_ in ((size[0], cfg.weight_depth, "group words",
+                                          "weight_depth"),
+                                         (size[1], cfg.row_depth, "row records", "row_depth")):
+            if need > have:
+                raise CapacityError(f"Layer {layer.name!r} needs {need} {what}, the core holds "
+                                    f"{have} (CoreConfig.{field_}): no phase can hold it; "
+                                    f"use a core with more, or prune the layer harder")
+        grown = (used[0] + size[0], used[1] + size[1])
+        if (index > first and (grown[0] > cfg.weight_depth or grown[1] > cfg.row_depth
+                               or index - first >= cfg.layer_depth)):
+            ranges.append((first, index - first))
+            first, grown = index, size
+        used = grown
+    if layers:
+        ranges.append((first, len(layers) - first))
+    return ranges
 
 
 def build_image(cfg: CoreConfig, layers):

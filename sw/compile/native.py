@@ -46,7 +46,8 @@ from ..golden.numerics import quantize, requantize, wrap
 from .graph import ADD, AVGPOOL, CONV, LINEAR, MAXPOOL, _as_float64, _torch, lower_graph
 from .image import MAX_OUTPUT_SIDE
 from .layers import MAX, SUM, BasisLayer, ClearLayer, GSLayer, InputTransform, ResidualNest
-from .plan import Lifetime, bank_depth_for, plan_memory, scratchpad_depth
+from .capacity import CapacityReport, Limit
+from .plan import Lifetime, plan_memory, scratchpad_depth
 from .program import Program, ProgramTensor
 from .quantize import (FloatLayer, _choose_weight_scale, _error_feedback_round, _pack,
                        _scale_log2, quantize_weights)
@@ -131,7 +132,7 @@ def diagonal_matrix(values, padded_channels, lanes, encoding):
 # Compilation ------------------------------------------------------------------------------------
 
 def compile_native(model, example_input, cfg=None, *, im2col_input=True,
-                   feedback_samples=FEEDBACK_SAMPLES):
+                   feedback_samples=FEEDBACK_SAMPLES, phases=True, report_only=False):
     """Compile ``model`` into a :class:`~.program.Program` of loop-nest layers for ``cfg``.
 
     Parameters
@@ -149,6 +150,13 @@ def compile_native(model, example_input, cfg=None, *, im2col_input=True,
         the kh·kw times larger input then does not fit the scratchpad.
     feedback_samples : int
         Calibration pixels each layer's error-feedback rounding uses, at most.
+    phases : bool
+        When only the weights (group words, row records, layer-table entries) exceed the
+        core's memories, return a program the runtime runs in phases
+        (:meth:`~.program.Program.phases`); otherwise that is a CapacityError too.
+    report_only : bool
+        Return the :class:`~.capacity.CapacityReport` of the model against ``cfg`` instead
+        of a program (it does not raise CapacityError).
 
     Raises
     ------
@@ -169,11 +177,13 @@ def compile_native(model, example_input, cfg=None, *, im2col_input=True,
     values = graph.forward(x)
     _check_lowering(model, graph, x, values)
     try:
-        return _Compilation(model, graph, values, cfg, im2col_input, feedback_samples).run()
+        return _Compilation(model, graph, values, cfg, im2col_input, feedback_samples,
+                            phases, report_only).run()
     except _Im2colDoesNotFit:
         # The im2col'd input is kh·kw times the image: send the image as is instead.
         logger.info("the im2col'd input does not fit the scratchpad; sending it as is")
-        return _Compilation(model, graph, values, cfg, False, feedback_samples).run()
+        return _Compilation(model, graph, values, cfg, False, feedback_samples, phases,
+                            report_only).run()
 
 
 def _check_lowering(model, graph, x, values):
@@ -198,21 +208,6 @@ def _check_lowering(model, graph, x, values):
                                f"differs by {deviation:.3g} (tolerance {tolerance:.3g})")
 
 
-def _capacity_error(problems):
-    """One :class:`CapacityError` naming every limit exceeded, and the remedy."""
-    limits = {limit: value for limit, _, value in problems if limit is not None}
-    bigger = ", ".join(f"{limit}={value}" for limit, value in limits.items() if value)
-    remedies = []
-    if bigger:
-        remedies.append(f"use a core with {bigger} (a CoreConfig, or a board with more "
-                        f"memory)")
-    if limits.keys() & {"weight_depth", "row_depth"}:
-        remedies.append("prune harder")
-    remedy = f" To fit it, {' or '.join(remedies)}." if remedies else ""
-    return CapacityError(f"Program does not fit the core: "
-                         f"{'; '.join(text for _, text, _ in problems)}.{remedy}")
-
-
 class _Im2colDoesNotFit(Exception):
     """The plan with an im2col'd input failed; the plan without may fit."""
 
@@ -231,7 +226,9 @@ class _Step:
 
 
 class _Compilation:
-    def __init__(self, model, graph, values, cfg, im2col_input, feedback_samples):
+    def __init__(self, model, graph, values, cfg, im2col_input, feedback_samples,
+                 phased=True, report_only=False):
+        self.phased, self.report_only = bool(phased), bool(report_only)
         self.torch = _torch()
         self.model, self.graph, self.cfg = model, graph, cfg
         self.encoding = cfg.encoding
@@ -263,9 +260,11 @@ class _Compilation:
         self._calibrate_input()
         for index, step in enumerate(self.steps):
             self._emit(index, step)
-        problems = self._problems()
-        if problems:
-            raise _capacity_error(problems)
+        report = self._report()
+        if self.report_only:
+            return report
+        if self._problems():
+            raise CapacityError(report.message(phases_allowed=self.phased), report=report)
         out = self.tensors[graph.output]
         calibration = self.device[graph.output][:, :out.shape[0]]
         calibration = calibration.reshape((len(calibration),) + tuple(graph.output_shape))
@@ -392,43 +391,46 @@ class _Compilation:
 
     # Capacity --------------------------------------------------------------------------------
 
-    def _problems(self):
-        """``(limit, description, remedy)`` of every limit of the core the program exceeds:
-        before emission from the plan and the steps, after it from the layers as well."""
-        cfg, problems = self.cfg, []
-        if not self.plan.fits:
-            problems.append(("bank_depth", "activations: " + self.plan.shortfall(
-                f"the scratchpad's {cfg.bank_depth} words per bank (CoreConfig.bank_depth)"),
-                bank_depth_for(self.plan.top)))
+    def _report(self):
+        """The :class:`~.capacity.CapacityReport` of the program against the core: before
+        emission from the plan and the steps, after it from the layers as well."""
+        cfg = self.cfg
+        gs = [layer for layer in self.layers if layer.kind == "gs"]
         n_layers = max(len(self.layers),
                        sum(2 if step.kind == "smartdeal" else 1 for step in self.steps)
                        + sum(1 for t in self.tensors.values() if t.needs_clear))
-        gs = [layer for layer in self.layers if layer.kind == "gs"]
-        for need, have, what, limit, most in (
-                (n_layers, cfg.layer_depth, "layers", "layer_depth", 256),
-                (sum(layer.matrix.n_groups for layer in gs), cfg.weight_depth, "group words",
-                 "weight_depth", 65536),
-                (sum(layer.matrix.rg_rows.size for layer in gs), cfg.row_depth,
-                 "row records", "row_depth", 65536)):
-            if need > have:
-                problems.append((limit, f"{need} {what}, the core holds {have} "
-                                        f"(CoreConfig.{limit})",
-                                 1 << (need - 1).bit_length() if need <= most else None))
+        groups = [layer.matrix.n_groups for layer in gs]
+        rows = [int(layer.matrix.rg_rows.size) for layer in gs]
+        limits = [
+            Limit("activation words per bank", "bank_depth", self.plan.top, cfg.bank_depth,
+                  detail=self.plan.shortfall(f"the scratchpad's {cfg.bank_depth} words per "
+                                             f"bank"),
+                  most=(1 << 16) // cfg.lanes),
+            Limit("group words", "weight_depth", sum(groups), cfg.weight_depth,
+                  max(groups, default=0), most=65536),
+            Limit("row records", "row_depth", sum(rows), cfg.row_depth, max(rows, default=0),
+                  most=65536),
+            Limit("layers", "layer_depth", n_layers, cfg.layer_depth, 1, most=256),
+        ]
+        problems = []
         for step in self.steps:
             height, width = self.tensors[step.output].shape[1:]
             if max(height, width) > MAX_OUTPUT_SIDE:
-                problems.append((None, f"layer {step.op.name!r}: {height}x{width} output "
-                                       f"pixels, a layer counts at most {MAX_OUTPUT_SIDE} "
-                                       f"rows and columns (split the layer or stride it)",
-                                 None))
-        for layer in gs:
-            for need, what in ((layer.matrix.n_groups, "groups"),
-                               (int(layer.matrix.rg_rows.size), "row records")):
+                problems.append(f"layer {step.op.name!r}: {height}x{width} output pixels, a "
+                                f"layer counts at most {MAX_OUTPUT_SIDE} rows and columns "
+                                f"(split the layer or stride it)")
+        for layer, need_groups, need_rows in zip(gs, groups, rows):
+            for need, what in ((need_groups, "groups"), (need_rows, "row records")):
                 if need > 65535:
-                    problems.append((None, f"layer {layer.name!r}: {need} {what} per pixel, "
-                                           f"a layer holds at most 65535 (prune it harder "
-                                           f"or split it)", None))
-        return problems
+                    problems.append(f"layer {layer.name!r}: {need} {what} per pixel, a layer "
+                                    f"holds at most 65535 (prune it harder or split it)")
+        return CapacityReport(limits, problems)
+
+    def _problems(self):
+        """Whether the program cannot run on the core (phases allowed: only what one load
+        of one layer's weights does not lift)."""
+        report = self._report()
+        return not (report.fits_phased if self.phased else report.fits)
 
     def _count(self):
         """After a layer is packed: stop rounding carefully once the weights overflow."""

@@ -40,7 +40,7 @@ from ..format import GSMatrix, check_head, check_sealed, seal
 from ..format.geometry import LoopNest, TensorGeometry
 from ..golden import (RUN_OVERHEAD, basis_layer_cycles, clear_layer_cycles,
                       dequantize, loop_layer_cycles, quantize)
-from .image import build_image
+from .image import build_image, phase_ranges
 from .layers import BasisLayer, ClearLayer, GSLayer, InputTransform, ResidualNest
 from .plan import Lifetime, MemoryPlan, peak_live
 
@@ -270,8 +270,21 @@ class Program:
 
     # Device image and statistics ----------------------------------------------------------
     def image(self):
-        """The :class:`~gsaccel.sw.compile.image.DeviceImage` a target loads."""
+        """The :class:`~gsaccel.sw.compile.image.DeviceImage` a target loads (the whole
+        program at once: CapacityError if it runs in phases, see :meth:`phase_images`)."""
         return build_image(self.cfg, self.layers)
+
+    def phases(self):
+        """``[(first layer, layer count), ...]``: the phases the runtime runs one after the
+        other, each with its own weights, rows and layer table loaded first (one phase, the
+        whole program, when it fits the core's memories). Activations stay on chip."""
+        return phase_ranges(self.cfg, self.layers)
+
+    def phase_images(self):
+        """``[(first, count, DeviceImage), ...]`` of :meth:`phases`; the image of a phase
+        places its layers from address 0 of every memory."""
+        return [(first, count, build_image(self.cfg, self.layers[first:first + count]))
+                for first, count in self.phases()]
 
     def layer_stats(self):
         """Per layer, what it costs on the core: the loop nest (output pixels, taps), groups
@@ -310,15 +323,24 @@ class Program:
         ``row_words`` (weight and row memory), ``nnz`` (stored kept weights),
         ``weight_bytes`` (the packed .gsf matrices, 9 per basis), ``activation_words``
         (scratchpad words per bank the plan uses), ``peak_live_words``,
-        ``scratchpad_words`` and ``per_layer`` (:meth:`layer_stats`).
+        ``scratchpad_words``, ``per_layer`` (:meth:`layer_stats`), ``phases``
+        (:meth:`phases`; each phase is one RUN, ``cycles`` counts every RUN's overhead),
+        ``load_bytes`` (the image written once, when there is one phase) and
+        ``streamed_bytes`` (the images written before every inference, when there are more).
         """
         per_layer = self.layer_stats()
         total = {name: sum(entry[name] for entry in per_layer)
                  for name in ("cycles", "stall_cycles", "groups", "busy_lane_cycles", "nnz",
                               "weight_bytes")}
-        total["cycles"] += RUN_OVERHEAD
+        phases = self.phase_images()
+        total["cycles"] += RUN_OVERHEAD * len(phases)
         gs = [layer for layer in self.layers if layer.kind == "gs"]
+        image_bytes = sum(image.nbytes for _, _, image in phases)
         return {
+            "phases": len(phases),
+            # A one-phase image is loaded once; phases stream every image every inference.
+            "load_bytes": image_bytes if len(phases) == 1 else 0,
+            "streamed_bytes": image_bytes if len(phases) > 1 else 0,
             **total,
             "utilisation": total["busy_lane_cycles"] / (self.cfg.lanes * total["groups"])
             if total["groups"] else 0.0,

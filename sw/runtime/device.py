@@ -45,15 +45,20 @@ class Accelerator(abc.ABC):
     program : Program or None
         The program last loaded.
     counters : dict
-        Counters of the last :meth:`infer`, summed over its inputs, plus ``inferences``.
+        Counters of the last :meth:`infer`, summed over its inputs (and a phased program's
+        RUNs), plus ``inferences`` and ``streamed_bytes`` (the phase images written).
     """
 
     #: How many times :meth:`infer` repeats one inference whose RUN reply was lost.
     run_retries = 3
+    #: Bytes per second of the link to the core (None: no physical link).
+    link_rate = None
 
     def __init__(self):
         self.program = None
-        self.counters = {name: 0 for name in COUNTER_NAMES} | {"inferences": 0}
+        self._phases = None
+        self.counters = {name: 0 for name in COUNTER_NAMES} | {"inferences": 0,
+                                                                "streamed_bytes": 0}
 
     # Raw access ---------------------------------------------------------------------------
     @property
@@ -101,13 +106,37 @@ class Accelerator(abc.ABC):
             raise DeviceError(f"Program must target this device's core {cfg}, not "
                               f"{program.cfg}: {differ}; compile it for this core (gsaccel "
                               f"compile --board, or cfg=device.config)")
-        image = program.image()
+        phases = program.phase_images()
+        if len(phases) == 1:
+            self._write_image(phases[0][2])
+            self._phases = None
+        else:
+            # Every inference streams each phase's image before running its layers.
+            self._phases = phases
+        self.program = program
+        logger.info("loaded %d layers in %d phase(s), %d weight words, %d row words",
+                    len(program.layers), len(phases),
+                    sum(len(image.weights) for _, _, image in phases),
+                    sum(len(image.rows) for _, _, image in phases))
+
+    def _write_image(self, image):
         for mem, words in image.memories():
             if words:
                 self.write(mem, 0, list(words))
-        self.program = program
-        logger.info("loaded %d layers, %d weight words, %d row words", len(image.layers),
-                    len(image.weights), len(image.rows))
+
+    def _run_program(self, program):
+        """RUN every layer of ``program`` once (per phase: write its image, then RUN its
+        layers); return the counters summed over the RUNs and the image bytes streamed."""
+        if not self._phases:
+            return self.run_layers(0, len(program.layers)), 0
+        totals, streamed = {name: 0 for name in COUNTER_NAMES}, 0
+        for _, count, image in self._phases:
+            self._write_image(image)
+            streamed += image.nbytes
+            counters = self.run_layers(0, count)
+            for name in COUNTER_NAMES:
+                totals[name] += counters[name]
+        return totals, streamed
 
     def _require_program(self):
         if self.program is None:
@@ -138,14 +167,16 @@ class Accelerator(abc.ABC):
                              f"{int(xq.min())}..{int(xq.max())}")
         in_addr, _ = program.input_region()
         out_addr, out_count = program.output_region()
-        totals = {name: 0 for name in COUNTER_NAMES}
+        totals, streamed = {name: 0 for name in COUNTER_NAMES}, 0
         out = np.empty((len(xq),) + program.output_shape, dtype=np.int8)
         for i, sample in enumerate(xq):
             elements = [int(v) for v in program.input_elements(sample)]
             for attempt in range(self.run_retries + 1):
+                # A repeat starts over from the input: a layer may have overwritten the
+                # tensors an earlier one read.
                 self.write(Memory.ACTS, in_addr, elements)
                 try:
-                    counters = self.run_layers(0, len(program.layers))
+                    counters, sample_streamed = self._run_program(program)
                     break
                 except _ReplyLost:
                     if attempt == self.run_retries:
@@ -153,8 +184,9 @@ class Accelerator(abc.ABC):
                     logger.warning("RUN reply lost; repeating inference %d", i)
             for name in COUNTER_NAMES:
                 totals[name] += counters[name]
+            streamed += sample_streamed
             out[i] = program.output_from_elements(self.read(Memory.ACTS, out_addr, out_count))
-        self.counters = totals | {"inferences": len(xq)}
+        self.counters = totals | {"inferences": len(xq), "streamed_bytes": streamed}
         return out[0] if single else out
 
     def infer(self, x):
@@ -218,6 +250,11 @@ class Device(Accelerator):
         self.resends = 0
         #: Replies discarded because their sequence number was stale.
         self.stale_replies = 0
+
+    @property
+    def link_rate(self):
+        """The transport's bytes per second (None for a simulation)."""
+        return getattr(self._transport, "link_rate", None)
 
     @property
     def transport(self):

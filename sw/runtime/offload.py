@@ -71,7 +71,7 @@ class OffloadedModel(_module_base()):
 
 
 def offload(model, target="sim", example_input=None, *, lanes=8, encoding="pow2", cfg=None,
-            **connect_options):
+            board=None, **connect_options):
     """Compile ``model``, load it on ``target`` and return a module that runs it there.
 
     Parameters
@@ -84,11 +84,19 @@ def offload(model, target="sim", example_input=None, *, lanes=8, encoding="pow2"
     lanes, encoding, cfg
         As for :func:`gsaccel.sw.compile.compile`. For a board, ``cfg`` defaults to the
         board's own configuration (asked with HELLO).
+    board : str, optional
+        Compile for this board's default core (``icebreaker``, ``ulx3s-85f``,
+        ``orangecrab``): on ``sim``, the RTL of that board's core runs.
     **connect_options
         ``timeout``, ``retries``.
     """
     if example_input is None:
         raise ShapeError("Example input must be a calibration batch (N, ...), not None")
+    if board is not None:
+        if cfg is not None:
+            raise ShapeError(f"Give a board or a cfg, not both (board {board!r}, cfg {cfg})")
+        from ...boards.catalog import get_board
+        cfg = get_board(board).config
     if cfg is None and target.startswith("serial:"):
         device = connect(target, **connect_options)
         cfg = device.config

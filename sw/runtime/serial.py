@@ -55,6 +55,11 @@ class SerialTransport(Transport):
     def baud(self):
         return self._baud
 
+    @property
+    def link_rate(self):
+        """Bytes per second: a UART byte is 10 bits (start, 8 data, stop)."""
+        return self._baud / 10
+
     def send(self, data):
         import serial
         try:

@@ -28,6 +28,10 @@ class Transport(abc.ABC):
     def close(self) -> None:
         """Release the device; the transport is unusable afterwards."""
 
+    #: Payload bytes per second the link carries, for link-time reports (None: not a
+    #: physical link, e.g. a simulation).
+    link_rate = None
+
     def __enter__(self):
         return self
 

@@ -105,7 +105,8 @@ def test_run_one_input(files, capsys):
      "Operation module '1' (nn.Tanh) at node '_1' is not supported"),
     (["compile", "{d}/m.pt", "--example", "{d}/x.npy", "--bank-depth", "2", "--layer-depth",
       "1", "-o", "{d}/o.gsp"],
-     "Program does not fit the core: activations: at step 0 the live tensors need"),
+     "Program does not fit the core: activation words per bank: 6 of 2 "
+     "(CoreConfig.bank_depth) OVER — at step 0 the live tensors need"),
     (["compile", "{d}/m.pt", "--example", "{d}/x.npy", "--lanes", "3", "-o", "{d}/o.gsp"],
      "Core configuration is invalid: Lane count must be 2, 4, 8 or 16, not 3"),
     (["run", "{d}/missing.gsp", "--input", "{d}/x.npy"], "missing.gsp: no such file"),

@@ -424,11 +424,12 @@ def test_resnet8_at_32x32_on_16_lanes():
         m.weight.numel() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))) \
         + 2 * (16 + 32 + 64) + 64 * 64                # the adds, the 8x8 pool
     assert np.array_equal(program.run_golden_int(x[:1]), program.calibration_output[:1])
-    with pytest.raises(CapacityError, match=r"^Program does not fit the core: activations: "
-                                            r"at step \d+ the live tensors need 3468 words per "
-                                            r"bank — .* against the scratchpad's 2048 words per "
-                                            r"bank \(CoreConfig.bank_depth\)\. To fit it, use a "
-                                            r"core with bank_depth=4096 "):
+    with pytest.raises(CapacityError, match=r"^Program does not fit the core: activation words "
+                                            r"per bank: 3468 of 2048 \(CoreConfig.bank_depth\) "
+                                            r"OVER — at step \d+ the live tensors need 3468 "
+                                            r"words per bank — .* against the scratchpad's 2048 "
+                                            r"words per bank\. To fit it, use a core with "
+                                            r"bank_depth=4096 "):
         compile_native(model, x, _cfg(16, bank_depth=2048))
 
 

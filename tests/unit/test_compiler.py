@@ -278,19 +278,25 @@ def test_capacity_errors_name_every_limit_at_once():
     model = _mlp((40, 600, 300, 3), SEED)
     small = CoreConfig(lanes=8, bank_depth=16, weight_depth=64, row_depth=256, layer_depth=2)
     with pytest.raises(CapacityError, match=(
-            r"^Program does not fit the core: activations: at step 1 the live tensors need "
-            r"113 words per bank — _1 \(75\), _3 \(38\) — against the scratchpad's 16 words "
-            r"per bank \(CoreConfig.bank_depth\); 3 layers, the core holds 2 "
-            r"\(CoreConfig.layer_depth\); \d+ group words, the core holds 64 "
-            r"\(CoreConfig.weight_depth\); \d+ row records, the core holds 256 "
-            r"\(CoreConfig.row_depth\)\. To fit it, use a core with bank_depth=128, "
-            r"layer_depth=4, weight_depth=\d+, row_depth=1024 \(a CoreConfig, or a board "
-            r"with more memory\) or prune harder\.$")):
+            r"^Program does not fit the core: activation words per bank: 113 of 16 "
+            r"\(CoreConfig.bank_depth\) OVER — at step 1 the live tensors need 113 words per "
+            r"bank — _1 \(75\), _3 \(38\) — against the scratchpad's 16 words per bank; "
+            r"group words: \d+ of 64 \(CoreConfig.weight_depth\) \(largest layer \d+\) OVER; "
+            r"row records: \d+ of 256 \(CoreConfig.row_depth\) \(largest layer \d+\) OVER; "
+            r"layers: 3 of 2 \(CoreConfig.layer_depth\) \(largest layer 1\) phased\. To fit "
+            r"it, use a core with bank_depth=128, weight_depth=\d+, row_depth=1024, "
+            r"layer_depth=4 \(a CoreConfig, or a board with more memory\) or prune harder or "
+            r"use a smaller input or more lanes\.$")) as caught:
         compile(model, _inputs((40,), n=8), cfg=small)
-    with pytest.raises(CapacityError, match=r"^Program does not fit the core: \d+ group "
-                                            r"words, the core holds 64 \(CoreConfig\."
-                                            r"weight_depth\)\. To fit it, use a core with "
-                                            r"weight_depth=\d+ .* or prune harder\.$"):
+    report = caught.value.report
+    assert [limit.field for limit in report.limits if not limit.fits] == [
+        "bank_depth", "weight_depth", "row_depth", "layer_depth"]
+    assert report.status == "no"
+    with pytest.raises(CapacityError, match=r"^Program does not fit the core: group words: "
+                                            r"\d+ of 64 \(CoreConfig\.weight_depth\) "
+                                            r"\(largest layer \d+\) OVER\. To fit it, use a "
+                                            r"core with weight_depth=\d+ .* or prune harder\.$"):
+        # A layer larger than the weight memory: no phase holds it.
         compile(_mlp((40, 64, 3), SEED), _inputs((40,), n=8),
                 cfg=CoreConfig(lanes=8, weight_depth=64))
 

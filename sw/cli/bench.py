@@ -17,6 +17,9 @@ BENCHES = {
     "conv":    ("gsaccel.sw.bench.conv",
                 "native convolutions on the RTL: bytes per nonzero, utilisation and cycles; "
                 "the digits CNN against golden; compile time and memory"),
+    "tiny":    ("gsaccel.sw.bench.tiny",
+                "the MLPerf Tiny networks on every board's core: fit, RTL cycles, latency, "
+                "utilisation, weight and streamed bytes, against the published anchors"),
 }
 
 

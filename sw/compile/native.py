@@ -176,14 +176,25 @@ def compile_native(model, example_input, cfg=None, *, im2col_input=True,
     graph = lower_graph(model, x)
     values = graph.forward(x)
     _check_lowering(model, graph, x, values)
+    def compilation(im2col, **options):
+        return _Compilation(model, graph, values, cfg, im2col, feedback_samples, phases,
+                            report_only, **options).run()
+
     try:
-        return _Compilation(model, graph, values, cfg, im2col_input, feedback_samples,
-                            phases, report_only).run()
-    except _Im2colDoesNotFit:
+        return compilation(im2col_input)
+    except _Im2colDoesNotFit as im2col:
         # The im2col'd input is kh·kw times the image: send the image as is instead.
         logger.info("the im2col'd input does not fit the scratchpad; sending it as is")
-        return _Compilation(model, graph, values, cfg, False, feedback_samples, phases,
-                            report_only).run()
+        try:
+            result = compilation(False)
+        except CapacityError as error:
+            if error.report is None or im2col.top >= error.report.limit("bank_depth").need:
+                raise
+            result = error.report
+        if isinstance(result, Program) or im2col.top >= result.limit("bank_depth").need:
+            return result
+        # Neither fits, and the im2col'd plan needs less: report (or raise) that one.
+        return compilation(True, im2col_fallback=False)
 
 
 def _check_lowering(model, graph, x, values):
@@ -211,6 +222,10 @@ def _check_lowering(model, graph, x, values):
 class _Im2colDoesNotFit(Exception):
     """The plan with an im2col'd input failed; the plan without may fit."""
 
+    def __init__(self, top):
+        super().__init__(top)
+        self.top = top              # words per bank the im2col'd plan needs
+
 
 @dataclass
 class _Step:
@@ -227,8 +242,9 @@ class _Step:
 
 class _Compilation:
     def __init__(self, model, graph, values, cfg, im2col_input, feedback_samples,
-                 phased=True, report_only=False):
+                 phased=True, report_only=False, im2col_fallback=True):
         self.phased, self.report_only = bool(phased), bool(report_only)
+        self.im2col_fallback = im2col_fallback
         self.torch = _torch()
         self.model, self.graph, self.cfg = model, graph, cfg
         self.encoding = cfg.encoding
@@ -384,8 +400,8 @@ class _Compilation:
         self.plan = plan_memory([Lifetime(t.name, t.geometry.words, t.first, t.last)
                                  for t in self.tensors.values()], self.depth,
                                 banks=self.lanes, strict=False)
-        if not self.plan.fits and self.transform.kind == "im2col":
-            raise _Im2colDoesNotFit()
+        if not self.plan.fits and self.transform.kind == "im2col" and self.im2col_fallback:
+            raise _Im2colDoesNotFit(self.plan.top)
         for name, tensor in self.tensors.items():
             tensor.geometry = tensor.geometry.at(self.plan.bases[name])
 

@@ -1,0 +1,76 @@
+"""The MLPerf Tiny reference networks of the model zoo: the reference topologies (parameter
+and MAC counts of DESIGN §5.1), and each pruned network compiles for a V = 16 core within
+the issue's budget, runs on the golden model as its calibration said, and reports its fit
+on every board's core."""
+
+import resource
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from gsaccel.hw.config import CoreConfig
+from gsaccel.sw.bench.tiny import measure, pruned_model, table, target_table
+from gsaccel.sw.compile import compile
+from gsaccel.sw.models.tiny import TINY_MODELS, mac_count, parameter_count, tiny_model
+
+#: DESIGN §5.1: parameters (BatchNorm included) and MACs of the reference models.
+REFERENCE = {"resnet8": (77.7e3, 12.5e6), "ds-cnn": (22.6e3, 2.66e6),
+             "mobilenetv1": (211e3, 7.49e6), "fc-ae": (266e3, 0.26e6)}
+#: A core that holds all four (the host's ACTS addresses allow 65536 elements: MobileNetV1's
+#: 96×96 input needs more, so it compiles at V = 16 with half the resolution here).
+BIG = CoreConfig(lanes=16, bank_depth=4096, weight_depth=65536, row_depth=65536,
+                 layer_depth=256)
+
+
+@pytest.mark.parametrize("name", list(TINY_MODELS))
+def test_reference_topology_counts(name):
+    cls, _ = TINY_MODELS[name]
+    model = tiny_model(name)
+    params, macs = REFERENCE[name]
+    assert parameter_count(model) == pytest.approx(params, rel=0.03)
+    assert mac_count(model, cls.input_shape) == pytest.approx(macs, rel=0.02)
+    out = model(torch.zeros(2, *cls.input_shape))
+    assert out.shape[0] == 2 and not torch.isnan(out).any()
+
+
+def test_unknown_model_names_the_known_ones():
+    with pytest.raises(KeyError, match="resnet8, ds-cnn, mobilenetv1, fc-ae"):
+        tiny_model("resnet18")
+
+
+@pytest.mark.parametrize("name", ["resnet8", "ds-cnn", "fc-ae"])
+def test_pruned_network_compiles_fast_and_runs_on_golden(name):
+    cls, _ = TINY_MODELS[name]
+    model, pruned = pruned_model(name, "gs-gather", 0.75, BIG.lanes)
+    assert pruned
+    x = torch.randn(8, *cls.input_shape, generator=torch.Generator().manual_seed(0))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.monotonic()
+    program = compile(model, x, cfg=BIG)
+    assert time.monotonic() - started < 60
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 4 << 20   # KiB
+    assert np.array_equal(program.run_golden_int(x), program.calibration_output)
+    stats = program.stats()
+    assert stats["phases"] == 1 and stats["utilisation"] > 0.9
+    # Kernel-sized weights: stored nonzeros never exceed the dense kernels.
+    kernels = sum(m.weight.numel() for m in model.modules()
+                  if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+    assert stats["nnz"] < kernels
+
+
+def test_quick_bench_reports_every_model_on_every_board():
+    rows = measure(quick=True, rtl=False)
+    from gsaccel.boards.catalog import BOARDS
+    assert {(r.model, r.board) for r in rows} == {(m, b) for m in TINY_MODELS for b in BOARDS}
+    for r in rows:
+        assert r.status in ("fits", "phased", "no")
+        if r.status == "no":
+            assert "OVER" in r.reason or "layer" in r.reason
+        else:
+            assert r.cycles > 0 and r.latency_ms > 0 and 0 < r.utilisation <= 1
+            assert (r.streamed_bytes > 0) == (r.status == "phased")
+    text = table(rows)
+    assert text.count("\n") == len(rows) + 1
+    assert "resnet8" in target_table(rows)

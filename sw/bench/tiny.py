@@ -74,29 +74,37 @@ class Row:
     rtl: str = ""                 # "yes" when the RTL ran it and matched golden
 
 
-def prunable_layers(model, pattern, lanes):
+def prunable_layers(model, lanes, example_input):
     """Names of the layers a user would prune: every Linear with at least V inputs and every
     Conv2d that is not grouped (depthwise kernels are 9 weights per channel and writer-bound
-    on the core: pruning them buys no cycles) and reads at least V channels (the first
-    convolution of an image net reads 1 or 3)."""
+    on the core: pruning them buys no cycles) and reads at least V channels — or is the
+    first convolution of an image or audio net (1 or 3 channels), pruned in its im2col'd
+    view, the one the core runs."""
     from torch import nn
+    from ..prune import input_views
+    reads_input = {name for name, view in input_views(model, example_input).items()
+                   if view == "im2col"}
     names = []
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear) and module.in_features >= lanes:
             names.append(name)
-        elif (isinstance(module, nn.Conv2d) and module.groups == 1
-              and module.in_channels >= lanes):
+        elif isinstance(module, nn.Conv2d) and module.groups == 1 and (
+                module.in_channels >= lanes or name in reads_input
+                and module.in_channels * module.kernel_size[0] * module.kernel_size[1]
+                >= lanes):
             names.append(name)
     return names
 
 
 def pruned_model(name, pattern, sparsity, lanes, seed=0):
     """A fresh reference network ``name`` with its :func:`prunable_layers` pruned."""
-    from ..models.tiny import tiny_model
+    import torch
+    from ..models.tiny import TINY_MODELS, tiny_model
     from ..prune import prune
     model = tiny_model(name, seed=seed)
-    layers = prunable_layers(model, pattern, lanes)
-    prune(model, pattern, sparsity, lanes=lanes, layers=layers)
+    example = torch.zeros(2, *TINY_MODELS[name][0].input_shape)
+    layers = prunable_layers(model, lanes, example)
+    prune(model, pattern, sparsity, lanes=lanes, layers=layers, example_input=example)
     return model.eval(), set(layers)
 
 
@@ -319,8 +327,7 @@ def run(*, out_dir, quick=False, rtl=True):
         "RTL; `make test` runs it). Models: `gsaccel.sw.models.tiny` (reference topologies, "
         "random weights: latency and fit depend only on the topology and the sparsity). Each "
         "network is pruned for the board's V — every Linear and every non-grouped Conv2d "
-        "that reads at least V channels; the first convolution and the depthwise ones stay "
-        "dense — and compiled for the board's default core (`gsaccel.compile(model, x, "
+        "(the first one in its im2col'd view); the depthwise ones stay dense — and compiled for the board's default core (`gsaccel.compile(model, x, "
         "board=...)`).", "",
         "Latency is the core's: RTL cycles per inference / the board's clock (the input "
         "loaded once, as MLPerf Tiny times it). A phased program also streams its weights "

@@ -49,7 +49,7 @@ from .view import (GemmLayout, _dense_weight, from_gemm_view, gemm_layout, gemm_
 __all__ = [
     "PRUNE_PATTERNS", "PatternInfo", "prune", "PruningScheduler", "cubic_schedule",
     "pattern_info", "prunable_layers", "gemm_view", "gemm_layout", "from_gemm_view",
-    "GemmLayout", "restore", "gs_mask", "one_by_n_mask", "unstructured_mask",
+    "GemmLayout", "pruning_layout", "input_views", "restore", "gs_mask", "one_by_n_mask", "unstructured_mask",
     "block_redundancy_scores", "pow2_quantize", "smartdeal_decompose", "smartdeal_factors",
     "smartdeal_cprime", "smartdeal_trainable", "smartdeal_freeze", "SMARTDEAL_EXP_MIN",
     "SMARTDEAL_EXP_MAX",
@@ -143,9 +143,70 @@ def _apply_mask(module, mask):
         torch_prune.custom_from_mask(module, "weight", mask)
 
 
-def _layer_mask(name, module, pattern, sparsity, lanes, per_row, options):
+def pruning_layout(module, lanes, input_view=None):
+    """The GEMM view a layer is pruned in: the one the compiler runs it in.
+
+    * A non-grouped Conv2d that reads the model's input (``input_view == "im2col"``) with
+      fewer channels than V, but at least V weights per output (the first layer of an
+      image or audio net) runs on an im2col'd input (DESIGN §2.1): a 1×1 convolution over
+      ``kh·kw·C`` channels, column ``tap·C + c`` in bank ``column mod V`` — the view with
+      unpadded channels. (Where the compiler sends that input as is instead, the mask is
+      still valid, only packed with less structure.)
+    * A Linear that reads a flattened (C, H, W) image (``input_view``) runs as a
+      convolution over that image, stored HWC: columns ``(h·W + w)·Cp + c``.
+    * Otherwise :func:`gemm_layout`.
+    """
+    if (isinstance(module, nn.Conv2d) and input_view == "im2col" and module.groups == 1
+            and module.in_channels < lanes
+            and module.in_channels * int(np.prod(module.kernel_size)) >= lanes):
+        return GemmLayout(module.out_channels, module.in_channels, lanes,
+                          tuple(module.kernel_size), pad_channels=False,
+                          weight_shape=tuple(_dense_weight(module).shape))
+    if isinstance(module, nn.Linear) and isinstance(input_view, tuple) and \
+            int(np.prod(input_view[1:])) > 1:
+        return gemm_layout(module, lanes, input_view=input_view)
+    return gemm_layout(module, lanes)
+
+
+def input_views(model, example_input):
+    """``{layer name: (C, H, W)}`` of every Linear of ``model`` that reads a flattened image,
+    and ``{layer name: "im2col"}`` of every Conv2d that reads the model's input, found by
+    tracing it (torch.fx) on ``example_input`` with shape propagation."""
+    from torch import fx
+    from torch.fx.passes.shape_prop import ShapeProp
+    try:
+        traced = fx.symbolic_trace(model)
+    except Exception as error:                    # noqa: BLE001 (fx raises many kinds)
+        raise ShapeError(f"Model must trace with torch.fx to find the inputs of its Linear "
+                         f"layers ({type(error).__name__}: {error}); prune without "
+                         f"example_input") from None
+    ShapeProp(traced).propagate(torch.as_tensor(example_input, dtype=torch.float32))
+    modules = dict(traced.named_modules())
+    flattens = {"flatten", "reshape", "view"}
+    views = {}
+    for node in traced.graph.nodes:
+        if node.op == "call_module" and isinstance(modules.get(node.target), nn.Conv2d) \
+                and isinstance(node.args[0], fx.Node) and node.args[0].op == "placeholder":
+            views[node.target] = "im2col"
+        if node.op != "call_module" or not isinstance(modules.get(node.target), nn.Linear):
+            continue
+        source = node.args[0]
+        while isinstance(source, fx.Node) and (
+                (source.op == "call_module" and isinstance(modules.get(source.target),
+                                                            (nn.Flatten, nn.Identity,
+                                                             nn.Dropout)))
+                or (source.op in ("call_function", "call_method")
+                    and getattr(source.target, "__name__", source.target) in flattens)):
+            source = source.args[0]
+        meta = source.meta.get("tensor_meta") if isinstance(source, fx.Node) else None
+        if meta is not None and len(meta.shape) == 4:
+            views[node.target] = tuple(int(v) for v in meta.shape[1:])
+    return views
+
+
+def _layer_mask(name, module, pattern, sparsity, lanes, per_row, options, input_view=None):
     """(torch-shaped keep mask, row order or None) of one layer, computed in its GEMM view."""
-    layout = gemm_layout(module, lanes)
+    layout = pruning_layout(module, lanes, input_view)
     conv = isinstance(module, nn.Conv2d)
     label = name or "weight"
     if pattern in ("gs-gather", "gs-scatter"):
@@ -205,13 +266,17 @@ def restore(model, state_dict):
 
 # Entry points ----------------------------------------------------------------------------------
 
-def prune(model, pattern, sparsity, lanes=8, per_row=1, *, layers=None, exclude=(), **options):
+def prune(model, pattern, sparsity, lanes=8, per_row=1, *, layers=None, exclude=(),
+          example_input=None, **options):
     """Prune every Linear/Conv2d layer of ``model`` to ``sparsity`` with ``pattern``.
 
     Conv2d layers (any groups: depthwise and channel multipliers included) are pruned in
     their GEMM view (:func:`gemm_layout`): the bank of a weight is its input channel mod V,
     padding channels and other groups' channels are never kept, and ``sparsity`` counts the
-    layer's weights.
+    layer's weights. With ``example_input``, a first convolution that reads fewer channels
+    than V is pruned in its im2col'd view and a Linear after a Flatten of an image in the
+    image's HWC view (:func:`pruning_layout`): the views the compiler runs them in, so
+    their GS patterns survive compilation.
 
     Parameters
     ----------
@@ -229,6 +294,9 @@ def prune(model, pattern, sparsity, lanes=8, per_row=1, *, layers=None, exclude=
         Names (as in ``model.named_modules()``) of the layers to prune; default all.
     exclude : sequence of str
         Names of layers to leave dense.
+    example_input : tensor, optional
+        A batch the model runs on: traced (torch.fx) to find the Linear layers that read a
+        flattened image (:func:`input_views`).
     **options
         1xN: ``alpha`` (redundancy weight, 0.5), ``tau`` (sampling temperature, 0 = top-k),
         ``seed``. smartdeal: ``c_pattern`` (``1xN``, ``gs-gather``, ``gs-scatter``,
@@ -261,13 +329,13 @@ def prune(model, pattern, sparsity, lanes=8, per_row=1, *, layers=None, exclude=
                                      options.get("iterations", 12))
             logger.info("%s: smartdeal, relative error %.4f", name or "layer", error)
         return model
-    masks = [_layer_mask(name, module, pattern, sparsity, lanes, per_row, options)
-             for name, module in selected]
+    views = {} if example_input is None else input_views(model, example_input)
+    masks = [_layer_mask(name, module, pattern, sparsity, lanes, per_row, options,
+                         views.get(name)) for name, module in selected]
     for (name, module), (mask, row_order) in zip(selected, masks):
         _apply_mask(module, mask)
         _set_info(module, PatternInfo(pattern, lanes, per_row), row_order)
         logger.info("%s: %s, sparsity %.4f", name or "layer", pattern, 1 - mask.mean())
-    return model
     return model
 
 

@@ -511,3 +511,53 @@ def test_conv_forward_matches_masked_weights(rng):
     expected = F.conv2d(x, conv.weight_orig * torch.as_tensor(torch_mask(conv)), conv.bias,
                         padding=1, groups=2)
     assert torch.allclose(conv(x), expected)
+
+
+# The views the compiler runs layers in (example_input) ----------------------------------------
+
+def _im2col_reference(weight):
+    """(C_out, C, kh, kw) as rows × columns (ky·kw + kx)·C + c, by loops: the im2col'd
+    first layer the compiler emits (unpadded channels, bank = column mod V)."""
+    c_out, c_in, kh, kw = weight.shape
+    view = np.zeros((c_out, kh * kw * c_in), dtype=np.asarray(weight).dtype)
+    for o in range(c_out):
+        for c in range(c_in):
+            for ky in range(kh):
+                for kx in range(kw):
+                    view[o, (ky * kw + kx) * c_in + c] = weight[o, c, ky, kx]
+    return view
+
+
+def test_a_first_conv_is_pruned_in_its_im2col_view_and_compiles_gs():
+    from gsaccel.hw.config import CoreConfig
+    from gsaccel.sw.compile import compile
+    torch.manual_seed(SEED)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(16, 16, 3, padding=1))
+    x = torch.randn(8, 3, 9, 7)
+    with pytest.raises(ShapeError, match="cannot form a GS row group"):
+        prune(model, "gs-gather", 0.75, lanes=16, layers=["0"])       # the padded view
+    prune(model, "gs-gather", 0.75, lanes=16, example_input=x)
+    mask = _im2col_reference(model[0].weight_mask.numpy())
+    check_gs(mask, 16, 1)
+    assert mask.mean() == pytest.approx(0.25, abs=0.02)
+    program = compile(model, x, cfg=CoreConfig(lanes=16, bank_depth=256))
+    assert [(info["name"], info["pattern"]) for info in program.info
+            if info["kind"] == "gs"] == [("0", "gs-gather"), ("2", "gs-gather")]
+    first = next(layer for layer in program.layers if layer.name == "0")
+    assert first.matrix.stats()["utilisation"] == 1.0
+
+
+def test_a_linear_after_a_flatten_is_pruned_in_the_images_hwc_view():
+    from gsaccel.hw.config import CoreConfig
+    from gsaccel.sw.compile import compile
+    torch.manual_seed(SEED)
+    model = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Flatten(), nn.Linear(8 * 3 * 2, 5))
+    x = torch.randn(8, 8, 6, 5)
+    prune(model, "gs-gather", 0.5, lanes=8, example_input=x)
+    hwc = gemm_layout(model[4], 8, input_view=(8, 3, 2)).to_gemm(model[4].weight_mask.numpy())
+    check_gs(hwc, 8, 1)
+    program = compile(model, x, cfg=CoreConfig(lanes=8, bank_depth=256))
+    assert [info["pattern"] for info in program.info if info["kind"] == "gs"] == \
+        ["gs-gather", "gs-gather", "gs-gather"]

@@ -4,7 +4,7 @@ Everything here is deliberately small and CPU-friendly: the digits set (1797 gre
 images, shipped with scikit-learn, no download) trains to ~97 % in a few seconds.
 
 Both models take images shaped ``(N, 1, 8, 8)`` with values in [0, 1] and are built only from
-layers the compiler lowers (Linear, Conv2d, ReLU, Flatten, AvgPool2d).
+layers the compiler lowers (Linear, Conv2d, ReLU, Flatten, AvgPool2d or MaxPool2d).
 
 >>> data = digits_data(seed=0)
 >>> model = DigitsMLP()
@@ -85,15 +85,23 @@ class DigitsMLP(nn.Sequential):
 
 
 class DigitsCNN(nn.Sequential):
-    """Small CNN for 8×8 images (average pooling; the core runs max pooling as well).
+    """Small CNN for 8×8 images.
 
-    Conv 1→8 3×3 pad 1, ReLU, AvgPool 2, Conv 8→16 3×3 pad 1, ReLU, AvgPool 2, Flatten,
+    Conv 1→8 3×3 pad 1, ReLU, pool 2, Conv 8→16 3×3 pad 1, ReLU, pool 2, Flatten,
     Linear 64→10.
+
+    Parameters
+    ----------
+    pool : str
+        ``"avg"`` (AvgPool2d, the default) or ``"max"`` (MaxPool2d).
     """
 
-    def __init__(self):
-        super().__init__(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
-                         nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+    def __init__(self, pool="avg"):
+        if pool not in ("avg", "max"):
+            raise ValueError(f"Pool must be 'avg' or 'max', not {pool!r}")
+        pool_class = nn.AvgPool2d if pool == "avg" else nn.MaxPool2d
+        super().__init__(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), pool_class(2),
+                         nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), pool_class(2),
                          nn.Flatten(), nn.Linear(64, 10))
 
 

@@ -64,7 +64,10 @@ def add_command(subparsers, name, *, help, example, description=None):
 
 def main(argv=None):
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    # The options as typed: a command can tell an option given from its default.
+    args.given = {token.split("=", 1)[0] for token in argv if token.startswith("--")}
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
                         format="%(levelname)s: %(name)s: %(message)s")
     try:

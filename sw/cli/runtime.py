@@ -91,6 +91,19 @@ def run_compile(args):
     if args.board is not None:
         from ...boards.catalog import get_board
         cfg = get_board(args.board).config
+        # --board sets the whole core: a size option that asks for something else is a
+        # contradiction, not a preference to drop silently.
+        sizes = {"lanes": "lanes", "encoding": "encoding", "bank_depth": "bank_depth",
+                 "weight_depth": "weight_depth", "row_depth": "row_depth",
+                 "layer_depth": "layer_depth"}
+        clashes = [f"--{option.replace('_', '-')} {getattr(args, option)}"
+                   f" (the board's is {getattr(cfg, field)})"
+                   for option, field in sizes.items()
+                   if f"--{option.replace('_', '-')}" in getattr(args, "given", ())
+                   and getattr(args, option) != getattr(cfg, field)]
+        if clashes:
+            raise GsaccelError(f"--board {args.board} sets the core; drop "
+                               f"{', '.join(clashes)} or drop --board")
     else:
         try:
             cfg = CoreConfig(lanes=args.lanes, encoding=args.encoding,

@@ -171,6 +171,20 @@ def _pack(layer, q, cfg):
         except PatternError as error:
             logger.warning("layer %s: weights no longer follow %s (%s); choosing a pattern",
                            layer.name, info.pattern, error)
+    matrix = _best_pattern(layer, q, cfg)
+    if info is not None and info.pattern in ("gs-gather", "gs-scatter", "1xN") \
+            and info.lanes != lanes:
+        # The pattern was solved for another V: its banks are not this core's.
+        logger.warning("layer %s was pruned %s for V = %d, the core has V = %d: packed %s at "
+                       "%.1f%% lane utilisation; prune it with lanes=%d", layer.name,
+                       info.pattern, info.lanes, lanes, matrix.pattern,
+                       100 * matrix.stats()["utilisation"], lanes)
+    return matrix
+
+
+def _best_pattern(layer, q, cfg):
+    """The first pattern of :func:`_pack`'s order that ``layer``'s mask satisfies."""
+    lanes, encoding = cfg.lanes, cfg.encoding
     if layer.mask is None or layer.mask.all():
         return _fewest_groups(q, "dense", cfg)
     for e in _divisors(lanes):

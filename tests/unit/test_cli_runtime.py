@@ -107,6 +107,9 @@ def test_run_one_input(files, capsys):
       "1", "-o", "{d}/o.gsp"],
      "Program does not fit the core: activation words per bank: 6 of 2 "
      "(CoreConfig.bank_depth) OVER — at step 0 the live tensors need"),
+    (["compile", "{d}/m.pt", "--example", "{d}/x.npy", "--board", "ulx3s-85f", "--lanes", "8",
+      "-o", "{d}/o.gsp"],
+     "--board ulx3s-85f sets the core; drop --lanes 8 (the board's is 16) or drop --board"),
     (["compile", "{d}/m.pt", "--example", "{d}/x.npy", "--lanes", "3", "-o", "{d}/o.gsp"],
      "Core configuration is invalid: Lane count must be 2, 4, 8 or 16, not 3"),
     (["run", "{d}/missing.gsp", "--input", "{d}/x.npy"], "missing.gsp: no such file"),

@@ -9,6 +9,8 @@ Structural and numerical rules of the native lowering itself are in test_compile
 
 import os
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -316,3 +318,13 @@ def test_program_round_trips_through_gsp(tmp_path):
     assert np.array_equal(again.run_golden(x.numpy()), program.run_golden(x.numpy()))
     assert again.image() == program.image()
     assert again.stats() == program.stats()
+
+
+def test_a_layer_pruned_for_another_v_warns_with_its_utilisation(caplog):
+    from gsaccel.sw.prune import prune
+    model = _mlp((64, 48, 5), SEED)
+    prune(model, "gs-gather", 0.75, lanes=8)
+    with caplog.at_level("WARNING", logger="gsaccel.sw.compile.quantize"):
+        compile(model, _inputs((64,), n=8), lanes=16)
+    assert re.search(r"layer 0 was pruned gs-gather for V = 8, the core has V = 16: packed "
+                     r"\S+ at \d+\.\d% lane utilisation; prune it with lanes=16", caplog.text)

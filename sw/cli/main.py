@@ -17,6 +17,7 @@ __all__ = ["main", "build_parser"]
 
 # Command modules, in the order `gsaccel --help` lists them.
 COMMAND_MODULES = [
+    "gsaccel.sw.cli.example",    # example
     "gsaccel.sw.cli.format",     # pack, unpack, inspect
     "gsaccel.sw.cli.prune",      # prune
     "gsaccel.sw.cli.board",      # build, flash

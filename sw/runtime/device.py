@@ -91,12 +91,19 @@ class Accelerator(abc.ABC):
     def load(self, program):
         """Write ``program``'s device image (weights, rows, layer table).
 
+        A simulated target opened without a configuration (``connect("golden")``,
+        ``connect("sim")``) first becomes the program's core (the sim builds and starts
+        that core's RTL).
+
         Raises
         ------
         DeviceError
             If the program was compiled for another core than the one this target runs
-            (a board's: what it answered to HELLO), naming the fields that differ.
+            (a board's: what it answered to HELLO; a target opened with an explicit
+            configuration), naming the fields that differ.
         """
+        if program.cfg != self.config:
+            self._adopt(program.cfg)
         cfg = self.config
         if program.cfg != cfg:
             differ = ", ".join(f"{name} {getattr(program.cfg, name)!r} (device "
@@ -118,6 +125,10 @@ class Accelerator(abc.ABC):
                     len(program.layers), len(phases),
                     sum(len(image.weights) for _, _, image in phases),
                     sum(len(image.rows) for _, _, image in phases))
+
+    def _adopt(self, cfg):
+        """Become a core of ``cfg`` if this target can (a simulation opened without a
+        configuration); otherwise leave it as it is and let :meth:`load` refuse."""
 
     def _write_image(self, image):
         for mem, words in image.memories():
@@ -223,6 +234,9 @@ class Device(Accelerator):
         ``(retries + 1) * timeout`` seconds.
     retries : int
         Resends after a corrupt reply, a timeout or an ``ERROR BAD_CRC``.
+    reopen : callable, optional
+        ``reopen(cfg)`` returns a transport to a core of ``cfg``: a simulation opened
+        without a configuration then adopts the configuration of the program it loads.
 
     Raises
     ------
@@ -234,8 +248,10 @@ class Device(Accelerator):
         Replies kept arriving corrupt, or a reply had the wrong type or size.
     """
 
-    def __init__(self, transport, *, timeout=2.0, retries=3):
+    def __init__(self, transport, *, timeout=2.0, retries=3, reopen=None):
         super().__init__()
+        #: ``reopen(cfg) -> Transport`` for a simulation that may become another core.
+        self._reopen = reopen
         if not isinstance(timeout, (int, float)) or timeout <= 0:
             raise ValueError(f"Timeout must be a positive number of seconds, not {timeout!r}")
         if not isinstance(retries, int) or retries < 0:
@@ -346,6 +362,18 @@ class Device(Accelerator):
         if reply.type != type:
             raise FrameError(f"Reply to {what} must be {type.name}, not {reply.type!r}")
         return reply.payload
+
+    def _adopt(self, cfg):
+        if self._reopen is None:
+            return
+        logger.info("the simulated core becomes the program's: %s", cfg)
+        self._transport.close()
+        self._transport = self._reopen(cfg)
+        self._parser = protocol.FrameParser()
+        self._config = None
+        if self.hello() != cfg:
+            raise DeviceError(f"Simulated core must report the configuration it was built "
+                              f"for, {cfg}, not {self._config}")
 
     # Raw access ---------------------------------------------------------------------------
     def hello(self):

@@ -57,8 +57,9 @@ def connect(target, *, cfg=None, program=None, timeout=None, retries=3, waves=No
         native harness) or ``serial:PORT[@BAUD]`` (a board).
     cfg : CoreConfig, optional
         The core to model or build (``golden``, ``sim``); a board reports its own with HELLO.
-        Default: ``program``'s configuration; without a program, ``CoreConfig()`` (and a
-        ``golden`` target then takes the configuration of the first program it loads).
+        Default: ``program``'s configuration; without a program, ``CoreConfig()``, and the
+        target then becomes the core of the first program it loads (``sim`` builds that
+        core's RTL).
     program : Program, optional
         The program to be run: ``golden`` and ``sim`` are built for its core when ``cfg`` is
         not given (DESIGN §4). It is not loaded.
@@ -78,6 +79,7 @@ def connect(target, *, cfg=None, program=None, timeout=None, retries=3, waves=No
     kind, port, baud = parse_target(target)
     if waves is not None and kind != "sim":
         raise GsaccelError(f"Waveforms come from the sim target only, not {target!r}")
+    adopt = cfg is None and program is None
     if cfg is None and program is not None:
         cfg = program.cfg
     if kind == "golden":
@@ -90,8 +92,10 @@ def connect(target, *, cfg=None, program=None, timeout=None, retries=3, waves=No
             raise ToolNotFound(f"The sim target needs gsaccel.sw.runtime.verilator, which "
                                f"cannot be imported: {error}") from None
         transport = VerilatorTransport(cfg, trace=waves)
+        # Opened without a core: become the core of the first program loaded.
+        reopen = (lambda new_cfg: VerilatorTransport(new_cfg, trace=waves)) if adopt else None
         device = Device(transport, timeout=10.0 if timeout is None else timeout,
-                        retries=retries)
+                        retries=retries, reopen=reopen)
         try:
             device_cfg = device.hello()
         except BaseException:

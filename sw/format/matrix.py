@@ -20,7 +20,7 @@ from ..errors import EncodingError, FormatError, PatternError, ShapeError
 __all__ = [
     "PATTERNS", "ENCODINGS", "GSMatrix", "check_pattern", "pow2_exponent", "pow2_round",
     "pow2_encode", "pow2_decode", "POW2_CODE_WIDTH", "GSF_MAGIC", "GSF_VERSION", "seal",
-    "check_head", "check_sealed",
+    "check_head", "check_sealed", "MAX_DIMENSION", "MAX_ENTRIES",
 ]
 
 PATTERNS = ("gs-gather", "gs-scatter", "1xN", "unstructured", "dense")
@@ -31,6 +31,11 @@ GSF_VERSION = 1
 # magic, version u16, pattern u8, encoding u8, lanes u8, per_row u8, rows u32, cols u32,
 # row groups u32, groups u32, payload bytes u32
 _HEADER = struct.Struct("<4sHBBBBIIIII")
+#: Largest row or column count of a GS file.
+MAX_DIMENSION = 1 << 24
+#: Largest rows x columns of a GS file: its dense form (``to_dense``, ``gsaccel unpack``) is
+#: at most 2 GiB of int64.
+MAX_ENTRIES = 1 << 28
 
 
 # Sealed files -------------------------------------------------------------------------------------
@@ -172,11 +177,16 @@ def _pack_bits(values, width):
 
 
 def _unpack_bits(data, width, count):
+    """``count`` values of ``width`` bits from :func:`_pack_bits`' stream (int64). Peak
+    memory: one byte per bit read, plus the result."""
+    values = np.zeros(count, dtype=np.int64)
     if width == 0 or count == 0:
-        return np.zeros(count, dtype=np.int64)
+        return values
     bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little",
-                         count=width * count).reshape(count, width).astype(np.int64)
-    return (bits << np.arange(width, dtype=np.int64)).sum(axis=1)
+                         count=width * count).reshape(count, width)
+    for bit in range(width):
+        values |= bits[:, bit].astype(np.int64) << bit
+    return values
 
 
 def _bits_for(n):
@@ -470,8 +480,10 @@ class GSMatrix:
         codes = pow2_encode(values) if self.encoding == "pow2" else values & 0xFF
         addr_bits, bank_bits = self._index_layout()
         if self.pattern == "1xN":
-            # Broadcast group: every lane reads one column; store it once.
-            index = _pack_bits(col_idx[:, 0], _bits_for(cols))
+            # Broadcast group: every lane holding a weight reads one column; store it once
+            # (0 for a group without weights).
+            index = _pack_bits(np.where(values != 0, col_idx, 0).max(axis=1, initial=0),
+                               _bits_for(cols))
         elif bank_bits == 0:
             index = _pack_bits(col_idx // self.lanes, addr_bits)
         else:
@@ -492,72 +504,18 @@ class GSMatrix:
 
     @classmethod
     def from_bytes(cls, data, *, source="data"):
-        """Parse a ``.gsf`` image; any damage raises :class:`FormatError`."""
+        """Parse a ``.gsf`` image, checking every count against the bytes present before it
+        allocates anything and every invariant of the format (docs/format.md, "What a
+        reader checks"); any damage raises :class:`FormatError` naming the problem."""
         data = bytes(data)
         check_head(data, source, "GS file", _HEADER.size + 4, GSF_MAGIC, GSF_VERSION)
         (_, _, pattern, encoding, lanes, per_row, rows, cols, n_rg, n_groups,
          payload_len) = _HEADER.unpack_from(data)
         expected = _HEADER.size + payload_len + 4
         check_sealed(data, expected, source)
-        if (pattern >= len(PATTERNS) or encoding >= len(ENCODINGS) or lanes not in (2, 4, 8, 16)
-                or per_row < 1 or lanes % per_row or rows == 0 or cols == 0):
-            raise FormatError(f"{source}: inconsistent header (pattern {pattern}, encoding "
-                              f"{encoding}, lanes {lanes}, e {per_row}, shape {rows}x{cols})")
-        try:
-            return cls._from_payload(data[_HEADER.size:expected - 4], PATTERNS[pattern],
-                                     ENCODINGS[encoding], lanes, per_row, rows, cols, n_rg,
-                                     n_groups)
-        except (ValueError, IndexError, struct.error) as error:
-            raise FormatError(f"{source}: payload does not match its header ({error})") from None
-
-    @classmethod
-    def _from_payload(cls, payload, pattern, encoding, lanes, per_row, rows, cols, n_rg,
-                      n_groups):
-        parts, offset = [], 0
-        while offset < len(payload):
-            (length,) = struct.unpack_from("<I", payload, offset)
-            parts.append(payload[offset + 4:offset + 4 + length])
-            if len(parts[-1]) != length:
-                raise ValueError("section overruns the payload")
-            offset += 4 + length
-        segments = lanes // per_row
-        pointers = _unpack_bits(parts.pop(0), _bits_for(n_groups + 1), n_rg + 1)
-        rg_groups = np.diff(pointers)
-        if pointers[0] != 0 or pointers[-1] != n_groups or (rg_groups < 1).any():
-            raise ValueError("group pointers are not increasing from 0 to the group count")
-        if pattern == "gs-scatter":
-            rg_rows = _unpack_bits(parts.pop(0), _bits_for(rows + 1), n_rg * segments) - 1
-        else:
-            rg_rows = np.arange(n_rg * segments)
-            rg_rows[rg_rows >= rows] = -1
-        rg_rows = rg_rows.reshape(n_rg, segments)
-        if n_rg != -(-rows // segments) or rg_rows.max() >= rows:
-            raise ValueError("row groups do not cover the rows")
-        code_width = POW2_CODE_WIDTH if encoding == "pow2" else 8
-        codes = _unpack_bits(parts.pop(0), code_width, n_groups * lanes).reshape(n_groups, lanes)
-        values = pow2_decode(codes) if encoding == "pow2" else (codes ^ 0x80) - 0x80
-        matrix = cls(shape=(rows, cols), pattern=pattern, lanes=lanes, per_row=per_row,
-                     encoding=encoding, group_values=values, group_cols=None,
-                     rg_groups=rg_groups, rg_rows=rg_rows)
-        addr_bits, bank_bits = matrix._index_layout()
-        index_part = parts.pop(0)
-        if parts:
-            raise ValueError("unexpected extra sections")
-        if pattern == "1xN":
-            col_idx = np.repeat(_unpack_bits(index_part, _bits_for(cols), n_groups)[:, None],
-                                lanes, axis=1)
-        elif bank_bits == 0:
-            addr = _unpack_bits(index_part, addr_bits, n_groups * lanes).reshape(n_groups, lanes)
-            col_idx = addr * lanes + np.arange(lanes)
-        else:
-            packed = _unpack_bits(index_part, addr_bits + bank_bits, n_groups * lanes)
-            col_idx = ((packed >> bank_bits) * lanes + (packed & (lanes - 1))).reshape(
-                n_groups, lanes)
-        col_idx = np.where(values != 0, col_idx, 0)
-        if (col_idx >= cols).any():
-            raise ValueError("a column index is past the last column")
-        matrix.group_cols = col_idx
-        return matrix
+        layout = _FileLayout.check(source, pattern, encoding, lanes, per_row, rows, cols, n_rg,
+                                   n_groups, payload_len)
+        return layout.decode(cls, data[_HEADER.size:expected - 4])
 
     def save(self, path):
         with open(path, "wb") as file:
@@ -565,12 +523,276 @@ class GSMatrix:
 
     @classmethod
     def load(cls, path):
+        """Read and parse a ``.gsf`` file; a missing or unreadable file, a directory or a
+        damaged file is a :class:`FormatError` naming it."""
         try:
             with open(path, "rb") as file:
                 data = file.read()
         except FileNotFoundError:
             raise FormatError(f"{path}: no such file") from None
+        except IsADirectoryError:
+            raise FormatError(f"{path}: is a directory, not a GS file") from None
+        except OSError as error:
+            raise FormatError(f"{path}: cannot read: {error.strerror or error}") from None
         return cls.from_bytes(data, source=str(path))
+
+
+# Reading files ----------------------------------------------------------------------------------
+
+def _unpacked_bytes(count, width):
+    """Bytes of ``count`` values of ``width`` bits, as :func:`_pack_bits` writes them."""
+    return -(-count * width // 8)
+
+
+@dataclass(frozen=True)
+class _FileLayout:
+    """What a ``.gsf`` header promises, checked against itself, the sane limits and the bytes
+    present (section by section) before a single array is allocated."""
+
+    source: str
+    pattern: str
+    encoding: str
+    lanes: int
+    per_row: int
+    rows: int
+    cols: int
+    n_rg: int
+    n_groups: int
+    sections: tuple        # (name, count, width) of each payload section, in file order
+
+    @classmethod
+    def check(cls, source, pattern, encoding, lanes, per_row, rows, cols, n_rg, n_groups,
+              payload_len):
+        def fail(message):
+            raise FormatError(f"{source}: {message}")
+
+        if pattern >= len(PATTERNS):
+            fail(f"pattern index {pattern} is not one of 0..{len(PATTERNS) - 1}")
+        if encoding >= len(ENCODINGS):
+            fail(f"encoding index {encoding} is not one of 0..{len(ENCODINGS) - 1}")
+        pattern, encoding = PATTERNS[pattern], ENCODINGS[encoding]
+        if lanes not in (2, 4, 8, 16):
+            fail(f"lane count {lanes} is not 2, 4, 8 or 16")
+        if per_row < 1 or lanes % per_row:
+            fail(f"weights per row e = {per_row} do not divide the lane count {lanes}")
+        if pattern == "1xN" and per_row != 1:
+            fail(f"a 1xN matrix broadcasts one column to all lanes, so e must be 1, not "
+                 f"{per_row}")
+        if not 1 <= rows <= MAX_DIMENSION or not 1 <= cols <= MAX_DIMENSION:
+            fail(f"shape {rows}x{cols}: rows and columns must be in [1, {MAX_DIMENSION}]")
+        if rows * cols > MAX_ENTRIES:
+            fail(f"shape {rows}x{cols} has {rows * cols} entries; a GS file holds at most "
+                 f"{MAX_ENTRIES}")
+        segments = lanes // per_row
+        if n_rg != -(-rows // segments):
+            fail(f"{n_rg} row groups for {rows} rows of {segments} per row group; expected "
+                 f"{-(-rows // segments)}")
+        if n_groups < n_rg:
+            fail(f"{n_groups} groups for {n_rg} row groups; every row group has at least one")
+        addr_bits = _bits_for(-(-cols // lanes))
+        bank_bits = 0 if per_row == lanes and pattern != "1xN" else _bits_for(lanes)
+        sections = [("group pointers", n_rg + 1, _bits_for(n_groups + 1))]
+        if pattern == "gs-scatter":
+            sections.append(("row indices", n_rg * segments, _bits_for(rows + 1)))
+        sections.append(("values", n_groups * lanes,
+                         POW2_CODE_WIDTH if encoding == "pow2" else 8))
+        if pattern == "1xN":
+            sections.append(("indices", n_groups, _bits_for(cols)))
+        else:
+            sections.append(("indices", n_groups * lanes, addr_bits + bank_bits))
+        needed = sum(4 + _unpacked_bytes(count, width) for _, count, width in sections)
+        if needed != payload_len:
+            fail(f"payload of {payload_len} bytes; a {rows}x{cols} {pattern} matrix of "
+                 f"{n_groups} groups of {lanes} lanes ({encoding}) has {needed}")
+        return cls(source, pattern, encoding, lanes, per_row, rows, cols, n_rg, n_groups,
+                   tuple(sections))
+
+    def fail(self, message):
+        raise FormatError(f"{self.source}: {message}")
+
+    def split(self, payload):
+        """The sections' bytes, each checked for its exact length and zero padding bits."""
+        parts, offset = [], 0
+        for name, count, width in self.sections:
+            (length,) = struct.unpack_from("<I", payload, offset)
+            size = _unpacked_bytes(count, width)
+            if length != size:
+                self.fail(f"section {name} is {length} bytes, the header implies {size} "
+                          f"({count} values of {width} bits)")
+            part = payload[offset + 4:offset + 4 + length]
+            spare = 8 * size - count * width
+            if spare and part[-1] >> (8 - spare):
+                self.fail(f"section {name}: the {spare} padding bits of its last byte are "
+                          f"not zero")
+            parts.append(part)
+            offset += 4 + length
+        return parts
+
+    def decode(self, cls, payload):
+        lanes, per_row, rows, cols = self.lanes, self.per_row, self.rows, self.cols
+        n_rg, n_groups, segments = self.n_rg, self.n_groups, lanes // per_row
+        parts = self.split(payload)
+        widths = [width for _, _, width in self.sections]
+
+        pointers = _unpack_bits(parts.pop(0), widths.pop(0), n_rg + 1)
+        rg_groups = np.diff(pointers)
+        if pointers[0] != 0 or pointers[-1] != n_groups or (rg_groups < 1).any():
+            bad = int(np.argmax(rg_groups < 1)) if (rg_groups < 1).any() else None
+            self.fail("group pointers must rise from 0 to the group count "
+                      f"{n_groups} by at least 1 per row group"
+                      + (f" (row group {bad} has {int(rg_groups[bad])} groups)"
+                         if bad is not None else
+                         f", not run from {int(pointers[0])} to {int(pointers[-1])}"))
+
+        if self.pattern == "gs-scatter":
+            rg_rows = _unpack_bits(parts.pop(0), widths.pop(0), n_rg * segments) - 1
+            if rg_rows.max() >= rows:
+                self.fail(f"row index {int(rg_rows.max())} is past the last row {rows - 1}")
+            real = np.sort(rg_rows[rg_rows >= 0])
+            if real.size != rows or (real.size > 1 and (real[1:] == real[:-1]).any()):
+                twice = real[1:][real[1:] == real[:-1]]
+                self.fail(f"row {int(twice[0])} appears twice in the row groups; a "
+                          f"gs-scatter matrix lists each row once" if twice.size else
+                          f"the row groups list {real.size} rows, the matrix has {rows}")
+        else:
+            rg_rows = np.arange(n_rg * segments)
+            rg_rows[rg_rows >= rows] = -1
+        rg_rows = rg_rows.reshape(n_rg, segments)
+
+        codes = _unpack_bits(parts.pop(0), widths.pop(0), n_groups * lanes).reshape(
+            n_groups, lanes)
+        if self.encoding == "pow2":
+            values = pow2_decode(codes)
+            junk = (values == 0) & (codes != 0)
+            if junk.any():
+                g, lane = (int(i) for i in np.argwhere(junk)[0])
+                self.fail(f"group {g} lane {lane}: pow2 code {int(codes[g, lane]):#04x} has "
+                          f"its nonzero bit clear but other bits set; a zero is code 0")
+        else:
+            values = (codes ^ 0x80) - 0x80
+        group_rg = np.repeat(np.arange(n_rg), rg_groups)
+        lane_rows = rg_rows[group_rg][:, np.arange(lanes) // per_row]       # (groups, V)
+        stray = (lane_rows < 0) & (values != 0)
+        if stray.any():
+            g, lane = (int(i) for i in np.argwhere(stray)[0])
+            self.fail(f"group {g} lane {lane}: weight {int(values[g, lane])} in a padding "
+                      f"segment (row group {int(group_rg[g])} has no row there); padding "
+                      f"lanes hold 0")
+
+        index = _unpack_bits(parts.pop(0), widths.pop(0),
+                             n_groups if self.pattern == "1xN" else n_groups * lanes)
+        nonzero = values != 0
+        if self.pattern == "1xN":
+            used = nonzero.any(axis=1)
+            idle = ~used & (index != 0)
+            if idle.any():
+                g = int(np.argmax(idle))
+                self.fail(f"group {g}: holds no weight but its column index is "
+                          f"{int(index[g])}, not 0")
+            col_idx = np.where(nonzero, index[:, None], 0)
+        else:
+            index = index.reshape(n_groups, lanes)
+            idle = ~nonzero & (index != 0)
+            if idle.any():
+                g, lane = (int(i) for i in np.argwhere(idle)[0])
+                self.fail(f"group {g} lane {lane}: a padding lane (value 0) with index "
+                          f"{int(index[g, lane])}, not 0")
+            if per_row == lanes:        # lane i reads bank i: only the address is stored
+                col_idx = np.where(nonzero, index * lanes + np.arange(lanes), 0)
+            else:
+                bank_bits = _bits_for(lanes)
+                col_idx = (index >> bank_bits) * lanes + (index & (lanes - 1))
+        if (col_idx >= cols).any():
+            g, lane = (int(i) for i in np.argwhere(col_idx >= cols)[0])
+            self.fail(f"group {g} lane {lane}: column {int(col_idx[g, lane])} is past the "
+                      f"last column {cols - 1}")
+        self._check_groups(values, col_idx, lane_rows, group_rg, rg_rows, rg_groups)
+        return cls(shape=(rows, cols), pattern=self.pattern, lanes=lanes, per_row=per_row,
+                   encoding=self.encoding, group_values=values, group_cols=col_idx,
+                   rg_groups=rg_groups, rg_rows=rg_rows)
+
+    def _check_groups(self, values, col_idx, lane_rows, group_rg, rg_rows, rg_groups):
+        """No bank conflict in a group, no weight stored twice, and the rule of the pattern
+        (:func:`check_pattern`), so that ``to_dense`` (unpack, inspect) and the device's
+        group words mean the same weights."""
+        lanes, per_row, cols = self.lanes, self.per_row, self.cols
+        g, lane = np.nonzero(values)
+        col, row, rg = col_idx[g, lane], lane_rows[g, lane], group_rg[g]
+        if self.pattern != "1xN" and per_row != lanes:
+            # Lanes holding weights read distinct banks (a 1xN group reads one column; where
+            # e = V lane i reads bank i).
+            key = g * lanes + col % lanes
+            order = np.argsort(key, kind="stable")
+            clash = np.flatnonzero(key[order][1:] == key[order][:-1])
+            if clash.size:
+                first, second = order[clash[0]], order[clash[0] + 1]
+                self.fail(f"group {int(g[first])}: lanes {int(lane[first])} and "
+                          f"{int(lane[second])} both read bank {int(col[first] % lanes)} "
+                          f"(columns {int(col[first])} and {int(col[second])}); a group reads "
+                          f"each bank once")
+        key = row * cols + col
+        order = np.argsort(key, kind="stable")
+        twice = np.flatnonzero(key[order][1:] == key[order][:-1])
+        if twice.size:
+            first = order[twice[0]]
+            self.fail(f"row {int(row[first])} column {int(col[first])} is stored twice "
+                      f"(group {int(g[first])} and group {int(g[order[twice[0] + 1]])})")
+        if self.pattern in ("gs-gather", "gs-scatter"):
+            self._check_gs_rule(row, col, rg, rg_rows, rg_groups)
+        elif self.pattern == "1xN":
+            self._check_1xn_rule(col, rg, rg_rows, rg_groups)
+
+    def _check_gs_rule(self, row, col, rg, rg_rows, rg_groups):
+        lanes, per_row, n_rg = self.lanes, self.per_row, self.n_rg
+        kept = np.bincount(row, minlength=self.rows)
+        real = rg_rows >= 0
+        count = np.where(real, kept[np.maximum(rg_rows, 0)], -1)
+        first = count[np.arange(n_rg), np.argmax(real, axis=1)]
+        uneven = (real & (count != first[:, None])).any(axis=1)
+        if uneven.any():
+            r = int(np.argmax(uneven))
+            other = int(np.argmax(real[r] & (count[r] != first[r])))
+            self.fail(f"row group {r}: row {int(rg_rows[r, np.argmax(real[r])])} keeps "
+                      f"{int(first[r])} weights and row {int(rg_rows[r, other])} keeps "
+                      f"{int(count[r, other])}; a {self.pattern} row group keeps the same "
+                      f"count in every row")
+        if (first % per_row).any():
+            r = int(np.argmax(first % per_row != 0))
+            self.fail(f"row group {r}: rows keep {int(first[r])} weights, not a multiple of "
+                      f"e={per_row}")
+        allowed = first // per_row
+        load = np.bincount(rg * lanes + col % lanes, minlength=n_rg * lanes).reshape(
+            n_rg, lanes).max(axis=1)
+        if (load > allowed).any():
+            r = int(np.argmax(load > allowed))
+            self.fail(f"row group {r}: a bank holds {int(load[r])} kept weights, at most "
+                      f"{int(allowed[r])} allowed")
+        self._check_depth(np.maximum(allowed, 1), rg_groups)
+
+    def _check_1xn_rule(self, col, rg, rg_rows, rg_groups):
+        n_rg, cols = self.n_rg, self.cols
+        members = (rg_rows >= 0).sum(axis=1)
+        pairs, holders = np.unique(rg * cols + col, return_counts=True)
+        pair_rg = pairs // cols
+        short = holders != members[pair_rg]
+        if short.any():
+            i = int(np.argmax(short))
+            self.fail(f"row group {int(pair_rg[i])}: {int(holders[i])} of its "
+                      f"{int(members[pair_rg[i]])} rows keep column {int(pairs[i] % cols)}; "
+                      f"1xN rows of a block share one mask")
+        columns = np.bincount(pair_rg, minlength=n_rg)
+        if (columns != columns[0]).any():
+            r = int(np.argmax(columns != columns[0]))
+            self.fail(f"row group {r}: keeps {int(columns[r])} columns, row group 0 keeps "
+                      f"{int(columns[0])}; 1xN keeps the same count in every block")
+        self._check_depth(np.maximum(columns, 1), rg_groups)
+
+    def _check_depth(self, expected, rg_groups):
+        wrong = expected != rg_groups
+        if wrong.any():
+            r = int(np.argmax(wrong))
+            self.fail(f"row group {r}: {int(rg_groups[r])} groups, a {self.pattern} row group "
+                      f"of these weights has exactly {int(expected[r])}")
 
 
 # Pattern rules ----------------------------------------------------------------------------------
@@ -590,11 +812,29 @@ def _check_arguments(weights, pattern, lanes, per_row, encoding):
                            f"not {per_row!r}")
     if weights.ndim != 2 or 0 in weights.shape:
         raise ShapeError(f"Weights must be a non-empty 2-D matrix, not shape {weights.shape}")
-    if not np.issubdtype(weights.dtype, np.integer):
-        if not np.issubdtype(weights.dtype, np.floating) or not np.all(np.isfinite(weights)) \
-                or not np.array_equal(weights, np.round(weights)):
-            raise EncodingError("Weights must be integers (quantise them first), "
-                                f"not dtype {weights.dtype} with fractional values")
+    kind = weights.dtype.kind
+    if kind not in "iuf":
+        raise EncodingError(f"Weights must be integers (quantise them first), not dtype "
+                            f"{weights.dtype}")
+    if kind == "f":
+        bad = ~np.isfinite(weights)
+        if bad.any():
+            index = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise EncodingError(f"Weight {weights[index]} at {index} is not a finite number")
+        bad = weights != np.round(weights)
+        if bad.any():
+            index = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise EncodingError(f"Weights must be integers (quantise them first), not dtype "
+                                f"{weights.dtype} with fractional values such as "
+                                f"{weights[index]} at {index}")
+    if kind in "uf":
+        # Beyond int64 a weight would wrap when it is converted; no code holds one anyway.
+        bad = (weights >= 2.0 ** 63) | (weights < -2.0 ** 63) if kind == "f" else \
+            weights > np.iinfo(np.int64).max
+        if bad.any():
+            index = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise EncodingError(f"Weight {weights[index]} at {index} is outside the int64 "
+                                f"range")
 
 
 def _scatter_order(kept, segments, row_order):

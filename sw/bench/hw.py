@@ -241,7 +241,10 @@ def run(*, out_dir, quick=False):
         "# Hardware benchmarks", "",
         "Regenerate with `gsaccel bench hw` (add `--quick` for a small layer). Board "
         "resources and Fmax: [benchmarks-boards.md](benchmarks-boards.md) (`gsaccel bench "
-        "boards`); pruning accuracy: [pruning.md](pruning.md) (`gsaccel bench pruning`).", "",
+        "boards`); native convolutions: [benchmarks-conv.md](benchmarks-conv.md) (`gsaccel "
+        "bench conv`); the MLPerf Tiny networks on the board cores: "
+        "[benchmarks-tiny.md](benchmarks-tiny.md) (`gsaccel bench tiny`); pruning accuracy: "
+        "[pruning.md](pruning.md) (`gsaccel bench pruning`).", "",
         "## Cycles and utilisation per pattern", "", table, "",
         f"![speed-up per pattern](img/{plot.name})", "",
         "## One lane after yosys `synth_ice40`", "", lanes_md, "",

@@ -178,14 +178,16 @@ def _pack_bits(values, width):
 
 def _unpack_bits(data, width, count):
     """``count`` values of ``width`` bits from :func:`_pack_bits`' stream (int64). Peak
-    memory: one byte per bit read, plus the result."""
+    memory: one byte per bit read, plus the result (and 8 bytes per bit of a 65536-value
+    chunk)."""
     values = np.zeros(count, dtype=np.int64)
     if width == 0 or count == 0:
         return values
     bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little",
                          count=width * count).reshape(count, width)
-    for bit in range(width):
-        values |= bits[:, bit].astype(np.int64) << bit
+    weights = np.left_shift(1, np.arange(width, dtype=np.int64))
+    for start in range(0, count, 1 << 16):      # 8 bytes per bit of a chunk at most
+        values[start:start + (1 << 16)] = bits[start:start + (1 << 16)] @ weights
     return values
 
 

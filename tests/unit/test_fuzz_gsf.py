@@ -56,7 +56,7 @@ def corpus(seed=SEED):
         for pattern, per_row in PATTERN_CASES(lanes):
             for encoding in ("pow2", "int8"):
                 for rows, cols, density in ((1, 1, 1.0), (lanes + 1, 2 * lanes + 3, 0.5),
-                                            (3, lanes - 1, 0.6), (2 * lanes, 3 * lanes, 0.0)):
+                                            (3, max(1, lanes - 1), 0.6)):
                     dense, order = random_pattern_matrix(rng, pattern, rows, cols, lanes,
                                                          per_row, encoding, density=density)
                     files.append(GSMatrix.from_dense(dense, pattern, lanes, per_row, encoding,
@@ -186,7 +186,7 @@ def mutate(rng, data):
 
 def category(error):
     """A FormatError's message without the source and the numbers: what kind of damage."""
-    text = re.sub(r" \(magic .*", "", str(error).split(": ", 1)[-1])
+    text = re.sub(r" \(magic .*|, not .*", "", str(error).split(": ", 1)[-1])
     text = re.sub(r"(group|lane|row group|row|column|section) \d+", r"\1 N", text)
     text = re.sub(r"0x[0-9a-f]+|-?\d+", "N", text.replace("1xN", "1-by-N"))
     return text.replace("1-by-N", "1xN")[:60]
@@ -359,7 +359,7 @@ def test_memory_stays_bounded_by_the_file():
     tracemalloc.start()
     try:
         worst = 0
-        for _ in range(150):
+        for _ in range(100):
             data = mutate(rng, files[int(rng.integers(0, len(files)))])
             tracemalloc.reset_peak()
             base = tracemalloc.get_traced_memory()[0]
@@ -401,7 +401,7 @@ def sealed_files(draw):
     return assemble(fields, parts)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                    HealthCheck.data_too_large])
 @given(sealed_files())
 def test_sealed_files_parse_and_round_trip_or_are_format_errors(data):

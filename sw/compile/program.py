@@ -28,19 +28,23 @@ a program raises :class:`~gsaccel.sw.errors.FormatError`.
 
 import dataclasses
 import json
+import math
+import re
 import struct
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ...hw.config import CoreConfig
+from ...hw.config import ENCODINGS, CoreConfig
 from ..errors import FormatError, GsaccelError, ShapeError
 from ..format import GSMatrix, check_head, check_sealed, seal
-from ..format.geometry import LoopNest, TensorGeometry
+from ..format.geometry import LoopNest, TensorGeometry, conv_output_size
 from ..golden import (RUN_OVERHEAD, basis_layer_cycles, clear_layer_cycles,
                       dequantize, loop_layer_cycles, quantize)
-from .image import build_image, phase_ranges
+from ..golden.loopnest import OPS
+from .image import MAX_OUTPUT_SIDE, build_image, phase_ranges
 from .layers import BasisLayer, ClearLayer, GSLayer, InputTransform, ResidualNest
 from .plan import Lifetime, MemoryPlan, peak_live
 
@@ -379,75 +383,65 @@ class Program:
 
     @classmethod
     def from_bytes(cls, data, *, source="data"):
-        """Parse a ``.gsp`` image."""
+        """Parse a ``.gsp`` image.
+
+        Sizes are checked against the bytes present and the JSON header against its size
+        and nesting limits before it is parsed; then every field's type and range, and every
+        record against the core's memories (docs/format.md, "What a program reader
+        checks"). Any damage raises :class:`FormatError` naming the file and the field."""
         data = bytes(data)
         check_head(data, source, "gsaccel program", _PREFIX.size + 8, GSP_MAGIC, GSP_VERSION)
         _, _, hlen = _PREFIX.unpack_from(data)
         if _PREFIX.size + hlen + 8 > len(data):
             raise FormatError(f"{source}: truncated: header of {hlen} bytes does not fit "
                               f"{len(data)} bytes")
+        if hlen > MAX_HEADER_BYTES:
+            raise FormatError(f"{source}: header of {hlen} bytes; a program's header holds at "
+                              f"most {MAX_HEADER_BYTES}")
         (plen,) = struct.unpack_from("<I", data, _PREFIX.size + hlen)
         expected = _PREFIX.size + hlen + 4 + plen + 4
         check_sealed(data, expected, source)
         payload = data[_PREFIX.size + hlen + 4:expected - 4]
+        header = _parse_header(data[_PREFIX.size:_PREFIX.size + hlen], source)
         try:
-            header = json.loads(data[_PREFIX.size:_PREFIX.size + hlen])
             return cls._from_header(header, payload, source)
         except FormatError:
             raise
         except (KeyError, TypeError, ValueError, IndexError, AttributeError,
                 GsaccelError) as error:
-            raise FormatError(f"{source}: header does not describe a program ({error})") \
-                from None
+            # The checks below cover every field; this is only a net under them.
+            raise FormatError(f"{source}: header does not describe a program "
+                              f"({type(error).__name__}: {error})") from None
 
     @classmethod
     def _from_header(cls, header, payload, source):
-        cfg = CoreConfig(**header["cfg"])
+        read = _HeaderReader(source, payload)
+        read.keys(header, "header", _HEADER_KEYS)
+        cfg = read.config(header["cfg"])
+        depth = read.integer(header["depth"], "depth", 1, cfg.bank_depth)
+        read.cfg, read.depth = cfg, depth
+        entries = read.array(header["tensors"], "tensors", 1, MAX_TENSORS)
         tensors = {}
-        for entry in header["tensors"]:
-            tensor = ProgramTensor(
-                name=str(entry["name"]), shape=tuple(int(n) for n in entry["shape"]),
-                geometry=_geometry_from_json(entry["geometry"]),
-                scale_log2=int(entry["scale_log2"]), producer=entry["producer"],
-                first=int(entry["first"]), last=int(entry["last"]))
+        for index, entry in enumerate(entries):
+            tensor = read.tensor(entry, f"tensors[{index}]")
             if tensor.name in tensors:
-                raise ValueError(f"tensor {tensor.name!r} appears twice")
+                read.fail(f"tensors[{index}]", f"tensor {tensor.name!r} appears twice")
             tensors[tensor.name] = tensor
-        depth = int(header["depth"])
-        for tensor in tensors.values():
-            if tensor.geometry.lanes != cfg.lanes or tensor.geometry.end > depth:
-                raise ValueError(f"tensor {tensor.name!r} must lie in the {cfg.lanes}-bank "
-                                 f"scratchpad's {depth} words")
-
-        def take(span, what):
-            start, length = (int(v) for v in span)
-            if start < 0 or length < 0 or start + length > len(payload):
-                raise FormatError(f"{source}: {what} spans bytes {start}..{start + length} of "
-                                  f"a {len(payload)}-byte payload")
-            return payload[start:start + length]
-
-        layers = [_layer_from_json(entry, take, source, index)
-                  for index, entry in enumerate(header["layers"])]
-        for index, layer in enumerate(layers):
-            for name in (*layer.inputs, layer.output):
-                if name not in tensors:
-                    raise ValueError(f"layer {index} names tensor {name!r}, which the program "
-                                     f"does not have")
-        inp, out = header["input"], header["output"]
-        program = cls(
-            cfg=cfg, depth=depth, tensors=tensors, layers=layers, input=inp["tensor"],
-            input_shape=tuple(inp["shape"]), input_scale_log2=int(inp["scale_log2"]),
-            input_transform=_transform_from_json(inp["transform"]), output=out["tensor"],
-            output_shape=tuple(out["shape"]), output_scale_log2=int(out["scale_log2"]),
-            info=list(header["info"]))
-        for what, geometry in (("input", program.input_geometry),
-                               ("output", program.output_geometry)):
-            if _geometry_from_json(header[what]["geometry"]) != geometry:
-                raise ValueError(f"the {what} geometry differs from its tensor's")
-        if int(np.prod(program.output_shape)) != \
-                int(np.prod(program.tensors[program.output].shape)):
-            raise ValueError(f"the output shape {program.output_shape} does not match the "
-                             f"output tensor's {program.tensors[program.output].shape}")
+        read.tensors = tensors
+        entries = read.array(header["layers"], "layers", 1, MAX_LAYERS)
+        layers = [read.layer(entry, f"layers[{index}]") for index, entry in enumerate(entries)]
+        if read.offset != len(payload):
+            read.fail("payload", f"{len(payload)} bytes, the layers' matrices and biases "
+                                 f"take {read.offset}")
+        inp = read.input(header["input"])
+        out = read.output(header["output"])
+        info = read.info(header["info"], len(layers))
+        with read.context("header"):
+            program = cls(
+                cfg=cfg, depth=depth, tensors=tensors, layers=layers, input=inp["tensor"],
+                input_shape=inp["shape"], input_scale_log2=inp["scale_log2"],
+                input_transform=inp["transform"], output=out["tensor"],
+                output_shape=out["shape"], output_scale_log2=out["scale_log2"], info=info)
         return program
 
     def save(self, path):
@@ -455,12 +449,16 @@ class Program:
 
     @classmethod
     def load(cls, path):
+        """Read and parse a ``.gsp`` file; a missing or unreadable file, a directory or a
+        damaged program is a :class:`FormatError` naming it."""
         try:
             data = Path(path).read_bytes()
         except FileNotFoundError:
             raise FormatError(f"{path}: no such file") from None
         except IsADirectoryError:
             raise FormatError(f"{path}: is a directory, not a program file") from None
+        except OSError as error:
+            raise FormatError(f"{path}: cannot read: {error.strerror or error}") from None
         return cls.from_bytes(data, source=str(path))
 
 
@@ -527,10 +525,6 @@ def _geometry_to_json(g):
     return {name: int(getattr(g, name)) for name in _GEOMETRY_FIELDS}
 
 
-def _geometry_from_json(entry):
-    return TensorGeometry(**{name: int(entry[name]) for name in _GEOMETRY_FIELDS})
-
-
 def _nest_to_json(nest):
     entry = {"source": _geometry_to_json(nest.source), "dest": _geometry_to_json(nest.dest),
              "kernel": list(nest.kernel), "stride": list(nest.stride),
@@ -540,36 +534,10 @@ def _nest_to_json(nest):
     return entry
 
 
-def _pair(value):
-    pair = tuple(int(v) for v in value)
-    if len(pair) != 2:
-        raise ValueError(f"a (rows, columns) pair, not {value!r}")
-    return pair
-
-
-def _nest_from_json(entry):
-    fields = dict(source=_geometry_from_json(entry["source"]),
-                  dest=_geometry_from_json(entry["dest"]),
-                  kernel=_pair(entry["kernel"]), stride=_pair(entry["stride"]),
-                  padding=_pair(entry["padding"]), dilation=_pair(entry["dilation"]))
-    if "operand_bases" in entry:
-        return ResidualNest(**fields, operand_bases=tuple(int(b) for b in
-                                                          entry["operand_bases"]))
-    return LoopNest(**fields)
-
-
 def _transform_to_json(transform):
     return {"kind": transform.kind, "kernel": list(transform.kernel),
             "stride": list(transform.stride), "padding": list(transform.padding),
             "dilation": list(transform.dilation), "channels": transform.channels}
-
-
-def _transform_from_json(entry):
-    channels = entry["channels"]
-    return InputTransform(kind=entry["kind"], kernel=_pair(entry["kernel"]),
-                          stride=_pair(entry["stride"]), padding=_pair(entry["padding"]),
-                          dilation=_pair(entry["dilation"]),
-                          channels=None if channels is None else int(channels))
 
 
 def _tensor_to_json(tensor):
@@ -597,26 +565,402 @@ def _layer_to_json(layer, put):
     return entry
 
 
-def _layer_from_json(entry, take, source, index):
-    kind = entry["kind"]
-    if kind == "clear":
-        return ClearLayer(str(entry["name"]), str(entry["tensor"]), int(entry["base"]),
-                          int(entry["words"]))
-    common = dict(name=str(entry["name"]), torch_op=str(entry["torch_op"]),
-                  shift=int(entry["shift"]), relu=bool(entry["relu"]),
-                  inputs=tuple(str(n) for n in entry["inputs"]), output=str(entry["output"]))
-    if kind == "basis":
-        return BasisLayer(basis=np.asarray(entry["basis"], dtype=np.int64).reshape(3, 3),
-                          n_chunks=int(entry["n_chunks"]),
-                          source=_geometry_from_json(entry["source"]),
-                          dest=_geometry_from_json(entry["dest"]), **common)
-    if kind != "gs":
-        raise ValueError(f"layer {index} has kind {kind!r}, not gs, basis or clear")
-    matrix = GSMatrix.from_bytes(take(entry["matrix"], f"layer {index}'s matrix"),
-                                 source=f"{source} layer {index}")
-    bias = take(entry["bias"], f"layer {index}'s bias")
-    if len(bias) != 8 * matrix.shape[0]:
-        raise FormatError(f"{source}: layer {index}'s bias must be {8 * matrix.shape[0]} "
-                          f"bytes ({matrix.shape[0]} rows), not {len(bias)}")
-    return GSLayer(matrix=matrix, bias=np.frombuffer(bias, dtype="<i8").astype(np.int64),
-                   op=str(entry["op"]), nest=_nest_from_json(entry["nest"]), **common)
+# Reading program files ------------------------------------------------------------------------
+
+#: Limits of a program file (docs/format.md, "What a program reader checks").
+MAX_HEADER_BYTES = 16 << 20
+#: JSON nesting of the header (a program's is 5 deep).
+MAX_JSON_DEPTH = 16
+MAX_TENSORS = 1024
+MAX_LAYERS = 4096
+#: Largest |scale_log2| of a tensor, the input or the output.
+MAX_SCALE_LOG2 = 100
+#: Largest input sample (elements of ``input_shape``, and of an im2col'd input's padded
+#: image) the host quantises.
+MAX_INPUT_ELEMENTS = 1 << 22
+#: Largest kernel, stride, padding or dilation of the input transform, and length of a name.
+_MAX_SIDE = 1 << 16
+_MAX_NAME = 1024
+
+_HEADER_KEYS = ("cfg", "depth", "tensors", "input", "output", "layers", "info")
+_TENSOR_KEYS = ("name", "shape", "geometry", "scale_log2", "producer", "first", "last")
+_TRANSFORM_KEYS = ("kind", "kernel", "stride", "padding", "dilation", "channels")
+_LAYER_KEYS = {
+    "clear": ("kind", "name", "tensor", "base", "words"),
+    "gs": ("kind", "name", "torch_op", "shift", "relu", "inputs", "output", "op", "nest",
+           "matrix", "bias"),
+    "basis": ("kind", "name", "torch_op", "shift", "relu", "inputs", "output", "basis",
+              "n_chunks", "source", "dest"),
+}
+_NEST_KEYS = ("source", "dest", "kernel", "stride", "padding", "dilation")
+_JSON_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def _parse_header(text, source):
+    """The JSON header: UTF-8, nested at most MAX_JSON_DEPTH deep (checked before parsing),
+    no NaN or infinity, no key twice in an object."""
+    try:
+        text = text.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise FormatError(f"{source}: header is not UTF-8 ({error})") from None
+    # Brackets outside strings, counted before json (which recurses) sees them.
+    marks = np.frombuffer(_JSON_STRINGS.sub('""', text).encode(), dtype=np.uint8)
+    nesting = np.cumsum((marks == ord("[")) | (marks == ord("{")), dtype=np.int32) - \
+        np.cumsum((marks == ord("]")) | (marks == ord("}")), dtype=np.int32)
+    if nesting.size and nesting.max() > MAX_JSON_DEPTH:
+        raise FormatError(f"{source}: header nests more than {MAX_JSON_DEPTH} deep")
+
+    def constant(name):
+        raise FormatError(f"{source}: header holds {name}; every number of a program is "
+                          f"finite")
+
+    def real(digits):
+        value = float(digits)
+        if not math.isfinite(value):
+            constant(digits[:24])
+        return value
+
+    def unique(pairs):
+        result = {}
+        for key, value in pairs:
+            if key in result:
+                raise FormatError(f"{source}: header has key {key!r} twice in one object")
+            result[key] = value
+        return result
+
+    try:
+        return json.loads(text, parse_constant=constant, parse_float=real,
+                          object_pairs_hook=unique)
+    except (ValueError, RecursionError) as error:      # FormatErrors of the hooks pass
+        raise FormatError(f"{source}: header is not JSON ({error})") from None
+
+
+class _HeaderReader:
+    """Typed, range-checked reads of a program header's fields: each failure a
+    :class:`FormatError` naming the file and the field (``layers[3].nest.kernel``)."""
+
+    def __init__(self, source, payload):
+        self.source, self.payload = source, payload
+        self.cfg = self.depth = self.tensors = None
+        self.offset = 0                  # the payload bytes the layers have taken
+
+    def fail(self, where, message):
+        raise FormatError(f"{self.source}: {where}: {message}")
+
+    @contextmanager
+    def context(self, where):
+        """Errors of the records' own checks (ShapeError, ...) as FormatErrors at ``where``."""
+        try:
+            yield
+        except FormatError:
+            raise
+        except (GsaccelError, ValueError, TypeError) as error:
+            self.fail(where, str(error))
+
+    # Values ------------------------------------------------------------------------------
+    def keys(self, value, where, keys):
+        if not isinstance(value, dict):
+            self.fail(where, f"must be an object, not {_kind(value)}")
+        missing = [k for k in keys if k not in value]
+        extra = sorted(k for k in value if k not in keys)
+        if missing or extra:
+            self.fail(where, "must have the keys " + ", ".join(keys) + " ("
+                      + "; ".join(filter(None, [
+                          missing and "missing " + ", ".join(missing),
+                          extra and "unknown " + ", ".join(map(repr, extra[:5]))])) + ")")
+        return value
+
+    def integer(self, value, where, lo, hi=None):
+        if type(value) is not int or value < lo or hi is not None and value > hi:
+            self.fail(where, f"must be an integer in [{lo}, {'∞' if hi is None else hi}], not "
+                             f"{_show(value)}")
+        return value
+
+    def boolean(self, value, where):
+        if type(value) is not bool:
+            self.fail(where, f"must be true or false, not {_show(value)}")
+        return value
+
+    def string(self, value, where, choices=None):
+        if type(value) is not str or not value or len(value) > _MAX_NAME:
+            self.fail(where, f"must be a non-empty string of at most {_MAX_NAME} characters, "
+                             f"not {_show(value)}")
+        if choices is not None and value not in choices:
+            self.fail(where, f"must be one of {', '.join(choices)}, not {value!r}")
+        return value
+
+    def array(self, value, where, lo=0, hi=None):
+        if type(value) is not list or len(value) < lo or hi is not None and len(value) > hi:
+            self.fail(where, f"must be a list of {lo}..{'' if hi is None else hi} entries, not "
+                             f"{_show(value)}")
+        return value
+
+    def ints(self, value, where, length, lo, hi):
+        if type(value) is not list or len(value) != length:
+            self.fail(where, f"must be a list of {length} integers, not {_show(value)}")
+        return tuple(self.integer(v, f"{where}[{i}]", lo, hi) for i, v in enumerate(value))
+
+    def scale(self, value, where):
+        return self.integer(value, where, -MAX_SCALE_LOG2, MAX_SCALE_LOG2)
+
+    def tensor_name(self, value, where):
+        self.string(value, where)
+        if value not in self.tensors:
+            self.fail(where, f"names tensor {value!r}, which the program does not have")
+        return value
+
+    # Records -----------------------------------------------------------------------------
+    def config(self, value):
+        fields = {f.name: f for f in dataclasses.fields(CoreConfig)}
+        self.keys(value, "cfg", tuple(fields))
+        for name, entry in value.items():
+            if name == "encoding":
+                self.string(entry, f"cfg.{name}", ENCODINGS)
+            elif fields[name].type in (bool, "bool"):
+                self.boolean(entry, f"cfg.{name}")
+            else:
+                self.integer(entry, f"cfg.{name}", 1, 1 << 31)
+        with self.context("cfg"):
+            cfg = CoreConfig(**value)
+        if dataclasses.asdict(cfg) != value:
+            changed = next(k for k, v in dataclasses.asdict(cfg).items() if v != value[k])
+            self.fail(f"cfg.{changed}", f"must be {getattr(cfg, changed)!r} on this core, not "
+                                        f"{value[changed]!r}")
+        return cfg
+
+    def geometry(self, value, where):
+        """A TensorGeometry of the core's lanes inside the scratchpad's ``depth`` words."""
+        self.keys(value, where, _GEOMETRY_FIELDS)
+        fields = {name: self.integer(value[name], f"{where}.{name}",
+                                     0 if name in ("pad", "base") else 1, _MAX_SIDE)
+                  for name in _GEOMETRY_FIELDS}
+        if fields["lanes"] != self.cfg.lanes:
+            self.fail(f"{where}.lanes", f"must be the core's {self.cfg.lanes}, not "
+                                        f"{fields['lanes']}")
+        geometry = TensorGeometry(**fields)
+        if geometry.end > self.depth:
+            self.fail(where, f"bank words [{geometry.base}, {geometry.end}) must lie in the "
+                             f"{self.cfg.lanes}-bank scratchpad's {self.depth} words")
+        return geometry
+
+    def tensor(self, value, where):
+        self.keys(value, where, _TENSOR_KEYS)
+        name = self.string(value["name"], f"{where}.name")
+        shape = self.ints(value["shape"], f"{where}.shape", 3, 1, _MAX_SIDE)
+        geometry = self.geometry(value["geometry"], f"{where}.geometry")
+        if (geometry.height, geometry.width) != shape[1:] or geometry.channels < shape[0]:
+            self.fail(where, f"tensor {name!r} of shape {list(shape)} must be stored "
+                             f"{shape[1]}x{shape[2]} pixels of at least {shape[0]} channels, "
+                             f"not {geometry.height}x{geometry.width} of {geometry.channels}")
+        producer = value["producer"]
+        if producer is not None:
+            self.string(producer, f"{where}.producer")
+        first = self.integer(value["first"], f"{where}.first", 0, 2 * MAX_LAYERS)
+        last = self.integer(value["last"], f"{where}.last", first, 2 * MAX_LAYERS)
+        return ProgramTensor(name=name, shape=shape, geometry=geometry,
+                             scale_log2=self.scale(value["scale_log2"], f"{where}.scale_log2"),
+                             producer=producer, first=first, last=last)
+
+    def nest(self, value, where, inputs):
+        residual = isinstance(value, dict) and "operand_bases" in value
+        self.keys(value, where, _NEST_KEYS + (("operand_bases",) if residual else ()))
+        pairs = {name: self.ints(value[name], f"{where}.{name}", 2,
+                                 0 if name == "padding" else 1, _MAX_SIDE)
+                 for name in ("kernel", "stride", "padding", "dilation")}
+        source = self.geometry(value["source"], f"{where}.source")
+        dest = self.geometry(value["dest"], f"{where}.dest")
+        for side, size in (("columns", dest.width), ("rows", dest.height)):
+            if size > MAX_OUTPUT_SIDE:
+                self.fail(f"{where}.dest", f"{size} output {side}; a layer counts at most "
+                                           f"{MAX_OUTPUT_SIDE}")
+        if residual:
+            bases = self.ints(value["operand_bases"], f"{where}.operand_bases", len(inputs), 0,
+                              self.depth - source.words)
+            with self.context(where):
+                return ResidualNest(source=source, dest=dest, operand_bases=bases, **pairs)
+        if len(inputs) != 1:
+            self.fail(where, f"a loop nest reads one tensor, not {len(inputs)} (an addition's "
+                             f"nest has operand_bases)")
+        with self.context(where):
+            return LoopNest(source=source, dest=dest, **pairs)
+
+    def span(self, value, where, length=None):
+        """The next bytes of the payload: each GS layer's matrix then its bias, in layer
+        order, with neither gaps nor overlaps."""
+        start, size = self.ints(value, where, 2, 0, len(self.payload))
+        if start != self.offset:
+            self.fail(where, f"starts at byte {start}; the payload holds each GS layer's "
+                             f"matrix then its bias in layer order, so it starts at "
+                             f"{self.offset}")
+        if start + size > len(self.payload):
+            self.fail(where, f"spans bytes {start}..{start + size} of a {len(self.payload)}"
+                             f"-byte payload")
+        if length is not None and size != length:
+            self.fail(where, f"must be {length} bytes, not {size}")
+        self.offset += size
+        return self.payload[start:start + size]
+
+    def layer(self, value, where):
+        kind = value.get("kind") if isinstance(value, dict) else None
+        if not isinstance(kind, str) or kind not in _LAYER_KEYS:
+            self.keys(value, where, ("kind",))          # not an object: say so
+            self.fail(f"{where}.kind", f"must be one of {', '.join(_LAYER_KEYS)}, not "
+                                       f"{_show(kind)}")
+        self.keys(value, where, _LAYER_KEYS[kind])
+        name = self.string(value["name"], f"{where}.name")
+        if kind == "clear":
+            tensor = self.tensors[self.tensor_name(value["tensor"], f"{where}.tensor")]
+            base = self.integer(value["base"], f"{where}.base", 0, self.depth)
+            words = self.integer(value["words"], f"{where}.words", 1, self.depth)
+            if (base, words) != (tensor.geometry.base, tensor.geometry.words):
+                self.fail(where, f"clears [{base}, {base + words}), tensor {tensor.name!r} "
+                                 f"occupies [{tensor.geometry.base}, {tensor.geometry.end})")
+            return ClearLayer(name, tensor.name, base, words)
+        common = dict(
+            name=name, torch_op=self.string(value["torch_op"], f"{where}.torch_op"),
+            shift=self.integer(value["shift"], f"{where}.shift", 0, 31),
+            relu=self.boolean(value["relu"], f"{where}.relu"),
+            inputs=tuple(self.tensor_name(n, f"{where}.inputs[{i}]") for i, n in
+                         enumerate(self.array(value["inputs"], f"{where}.inputs", 1, 2))),
+            output=self.tensor_name(value["output"], f"{where}.output"))
+        if kind == "basis":
+            if not self.cfg.basis:
+                self.fail(where, "a basis layer needs the basis unit, which this core leaves "
+                                 "out (cfg.basis is false)")
+            if len(common["inputs"]) != 1:
+                self.fail(f"{where}.inputs", "a basis layer reads one tensor")
+            basis = self.ints(value["basis"], f"{where}.basis", 9, -128, 127)
+            n_chunks = self.integer(value["n_chunks"], f"{where}.n_chunks", 1, 65535)
+            source = self.geometry(value["source"], f"{where}.source")
+            dest = self.geometry(value["dest"], f"{where}.dest")
+            with self.context(where):
+                return BasisLayer(basis=np.asarray(basis, dtype=np.int64).reshape(3, 3),
+                                  n_chunks=n_chunks, source=source, dest=dest, **common)
+        op = self.string(value["op"], f"{where}.op", OPS)
+        nest = self.nest(value["nest"], f"{where}.nest", common["inputs"])
+        matrix = GSMatrix.from_bytes(self.span(value["matrix"], f"{where}.matrix"),
+                                     source=f"{self.source} {where}.matrix")
+        cfg = self.cfg
+        if op == "max" and matrix.per_row != 1:
+            self.fail(f"{where}.matrix", f"a max layer keeps one weight per row per group "
+                                         f"(e = 1), not e = {matrix.per_row}")
+        if (matrix.lanes, matrix.encoding) != (cfg.lanes, cfg.encoding):
+            self.fail(f"{where}.matrix", f"has {matrix.lanes} lanes and {matrix.encoding} "
+                                         f"values, the core {cfg.lanes} lanes and "
+                                         f"{cfg.encoding}")
+        for need, have, what in ((matrix.n_groups, cfg.weight_depth, "group words"),
+                                 (matrix.rg_rows.size, cfg.row_depth, "row records")):
+            if need > have:
+                self.fail(f"{where}.matrix", f"needs {need} {what}, the core holds {have}")
+        bias = np.frombuffer(self.span(value["bias"], f"{where}.bias", 8 * matrix.shape[0]),
+                             dtype="<i8").astype(np.int64)
+        limit = 1 << (cfg.acc_width - 1)
+        if bias.size and (bias.min() < -limit or bias.max() >= limit):
+            self.fail(f"{where}.bias", f"a bias is outside the {cfg.acc_width}-bit "
+                                       f"accumulator range")
+        with self.context(where):
+            return GSLayer(matrix=matrix, bias=bias, op=op, nest=nest, **common)
+
+    def transform(self, value, shape, tensor):
+        """The input transform, consistent with the input's shape and its tensor."""
+        where = "input.transform"
+        self.keys(value, where, _TRANSFORM_KEYS)
+        kind = self.string(value["kind"], f"{where}.kind", InputTransform.KINDS)
+        pairs = {name: self.ints(value[name], f"{where}.{name}", 2,
+                                 0 if name == "padding" else 1, _MAX_SIDE)
+                 for name in ("kernel", "stride", "padding", "dilation")}
+        channels = value["channels"]
+        stored = tensor.geometry.channels
+        expected = stored if stored > tensor.shape[0] else None
+        if type(channels) not in (int, type(None)) or channels != expected:
+            self.fail(f"{where}.channels", f"must be {_show(expected)} (the input tensor "
+                                           f"stores {stored} channels of {tensor.shape[0]}), "
+                                           f"not {_show(channels)}")
+        if kind == "im2col":
+            if len(shape) != 3:
+                self.fail(where, f"im2col takes a (C, H, W) input, not {list(shape)}")
+            c, h, w = shape
+            (py, px) = pairs["padding"]
+            if (h + 2 * py) * (w + 2 * px) * c > MAX_INPUT_ELEMENTS:
+                self.fail(f"{where}.padding", f"pads the {h}x{w} input to more than "
+                                              f"{MAX_INPUT_ELEMENTS} elements")
+            with self.context(where):
+                out = tuple(conv_output_size(n, *args) for n, args in zip(
+                    (h, w), zip(pairs["kernel"], pairs["stride"], pairs["padding"],
+                                pairs["dilation"])))
+            produced = (pairs["kernel"][0] * pairs["kernel"][1] * c,) + out
+        else:
+            if pairs != {"kernel": (1, 1), "stride": (1, 1), "padding": (0, 0),
+                         "dilation": (1, 1)}:
+                self.fail(where, f"a {kind!r} transform has kernel and stride [1, 1], padding "
+                                 f"[0, 0] and dilation [1, 1]")
+            size = int(np.prod(shape))
+            produced = (size, 1, 1) if kind == "flatten" or len(shape) == 1 else shape
+        if produced != tensor.shape:
+            self.fail("input", f"the {kind!r} transform of inputs of shape {list(shape)} gives "
+                               f"{list(produced)}, the input tensor {tensor.name!r} has shape "
+                               f"{list(tensor.shape)}")
+        return InputTransform(kind=kind, channels=channels, **pairs)
+
+    def _shape(self, value, where):
+        if type(value) is not list or len(value) not in (1, 3):
+            self.fail(where, f"must be a list of 1 or 3 integers, not {_show(value)}")
+        shape = self.ints(value, where, len(value), 1, MAX_INPUT_ELEMENTS)
+        if math.prod(shape) > MAX_INPUT_ELEMENTS:
+            self.fail(where, f"{list(shape)} has more than {MAX_INPUT_ELEMENTS} elements")
+        return shape
+
+    def _end(self, value, where, keys, geometry_of):
+        self.keys(value, where, keys)
+        tensor = self.tensors[self.tensor_name(value["tensor"], f"{where}.tensor")]
+        shape = self._shape(value["shape"], f"{where}.shape")
+        if self.geometry(value["geometry"], f"{where}.geometry") != geometry_of(tensor):
+            self.fail(f"{where}.geometry", f"the {where} geometry differs from its tensor's")
+        scale = self.scale(value["scale_log2"], f"{where}.scale_log2")
+        if scale != tensor.scale_log2:
+            self.fail(f"{where}.scale_log2", f"must be its tensor's {tensor.scale_log2}, not "
+                                             f"{scale}")
+        return tensor, shape, scale
+
+    def input(self, value):
+        tensor, shape, scale = self._end(value, "input", ("tensor", "shape", "geometry",
+                                                          "scale_log2", "transform"),
+                                         lambda t: t.geometry)
+        if tensor.producer is not None:
+            self.fail("input.tensor", f"tensor {tensor.name!r} is written by "
+                                      f"{tensor.producer!r}; the host writes the input")
+        return {"tensor": tensor.name, "shape": shape, "scale_log2": scale,
+                "transform": self.transform(value["transform"], shape, tensor)}
+
+    def output(self, value):
+        tensor, shape, scale = self._end(value, "output", ("tensor", "shape", "geometry",
+                                                           "scale_log2"), lambda t: t.view)
+        if math.prod(shape) != math.prod(tensor.shape):
+            self.fail("output.shape", f"the output shape {list(shape)} does not match the "
+                                      f"output tensor's {list(tensor.shape)}")
+        return {"tensor": tensor.name, "shape": shape, "scale_log2": scale}
+
+    def info(self, value, layers):
+        self.array(value, "info", layers, layers)
+        for index, entry in enumerate(value):
+            if not isinstance(entry, dict):
+                self.fail(f"info[{index}]", f"must be an object, not {_kind(entry)}")
+            factor = entry.get("float_factor", 1)
+            if type(factor) not in (int, float) or not factor > 0:
+                self.fail(f"info[{index}].float_factor", f"must be a positive number, not "
+                                                         f"{_show(factor)}")
+        return value
+
+
+def _kind(value):
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+            int: "an integer", float: "a number", type(None): "null"}.get(type(value),
+                                                                        type(value).__name__)
+
+
+def _show(value):
+    """A field's value for a message: short, and saying what JSON type it has."""
+    if isinstance(value, (dict, list)):
+        return _kind(value)
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."

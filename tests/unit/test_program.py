@@ -130,21 +130,35 @@ def _with_header(program, edit):
     return _reseal(data[:6] + struct.pack("<I", len(text)) + text + data[10 + hlen:-4])
 
 
-def test_header_that_is_not_a_program():
-    header = b'{"cfg": {"lanes": 3}}'
-    body = struct.pack("<4sHI", GSP_MAGIC, GSP_VERSION, len(header)) + header + \
+def _raw_header(text):
+    body = struct.pack("<4sHI", GSP_MAGIC, GSP_VERSION, len(text)) + text + \
         struct.pack("<I", 0)
-    with pytest.raises(FormatError, match=r"^data: header does not describe a program"):
-        Program.from_bytes(_reseal(body))
+    return _reseal(body)
+
+
+def test_header_that_is_not_a_program():
+    with pytest.raises(FormatError, match=r"^data: header: must have the keys cfg, depth, "
+                                          r"tensors, input, output, layers, info \(missing "
+                                          r"depth, .*\)$"):
+        Program.from_bytes(_raw_header(b'{"cfg": {"lanes": 3}}'))
     program = _mixed()
 
     def span_past_payload(header):
         layer = next(entry for entry in header["layers"] if entry["kind"] == "gs")
         layer["matrix"][1] += 10 ** 6
 
-    with pytest.raises(FormatError, match=r"^data: layer \d+'s matrix spans bytes \d+\.\.\d+ "
-                                          r"of a \d+-byte payload$"):
+    with pytest.raises(FormatError, match=r"^data: layers\[1\]\.matrix\[1\]: must be an integer "
+                                          r"in \[0, \d+\], not 1000168$"):
         Program.from_bytes(_with_header(program, span_past_payload))
+
+    def span_overlapping_the_end(header):
+        layer = next(entry for entry in header["layers"] if entry["kind"] == "gs")
+        layer["bias"][1] = sum(e["bias"][1] + e["matrix"][1] for e in header["layers"]
+                               if e["kind"] == "gs")
+
+    with pytest.raises(FormatError, match=r"^data: layers\[1\]\.bias: spans bytes 168\.\.\d+ "
+                                          r"of a \d+-byte payload$"):
+        Program.from_bytes(_with_header(program, span_overlapping_the_end))
 
     def unknown_tensor(header):
         header["layers"][-1]["output"] = "nowhere"
@@ -163,6 +177,87 @@ def test_header_that_is_not_a_program():
 
     with pytest.raises(FormatError, match=r"the output geometry differs from its tensor's"):
         Program.from_bytes(_with_header(program, moved_output))
+
+
+def _first(header, kind):
+    return next(entry for entry in header["layers"] if entry["kind"] == kind)
+
+
+def _set(path, value):
+    """An edit setting the header field at ``path`` (keys and indices) to ``value``."""
+    def edit(header):
+        node = header
+        for key in path[:-1]:
+            node = _first(node, key) if key in ("gs", "basis", "clear") else node[key]
+        node[path[-1]] = value
+    return edit
+
+
+@pytest.mark.parametrize("path, value, message", [
+    # The outside fuzzing's cases: every one ran with other outputs, or not at all.
+    (("input", "scale_log2"), float("nan"), r"header holds NaN; every number of a program is "
+                                            r"finite"),
+    (("input", "scale_log2"), 0.5, r"input\.scale_log2: must be an integer in \[-100, 100\], "
+                                   r"not 0\.5"),
+    (("input", "scale_log2"), -4, r"input\.scale_log2: must be its tensor's -5, not -4"),
+    (("tensors", 0, "scale_log2"), 10 ** 30, r"tensors\[0\]\.scale_log2: must be an integer "
+                                             r"in \[-100, 100\], not 1000000000000000000000"),
+    (("gs", "relu"), "no", r"layers\[1\]\.relu: must be true or false, not \"no\""),
+    (("gs", "shift"), True, r"layers\[1\]\.shift: must be an integer in \[0, 31\], not true"),
+    (("gs", "shift"), 32, r"layers\[1\]\.shift: must be an integer in \[0, 31\], not 32"),
+    (("input", "shape"), [2, 6, 2 ** 40], r"input\.shape\[2\]: must be an integer in "
+                                          r"\[1, 4194304\]"),
+    (("input", "shape"), [2, 2048, 2048], r"input\.shape: \[2, 2048, 2048\] has more than "
+                                          r"4194304 elements"),
+    (("input", "shape"), [2, 7, 6], r"^data: input: the 'im2col' transform of inputs of shape "
+                                    r"\[2, 7, 6\] gives \[18, 5, 4\], the input tensor 'x' has "
+                                    r"shape \[18, 4, 4\]$"),
+    (("input", "transform", "padding"), [4000, 4000], r"pads the 6x6 input to more than"),
+    (("cfg", "lanes"), 8.0, r"cfg\.lanes: must be an integer"),
+    (("cfg", "basis"), 1, r"cfg\.basis: must be true or false, not 1"),
+    (("cfg", "bank_depth"), 100, r"^data: cfg: Bank depth must be a power of two, not 100$"),
+    (("depth",), 512, r"depth: must be an integer in \[1, 256\], not 512"),
+    (("gs", "nest", "kernel"), [1, 1, 1], r"nest\.kernel: must be a list of 2 integers"),
+    (("gs", "nest", "stride"), [0, 1], r"nest\.stride\[0\]: must be an integer in \[1, 65536\]"),
+    (("gs", "bias"), [168, 56], r"layers\[1\]\.bias: must be 64 bytes, not 56"),
+    (("gs", "matrix"), [1, 168], r"layers\[1\]\.matrix: starts at byte 1; the payload holds"),
+    (("clear", "words"), 35, r"layers\[0\]: clears \[0, 35\), tensor 'relu' occupies \[0, 36\)"),
+    (("basis", "basis"), [0] * 8 + [128], r"basis\[8\]: must be an integer in \[-128, 127\]"),
+    (("info",), [], r"^data: info: must be a list of 10\.\.10 entries, not a list$"),
+    (("output", "extra"), 1, r"output: must have the keys tensor, shape, geometry, scale_log2 "
+                             r"\(unknown 'extra'\)"),
+    (("tensors", 0, "producer"), 5, r"tensors\[0\]\.producer: must be a non-empty string"),
+])
+def test_header_fields_are_typed_and_ranged(path, value, message):
+    with pytest.raises(FormatError, match=message):
+        Program.from_bytes(_with_header(_mixed(), _set(path, value)))
+
+
+def test_header_json_is_bounded_before_it_is_parsed():
+    deep = b'{"cfg": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(FormatError, match=r"^data: header nests more than 16 deep$"):
+        Program.from_bytes(_raw_header(deep))
+    with pytest.raises(FormatError, match=r"^data: header has key 'cfg' twice in one object$"):
+        Program.from_bytes(_raw_header(b'{"cfg": 1, "cfg": 2}'))
+    with pytest.raises(FormatError, match=r"^data: header holds -Infinity"):
+        Program.from_bytes(_raw_header(b'{"cfg": -Infinity}'))
+    with pytest.raises(FormatError, match=r"^data: header is not JSON"):
+        Program.from_bytes(_raw_header(b'{"cfg": '))
+    with pytest.raises(FormatError, match=r"^data: header is not UTF-8"):
+        Program.from_bytes(_raw_header(b'{"\xff": 1}'))
+    with pytest.raises(FormatError, match=r"^data: header is not JSON \(Exceeds the limit"):
+        Program.from_bytes(_raw_header(b'{"cfg": ' + b"9" * 5000 + b"}"))
+    with pytest.raises(FormatError, match=r"^data: header holds 1e999; every number"):
+        Program.from_bytes(_raw_header(b'{"cfg": 1e999}'))
+    data = bytearray(_mixed().to_bytes())
+    struct.pack_into("<I", data, 6, 2 ** 32 - 1)            # a header longer than the file
+    with pytest.raises(FormatError, match=r"^data: truncated: header of 4294967295 bytes"):
+        Program.from_bytes(_reseal(data[:-4]))
+
+
+def test_loaded_programs_re_serialise_identically():
+    data = _mixed().to_bytes()
+    assert Program.from_bytes(data).to_bytes() == data
 
 
 def test_missing_file(tmp_path):

@@ -32,6 +32,7 @@ by node with ``torch.fx.Interpreter``.
 """
 
 import logging
+import math
 import numbers
 import operator
 from dataclasses import dataclass, field
@@ -290,7 +291,7 @@ def lower_graph(model, example_input):
         traced in eval mode and lowered with eval-mode semantics (BatchNorm running
         statistics, Dropout off); its own mode is restored and nothing else is changed.
     example_input : array or tensor, shape (N, C, H, W) or (N, F)
-        A batch of inputs; only its shape is used.
+        A batch of inputs: its shape is used, and its values must be finite numbers.
 
     Returns
     -------
@@ -299,10 +300,11 @@ def lower_graph(model, example_input):
     Raises
     ------
     UnsupportedError
-        For an operation the core cannot run (named with its fx node and what to do).
+        For an operation the core cannot run (named with its fx node and what to do), or a
+        layer whose weights (BatchNorm folded in) are not all finite.
     ShapeError
-        If the example input is not a batch of images or feature vectors, or a layer does not
-        fit the shape of its input.
+        If the example input is not a batch of images or feature vectors of finite numbers,
+        or a layer does not fit the shape of its input.
     """
     torch = _torch()
     from torch import fx
@@ -311,6 +313,7 @@ def lower_graph(model, example_input):
     if len(shape) not in (2, 4) or 0 in shape:
         raise ShapeError(f"Example input must be a non-empty batch (N, C, H, W) or (N, F), "
                          f"not shape {shape}")
+    _check_example(example_input)
     modes = {module: module.training for module in model.modules()}
     model.eval()                   # `self.training` is traced as a constant: trace inference
     try:
@@ -327,6 +330,29 @@ def lower_graph(model, example_input):
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug("lowered %s:\n%s", type(model).__name__, graph.summary())
     return graph
+
+
+def _check_example(example_input):
+    """ShapeError unless the example batch is finite numbers (a NaN in it would calibrate
+    every scale to nothing)."""
+    torch = _torch()
+    if isinstance(example_input, torch.Tensor):
+        if example_input.dtype.is_complex or example_input.dtype == torch.bool:
+            raise ShapeError(f"Example input must be real numbers, not {example_input.dtype}")
+        values = example_input.detach().cpu()
+        bad = ~torch.isfinite(values) if values.is_floating_point() else None
+        bad = None if bad is None else bad.numpy()
+        values = values.numpy() if bad is not None and bad.any() else None
+    else:
+        values = np.asarray(example_input)
+        if values.dtype.kind not in "iuf":
+            raise ShapeError(f"Example input must be real numbers, not dtype {values.dtype}")
+        bad = ~np.isfinite(values) if values.dtype.kind == "f" else None
+    if bad is not None and bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ShapeError(f"Example input holds {int(bad.sum())} NaN or infinite values, the "
+                         f"first {values[index]} at {list(index)}; calibration needs finite "
+                         f"inputs")
 
 
 @dataclass
@@ -787,20 +813,47 @@ class _Lowering:
         mean, var = _numpy(module.running_mean), _numpy(module.running_var)
         gamma = np.ones(channels) if module.weight is None else _numpy(module.weight)
         beta = np.zeros(channels) if module.bias is None else _numpy(module.bias)
+        for what, values in (("running_mean", mean), ("running_var", var),
+                             ("weight", gamma), ("bias", beta)):
+            self._check_finite(node, values, what)
+        if (var + module.eps <= 0).any():
+            channel = int(np.argmax(var + module.eps <= 0))
+            raise UnsupportedError(f"{self._describe(node)} at node {node.name!r} has "
+                                   f"running_var {var[channel]} at channel {channel}: "
+                                   f"running_var + eps must be positive to fold it")
         scale = gamma / np.sqrt(var + module.eps)
         op.weight = op.weight * scale.reshape((-1,) + (1,) * (op.weight.ndim - 1))
         op.bias = scale * (op.bias - mean) + beta
+        self._check_finite(node, op.weight, f"weights once folded into {op.name!r}")
+        self._check_finite(node, op.bias, f"bias once folded into {op.name!r}")
         self._rename(node, op, ref)
 
-    def _layer_parameters(self, module):
+    def _check_finite(self, node, values, what):
+        """UnsupportedError naming the layer unless ``values`` (its weights, ...) are all
+        finite: a NaN would quantise to a weight of 1, an infinity has no scale."""
+        values = np.asarray(values)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            index = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise UnsupportedError(f"{self._describe(node)} at node {node.name!r} has "
+                                   f"{int(bad.sum())} non-finite {what} (the first "
+                                   f"{values[index]} at {list(index)}); the core computes "
+                                   f"with finite weights only")
+
+    def _layer_parameters(self, module, node):
         """The ``weight``, ``bias``, ``mask``, ``pattern`` and ``row_order`` fields of the op
-        of a Conv2d or Linear, honouring torch.nn.utils.prune's reparametrisation."""
+        of a Conv2d or Linear, honouring torch.nn.utils.prune's reparametrisation; weights
+        and bias must be finite."""
         if hasattr(module, "weight_orig") and hasattr(module, "weight_mask"):
             mask = _numpy(module.weight_mask) != 0
-            weight = _numpy(module.weight_orig) * mask
+            weight = _numpy(module.weight_orig)
+            self._check_finite(node, weight[mask], "kept weights")
+            weight = np.where(mask, weight, 0.0)
         else:
             mask, weight = None, _numpy(module.weight)
+            self._check_finite(node, weight, "weights")
         bias = np.zeros(weight.shape[0]) if module.bias is None else _numpy(module.bias)
+        self._check_finite(node, bias, "bias values")
         from ..prune import pattern_info
         order = getattr(module, "gsaccel_row_order", None)
         return dict(weight=weight, bias=bias, mask=mask, pattern=pattern_info(module),
@@ -830,7 +883,7 @@ class _Lowering:
         out = self._output_size(node, (height, width), kernel, stride, padding, dilation)
         self._new_op(node, CONV, [ref], (module.out_channels,) + out, kernel=kernel,
                      stride=stride, padding=tuple(padding), dilation=dilation,
-                     groups=module.groups, **self._layer_parameters(module))
+                     groups=module.groups, **self._layer_parameters(module, node))
 
     def _output_size(self, node, size, kernel, stride, padding, dilation):
         try:
@@ -852,7 +905,7 @@ class _Lowering:
                              f"features, but its input has shape {ref.shape}")
         self._new_op(node, LINEAR, [ref], (module.out_features,),
                      input_view=ref.tensor.shape if ref.flat else None,
-                     **self._layer_parameters(module))
+                     **self._layer_parameters(module, node))
 
     def _max_pool(self, node):
         if node.op == "call_module":
@@ -998,8 +1051,9 @@ class _Lowering:
                 node, f"it adds {getattr(constant, 'name', constant)!r}, which is not an "
                       f"activation; only the sum of two activation tensors is supported "
                       f"(fold constants into a layer's bias)")
-        if not isinstance(alpha, numbers.Real) or isinstance(alpha, bool):
-            raise self._unsupported(node, f"alpha must be a number, not {alpha!r}")
+        if not isinstance(alpha, numbers.Real) or isinstance(alpha, bool) or \
+                not math.isfinite(alpha):
+            raise self._unsupported(node, f"alpha must be a finite number, not {alpha!r}")
         first, second = (self.refs[v] for v in operands)
         if first.tensor.shape != second.tensor.shape or first.flat != second.flat:
             raise self._unsupported(

@@ -1,13 +1,16 @@
-"""What the commands share: their common options, loading the files they read (with one-line
-typed errors that name the file), and the console they print tables to."""
+"""What the commands share: their common options, loading the files they read and writing
+the files they make (with one-line typed errors that name the file), and the console they
+print tables to."""
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import FormatError
+from ..errors import FormatError, GsaccelError, ShapeError
 
-__all__ = ["add_lanes", "add_encoding", "add_target", "load_model", "load_array", "console"]
+__all__ = ["add_lanes", "add_encoding", "add_target", "load_model", "load_array",
+           "check_array", "output_path", "writing", "finite_json", "console"]
 
 
 # Options ----------------------------------------------------------------------------------------
@@ -49,6 +52,8 @@ def load_model(path):
     """
     import torch
     path = Path(path)
+    if path.is_dir():
+        raise FormatError(f"{path}: is a directory, not a model file")
     if not path.is_file():
         raise FormatError(f"{path}: no such model file")
     try:
@@ -63,15 +68,87 @@ def load_model(path):
 
 
 def load_array(path, what):
-    """A ``.npy`` array (no pickles); ``what`` names it in the errors. A missing file, or one
-    that is not a ``.npy`` array, is a :class:`~gsaccel.sw.errors.FormatError`."""
+    """A numeric ``.npy`` array (no pickles); ``what`` names it in the errors.
+
+    Raises
+    ------
+    FormatError
+        A missing file, a directory, a file that is not a ``.npy`` array (a ``.npz`` archive,
+        say), or an array of something other than numbers (strings, say).
+    ShapeError
+        An empty array, NaN or infinity in it, or an unsigned value beyond int64
+        (:func:`check_array`).
+    """
     path = Path(path)
+    if path.is_dir():
+        raise FormatError(f"{path}: is a directory, not a {what} file")
     if not path.is_file():
         raise FormatError(f"{path}: no such {what} file")
     try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as error:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
         raise FormatError(f"{path}: not a .npy array ({error})") from None
+    if not isinstance(array, np.ndarray):              # np.load opens .npz archives lazily
+        getattr(array, "close", lambda: None)()
+        raise FormatError(f"{path}: a .npz archive, not a .npy array; save the {what} with "
+                          f"np.save")
+    return check_array(array, what, path)
+
+
+def check_array(array, what, source=None):
+    """``array`` if it is a non-empty array of finite numbers (bool, int, or float; unsigned
+    values within int64): what every command reads as weights, inputs or labels. Else a
+    :class:`FormatError` (not numbers) or :class:`ShapeError` naming ``source`` and ``what``."""
+    name = f"{source}: {what}" if source is not None else what.capitalize()
+    kind = array.dtype.kind
+    if kind not in "biuf":
+        raise FormatError(f"{name} must be an array of numbers, not dtype {array.dtype}")
+    if array.size == 0:
+        raise ShapeError(f"{name} is empty (shape {array.shape})")
+    if kind == "f":
+        bad = ~np.isfinite(array)
+        if bad.any():
+            index = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ShapeError(f"{name} holds {int(bad.sum())} NaN or infinite values, the "
+                             f"first {array[index]} at {index}")
+    if kind == "u" and array.max() > np.iinfo(np.int64).max:
+        index = tuple(int(i) for i in np.argwhere(array > np.iinfo(np.int64).max)[0])
+        raise ShapeError(f"{name} holds {array[index]} at {index}, beyond the int64 range")
+    return array
+
+
+def output_path(path, what):
+    """``path`` as a :class:`~pathlib.Path` a command may write ``what`` to: not a directory,
+    in a folder that exists; else a one-line :class:`GsaccelError`."""
+    path = Path(path)
+    if path.is_dir():
+        raise GsaccelError(f"{path}: is a directory; give a file name for the {what}")
+    if not path.parent.is_dir():
+        raise GsaccelError(f"{path}: no such folder {str(path.parent)!r} for the {what}")
+    return path
+
+
+@contextmanager
+def writing(path, what):
+    """Turn an OS error while writing ``what`` to ``path`` into a one-line
+    :class:`GsaccelError`."""
+    try:
+        yield
+    except OSError as error:
+        raise GsaccelError(f"{path}: cannot write the {what}: "
+                           f"{error.strerror or error}") from None
+
+
+def finite_json(value):
+    """``value`` with every NaN or infinite float as None (JSON null), so that ``json.dump``
+    writes standard JSON (no ``Infinity``)."""
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
 
 
 # Output -----------------------------------------------------------------------------------------

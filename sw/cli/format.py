@@ -9,9 +9,10 @@ import numpy as np
 
 from ...hw.config import POW2_EXP_MAX
 from .. import golden
-from ..errors import GsaccelError, ShapeError
+from ..errors import FormatError, GsaccelError, ShapeError
 from ..format import PATTERNS, GSMatrix
-from .common import add_encoding, add_lanes, console, load_array, load_model
+from .common import (add_encoding, add_lanes, console, finite_json, load_array, load_model,
+                     output_path, writing)
 
 __all__ = ["register"]
 
@@ -63,25 +64,32 @@ def run_pack(args):
         return _pack_model(args)
     if not args.weights:
         raise ShapeError("Nothing to pack: give --weights W.npy or a MODEL.pt")
+    output = output_path(args.output, "packed matrix")
     weights = load_array(args.weights, "weights")
     row_order = load_array(args.row_order, "row order") if args.row_order else None
     matrix = GSMatrix.from_dense(weights, args.pattern or "unstructured", args.lanes,
                                  args.per_row, args.encoding, row_order=row_order)
-    matrix.save(args.output)
+    with writing(output, "packed matrix"):
+        matrix.save(output)
     _print_summary(args.output, matrix.stats())
 
 
 def _pack_model(args):
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise GsaccelError(f"{out}: is a file; a model packs into a folder of .gsf files")
     for name, matrix, basis in pack_model(args.model, lanes=args.lanes, encoding=args.encoding,
                                           pattern=args.pattern, per_row=args.per_row):
-        out = Path(args.output)
-        out.mkdir(parents=True, exist_ok=True)
+        with writing(out, "packed layers"):
+            out.mkdir(parents=True, exist_ok=True)
         path = out / f"{name or 'model'}.gsf"
-        matrix.save(path)
+        with writing(path, "packed layer"):
+            matrix.save(path)
         _print_summary(path, matrix.stats())
         if basis is not None:
             basis_path = out / f"{name or 'model'}.basis.npy"
-            np.save(basis_path, basis)
+            with writing(basis_path, "SmartDeal basis"):
+                np.save(basis_path, basis)
             print(f"{basis_path}: SmartDeal basis B (3x3 float); the .gsf holds C' times "
                   f"2**10")
 
@@ -150,19 +158,33 @@ def _print_summary(path, stats):
 
 
 def run_unpack(args):
+    output = output_path(args.output, "dense matrix")
     matrix = GSMatrix.load(args.file)
-    np.save(args.output, matrix.to_dense())
+    with writing(output, "dense matrix"):
+        np.save(output, matrix.to_dense())
     print(f"{args.output}: {matrix.shape[0]}x{matrix.shape[1]} int64")
+
+
+def _read(path):
+    """The bytes of the file ``inspect`` was given, or a one-line FormatError."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise FormatError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise FormatError(f"{path}: is a directory, not a .gsf or .gsp file") from None
+    except OSError as error:
+        raise FormatError(f"{path}: cannot read: {error.strerror or error}") from None
 
 
 def run_inspect(args):
     from ..compile.program import GSP_MAGIC
-    path = Path(args.file)
-    if path.is_file() and path.read_bytes()[:len(GSP_MAGIC)] == GSP_MAGIC:
-        return _inspect_program(args)
-    stats = golden.layer_stats(GSMatrix.load(args.file))
+    data = _read(args.file)
+    if data[:len(GSP_MAGIC)] == GSP_MAGIC:
+        return _inspect_program(args, data)
+    stats = golden.layer_stats(GSMatrix.from_bytes(data, source=str(args.file)))
     if args.json:
-        json.dump(stats, sys.stdout, indent=2)
+        json.dump(finite_json(stats), sys.stdout, indent=2, allow_nan=False)
         print()
         return
     from rich.table import Table
@@ -188,14 +210,15 @@ def run_inspect(args):
     console().print(table)
 
 
-def _inspect_program(args):
+def _inspect_program(args, data):
     from ..compile.program import Program
     from .runtime import program_summary, program_table
-    program = Program.load(args.file)
+    program = Program.from_bytes(data, source=str(args.file))
     if args.json:
         from ..compile.program import jsonable
-        json.dump(jsonable({"cfg": dataclasses.asdict(program.cfg), **program.stats()}),
-                  sys.stdout, indent=2)
+        json.dump(finite_json(jsonable({"cfg": dataclasses.asdict(program.cfg),
+                                        **program.stats()})),
+                  sys.stdout, indent=2, allow_nan=False)
         print()
         return
     out = console()

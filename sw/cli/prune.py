@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import add_lanes, load_model
+from ..errors import GsaccelError
+from .common import add_lanes, load_model, writing
 
 __all__ = ["register", "run_prune"]
 
@@ -56,6 +57,9 @@ def run_prune(args):
 
     from ..prune import pattern_info, prunable_layers, prune, smartdeal_cprime
     model = load_model(args.model)
+    output = Path(args.output)
+    if output.is_dir():
+        raise GsaccelError(f"{output}: is a directory; give a file name for the pruned model")
     options = {"c_pattern": args.c_pattern} if args.pattern == "smartdeal" else {}
     prune(model, args.pattern, args.sparsity, args.lanes, args.per_row,
           exclude=args.exclude, **options)
@@ -80,7 +84,11 @@ def run_prune(args):
               f"{nonzero}/{matrix.size} kept, sparsity {1 - nonzero / matrix.size:.2%}")
     if total:
         print(f"total: {kept}/{total} kept, sparsity {1 - kept / total:.2%}")
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model, output)
+    with writing(output, "pruned model"):
+        output.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.save(model, output)
+        except RuntimeError as error:          # torch reports a file it cannot open so
+            raise GsaccelError(f"{output}: cannot write the pruned model: "
+                               f"{str(error).splitlines()[0]}") from None
     print(f"saved {output}")

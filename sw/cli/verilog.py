@@ -1,11 +1,11 @@
 """``gsaccel verilog``: the core, or one of its blocks, as Verilog."""
 
 import logging
-from pathlib import Path
 
 from ...hw import export
 from ...hw.export import BLOCKS
 from ..errors import GsaccelError
+from .common import output_path, writing
 
 __all__ = ["register", "core_verilog"]
 
@@ -49,12 +49,10 @@ def run_verilog(args):
         cfg = CoreConfig(lanes=args.lanes, encoding=args.encoding, bank_depth=args.depth)
     except (TypeError, ValueError) as error:
         raise GsaccelError(f"Invalid core configuration: {error}") from None
+    output = output_path(args.output, "Verilog")        # before the minutes of conversion
     text = core_verilog(cfg, args.block)
-    output = Path(args.output)
-    try:
+    with writing(output, "Verilog"):
         output.write_text(text)
-    except OSError as error:
-        raise GsaccelError(f"Cannot write {output}: {error.strerror}") from None
     print(f"wrote {output}: gsaccel_{args.block}, {cfg.lanes} lanes, {cfg.encoding}, "
           f"bank depth {cfg.bank_depth}, {len(text.splitlines())} lines")
     return 0

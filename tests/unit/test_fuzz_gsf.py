@@ -56,7 +56,7 @@ def corpus(seed=SEED):
         for pattern, per_row in PATTERN_CASES(lanes):
             for encoding in ("pow2", "int8"):
                 for rows, cols, density in ((1, 1, 1.0), (lanes + 1, 2 * lanes + 3, 0.5),
-                                            (3, max(1, lanes - 1), 0.6)):
+                                            (3, max(1, lanes - 1), 0.6), (lanes, 3, 0.0)):
                     dense, order = random_pattern_matrix(rng, pattern, rows, cols, lanes,
                                                          per_row, encoding, density=density)
                     files.append(GSMatrix.from_dense(dense, pattern, lanes, per_row, encoding,

@@ -84,15 +84,41 @@ def load_array(path, what):
         raise FormatError(f"{path}: is a directory, not a {what} file")
     if not path.is_file():
         raise FormatError(f"{path}: no such {what} file")
+    _check_npy_header(path, what)
     try:
         array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as error:
-        raise FormatError(f"{path}: not a .npy array ({error})") from None
-    if not isinstance(array, np.ndarray):              # np.load opens .npz archives lazily
-        getattr(array, "close", lambda: None)()
-        raise FormatError(f"{path}: a .npz archive, not a .npy array; save the {what} with "
-                          f"np.save")
+    except Exception as error:          # np.load raises many types for a damaged file
+        raise FormatError(f"{path}: not a .npy array ({type(error).__name__}: "
+                          f"{error})") from None
     return check_array(array, what, path)
+
+
+def _check_npy_header(path, what):
+    """FormatError unless ``path`` starts with a ``.npy`` header whose shape and dtype are the
+    bytes that follow it: checked before ``np.load`` allocates what the header asks for."""
+    from numpy.lib import format as npy
+    try:
+        with open(path, "rb") as file:
+            if file.read(4) == b"PK\x03\x04":
+                raise FormatError(f"{path}: a .npz archive, not a .npy array; save the {what} "
+                                  f"with np.save")
+            file.seek(0)
+            version = npy.read_magic(file)
+            read = npy.read_array_header_1_0 if version == (1, 0) else \
+                npy.read_array_header_2_0
+            shape, _, dtype = read(file)
+            data = path.stat().st_size - file.tell()
+    except FormatError:
+        raise
+    except Exception as error:          # a damaged header: many types again
+        raise FormatError(f"{path}: not a .npy array ({type(error).__name__}: "
+                          f"{error})") from None
+    if dtype.hasobject:
+        raise FormatError(f"{path}: an array of Python objects (a pickle), not of numbers")
+    size = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if size != data:
+        raise FormatError(f"{path}: truncated or padded: its .npy header promises "
+                          f"{size} bytes of data ({dtype} {shape}), the file holds {data}")
 
 
 def check_array(array, what, source=None):

@@ -844,9 +844,11 @@ def _scatter_order(kept, segments, row_order):
     if row_order is None:
         # Group rows of equal kept count together, the order the GS-scatter pruner uses.
         return np.argsort(-kept.sum(axis=1), kind="stable")
-    order = np.asarray(row_order, dtype=np.int64)
-    if order.shape != (rows,) or not np.array_equal(np.sort(order), np.arange(rows)):
+    order = np.asarray(row_order)
+    if order.dtype.kind not in "iuf" or order.shape != (rows,) or \
+            not np.array_equal(np.sort(order), np.arange(rows)):
         raise PatternError(f"Row order must be a permutation of the {rows} rows")
+    order = order.astype(np.int64)
     return order
 
 

@@ -34,6 +34,13 @@ def files(tmp_path):
     np.save(tmp_path / "cube.npy", np.ones((2, 2, 2)))
     np.savez(tmp_path / "archive.npz", w=np.ones((2, 2)))
     (tmp_path / "junk.npy").write_bytes(b"not an array at all, nor a GS file, " * 4)
+    header = "{'descr': '<f8', 'fortran_order': False, 'shape': (100000000000,), }"
+    header = header.ljust(117) + "\n"            # a header asking for 745 GiB, 64 bytes after
+    (tmp_path / "huge.npy").write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little")
+                                        + header.encode() + bytes(64))
+    (tmp_path / "badheader.npy").write_bytes(b"\x93NUMPY\x01\x00\x10\x00{'descr': '<f8',\n")
+    np.save(tmp_path / "complex.npy", np.ones((2, 2), dtype=complex))
+    np.save(tmp_path / "order.npy", np.array([1e300, 0.0]))
     (tmp_path / "folder").mkdir()
     (tmp_path / "afile").write_text("x")
     GSMatrix.from_dense(np.array([[1, 0], [0, -2]]), "unstructured", 2).save(tmp_path / "w.gsf")
@@ -53,11 +60,23 @@ def files(tmp_path):
     ("cube.npy", r"Weights must be a non-empty 2-D matrix, not shape \(2, 2, 2\)$"),
     ("archive.npz", r"archive\.npz: a \.npz archive, not a \.npy array"),
     ("junk.npy", r"junk\.npy: not a \.npy array"),
+    ("huge.npy", r"huge\.npy: truncated or padded: its \.npy header promises 800000000000 "
+                 r"bytes of data \(float64 \(100000000000,\)\), the file holds 64$"),
+    ("badheader.npy", r"badheader\.npy: not a \.npy array \("),
+    ("complex.npy", r"complex\.npy: weights must be an array of numbers, not dtype "
+                    r"complex128$"),
 ])
 def test_pack_bad_weights(files, capsys, weights, message):
     line = _error(capsys, ["pack", "--weights", str(files / weights), "--lanes", "2",
                            "-o", str(files / "out.gsf")])
     assert re.search(message, line), line
+
+
+def test_pack_bad_row_order(files, capsys):
+    line = _error(capsys, ["pack", "--weights", str(files / "w.npy"), "--lanes", "2",
+                           "--pattern", "gs-scatter", "--row-order", str(files / "order.npy"),
+                           "-o", str(files / "o.gsf")])
+    assert re.search(r"Row order must be a permutation of the 2 rows$", line), line
 
 
 @pytest.mark.parametrize("command, output, message", [

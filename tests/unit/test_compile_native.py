@@ -18,7 +18,6 @@ must agree bit for bit; the integers do not depend on the lane count.
 
 import math
 import os
-import time
 import tracemalloc
 
 import numpy as np
@@ -451,18 +450,18 @@ class ConvStack(nn.Module):
         return self.fc(torch.flatten(self.pool(self.body(x)), 1))
 
 
-def test_a_64_channel_stack_compiles_in_seconds_and_megabytes():
+def test_a_64_channel_stack_compiles_in_kernel_sized_memory():
+    # Its compile time is measured by `gsaccel bench conv` (docs/benchmarks-conv.md), not
+    # here: a timed test fails on a loaded machine. Memory (Python's allocations) is
+    # deterministic, and no dense unrolled matrix may appear.
     model = _build(ConvStack)
     x = torch.randn((16, 1, 25, 5), generator=torch.Generator().manual_seed(SEED))
     tracemalloc.start()
-    start = time.perf_counter()
     try:
         program = compile_native(model, x, _cfg(16, bank_depth=4096))
-        elapsed = time.perf_counter() - start
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert elapsed < 10, elapsed
     assert peak < 1 << 30, peak
     kernel = sum(m.weight.numel() for m in model.modules()
                  if isinstance(m, (nn.Conv2d, nn.Linear)))

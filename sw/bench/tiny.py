@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import GsaccelError
 
-__all__ = ["run", "measure", "table", "Row", "ANCHORS", "TARGETS", "prunable_layers",
+__all__ = ["run", "measure", "write", "table", "Row", "ANCHORS", "TARGETS", "prunable_layers",
            "pruned_model"]
 
 #: Published latencies (ms) to beat, per model (mlcommons tiny_results v0.5–v1.3).
@@ -316,6 +316,12 @@ def run(*, out_dir, quick=False, rtl=True):
     with console.status("bench tiny: compiling…") as status:
         rows = measure(quick=quick, rtl=rtl,
                        progress=lambda text: status.update(f"bench tiny: {text}"))
+    return write(rows, out_dir)
+
+
+def write(rows, out_dir):
+    """Write docs/benchmarks-tiny.md (and its plot) for ``rows`` into ``out_dir``; return
+    the markdown."""
     plot = _plot(rows, out_dir)
     slowest = max(rows, key=lambda r: r.compile_s)
     fitting = [r for r in rows if r.status != "no" and r.utilisation]

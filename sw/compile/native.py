@@ -42,6 +42,7 @@ from ...hw.config import POW2_EXP_MAX, CoreConfig
 from ..errors import CapacityError, ShapeError, UnsupportedError
 from ..format import GSMatrix, pow2_encode, pow2_round
 from ..format.geometry import LoopNest, TensorGeometry
+from ..golden.cycles import row_words
 from ..golden.numerics import quantize, requantize, wrap
 from .graph import ADD, AVGPOOL, CONV, LINEAR, MAXPOOL, _as_float64, _torch, lower_graph
 from .image import MAX_OUTPUT_SIDE
@@ -416,7 +417,7 @@ class _Compilation:
                        sum(2 if step.kind == "smartdeal" else 1 for step in self.steps)
                        + sum(1 for t in self.tensors.values() if t.needs_clear))
         groups = [layer.matrix.n_groups for layer in gs]
-        rows = [int(layer.matrix.rg_rows.size) for layer in gs]
+        rows = [row_words(layer.matrix, cfg) for layer in gs]
         limits = [
             Limit("activation words per bank", "bank_depth", self.plan.top, cfg.bank_depth,
                   detail=self.plan.shortfall(f"the scratchpad's {cfg.bank_depth} words per "

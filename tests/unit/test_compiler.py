@@ -276,7 +276,9 @@ def test_max_pool_and_residual_add_compile():
 
 def test_capacity_errors_name_every_limit_at_once():
     model = _mlp((40, 600, 300, 3), SEED)
-    small = CoreConfig(lanes=8, bank_depth=16, weight_depth=64, row_depth=256, layer_depth=2)
+    # The serial writer: one row record per output (a vector writer's row lines hold V).
+    small = CoreConfig(lanes=8, bank_depth=16, weight_depth=64, row_depth=256, layer_depth=2,
+                       vector_writer=False)
     with pytest.raises(CapacityError, match=(
             r"^Program does not fit the core: activation words per bank: 113 of 16 "
             r"\(CoreConfig.bank_depth\) OVER — at step 1 the live tensors need 113 words per "

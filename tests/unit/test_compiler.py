@@ -284,7 +284,7 @@ def test_capacity_errors_name_every_limit_at_once():
             r"\(CoreConfig.bank_depth\) OVER — at step 1 the live tensors need 113 words per "
             r"bank — _1 \(75\), _3 \(38\) — against the scratchpad's 16 words per bank; "
             r"group words: \d+ of 64 \(CoreConfig.weight_depth\) \(largest layer \d+\) OVER; "
-            r"row records: \d+ of 256 \(CoreConfig.row_depth\) \(largest layer \d+\) OVER; "
+            r"row words: \d+ of 256 \(CoreConfig.row_depth\) \(largest layer \d+\) OVER; "
             r"layers: 3 of 2 \(CoreConfig.layer_depth\) \(largest layer 1\) phased\. To fit "
             r"it, use a core with bank_depth=128, weight_depth=\d+, row_depth=1024, "
             r"layer_depth=4 \(a CoreConfig, or a board with more memory\) or prune harder or "

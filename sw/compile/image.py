@@ -201,7 +201,7 @@ def phase_ranges(cfg: CoreConfig, layers):
         size = layer_sizes(cfg, layer)
         for need, have, what, field_ in ((size[0], cfg.weight_depth, "group words",
                                           "weight_depth"),
-                                         (size[1], cfg.row_depth, "row records", "row_depth")):
+                                         (size[1], cfg.row_depth, "row words", "row_depth")):
             if need > have:
                 raise CapacityError(f"Layer {layer.name!r} needs {need} {what}, the core holds "
                                     f"{have} (CoreConfig.{field_}): no phase can hold it; "
@@ -237,7 +237,7 @@ def build_image(cfg: CoreConfig, layers):
                 (len(image.layers), cfg.layer_depth, "layers", "CoreConfig.layer_depth"),
                 (len(image.weights), cfg.weight_depth, "group words",
                  "CoreConfig.weight_depth"),
-                (len(image.rows), cfg.row_depth, "row records", "CoreConfig.row_depth"))
+                (len(image.rows), cfg.row_depth, "row words", "CoreConfig.row_depth"))
             if need > have]
     if over:
         raise CapacityError(f"Program does not fit the core: {'; '.join(over)}; use a core "

@@ -288,7 +288,7 @@ class Program:
 
     def layer_stats(self):
         """Per layer, what it costs on the core: the loop nest (output pixels, taps), groups
-        and row records per pixel, and from the golden cycle model the counters one run of
+        and row words per pixel, and from the golden cycle model the counters one run of
         it adds (``cycles``, ``stall_cycles``, ``groups`` issued, ``busy_lane_cycles``)."""
         cfg, rows = self.cfg, []
         for layer in self.layers:

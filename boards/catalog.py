@@ -107,10 +107,11 @@ ICEBREAKER = Board(
     # memory in 3 of the 4 SPRAMs; Fmax 34.5 MHz (`gsaccel build --board icebreaker`, seed 1).
     # No deep pipeline (its registers cost a logic cell each and 30 MHz does not need them).
     # No basis unit: it needs nine multipliers (the UP5K has eight DSPs) and about 1100
-    # LUTs; a one-vector result queue saves flip-flops. docs/boards.md.
+    # LUTs; a one-vector result queue saves flip-flops. The serial writer: the row memory
+    # lives in SPRAM, which cannot be V times wider for row lines. docs/boards.md.
     config=CoreConfig(lanes=4, bank_depth=128, weight_depth=512, row_depth=1024,
                       layer_depth=8, result_queue=8, max_payload=256, basis=False,
-                      deep_pipeline=False),
+                      deep_pipeline=False, vector_writer=False),
     uart=("uart", 0),
     # The break-off PMOD's LEDs are attached at PMOD2 when the board ships.
     leds={"idle": ("led_g", 0, None), "error": ("led_r", 0, None),

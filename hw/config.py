@@ -56,6 +56,12 @@ class CoreConfig:
         which saves the flip-flops (each a logic cell on an iCE40) that a small FPGA at a
         lower clock does not need. ``golden.engine_latency`` and ``golden.basis_latency``
         follow.
+    vector_writer : bool
+        The result writer takes a whole *row line* per cycle: up to V outputs of one sum
+        vector, one per bank, requantised by V requantisers in parallel (the ROWS memory's
+        word is then a line of V records, V times as wide). False: the serial writer, one
+        output slot per cycle and one record per ROWS word, for small FPGAs whose row
+        memory cannot be V times wider (the iCEBreaker's lives in SPRAM).
     """
 
     lanes: int = 8
@@ -70,6 +76,7 @@ class CoreConfig:
     act_width: int = 8
     basis: bool = True
     deep_pipeline: bool = True
+    vector_writer: bool = True
 
     def __post_init__(self):
         for name in ("lanes", "bank_depth", "acc_width", "weight_depth", "row_depth",
@@ -91,6 +98,8 @@ class CoreConfig:
             object.__setattr__(self, "basis", False)
         if not isinstance(self.deep_pipeline, bool):
             raise TypeError(f"Deep pipeline must be a bool, not {self.deep_pipeline!r}")
+        if not isinstance(self.vector_writer, bool):
+            raise TypeError(f"Vector writer must be a bool, not {self.vector_writer!r}")
         if self.act_width != 8:
             raise ValueError(f"Activation width must be 8, not {self.act_width!r}")
         if self.acc_width < (lo := self.act_width + POW2_EXP_MAX + 1):

@@ -15,12 +15,13 @@ from amaranth.lib import data, enum
 from .config import ENCODINGS, CoreConfig
 
 __all__ = [
-    "pow2_code_layout", "lane_layout", "group_layout", "row_layout", "layer_layout",
+    "pow2_code_layout", "lane_layout", "group_layout", "row_layout", "row_record_layout",
+    "line_record_layout", "row_line_layout", "layer_layout",
     "LayerKind", "LayerOp", "layer_control_layout", "group_stream_layout",
     "row_stream_layout", "Memory", "FrameType", "ErrorCode", "FRAME_SYNC", "FRAME_HEADER_BYTES",
     "FRAME_CRC_BYTES", "HELLO_MAGIC", "PROTOCOL_VERSION", "word_bytes", "memory_layout",
     "memory_depth", "HELLO_FORMAT", "hello_payload", "HELLO_FEATURE_BASIS", "HELLO_FEATURE_DEEP_PIPELINE",
-    "HELLO_FEATURE_LOOP_NEST",
+    "HELLO_FEATURE_LOOP_NEST", "HELLO_FEATURE_VECTOR_WRITER",
     "COUNTER_NAMES",
 ]
 
@@ -63,8 +64,9 @@ def group_layout(cfg: CoreConfig):
     })
 
 
-def row_layout(cfg: CoreConfig):
-    """A row-memory word: where one finished output goes, and its bias.
+def row_record_layout(cfg: CoreConfig):
+    """A row-memory word of the serial writer (``cfg.vector_writer`` false): where one
+    finished output goes, and its bias.
 
     Each row group consumes V/e row records in segment order, for every output pixel;
     ``out_elem`` is the output's element within the pixel: bank ``out_elem % V`` at bank
@@ -78,6 +80,43 @@ def row_layout(cfg: CoreConfig):
     })
 
 
+def line_record_layout(cfg: CoreConfig):
+    """Record ``k`` of a row line (:func:`row_line_layout`): what bank ``k`` is written with.
+
+    If ``valid``, bank ``k`` at bank address ``out_base + offset`` (wrapping) gets
+    ``requantize(sums[slot] + bias)``, ``sums`` being the head sum vector and ``slot`` taken
+    modulo V/e (the vector's slots).
+    """
+    return data.StructLayout({
+        "offset": unsigned(cfg.act_addr_width),
+        "bias":   signed(cfg.acc_width),
+        "valid":  unsigned(1),
+        "slot":   unsigned(max(1, cfg.bank_bits)),
+    })
+
+
+def row_line_layout(cfg: CoreConfig):
+    """A row-memory word of the vector writer (``cfg.vector_writer``): one *row line*.
+
+    The writer takes a line per cycle and writes its V records (record ``k`` to bank ``k``,
+    :func:`line_record_layout`) in parallel, all from the head sum vector; after a line with
+    ``last`` (or the last line of a pixel's ``row_count``) it pops the vector. The packer
+    puts a row group's V/e outputs into as few lines as keep their banks distinct: one line
+    in the natural row order, more when a permuted (GS-scatter) row group holds two outputs
+    of one bank.
+    """
+    return data.StructLayout({
+        "records": data.ArrayLayout(line_record_layout(cfg), cfg.lanes),
+        "last":    unsigned(1),
+    })
+
+
+def row_layout(cfg: CoreConfig):
+    """The row-memory word of ``cfg``'s writer: a row line (:func:`row_line_layout`) with
+    ``cfg.vector_writer``, else one row record (:func:`row_record_layout`)."""
+    return row_line_layout(cfg) if cfg.vector_writer else row_record_layout(cfg)
+
+
 def group_stream_layout(cfg: CoreConfig):
     """What the sequencer streams to the gather engine: a group word and the input base of
     the output pixel it is replayed for."""
@@ -88,11 +127,14 @@ def group_stream_layout(cfg: CoreConfig):
 
 
 def row_stream_layout(cfg: CoreConfig):
-    """What the sequencer streams to the result writer: a row record and the output base of
-    the pixel it is replayed for."""
+    """What the sequencer streams to the result writer: a row-memory word, the output base
+    of the pixel it is replayed for, and ``end``: it is the pixel's last word (the vector
+    writer pops its sum vector after it, whatever the line's ``last``, so that no
+    descriptor can hang the writer; the serial writer ignores it)."""
     return data.StructLayout({
         "row":  row_layout(cfg),
         "base": unsigned(cfg.act_addr_width),
+        "end":  unsigned(1),
     })
 
 
@@ -224,7 +266,7 @@ FRAME_SYNC = 0xA5
 FRAME_HEADER_BYTES = 5      # sync, type, seq, length
 FRAME_CRC_BYTES = 4
 HELLO_MAGIC = b"GSAC"
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 
 
 class FrameType(py_enum.IntEnum):
@@ -261,6 +303,9 @@ HELLO_FEATURE_DEEP_PIPELINE = 0x02
 #: HELLO feature bit: the core runs layers as loop nests over output pixels (HWC tensors at
 #: bank addresses, tap offsets in the group words, SUM|MAX, CLEAR layers; protocol v4).
 HELLO_FEATURE_LOOP_NEST = 0x04
+#: HELLO feature bit: the core has the vector writer (``CoreConfig.vector_writer``): its ROWS
+#: words are row lines (``row_line_layout``), one writer cycle each (protocol v5).
+HELLO_FEATURE_VECTOR_WRITER = 0x08
 
 
 def hello_payload(cfg):
@@ -271,6 +316,7 @@ def hello_payload(cfg):
                        cfg.row_depth, cfg.layer_depth, cfg.result_queue, cfg.max_payload,
                        (HELLO_FEATURE_BASIS if cfg.basis else 0) |
                        (HELLO_FEATURE_DEEP_PIPELINE if cfg.deep_pipeline else 0) |
+                       (HELLO_FEATURE_VECTOR_WRITER if cfg.vector_writer else 0) |
                        HELLO_FEATURE_LOOP_NEST)
 
 #: The four u32 counters, in the order RUN replies with them and COUNTERS reads them.

@@ -70,8 +70,9 @@ class Sequencer(CoreComponent):
     A GS layer is a loop nest over its output pixels (``layer_layout``): for every pixel, in
     raster order, the sequencer streams the layer's ``group_count`` group words (read ahead
     from the synchronous weight memory, so one group per cycle, with no bubble between
-    pixels) into ``o_group`` with the pixel's input base, and its ``row_count`` row records
-    into ``o_row`` with the pixel's output base, as the engine and the writer take them,
+    pixels) into ``o_group`` with the pixel's input base, and its ``row_count`` row-memory
+    words (records, or lines with ``cfg.vector_writer``) into ``o_row`` with the pixel's
+    output base and ``end`` on the pixel's last one, as the engine and the writer take them,
     until every group of every pixel is taken and the engine and writer are idle. A BASIS
     layer pulses ``basis_start`` and waits for ``basis_done``; a CLEAR layer zeroes
     ``group_count`` words of every bank from ``dst_base``, one a cycle, through ``clear``.
@@ -229,6 +230,7 @@ class Sequencer(CoreComponent):
             self.o_row.valid.eq(row.valid),
             self.o_row.payload.row.eq(row.word),
             self.o_row.payload.base.eq(row.word_base),
+            self.o_row.payload.end.eq(row.word_end),
             self.group_word.eq(group.word),
             self.row_word.eq(row.word),
         ]
@@ -373,6 +375,9 @@ class _Stream:
         self.word = Signal(group_layout(cfg) if name == "group" else row_layout(cfg),
                            name=f"{name}_word")
         self.word_base = Signal(addr, name=f"{name}_word_base")
+        # ... and whether it is the pixel's last word (the memory's, then the register's).
+        self.read_end = Signal(name=f"{name}_read_end")
+        self.word_end = Signal(name=f"{name}_word_end")
         # The pixel walker: the base of the pixel being read, the base of its row, and the
         # columns and rows left after it.
         self.base = Signal(addr, name=f"{name}_base")
@@ -398,9 +403,11 @@ class _Stream:
         """The register is free: it takes the memory's word (the caller loads ``word``),
         and the memory reads the next word, going back to ``first`` for the next pixel."""
         m = self._m
-        m.d.sync += [self.valid.eq(self.read), self.word_base.eq(self.read_base)]
+        m.d.sync += [self.valid.eq(self.read), self.word_base.eq(self.read_base),
+                     self.word_end.eq(self.read_end)]
         with m.If(self.left != 0):
-            m.d.sync += [self.read.eq(1), self.read_base.eq(self.base)]
+            m.d.sync += [self.read.eq(1), self.read_base.eq(self.base),
+                         self.read_end.eq(self.left == 1)]
             with m.If(self.left == 1):
                 with m.If((self.col == 0) & (self.row == 0) & (not self._endless)):
                     m.d.sync += self.left.eq(0)             # the layer's last word

@@ -1,5 +1,6 @@
-"""The result writer: queues sum vectors, adds each slot's bias, requantises it to int8 and
-writes it to the scratchpad; and its requantiser."""
+"""The result writer: queues sum vectors, adds each output's bias, requantises it to int8 and
+writes it to the scratchpad, one output per cycle (serial) or a row line of up to V outputs
+per cycle (vector); and its requantiser."""
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
@@ -124,16 +125,28 @@ WRITE_LATENCY = _SUM_STAGES + Requantizer.PIPELINED_LATENCY + _RESULT_STAGES
 
 
 class ResultWriter(CoreComponent):
-    """Requantising writer of sum vectors.
+    """Requantising writer of sum vectors: serial (one output slot per cycle) or, with
+    ``cfg.vector_writer``, vector (one row line, up to V outputs, per cycle).
 
     Sum vectors enter a :class:`~amaranth.lib.fifo.SyncFIFO` of ``result_queue // V``
-    vectors. The writer takes slot ``j`` (``j < V/e``) of the head vector with the next row
-    record in one cycle (a *slot cycle*), when both are available: in slot cycle ``s`` it
-    registers the slot's sum, the bias and the write's bank and address (bank
-    ``out_elem % V`` at ``base + out_elem // V``, wrapping), in ``s+1`` adds the sum and the
-    bias (wrapping), in ``s+2`` rounds, in ``s+3`` shifts, in ``s+4`` saturates, and in
-    ``s+5`` drives the scratchpad write (if the record is ``valid``).
-    In the last slot cycle of a vector it pops the queue and pulses ``credit``.
+    vectors. The writer takes the head vector with the next word of the row stream in one
+    cycle (a *writer cycle*), when both are available.
+
+    Serial (``i_row`` carries row records, :func:`~gsaccel.hw.layouts.row_record_layout`):
+    writer cycle ``j`` of a vector takes its slot ``j`` (``j < V/e``) with the next record;
+    in writer cycle ``s`` it registers the slot's sum, the bias and the write's bank and
+    address (bank ``out_elem % V`` at ``base + out_elem // V``, wrapping). In the vector's
+    last slot cycle it pops the queue and pulses ``credit``.
+
+    Vector (``i_row`` carries row lines, :func:`~gsaccel.hw.layouts.row_line_layout`): in
+    writer cycle ``s`` it registers, for every bank ``k``, the sum of slot
+    ``records[k].slot`` (modulo V/e) of the head vector, the record's bias and the write's
+    address (``base + records[k].offset``, wrapping). After a line with ``last`` or the
+    pixel's last line (``i_row.payload.end``) it pops the queue and pulses ``credit``.
+
+    Both then, per write, in ``s+1`` add the sum and the bias (wrapping), in ``s+2`` round,
+    in ``s+3`` shift, in ``s+4`` saturate, and in ``s+5`` drive the scratchpad write (if
+    the record is ``valid``): :attr:`latency` is the same.
 
     ``control`` must be stable during a layer.
 
@@ -146,14 +159,15 @@ class ResultWriter(CoreComponent):
     -------
     i_sums : In(stream.Signature(sums_layout(cfg)))
     i_row : In(stream.Signature(row_stream_layout(cfg)))
-        One record per slot, in order, with its pixel's output base.
+        The row stream: records (one per slot) or lines, in order, each with its pixel's
+        output base and whether it is the pixel's last word.
     control : In(layer_control_layout(cfg))
         The layer's settings; the writer uses ``seg_log2`` (log2 of e: a vector has V/e
         slots, one for values above ``log2(V)``), ``shift`` and ``relu``.
     banks : Out(BankPort(addr_width=BA, read=False)).array(V)
         The scratchpad's write ports.
     credit : Out(1)
-        Pulses in the last slot cycle of each vector.
+        Pulses in the writer cycle that pops a vector.
     idle : Out(1)
         Queue empty and no write in flight.
     """
@@ -175,8 +189,13 @@ class ResultWriter(CoreComponent):
         return self._cfg.result_vectors
 
     @property
+    def width(self):
+        """Outputs the writer can write per cycle: V (vector writer) or 1."""
+        return self._cfg.lanes if self._cfg.vector_writer else 1
+
+    @property
     def latency(self):
-        """Cycles from a slot cycle to its scratchpad write: :data:`WRITE_LATENCY`."""
+        """Cycles from a writer cycle to its scratchpad writes: :data:`WRITE_LATENCY`."""
         return WRITE_LATENCY
 
     def elaborate(self, platform):
@@ -193,8 +212,7 @@ class ResultWriter(CoreComponent):
         ]
         head = layout(queue.r_data)
 
-        # Slot cycle: pick slot j of the head vector, add the row's bias ---------------------
-        slot = Signal(range(lanes))
+        # Writer cycle: the head vector with the next word of the row stream -----------------
         # V/e - 1, with e = V for any seg_log2 beyond log2(V) (as the engine and golden model).
         # seg_log2 is a layer constant: registered, this is off the slot -> pop -> credit path.
         last_slot = Signal(range(lanes))
@@ -205,62 +223,116 @@ class ResultWriter(CoreComponent):
             self.i_row.ready.eq(queue.r_rdy),
             take.eq(queue.r_rdy & self.i_row.valid),
         ]
+        # Stage 1 registers each write's sum and bias (the queue is LUT RAM with an
+        # asynchronous read, the row word comes from a register), stage 2 adds them: one
+        # write (serial) or V, write k to bank k (vector).
+        if cfg.vector_writer:
+            stage1 = self._vector_slots(m, head, take, last_slot, queue)
+        else:
+            stage1 = self._serial_slot(m, head, take, last_slot, queue)
+        m.d.sync += stage1.go.eq(take)
+
+        # Sum + bias, requantise (two cycles), saturate, then write --------------------------
+        ports = len(stage1.sums)
+        go = [stage1.go, Signal(name="s2_go")]
+        m.d.sync += go[1].eq(go[0])
+        write, addr, data = [], [], []
+        for k in range(ports):
+            s2_value = Signal(signed(acc_width), name=f"s2_value{k}")
+            s2_write = Signal(name=f"s2_write{k}")
+            s2_addr = Signal.like(stage1.addrs[k], name=f"s2_addr{k}")
+            m.d.sync += [
+                s2_write.eq(stage1.go & stage1.writes[k]),
+                s2_value.eq((stage1.sums[k] + stage1.biases[k])[:acc_width]),
+                s2_addr.eq(stage1.addrs[k]),
+            ]
+            requantizer = Requantizer(acc_width=acc_width, pipelined=True)
+            m.submodules[f"requantizer{k}" if ports > 1 else "requantizer"] = requantizer
+            m.d.comb += [
+                requantizer.value.eq(s2_value),
+                requantizer.shift.eq(self.control.shift),
+                requantizer.relu.eq(self.control.relu),
+            ]
+            # The requantiser's stages, then the saturated result's: the write's control goes
+            # with the value, one register per stage up to the write port.
+            write_k, addr_k = [s2_write], [s2_addr]
+            for stage in range(_SUM_STAGES + 1, self.latency + 1):
+                write_k.append(Signal(name=f"s{stage}_write{k}"))
+                addr_k.append(Signal.like(s2_addr, name=f"s{stage}_addr{k}"))
+                m.d.sync += [write_k[-1].eq(write_k[-2]), addr_k[-1].eq(addr_k[-2])]
+            write.append(write_k[-1])
+            addr.append(addr_k[-1])
+            data.append(Signal(signed(8), name=f"data{k}"))
+            m.d.sync += data[-1].eq(requantizer.result)
+        for stage in range(_SUM_STAGES + 1, self.latency + 1):
+            go.append(Signal(name=f"s{stage}_go"))
+            m.d.sync += go[-1].eq(go[-2])
+
+        # Scratchpad write, from registers ---------------------------------------------------
+        if cfg.vector_writer:
+            for bank, port in enumerate(self.banks):
+                m.d.comb += [port.wr_en.eq(write[bank]), port.wr_addr.eq(addr[bank]),
+                             port.wr_data.eq(data[bank])]
+        else:
+            for bank, port in enumerate(self.banks):
+                m.d.comb += [
+                    port.wr_en.eq(write[0] & (addr[0][:bank_bits] == bank)),
+                    port.wr_addr.eq(addr[0][bank_bits:]),
+                    port.wr_data.eq(data[0]),
+                ]
+        m.d.comb += self.idle.eq(~queue.r_rdy & ~Cat(*go).any())
+        return m
+
+    def _serial_slot(self, m, head, take, last_slot, queue):
+        """Stage 1 of the serial writer: slot ``j`` of the head vector with the next row
+        record; the write's element (its bank in the low bits, its bank address above)."""
+        cfg = self._cfg
+        bank_bits = cfg.bank_bits
         row, base = self.i_row.payload.row, self.i_row.payload.base
-        # Stage 1 registers the slot's sum and the row's bias (the queue is LUT RAM with an
-        # asynchronous read, the row record comes from a register), stage 2 adds them.
-        s1_go, s1_write = Signal(), Signal()
-        s1_sum, s1_bias = Signal(signed(acc_width)), Signal.like(row.bias)
-        # The write's element: its bank in the low bits, its bank address above them.
-        s1_addr = Signal(cfg.col_width)
-        m.d.sync += s1_go.eq(take)
+        stage = _Stage1(cfg, 1, cfg.col_width)
+        slot = Signal(range(cfg.lanes))
         with m.If(take):
             m.d.sync += [
-                s1_sum.eq(head[slot]),
-                s1_bias.eq(row.bias),
-                s1_write.eq(row.valid),
-                s1_addr.eq(Cat(row.out_elem[:bank_bits],
-                               (base + row.out_elem[bank_bits:])[:cfg.act_addr_width])),
+                stage.sums[0].eq(head[slot]),
+                stage.biases[0].eq(row.bias),
+                stage.writes[0].eq(row.valid),
+                stage.addrs[0].eq(Cat(row.out_elem[:bank_bits],
+                                      (base + row.out_elem[bank_bits:])[:cfg.act_addr_width])),
             ]
             with m.If(slot == last_slot):
                 m.d.sync += slot.eq(0)
                 m.d.comb += [queue.r_en.eq(1), self.credit.eq(1)]
             with m.Else():
                 m.d.sync += slot.eq(slot + 1)
-        s2_go, s2_write = Signal(), Signal()
-        s2_value = Signal(signed(acc_width))
-        s2_addr = Signal(cfg.col_width)
-        m.d.sync += [
-            s2_go.eq(s1_go),
-            s2_write.eq(s1_go & s1_write),
-            s2_value.eq((s1_sum + s1_bias)[:acc_width]),
-            s2_addr.eq(s1_addr),
-        ]
+        return stage
 
-        # Requantise (two cycles), saturate, then write ---------------------------------------
-        m.submodules.requantizer = requantizer = Requantizer(acc_width=acc_width,
-                                                              pipelined=True)
-        m.d.comb += [
-            requantizer.value.eq(s2_value),
-            requantizer.shift.eq(self.control.shift),
-            requantizer.relu.eq(self.control.relu),
-        ]
-        # The requantiser's stages, then the saturated result's (``data``): the write's
-        # control goes with the value, one register per stage up to the write port.
-        go, write, addr = [s2_go], [s2_write], [s2_addr]
-        for stage in range(_SUM_STAGES + 1, self.latency + 1):
-            go.append(Signal(name=f"s{stage}_go"))
-            write.append(Signal(name=f"s{stage}_write"))
-            addr.append(Signal(cfg.col_width, name=f"s{stage}_addr"))
-            m.d.sync += [go[-1].eq(go[-2]), write[-1].eq(write[-2]), addr[-1].eq(addr[-2])]
+    def _vector_slots(self, m, head, take, last_slot, queue):
+        """Stage 1 of the vector writer: for every bank ``k`` the slot its record names
+        (a V:1 multiplexer from the head vector) and the record's bias and address."""
+        cfg = self._cfg
+        line, base = self.i_row.payload.row, self.i_row.payload.base
+        stage = _Stage1(cfg, cfg.lanes, cfg.act_addr_width)
+        with m.If(take):
+            for k, record in enumerate(line.records):
+                slot = (record.slot & last_slot)[:max(1, cfg.bank_bits)]
+                m.d.sync += [
+                    stage.sums[k].eq(head[slot]),
+                    stage.biases[k].eq(record.bias),
+                    stage.writes[k].eq(record.valid),
+                    stage.addrs[k].eq((base + record.offset)[:cfg.act_addr_width]),
+                ]
+            with m.If(line.last | self.i_row.payload.end):
+                m.d.comb += [queue.r_en.eq(1), self.credit.eq(1)]
+        return stage
 
-        # Scratchpad write, from registers ---------------------------------------------------
-        data = Signal(signed(8))
-        m.d.sync += data.eq(requantizer.result)
-        for bank, port in enumerate(self.banks):
-            m.d.comb += [
-                port.wr_en.eq(write[-1] & (addr[-1][:bank_bits] == bank)),
-                port.wr_addr.eq(addr[-1][bank_bits:]),
-                port.wr_data.eq(data),
-            ]
-        m.d.comb += self.idle.eq(~queue.r_rdy & ~Cat(s1_go, *go).any())
-        return m
+
+class _Stage1:
+    """The registers of the writer's first stage: ``ports`` writes (sum, bias, valid,
+    address of ``addr_width`` bits) and whether the stage holds a writer cycle (``go``)."""
+
+    def __init__(self, cfg, ports, addr_width):
+        self.go = Signal(name="s1_go")
+        self.sums = [Signal(signed(cfg.acc_width), name=f"s1_sum{k}") for k in range(ports)]
+        self.biases = [Signal(signed(cfg.acc_width), name=f"s1_bias{k}") for k in range(ports)]
+        self.writes = [Signal(name=f"s1_write{k}") for k in range(ports)]
+        self.addrs = [Signal(addr_width, name=f"s1_addr{k}") for k in range(ports)]

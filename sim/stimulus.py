@@ -101,10 +101,11 @@ class _Planner:
 
 def random_loop_program(rng, cfg, *, with_basis=None):
     """A random device program of loop-nest layers that covers what the core runs: a
-    padded, dilated conv, a strided conv, max pooling, a depthwise conv, a residual addition
+    padded, dilated conv, a strided conv, a strided 1x1 conv of permuted rows, max pooling, a depthwise conv, a residual addition
     (two taps), a Linear over a flattened (H, W, C) tensor, a SmartDeal basis layer (on a core
     with a basis unit) and the CLEAR layers of padded tensors; channel counts that are not
-    multiples of V, several patterns and segment sizes, negative weights and saturation.
+    multiples of V, several patterns and segment sizes, a GS-scatter row order whose row
+    groups hold two outputs of one bank, negative weights and saturation.
 
     Returns ``(layers, input_geometry, tensors)``, ``tensors`` every geometry by name. The
     scratchpad must hold ``tensors``' last end (:func:`program_words`).
@@ -120,14 +121,16 @@ def random_loop_program(rng, cfg, *, with_basis=None):
     layers = []
 
     def conv(name, source, dest, c_out, kernel, *, stride=1, padding=0, dilation=1,
-             pattern="unstructured", per_row=1, density=0.5, relu=False):
+             pattern="unstructured", per_row=1, density=0.5, relu=False, packed=None):
         nest = LoopNest(source, dest, (kernel, kernel), (stride, stride), (padding, padding),
                         (dilation, dilation))
         weight = np.zeros((c_out, source.channels, kernel, kernel), dtype=np.int64)
         mask = rng.random(weight.shape) < density
         weight[mask] = random_values(rng, int(mask.sum()), encoding, max_exp=4)
         gemm, order = to_gemm(weight, 1, source.padded_channels), None
-        if pattern != "unstructured":
+        if packed is not None:
+            gemm, order = packed                # a GEMM view and row order built by hand
+        elif pattern != "unstructured":
             # A random matrix of the pattern over the GEMM view, padding channels zeroed.
             gemm, order = random_pattern_matrix(rng, pattern, c_out, nest.columns, lanes,
                                                 per_row, encoding, density=density)
@@ -163,6 +166,11 @@ def random_loop_program(rng, cfg, *, with_basis=None):
     clear(b, "strided")
     conv("strided", a, b, b.channels, 3, stride=2, padding=1, pattern="gs-gather",
          per_row=min(2, lanes), density=0.6)
+    # A strided 1x1 GS-scatter conv whose permuted row groups hold outputs of one bank
+    # (row group 0 has channels 0 and V): a vector writer needs more than one row line.
+    shuffled = plan.tensor(3, 3, lanes + 3)
+    conv("scatter", a, shuffled, shuffled.channels, 1, stride=2, pattern="gs-scatter",
+         packed=_conflicting_scatter(rng, shuffled.channels, a, encoding))
     # Max pooling: weight 1 on each tap of its own channel, MAX.
     pooled = plan.tensor(2, 2, 6, pad=1)
     clear(pooled, "pool")
@@ -197,7 +205,7 @@ def random_loop_program(rng, cfg, *, with_basis=None):
     features = plan.tensor(1, 1, 9 if lanes >= 4 else 7)
     conv("linear", added, features, features.channels, 2, pattern="unstructured",
          density=0.7)
-    tensors.update(dilated=a, strided=b, pool=pooled, depthwise=depthwise,
+    tensors.update(dilated=a, strided=b, scatter=shuffled, pool=pooled, depthwise=depthwise,
                    shortcut=shortcut, add=added, linear=features)
     if (cfg.basis if with_basis is None else with_basis) and lanes >= 4:
         z = plan.tensor(1, 1, 9)
@@ -205,6 +213,28 @@ def random_loop_program(rng, cfg, *, with_basis=None):
                                  features, z, 3, False, (), "basis"))
         tensors["basis"] = z
     return layers, source, tensors
+
+
+def _conflicting_scatter(rng, rows, source, encoding):
+    """A GS-scatter (e = 1) GEMM view of a 1x1 conv from ``source`` (at least V channels)
+    with ``rows`` outputs, and its row order: a random permutation with rows 0 and V (one
+    bank) in the first row group. Every row group takes one or two rounds of a bank
+    permutation, each lane a real channel of its bank, so the GS rule holds."""
+    lanes = source.lanes
+    rest = rng.permutation(np.setdiff1d(np.arange(rows), [0, lanes]))
+    order = np.concatenate([[0, lanes], rest])
+    gemm = np.zeros((rows, source.padded_channels), dtype=np.int64)
+    for start in range(0, rows, lanes):
+        members = order[start:start + lanes]
+        first = rng.permutation(lanes)
+        rounds = [first] + ([np.roll(first, int(rng.integers(1, lanes)))]
+                            if rng.random() < 0.5 else [])
+        for banks in rounds:
+            for row, bank in zip(members, banks):
+                channels = np.arange(bank, source.channels, lanes)
+                free = channels[gemm[row, channels] == 0]
+                gemm[row, rng.choice(free)] = random_values(rng, (), encoding, max_exp=4)
+    return gemm, order
 
 
 def program_words(tensors):

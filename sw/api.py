@@ -49,7 +49,7 @@ def compile(model, example_input, lanes=8, encoding="pow2", cfg=None, *, board=N
 
 def capacity(model, example_input, *, board=None, cfg=None, lanes=8, encoding="pow2"):
     """The :class:`~gsaccel.sw.compile.capacity.CapacityReport` of ``model`` on a core:
-    every limit (activation words, group words, row records, layers) against the model's
+    every limit (activation words, group words, row words, layers) against the model's
     needs, and whether it fits, fits in phases, or not (``report.status``)."""
     cfg = core_for(board=board, cfg=cfg, lanes=lanes, encoding=encoding)
     if not hasattr(example_input, "detach"):

@@ -76,7 +76,8 @@ class LayerRun:
     pixels: int
     nnz: int
     groups_per_pixel: int
-    segments: int
+    segments: int       # V/e
+    writer: int         # the writer's cycles on the last sum vector (fixed_overhead)
     counters: dict
     overhead: int
     inferences: int
@@ -148,19 +149,21 @@ def ds_cnn_model(channels=64, blocks=4, classes=12, seed=0):
 
 # Cycle targets --------------------------------------------------------------------------------
 
-def fixed_overhead(cfg, segments):
+def fixed_overhead(cfg, writer):
     """Cycles one GS layer alone in one RUN adds to its issue-bound ``groups`` cycles (the
     cycle model, docs/architecture.md): ``LAYER_OVERHEAD`` + the engine's pipeline
-    (``engine_drain`` = engine latency − 1) + the last sum vector's ``V/e`` writer slots +
-    ``WRITE_LATENCY`` + ``RUN_OVERHEAD``."""
-    return (golden.LAYER_OVERHEAD + golden.engine_drain(cfg) + segments + golden.WRITE_LATENCY
+    (``engine_drain`` = engine latency − 1) + the writer's ``writer`` cycles on the last sum
+    vector (its V/e slots on a serial writer, its row lines on a vector writer:
+    ``golden.writer_cycles``) + ``WRITE_LATENCY`` + ``RUN_OVERHEAD``."""
+    return (golden.LAYER_OVERHEAD + golden.engine_drain(cfg) + writer + golden.WRITE_LATENCY
             + golden.RUN_OVERHEAD)
 
 
-def _overhead_text(cfg, segments):
+def _overhead_text(cfg, writer):
+    what = "row lines" if cfg.vector_writer else "V/e"
     return (f"LAYER_OVERHEAD {golden.LAYER_OVERHEAD} + engine_drain {golden.engine_drain(cfg)} "
-            f"+ V/e {segments} + WRITE_LATENCY {golden.WRITE_LATENCY} + RUN_OVERHEAD "
-            f"{golden.RUN_OVERHEAD} = {fixed_overhead(cfg, segments)}")
+            f"+ {what} {writer} + WRITE_LATENCY {golden.WRITE_LATENCY} + RUN_OVERHEAD "
+            f"{golden.RUN_OVERHEAD} = {fixed_overhead(cfg, writer)}")
 
 
 # RTL runs -------------------------------------------------------------------------------------
@@ -208,9 +211,10 @@ def _layer_run(name, model, x_calibration, x, cfg, sim, reference):
         device.load(program)
     _, counters = check_program(name, sim, reference, program, x)
     layer = program.layers[0]
+    writer = int(golden.writer_cycles(layer.matrix, cfg)[-1])
     return LayerRun(name, cfg.lanes, layer.nest.pixels, layer.matrix.nnz, layer.matrix.n_groups,
-                    layer.matrix.segments, counters,
-                    fixed_overhead(cfg, layer.matrix.segments), len(x))
+                    layer.matrix.segments, writer, counters, fixed_overhead(cfg, writer),
+                    len(x))
 
 
 def _layer_runs(quick, progress):
@@ -397,11 +401,12 @@ def _rows(m):
                     f"{conv.cycles} (ideal {conv.ideal:.0f} + overhead {conv.overhead}; "
                     f"{conv.counters['stall_cycles']} stall cycles)",
                     f"≤ {CYCLE_FACTOR}·Ho·Wo·nnz/V + fixed overhead "
-                    f"({_overhead_text(V8, conv.segments)}) = {conv.bound:.0f}",
+                    f"({_overhead_text(V8, conv.writer)}) = {conv.bound:.0f}",
                     conv.cycles <= conv.bound))
     for key, what, target in (
             ("dw8", "Depthwise 3×3, 64 ch, 16×16, V = 8: utilisation", True),
-            ("dw16", "Depthwise 3×3, 64 ch, 16×16, V = 16 (extra row): utilisation", True),
+            ("dw16", "Depthwise 3×3, 64 ch, 16×16, V = 16 (extra row): utilisation",
+             not _writer_bound("dw16")),
             ("dw8_pruned", "Depthwise 3×3, 64 ch, GS 75 %, V = 8 (extra row): utilisation",
              False)):
         run = m.layers[key]
@@ -410,9 +415,9 @@ def _rows(m):
                         f"{run.cycles / (run.ideal + run.overhead):.2f}× ideal "
                         f"({run.ideal:.0f} + {run.overhead}), {run.counters['stall_cycles']} "
                         f"stall cycles",
-                        f"≥ {MIN_UTILISATION:.0%}" if key == "dw8" else
-                        "— (writer-bound, see note)",
-                        run.utilisation >= MIN_UTILISATION if key == "dw8" else None))
+                        f"≥ {MIN_UTILISATION:.0%}" if target else
+                        "— (writer-bound, see note)" if _writer_bound(key) else "— (info)",
+                        run.utilisation >= MIN_UTILISATION if target else None))
     d = m.digits
     rows.append(Row("4", "Digits CNN with MaxPool, GS 75 % (first conv dense), fine-tuned "
                          f"{d['finetune_epochs']} epochs, int8: argmax agreement of the golden "
@@ -434,6 +439,41 @@ def _rows(m):
                     f"after importing torch and gsaccel)",
                     "< 1 GiB", c["peak_bytes"] < MAX_PEAK_BYTES))
     return rows
+
+
+def _depthwise_note(dw16, dw_pruned, per_pixel16, vectors16):
+    if V16.vector_writer:
+        return (f"* Depthwise at V = 16 runs at the issue rate: the vector writer "
+                f"(`CoreConfig.vector_writer`) requantises and writes the {dw16.lanes} outputs of "
+                f"an e = 1 sum vector in one cycle (a row line; {dw16.writer} per vector here), "
+                f"so a pixel costs {vectors16 * dw16.writer} writer cycles against its "
+                f"{per_pixel16} issue "
+                f"cycles ({dw16.counters['stall_cycles']} stall cycles). A serial writer takes "
+                f"one cycle per output slot, {dw16.segments} per vector: {vectors16}·"
+                f"{dw16.segments} = {vectors16 * dw16.segments} writer cycles a pixel, and the "
+                f"layer would be writer-bound. The pruned depthwise row "
+                f"({dw_pruned.groups_per_pixel} groups per pixel at V = 8, "
+                f"{dw_pruned.nnz / 64:.2f} taps per channel on average) has "
+                f"{dw_pruned.counters['stall_cycles']} stall cycles.")
+    return (f"* Depthwise at V = 16 is **writer-bound**: the serial result writer "
+            f"takes one cycle per output slot, {dw16.segments} per e = 1 sum vector, while a "
+            f"pixel issues only {per_pixel16 // vectors16} groups per {dw16.lanes} channels "
+            f"(one per tap), so a pixel costs {vectors16}·{dw16.segments} = "
+            f"{vectors16 * dw16.segments} writer cycles against {per_pixel16} issue cycles; "
+            f"the engine waits for credits ({dw16.counters['stall_cycles']} stall cycles) "
+            f"while its lanes stay fully used, which is why utilisation (busy lanes / (V · "
+            f"groups)) does not show it. At V = 8 a pixel issues 72 groups against 64 writer "
+            f"cycles and runs at the issue rate. The pruned depthwise row "
+            f"({dw_pruned.groups_per_pixel} groups per pixel at V = 8, "
+            f"{dw_pruned.nnz / 64:.2f} taps per channel on average) is writer-bound for the "
+            f"same reason. The vector writer (`CoreConfig.vector_writer`) removes the bound.")
+
+
+def _writer_bound(key):
+    """Whether the depthwise layer ``key`` waits for a serial writer (one cycle per output
+    slot) rather than issuing at the engine's rate; a vector writer writes a sum vector's
+    V outputs in one cycle."""
+    return key != "dw8" and not (V16 if key == "dw16" else V8).vector_writer
 
 
 def _result(passed):
@@ -531,19 +571,9 @@ def write(m, out_dir):
         f"**{len(failed)} target(s) failed.**" if failed else "Every target is met.", "",
         "Notes:", "",
         f"* Ideal cycles = Ho·Wo·nnz/V; the fixed overhead added is that of one GS layer "
-        f"alone in one RUN (`gsaccel.sw.golden.cycles`): {_overhead_text(V8, conv.segments)} "
-        f"cycles at V = 8 ({_overhead_text(V16, dw16.segments)} at V = 16).",
-        f"* Depthwise at V = 16 is **writer-bound** (a known open item): the result writer "
-        f"takes one cycle per output slot, {dw16.segments} per e = 1 sum vector, while a pixel "
-        f"issues only {per_pixel16 // vectors16} groups per {dw16.lanes} channels (one per "
-        f"tap), so a pixel costs {vectors16}·{dw16.segments} = {vectors16 * dw16.segments} "
-        f"writer cycles against {per_pixel16} issue cycles; the engine waits for credits "
-        f"({dw16.counters['stall_cycles']} stall cycles) while its lanes stay fully used, "
-        f"which is why utilisation (busy lanes / (V · groups)) does not show it. At V = 8 a "
-        f"pixel issues 72 groups against 64 writer cycles and runs at the issue rate. The "
-        f"pruned depthwise row ({dw_pruned.groups_per_pixel} groups per pixel at V = 8, "
-        f"{dw_pruned.nnz / 64:.2f} taps per channel on average) is writer-bound for the same "
-        f"reason.",
+        f"alone in one RUN (`gsaccel.sw.golden.cycles`): {_overhead_text(V8, conv.writer)} "
+        f"cycles at V = 8 ({_overhead_text(V16, dw16.writer)} at V = 16).",
+        _depthwise_note(dw16, dw_pruned, per_pixel16, vectors16),
         f"* Digits CNN: dense {d['dense_epochs']} epochs (Adam lr {d['lr']:g}, "
         f"{d['dense_accuracy']:.2%}), every layer but the first conv (9 weights per output: "
         f"GS 75 % would leave two) pruned GS-gather 75 % in the view the core runs it in "

@@ -289,7 +289,7 @@ def _plot(rows, out_dir):
 
 def _board_lines():
     from ...boards.catalog import BOARDS
-    lines = ["| board | V | clock (MHz) | activations | group words | row records | layers | "
+    lines = ["| board | V | clock (MHz) | activations | group words | row words | layers | "
              "UART |", "|---|---|---|---|---|---|---|---|"]
     for name, board in BOARDS.items():
         cfg = board.config

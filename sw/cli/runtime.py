@@ -35,7 +35,13 @@ def register(subparsers):
     compile_.add_argument("--weight-depth", metavar="G", type=int, default=2048,
                           help="group words in the weight memory (default: %(default)s)")
     compile_.add_argument("--row-depth", metavar="R", type=int, default=1024,
-                          help="row records in the row memory (default: %(default)s)")
+                          help="words in the row memory: row lines of V outputs each, or "
+                               "one output's record each with --serial-writer (default: "
+                               "%(default)s)")
+    compile_.add_argument("--serial-writer", action="store_true",
+                          help="compile for a core with the serial result writer, one output "
+                               "per cycle (CoreConfig(vector_writer=False), the iCEBreaker's), "
+                               "not the vector writer")
     compile_.add_argument("--layer-depth", metavar="L", type=int, default=16,
                           help="layer descriptors in the layer table (default: %(default)s)")
     compile_.add_argument("--board", metavar="BOARD",
@@ -46,7 +52,7 @@ def register(subparsers):
                                "of compiling it into phases that stream them")
     compile_.add_argument("--report", action="store_true",
                           help="print every limit of the core against the model (activation "
-                               "words, group words, row records, layers) and whether it fits, "
+                               "words, group words, row words, layers) and whether it fits, "
                                "fits in phases or not; write no program (exit 1 if it does "
                                "not fit)")
     compile_.add_argument("-o", "--output", metavar="M.gsp",
@@ -108,7 +114,8 @@ def run_compile(args):
         try:
             cfg = CoreConfig(lanes=args.lanes, encoding=args.encoding,
                              bank_depth=args.bank_depth, weight_depth=args.weight_depth,
-                             row_depth=args.row_depth, layer_depth=args.layer_depth)
+                             row_depth=args.row_depth, layer_depth=args.layer_depth,
+                             vector_writer=not args.serial_writer)
         except (TypeError, ValueError) as error:
             raise GsaccelError(f"Core configuration is invalid: {error}") from None
     if args.report:
@@ -167,7 +174,7 @@ def program_summary(program):
     """One line: layers, memories used, weight bytes, cycles and utilisation."""
     stats, cfg = program.stats(), program.cfg
     return (f"{stats['layers']} layers of {cfg.layer_depth}, {stats['group_words']} group "
-            f"words of {cfg.weight_depth}, {stats['row_words']} row records of "
+            f"words of {cfg.weight_depth}, {stats['row_words']} row words of "
             f"{cfg.row_depth}, {stats['activation_words']} activation words per bank of "
             f"{program.depth}; {stats['weight_bytes']} weight bytes, {stats['cycles']} cycles "
             f"per inference, utilisation {stats['utilisation']:.1%}"

@@ -2,7 +2,7 @@
 limit (DESIGN §2.2), which :class:`~gsaccel.sw.errors.CapacityError` carries and
 ``gsaccel compile --report`` prints.
 
-The weight-side limits (group words, row records, layer-table entries) can be met by
+The weight-side limits (group words, row words, layer-table entries) can be met by
 *phases* — the runtime streams each phase's weights before its layers — when every single
 layer fits; the scratchpad cannot: activations stay on chip.
 """

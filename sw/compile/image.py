@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ...hw.config import CoreConfig
-from ...hw.layouts import (LayerKind, LayerOp, Memory, layer_layout,
-                           memory_layout, row_layout, word_bytes)
+from ...hw.layouts import (LayerKind, LayerOp, Memory, layer_layout, line_record_layout,
+                           memory_layout, row_line_layout, row_record_layout, word_bytes)
 from ..errors import CapacityError, ShapeError
 from ..format import pow2_encode
 from ..format.words import pack_word
+from ..golden.cycles import row_words
 
 __all__ = ["DeviceImage", "build_image", "layer_words", "layer_sizes", "phase_ranges"]
 
@@ -85,6 +86,37 @@ def _group_words(cfg, matrix, column_offsets):
     return words
 
 
+def _row_records(cfg, matrix, bias):
+    """The serial writer's row words: a record per slot of every row group, in order
+    (``row_record_layout``)."""
+    layout = row_record_layout(cfg)
+    return [pack_word(layout, {"out_elem": max(int(row), 0), "valid": int(row >= 0),
+                               "bias": int(bias[row]) if row >= 0 else 0})
+            for members in matrix.rg_rows for row in members]
+
+
+def _row_lines(cfg, matrix, bias):
+    """The vector writer's row words: each row group's outputs in its row lines
+    (:meth:`GSMatrix.row_lines`), output channel ``c`` as record ``c mod V`` (its bank) with
+    offset ``c div V``, the last line of a row group with ``last`` (``row_line_layout``)."""
+    lanes = cfg.lanes
+    record_layout, line_layout = line_record_layout(cfg), row_line_layout(cfg)
+    record_bits, last_bit = record_layout.size, line_layout["last"].offset
+    line_of, lines = matrix.row_lines()
+    words = []
+    for rg, members in enumerate(matrix.rg_rows.tolist()):
+        line_words = [0] * int(lines[rg])
+        line_words[-1] |= 1 << last_bit
+        for slot, row in enumerate(members):
+            if row < 0:
+                continue                # a padding segment: no record writes it
+            record = pack_word(record_layout, {"offset": row // lanes, "bias": int(bias[row]),
+                                               "valid": 1, "slot": slot})
+            line_words[line_of[rg, slot]] |= record << (row % lanes * record_bits)
+        words += line_words
+    return words
+
+
 def _check_nest(where, cfg, nest):
     for tensor in (nest.source, nest.dest):
         if tensor.lanes != cfg.lanes:
@@ -133,13 +165,7 @@ def layer_words(cfg, layer, group_base=0, row_base=0):
     if matrix.n_groups > 65535:
         raise CapacityError(f"{where}: {matrix.n_groups} groups per pixel, a layer holds at "
                             f"most 65535")
-    row_lay = row_layout(cfg)
-    rows = []
-    for members in matrix.rg_rows:
-        for row in members:
-            rows.append(pack_word(row_lay, {
-                "out_elem": max(int(row), 0), "valid": int(row >= 0),
-                "bias": int(bias[row]) if row >= 0 else 0}))
+    rows = (_row_lines if cfg.vector_writer else _row_records)(cfg, matrix, bias)
     dest = nest.dest
     descriptor.update(
         kind=LayerKind.GS, op=LayerOp.MAX if layer.op == "max" else LayerOp.SUM,
@@ -155,11 +181,12 @@ def layer_words(cfg, layer, group_base=0, row_base=0):
     return descriptor, _group_words(cfg, matrix, nest.column_offsets()), rows
 
 
-def layer_sizes(layer):
-    """``(group words, row words)`` one device layer takes in the weight and row memories."""
+def layer_sizes(cfg, layer):
+    """``(group words, row words)`` one device layer takes in ``cfg``'s weight and row
+    memories."""
     if layer.kind != "gs":
         return 0, 0
-    return int(layer.matrix.n_groups), int(layer.matrix.rg_rows.size)
+    return int(layer.matrix.n_groups), row_words(layer.matrix, cfg)
 
 
 def phase_ranges(cfg: CoreConfig, layers):
@@ -171,10 +198,10 @@ def phase_ranges(cfg: CoreConfig, layers):
     """
     ranges, first, used = [], 0, (0, 0)
     for index, layer in enumerate(layers):
-        size = layer_sizes(layer)
+        size = layer_sizes(cfg, layer)
         for need, have, what, field_ in ((size[0], cfg.weight_depth, "group words",
                                           "weight_depth"),
-                                         (size[1], cfg.row_depth, "row records", "row_depth")):
+                                         (size[1], cfg.row_depth, "row words", "row_depth")):
             if need > have:
                 raise CapacityError(f"Layer {layer.name!r} needs {need} {what}, the core holds "
                                     f"{have} (CoreConfig.{field_}): no phase can hold it; "
@@ -210,7 +237,7 @@ def build_image(cfg: CoreConfig, layers):
                 (len(image.layers), cfg.layer_depth, "layers", "CoreConfig.layer_depth"),
                 (len(image.weights), cfg.weight_depth, "group words",
                  "CoreConfig.weight_depth"),
-                (len(image.rows), cfg.row_depth, "row records", "CoreConfig.row_depth"))
+                (len(image.rows), cfg.row_depth, "row words", "CoreConfig.row_depth"))
             if need > have]
     if over:
         raise CapacityError(f"Program does not fit the core: {'; '.join(over)}; use a core "

@@ -25,7 +25,7 @@ feeds it; :meth:`Program.run_golden` runs the same program through the golden lo
 model on a scratchpad, bit-exact, and must give the same integers.
 
 Capacity (DESIGN §2.2): every limit the program exceeds — activation words, layers, group
-words, row records, a layer's output side or groups — is reported at once, in one
+words, row words, a layer's output side or groups — is reported at once, in one
 :class:`~gsaccel.sw.errors.CapacityError` naming the numbers and the remedy. The plan and the
 layer count are known before any weight is quantised; once any limit is known to be
 exceeded, the remaining layers are rounded plainly (no error feedback) only to count them.
@@ -42,6 +42,7 @@ from ...hw.config import POW2_EXP_MAX, CoreConfig
 from ..errors import CapacityError, ShapeError, UnsupportedError
 from ..format import GSMatrix, pow2_encode, pow2_round
 from ..format.geometry import LoopNest, TensorGeometry
+from ..golden.cycles import row_words
 from ..golden.numerics import quantize, requantize, wrap
 from .graph import ADD, AVGPOOL, CONV, LINEAR, MAXPOOL, _as_float64, _torch, lower_graph
 from .image import MAX_OUTPUT_SIDE
@@ -151,7 +152,7 @@ def compile_native(model, example_input, cfg=None, *, im2col_input=True,
     feedback_samples : int
         Calibration pixels each layer's error-feedback rounding uses, at most.
     phases : bool
-        When only the weights (group words, row records, layer-table entries) exceed the
+        When only the weights (group words, row words, layer-table entries) exceed the
         core's memories, return a program the runtime runs in phases
         (:meth:`~.program.Program.phases`); otherwise that is a CapacityError too.
     report_only : bool
@@ -416,7 +417,7 @@ class _Compilation:
                        sum(2 if step.kind == "smartdeal" else 1 for step in self.steps)
                        + sum(1 for t in self.tensors.values() if t.needs_clear))
         groups = [layer.matrix.n_groups for layer in gs]
-        rows = [int(layer.matrix.rg_rows.size) for layer in gs]
+        rows = [row_words(layer.matrix, cfg) for layer in gs]
         limits = [
             Limit("activation words per bank", "bank_depth", self.plan.top, cfg.bank_depth,
                   detail=self.plan.shortfall(f"the scratchpad's {cfg.bank_depth} words per "
@@ -424,7 +425,7 @@ class _Compilation:
                   most=(1 << 16) // cfg.lanes),
             Limit("group words", "weight_depth", sum(groups), cfg.weight_depth,
                   max(groups, default=0), most=65536),
-            Limit("row records", "row_depth", sum(rows), cfg.row_depth, max(rows, default=0),
+            Limit("row words", "row_depth", sum(rows), cfg.row_depth, max(rows, default=0),
                   most=65536),
             Limit("layers", "layer_depth", n_layers, cfg.layer_depth, 1, most=256),
         ]
@@ -436,7 +437,7 @@ class _Compilation:
                                 f"layer counts at most {MAX_OUTPUT_SIDE} rows and columns "
                                 f"(split the layer or stride it)")
         for layer, need_groups, need_rows in zip(gs, groups, rows):
-            for need, what in ((need_groups, "groups"), (need_rows, "row records")):
+            for need, what in ((need_groups, "groups"), (need_rows, "row words")):
                 if need > 65535:
                     problems.append(f"layer {layer.name!r}: {need} {what} per pixel, a layer "
                                     f"holds at most 65535 (prune it harder or split it)")

@@ -42,7 +42,7 @@ from ..errors import FormatError, GsaccelError, ShapeError
 from ..format import GSMatrix, check_head, check_sealed, seal
 from ..format.geometry import LoopNest, TensorGeometry, conv_output_size
 from ..golden import (RUN_OVERHEAD, basis_layer_cycles, clear_layer_cycles,
-                      dequantize, loop_layer_cycles, quantize)
+                      dequantize, loop_layer_cycles, quantize, row_words, writer_cycles)
 from ..golden.loopnest import OPS
 from .image import MAX_OUTPUT_SIDE, build_image, phase_ranges
 from .layers import BasisLayer, ClearLayer, GSLayer, InputTransform, ResidualNest
@@ -292,7 +292,7 @@ class Program:
 
     def layer_stats(self):
         """Per layer, what it costs on the core: the loop nest (output pixels, taps), groups
-        and row records per pixel, and from the golden cycle model the counters one run of
+        and row words per pixel, and from the golden cycle model the counters one run of
         it adds (``cycles``, ``stall_cycles``, ``groups`` issued, ``busy_lane_cycles``)."""
         cfg, rows = self.cfg, []
         for layer in self.layers:
@@ -302,11 +302,12 @@ class Program:
                      "stall_cycles": 0, "nnz": 0, "weight_bytes": 0}
             if layer.kind == "gs":
                 m, nest = layer.matrix, layer.nest
-                cycles, stalls = loop_layer_cycles(m.rg_groups, m.segments, nest.pixels, cfg)
+                cycles, stalls = loop_layer_cycles(m.rg_groups, writer_cycles(m, cfg),
+                                                   nest.pixels, cfg)
                 entry.update(op=layer.op, pattern=m.pattern, per_row=m.per_row,
                              pixels=nest.pixels, output=(nest.dest.height, nest.dest.width),
                              taps=nest.taps, groups_per_pixel=m.n_groups,
-                             rows_per_pixel=int(m.rg_rows.size), groups=m.n_groups * nest.pixels,
+                             rows_per_pixel=row_words(m, cfg), groups=m.n_groups * nest.pixels,
                              busy_lane_cycles=m.nnz * nest.pixels, cycles=int(cycles),
                              stall_cycles=int(stalls), nnz=m.nnz,
                              weight_bytes=len(m.to_bytes()))
@@ -350,7 +351,7 @@ class Program:
             if total["groups"] else 0.0,
             "layers": len(self.layers),
             "group_words": sum(layer.matrix.n_groups for layer in gs),
-            "row_words": sum(int(layer.matrix.rg_rows.size) for layer in gs),
+            "row_words": sum(row_words(layer.matrix, self.cfg) for layer in gs),
             "activation_words": self.plan.top, "peak_live_words": self.plan.peak_words,
             "scratchpad_words": self.depth, "per_layer": per_layer,
         }

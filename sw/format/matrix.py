@@ -382,6 +382,24 @@ class GSMatrix:
     def n_groups(self):
         return int(self.group_values.shape[0])
 
+    def row_lines(self):
+        """How a vector writer's row lines hold the outputs (docs/architecture.md): a row
+        group's V/e outputs go into as few lines as keep the banks of a line distinct, the
+        i-th output of bank b (in segment order) into the row group's line i.
+
+        Returns ``(line, lines)``: ``line`` (row groups, V/e) the line of each segment within
+        its row group (-1 for a padding segment), ``lines`` (row groups,) the lines of each
+        row group (at least 1, which pops the sum vector of a row group of padding only).
+        """
+        rows = self.rg_rows
+        real = rows >= 0
+        bank = rows % self.lanes
+        same = (bank[:, :, None] == bank[:, None, :]) & real[:, :, None] & real[:, None, :]
+        earlier = np.tri(rows.shape[1], k=-1, dtype=bool)      # [j, i]: segment i before j
+        line = np.where(real, (same & earlier[None]).sum(axis=2), -1)
+        lines = np.maximum(line.max(axis=1, initial=-1) + 1, 1)
+        return line, lines.astype(np.int64)
+
     @property
     def n_rowgroups(self):
         return int(self.rg_groups.shape[0])

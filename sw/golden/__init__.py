@@ -7,7 +7,8 @@ interprets the same memory words (:mod:`gsaccel.sw.format.words`) the hardware e
 
 from .cycles import (LAYER_OVERHEAD, RUN_OVERHEAD, WRITE_LATENCY, basis_latency,
                      basis_layer_cycles, clear_layer_cycles, engine_drain, engine_latency,
-                     gs_layer_cycles, layer_stats, loop_layer_cycles)
+                     gs_layer_cycles, layer_stats, loop_layer_cycles, row_words,
+                     writer_cycles)
 from .core import GoldenCore
 from .numerics import (basis_layer, dequantize, gs_layer, gs_matvec, lane_products, quantize,
                        requantize, wrap)
@@ -17,4 +18,5 @@ __all__ = [
     "basis_layer", "gs_layer_cycles", "loop_layer_cycles", "clear_layer_cycles",
     "layer_stats", "basis_layer_cycles", "GoldenCore", "engine_latency",
     "engine_drain", "WRITE_LATENCY", "LAYER_OVERHEAD", "basis_latency", "RUN_OVERHEAD",
+    "writer_cycles", "row_words",
 ]

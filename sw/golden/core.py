@@ -4,11 +4,14 @@
 hardware executes, with the arithmetic of :mod:`.numerics` and the cycles of :mod:`.cycles`.
 """
 
+import functools
+
 import numpy as np
 
 from ...hw.config import CoreConfig
 from ...hw.layouts import (COUNTER_NAMES, ErrorCode, LayerKind, LayerOp, Memory, group_layout,
-                           layer_layout, memory_depth, memory_layout, row_layout)
+                           layer_layout, memory_depth, memory_layout, row_line_layout,
+                           row_record_layout)
 from ...hw.sequencer import MIN_BASIS_CYCLES
 from ..errors import DeviceError
 from ..format import pow2_decode
@@ -138,8 +141,10 @@ class GoldenCore:
     def _run_gs(self, desc, acts):
         """A GS layer, a loop nest over its output pixels, as the RTL runs it: the group
         words replayed for every pixel form one stream through the engine (accumulators
-        clear only at a ``last`` group), and the writer pairs the k-th sum slot with the
-        k-th record of the row stream, which replays ``row_count`` records per pixel."""
+        clear only at a ``last`` group), and the writer takes the sum vectors with the row
+        stream, which replays ``row_count`` row-memory words per pixel: the serial writer
+        pairs the k-th sum slot with the k-th record, the vector writer each line with the
+        head vector (:meth:`_vector_writes`)."""
         cfg, lanes, depth = self.cfg, self.cfg.lanes, self.cfg.bank_depth
         values, banks, offsets, last = self._layer_groups(desc["group_base"],
                                                           desc["group_count"])
@@ -176,33 +181,93 @@ class GoldenCore:
             else:
                 per_segment = products.reshape(len(p) * n_groups, segments, e).sum(axis=2)
                 np.add.at(sums, rowgroup, per_segment)
-        sums = wrap(sums[:n_emit, :segments].ravel(), cfg.acc_width)
-        # Slot k takes record k % rows of pixel k // rows of the row stream.
+        sums = wrap(sums[:n_emit, :segments], cfg.acc_width)
+        pixel_bases = functools.partial(_pixel_bases, desc["dst_base"], desc["out_pixel_step"],
+                                        desc["out_row_step"], width=width, depth=depth)
         rows_per_pixel = max(1, desc["row_count"])
-        k = np.arange(sums.size)
-        record, pixel = k % rows_per_pixel, k // rows_per_pixel
-        row_words = [self._mems[Memory.ROWS][(desc["row_base"] + r) % cfg.row_depth]
-                     for r in range(min(rows_per_pixel, sums.size))]
-        rows = [unpack_word(row_layout(cfg), w) for w in row_words]
-        bias = np.array([r["bias"] for r in rows], dtype=np.int64)[record]
-        valid = np.array([r["valid"] for r in rows], dtype=bool)[record]
-        elem = np.array([r["out_elem"] for r in rows], dtype=np.int64)[record]
-        out_bases = _pixel_bases(desc["dst_base"], desc["out_pixel_step"],
-                                 desc["out_row_step"], pixel, width, depth)
-        address = ((out_bases + elem // lanes) % depth) * lanes + elem % lanes
-        y = requantize(wrap(sums + bias, cfg.acc_width), desc["shift"], desc["relu"],
-                       cfg.acc_width)
-        # Writes land in slot order: a later write to an element wins. Every read of the
-        # layer sees the layer's input (the compiler never lets a layer's output overlap its
-        # input; the RTL would read a word it has already written).
+        if cfg.vector_writer:
+            address, y, valid, writer = self._vector_writes(desc, sums, rows_per_pixel,
+                                                            pixel_bases)
+        else:
+            address, y, valid = self._serial_writes(desc, sums.ravel(), rows_per_pixel,
+                                                    pixel_bases)
+            writer = segments
+        # Writes land in the writer's order: a later write to an element wins. Every read of
+        # the layer sees the layer's input (the compiler never lets a layer's output overlap
+        # its input; the RTL would read a word it has already written).
         acts[address[valid]] = y[valid]
         tail = n_groups - (np.flatnonzero(last)[-1] + 1) if per_pixel else n_groups
         stream = np.diff(np.concatenate([[-1], np.flatnonzero(np.tile(last, pixels))]))
-        cycles, stalls = gs_layer_cycles(stream, segments, cfg,
+        cycles, stalls = gs_layer_cycles(stream, writer, cfg,
                                          trailing_groups=tail if per_pixel else
                                          n_groups * pixels)
         return {"cycles": int(cycles), "stall_cycles": stalls, "groups": n_groups * pixels,
                 "busy_lane_cycles": int(np.count_nonzero(values)) * pixels}
+
+    def _requantize(self, desc, values):
+        cfg = self.cfg
+        return requantize(wrap(values, cfg.acc_width), desc["shift"], desc["relu"],
+                          cfg.acc_width)
+
+    def _row_words(self, desc, count, layout):
+        """The first ``count`` row-memory words of the layer, unpacked."""
+        return [unpack_word(layout, self._mems[Memory.ROWS][(desc["row_base"] + r) %
+                                                            self.cfg.row_depth])
+                for r in range(count)]
+
+    def _serial_writes(self, desc, sums, rows_per_pixel, pixel_bases):
+        """The serial writer: slot k (of all the layer's vectors, in order) takes record
+        ``k % rows`` of pixel ``k // rows`` of the row stream. Returns (element addresses,
+        values, valid) in write order."""
+        cfg, lanes, depth = self.cfg, self.cfg.lanes, self.cfg.bank_depth
+        k = np.arange(sums.size)
+        record, pixel = k % rows_per_pixel, k // rows_per_pixel
+        rows = self._row_words(desc, min(rows_per_pixel, sums.size), row_record_layout(cfg))
+        bias = np.array([r["bias"] for r in rows], dtype=np.int64)[record]
+        valid = np.array([r["valid"] for r in rows], dtype=bool)[record]
+        elem = np.array([r["out_elem"] for r in rows], dtype=np.int64)[record]
+        address = ((pixel_bases(pixel) + elem // lanes) % depth) * lanes + elem % lanes
+        return address, self._requantize(desc, sums + bias), valid
+
+    def _vector_writes(self, desc, sums, lines_per_pixel, pixel_bases):
+        """The vector writer: line n of the row stream (line ``n % lines`` of pixel
+        ``n // lines``) writes every bank k from slot ``records[k].slot mod V/e`` of the head
+        vector; the vector pops after a line with ``last`` or a pixel's last line. Returns
+        (element addresses, values, valid) in write order and the lines of each vector."""
+        cfg, lanes, depth = self.cfg, self.cfg.lanes, self.cfg.bank_depth
+        n_emit, segments = sums.shape
+        if not n_emit:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty, empty.astype(bool), empty
+        # Read lines until n_emit vectors pop within the first pixel or its lines end.
+        layout, lines, popped = row_line_layout(cfg), [], 0
+        for r in range(lines_per_pixel):
+            word = self._mems[Memory.ROWS][(desc["row_base"] + r) % cfg.row_depth]
+            lines.append(unpack_word(layout, word))
+            popped += lines[-1]["last"]
+            if popped == n_emit:
+                break
+        pop = np.array([line["last"] for line in lines], dtype=bool)
+        if len(lines) == lines_per_pixel:
+            pop[-1] = True                          # the pixel's last line (``end``)
+        pops = np.flatnonzero(pop)
+        field = {name: np.array([[record[name] for record in line["records"]]
+                                 for line in lines], dtype=np.int64)
+                 for name in ("offset", "bias", "valid", "slot")}
+        # The stream index of the line that pops vector v, and the vector of every line.
+        v = np.arange(n_emit)
+        pop_line = (v // pops.size) * lines_per_pixel + pops[v % pops.size]
+        n = np.arange(pop_line[-1] + 1)
+        vector = np.searchsorted(pop_line, n)
+        r, pixel = n % lines_per_pixel, n // lines_per_pixel
+        slot = field["slot"][r] & (segments - 1)
+        values = sums[vector[:, None], slot] + field["bias"][r]
+        address = ((pixel_bases(pixel)[:, None] + field["offset"][r]) % depth) * lanes \
+            + np.arange(lanes)
+        valid = field["valid"][r].astype(bool)
+        writer = np.diff(np.concatenate([[-1], pop_line]))
+        return (address.ravel(), self._requantize(desc, values).ravel(), valid.ravel(),
+                writer)
 
 
 def _pixel_bases(base, pixel_step, row_step, pixel, width, depth):

@@ -14,7 +14,8 @@ from ...hw.sequencer import LAYER_OVERHEAD, RUN_OVERHEAD
 from ...hw.writer import WRITE_LATENCY
 
 __all__ = ["engine_latency", "engine_drain", "gs_layer_cycles", "basis_latency",
-           "basis_layer_cycles", "clear_layer_cycles", "loop_layer_cycles", "layer_stats", "WRITE_LATENCY", "LAYER_OVERHEAD", "RUN_OVERHEAD"]
+           "basis_layer_cycles", "clear_layer_cycles", "loop_layer_cycles", "layer_stats",
+           "writer_cycles", "row_words", "WRITE_LATENCY", "LAYER_OVERHEAD", "RUN_OVERHEAD"]
 
 # Every latency is the gateware's own (each block computes it from the stages it builds).
 
@@ -26,20 +27,38 @@ def engine_drain(cfg: CoreConfig):
     return engine_latency(cfg) - 1
 
 
-def gs_layer_cycles(rg_groups, segments, cfg: CoreConfig, trailing_groups=0):
+def writer_cycles(matrix, cfg: CoreConfig):
+    """The writer's cycles on each row group's sum vector of ``matrix`` (an array, one per
+    row group): its V/e slots on a serial writer, its row lines
+    (:meth:`GSMatrix.row_lines`) on a vector writer (``cfg.vector_writer``)."""
+    if cfg.vector_writer:
+        return matrix.row_lines()[1]
+    return np.full(matrix.n_rowgroups, matrix.segments, dtype=np.int64)
+
+
+def row_words(matrix, cfg: CoreConfig):
+    """Row-memory words one pixel of a GS layer of ``matrix`` takes (its descriptor's
+    ``row_count``): a record per slot (serial writer), or its row lines (vector writer)."""
+    return int(writer_cycles(matrix, cfg).sum())
+
+
+def gs_layer_cycles(rg_groups, writer, cfg: CoreConfig, trailing_groups=0):
     """(cycles, stall cycles) of one GS layer on the core (docs/architecture.md).
 
     One group issues per cycle; a row group's last group needs a credit (a free slot in the
-    sum-vector queue, in-flight vectors included); the writer spends ``segments`` cycles per
-    vector and returns the credit when it is done. ``trailing_groups`` after the final
-    ``last`` group (only a hand-written descriptor has them) issue but emit nothing.
+    sum-vector queue, in-flight vectors included); the writer spends ``writer`` cycles on a
+    vector (an int for every vector, or one per row group: :func:`writer_cycles`) and
+    returns the credit when it is done. ``trailing_groups`` after the final ``last`` group
+    (only a hand-written descriptor has them) issue but emit nothing.
     """
+    rg_groups = np.asarray(rg_groups, dtype=np.int64)
+    writer = np.broadcast_to(np.asarray(writer, dtype=np.int64), rg_groups.shape).tolist()
     credits = cfg.result_vectors
     returns = deque()               # cycles from which returned credits can be used
     issue = 0                       # cycle the next group issues in
     writer_free = 0                 # cycle the writer can start the next vector
     stalls = 0
-    for groups in np.asarray(rg_groups, dtype=np.int64).tolist():
+    for groups, spends in zip(rg_groups.tolist(), writer):
         issue += groups - 1
         while returns and returns[0] <= issue:
             returns.popleft()
@@ -50,7 +69,7 @@ def gs_layer_cycles(rg_groups, segments, cfg: CoreConfig, trailing_groups=0):
             credits += 1
         credits -= 1
         start = max(issue + engine_latency(cfg), writer_free)
-        writer_free = start + segments
+        writer_free = start + spends
         returns.append(writer_free)
         issue += 1
     issue += trailing_groups
@@ -63,7 +82,7 @@ def layer_stats(matrix, cfg=None):
     """:meth:`GSMatrix.stats` with the ``cycles`` and ``stall_cycles`` of the matrix as one GS
     layer on a core of ``cfg`` (default: the matrix's lanes and encoding)."""
     cfg = cfg or CoreConfig(lanes=matrix.lanes, encoding=matrix.encoding)
-    cycles, stalls = gs_layer_cycles(matrix.rg_groups, matrix.segments, cfg)
+    cycles, stalls = gs_layer_cycles(matrix.rg_groups, writer_cycles(matrix, cfg), cfg)
     return {**matrix.stats(), "cycles": cycles, "stall_cycles": stalls}
 
 
@@ -73,12 +92,14 @@ def clear_layer_cycles(words):
     return LAYER_OVERHEAD - 1 + max(int(words), 1)
 
 
-def loop_layer_cycles(rg_groups, segments, pixels, cfg: CoreConfig):
+def loop_layer_cycles(rg_groups, writer, pixels, cfg: CoreConfig):
     """(cycles, stall cycles) of a GS layer whose row groups (``rg_groups`` groups each, the
-    last of each a ``last`` group) are replayed for ``pixels`` output pixels: the pixels'
+    last of each a ``last`` group; the writer spends ``writer`` cycles on each one's vector,
+    as in :func:`gs_layer_cycles`) are replayed for ``pixels`` output pixels: the pixels'
     groups are one stream through the engine."""
-    return gs_layer_cycles(np.tile(np.asarray(rg_groups, dtype=np.int64), pixels), segments,
-                           cfg)
+    rg_groups = np.asarray(rg_groups, dtype=np.int64)
+    writer = np.broadcast_to(np.asarray(writer, dtype=np.int64), rg_groups.shape)
+    return gs_layer_cycles(np.tile(rg_groups, pixels), np.tile(writer, pixels), cfg)
 
 
 def basis_layer_cycles(n_chunks, cfg: CoreConfig):

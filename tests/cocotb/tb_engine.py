@@ -192,7 +192,8 @@ async def test_layers(dut, idle, backpressure):
         assert counters["groups"] == matrix.n_groups, where
         assert counters["busy_lane_cycles"] == matrix.nnz, where
         if not idle and not backpressure:
-            cycles, stalls = golden.gs_layer_cycles(matrix.rg_groups, matrix.segments, CFG)
+            writer = golden.writer_cycles(matrix, CFG)
+            cycles, stalls = golden.gs_layer_cycles(matrix.rg_groups, writer, CFG)
             assert (counters["cycles"], counters["stall_cycles"]) == \
                 (cycles - golden.LAYER_OVERHEAD, stalls), f"{where}: {counters}"
         log.info("%s: %d groups in %s cycles", where, matrix.n_groups, counters["cycles"])

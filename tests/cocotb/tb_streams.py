@@ -9,7 +9,7 @@ from cocotb.clock import Clock
 from cocotb.triggers import RisingEdge
 
 from gsaccel.hw.config import CoreConfig
-from gsaccel.hw.layouts import row_layout
+from gsaccel.hw.layouts import row_record_layout
 from gsaccel.sim.cocotb_streams import StreamMonitor, StreamSink, StreamSource
 
 CFG = CoreConfig.from_json(os.environ["GSACCEL_CFG"])
@@ -25,7 +25,7 @@ class StreamFifoTB:
     def __init__(self, dut):
         self.dut = dut
         Clock(dut.clk, 10, unit="ns").start()
-        layout = row_layout(CFG)
+        layout = row_record_layout(CFG)
         self.source = StreamSource(dut, "i", dut.clk, layout=layout)
         self.sink = StreamSink(dut, "o", dut.clk, layout=layout)
         self.monitor = StreamMonitor(dut, "i", dut.clk, layout=layout)

@@ -1,6 +1,7 @@
 """The native Verilator harness behind VerilatorTransport: the real RTL over a pipe, compared
 with GoldenCore bit for bit and cycle for cycle, plus its error paths and speed."""
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -54,14 +55,16 @@ def exchange(transport, frames, timeout=30.0, parser_cfg=CFG):
     return [(f.seq, f.type, f.payload) for f in replies]
 
 
-def test_image_runs_like_golden():
-    """sim.stimulus's random loop-nest program (padded, dilated, strided and depthwise
-    convolutions, max pooling, a residual addition, a Linear over a flattened tensor, a basis
-    layer, CLEARs) on a scratchpad of stale bytes: every reply, the whole scratchpad after
-    each run and the counters equal GoldenCore's."""
+@pytest.mark.parametrize("vector_writer", [True, False])
+def test_image_runs_like_golden(vector_writer):
+    """sim.stimulus's random loop-nest program (padded, dilated, strided, GS-scatter and
+    depthwise convolutions, max pooling, a residual addition, a Linear over a flattened
+    tensor, a basis layer, CLEARs) on a scratchpad of stale bytes, with the vector writer
+    and the serial one: every reply, the whole scratchpad after each run and the counters
+    equal GoldenCore's."""
     from gsaccel.sim.stimulus import random_loop_program
     rng = seeded_rng(11)
-    cfg = CNN_CFG
+    cfg = dataclasses.replace(CNN_CFG, vector_writer=vector_writer)
     layers, source, _ = random_loop_program(rng, cfg)
     image = build_image(cfg, layers)
     frames, seq = image_requests(cfg, image)

@@ -9,7 +9,7 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from gsaccel.hw.config import CoreConfig
-from gsaccel.hw.layouts import row_layout
+from gsaccel.hw.layouts import row_record_layout
 from gsaccel.sim.build import cached_verilog, run_cocotb
 
 HERE = Path(__file__).resolve().parent
@@ -37,6 +37,6 @@ class StreamFifo(wiring.Component):
 @pytest.mark.verilator
 def test_stream_drivers():
     cfg = CoreConfig(lanes=4, bank_depth=16)
-    build = cached_verilog(lambda: StreamFifo(row_layout(cfg)), "stream_fifo", cfg)
+    build = cached_verilog(lambda: StreamFifo(row_record_layout(cfg)), "stream_fifo", cfg)
     run_cocotb(build, toplevel="stream_fifo", test_module="tb_streams", test_dir=HERE, cfg=cfg,
                timeout=300)

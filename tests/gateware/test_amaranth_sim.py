@@ -9,7 +9,7 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from gsaccel.hw.config import CoreConfig
-from gsaccel.hw.layouts import row_layout
+from gsaccel.hw.layouts import row_record_layout
 from gsaccel.sim.amaranth_sim import run_sim, seeded_rng, stall_pattern, stream_get, stream_put
 from gsaccel.sw.format.words import pack_word
 
@@ -35,7 +35,7 @@ class StreamFifo(wiring.Component):
                                                  (0.3, 0.6)])
 def test_stream_round_trip(put_stall, get_stall):
     cfg = CoreConfig(lanes=4, bank_depth=16)
-    layout = row_layout(cfg)
+    layout = row_record_layout(cfg)
     dut = StreamFifo(layout)
     rng = seeded_rng(1)
     records = [{"out_elem": int(rng.integers(0, 64)), "bias": int(rng.integers(-1000, 1000)),
@@ -60,7 +60,7 @@ def test_stream_round_trip(put_stall, get_stall):
 
 
 def test_run_sim_deadline():
-    dut = StreamFifo(row_layout(CoreConfig(lanes=4)))
+    dut = StreamFifo(row_record_layout(CoreConfig(lanes=4)))
 
     async def waits_forever(ctx):
         await stream_get(ctx, dut.o)

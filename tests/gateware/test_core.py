@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gsaccel.hw.config import CoreConfig
-from gsaccel.hw.layouts import FrameType, Memory
+from gsaccel.hw.layouts import FrameType, Memory, memory_layout
 from gsaccel.sim.amaranth_sim import seeded_rng
 from gsaccel.sw.runtime import protocol
 from gsaccel.sw.golden import GoldenCore
@@ -22,9 +22,10 @@ from gsaccel.sw.format.words import pack_word, unpack_word
 from core_host import image_requests, random_matrix, reference_reply, run_core
 
 
-def loop_config(lanes, encoding, deep, *, basis=True, rng=None):
+def loop_config(lanes, encoding, deep, *, basis=True, vector_writer=True, rng=None):
     """A small core and :func:`random_loop_program` drawn with ``rng`` for it."""
-    cfg = loop_program_config(lanes, encoding, deep_pipeline=deep, basis=basis)
+    cfg = loop_program_config(lanes, encoding, deep_pipeline=deep, basis=basis,
+                              vector_writer=vector_writer)
     layers, source, tensors = random_loop_program(rng, cfg)
     return cfg, layers, source, tensors
 
@@ -72,11 +73,11 @@ def session(cfg, layers, source, rng):
     return frames
 
 
-def check_against_golden(cfg, frames, name, deadline):
+def check_against_golden(cfg, frames, name, deadline, *, stall=0.0):
     golden = GoldenCore(cfg)
     expected = [(seq, *reference_reply(golden, t, p)) for t, seq, p in frames]
     got = run_core(cfg, [(protocol.encode_frame(t, s, p), 1) for t, s, p in frames],
-                   name=name, deadline=deadline)
+                   name=name, deadline=deadline, idle=stall, stall=stall)
     got = [(f.seq, f.type, f.payload) for f in got]
     for mine, want in zip(got, expected):
         if want[1] == FrameType.DATA and len(want[2]) == 16 and mine[2] != want[2]:
@@ -86,19 +87,27 @@ def check_against_golden(cfg, frames, name, deadline):
     return golden
 
 
-@pytest.mark.parametrize("lanes,encoding,deep", [
-    (4, "pow2", True), (8, "int8", True), (2, "int8", True), (8, "pow2", False),
-    pytest.param(16, "pow2", True, marks=pytest.mark.slow),
-    pytest.param(4, "int8", False, marks=pytest.mark.slow)])
-def test_core_runs_loop_nests_like_golden(lanes, encoding, deep):
-    """Convolutions (padded, dilated, strided), max pooling, a depthwise conv, a residual
-    addition, a Linear over a flattened tensor, a basis layer and the CLEARs of padded
-    tensors, on a scratchpad full of stale bytes: every reply (the whole scratchpad, the
-    counters of the run and of single layers) equals GoldenCore's."""
+@pytest.mark.parametrize("lanes,encoding,deep,vector_writer,stall", [
+    (4, "pow2", True, True, 0.0), (8, "int8", True, True, 0.0), (2, "int8", True, True, 0.3),
+    (2, "pow2", True, False, 0.3), (8, "pow2", False, False, 0.0),
+    pytest.param(16, "pow2", True, True, 0.0, marks=pytest.mark.slow),
+    pytest.param(16, "int8", True, False, 0.0, marks=pytest.mark.slow),
+    pytest.param(4, "int8", False, False, 0.0, marks=pytest.mark.slow)])
+def test_core_runs_loop_nests_like_golden(lanes, encoding, deep, vector_writer, stall):
+    """Convolutions (padded, dilated, strided, a GS-scatter one whose row groups hold two
+    outputs of one bank), max pooling, a depthwise conv, a residual addition, a Linear over a
+    flattened tensor, a basis layer and the CLEARs of padded tensors, on a scratchpad full of
+    stale bytes, with the vector writer and the serial one, with idle input and
+    back-pressured replies: every reply (the whole scratchpad, the counters of the run and
+    of single layers) equals GoldenCore's."""
     rng = seeded_rng(lanes)
-    cfg, layers, source, tensors = loop_config(lanes, encoding, deep, rng=rng)
+    cfg, layers, source, tensors = loop_config(lanes, encoding, deep,
+                                               vector_writer=vector_writer, rng=rng)
+    scatter, = (layer for layer in layers if layer.name == "scatter")
+    assert scatter.matrix.pattern == "gs-scatter" and scatter.matrix.row_lines()[1].max() > 1
     golden = check_against_golden(cfg, session(cfg, layers, source, rng),
-                                  f"core_loops_{lanes}_{encoding}_{int(deep)}", 2_000_000)
+                                  f"core_loops_{lanes}_{encoding}_{int(deep)}_"
+                                  f"{int(vector_writer)}", 4_000_000, stall=stall)
     # The comparison is not vacuous: the last layer's outputs are neither all zero nor all
     # saturated, and GoldenCore agrees with the layer-level golden model.
     acts = np.array(golden.read(Memory.ACTS, 0, cfg.act_size), dtype=np.int8)
@@ -126,8 +135,9 @@ def input_frames(cfg, seq, x):
                                                           (x & 0xFF).tolist()))], seq + 1
 
 
+@pytest.mark.parametrize("vector_writer", [True, False])
 @pytest.mark.parametrize("per_row,cut,pixels", [(4, 2, 1), (1, 1, 1), (4, 1, 3)])
-def test_layer_cut_inside_a_row_group_leaks_nothing(per_row, cut, pixels):
+def test_layer_cut_inside_a_row_group_leaks_nothing(per_row, cut, pixels, vector_writer):
     """A hand-written descriptor may end a layer's groups inside a row group: the trailing
     groups cost issue cycles and emit nothing at the layer's end (with more pixels, a pixel's
     trailing groups add into the next pixel's first row group, as the engine's accumulators
@@ -135,7 +145,7 @@ def test_layer_cut_inside_a_row_group_leaks_nothing(per_row, cut, pixels):
     With ``per_row=1`` eight trailing groups outlast the writer, so the layer ends when the
     engine's pipeline drains (``golden.engine_drain(cfg)``)."""
     cfg = CoreConfig(lanes=4, bank_depth=16, weight_depth=64, row_depth=32, layer_depth=4,
-                     result_queue=8, max_payload=96)
+                     result_queue=8, max_payload=96, vector_writer=vector_writer)
     rng = seeded_rng(99 + pixels)
     first = random_matrix(rng, 5, 8, "dense", cfg, per_row=per_row, density=1.0)
     second = random_matrix(rng, 6, 5, "dense", cfg, per_row=1, density=1.0)
@@ -149,10 +159,45 @@ def test_layer_cut_inside_a_row_group_leaks_nothing(per_row, cut, pixels):
     more, seq = input_frames(cfg, seq, rng.integers(-128, 128, 8 * pixels))
     frames += more + [(FrameType.RUN, seq, protocol.run_payload(0, 2)),
                       (FrameType.READ, seq + 1, protocol.read_payload(Memory.ACTS, 0, 64))]
-    golden = check_against_golden(cfg, frames, f"core_cut_row_group_{per_row}_{pixels}",
-                                  100_000)
+    golden = check_against_golden(cfg, frames, f"core_cut_row_group_{per_row}_{pixels}_"
+                                               f"{int(vector_writer)}", 100_000)
     outputs = np.array(golden.read(Memory.ACTS, 32, 8 * pixels))
     assert np.count_nonzero(np.abs(outputs) < 127) >= 3
+
+
+@pytest.mark.parametrize("edit", ["no_last", "extra_line", "wild_slots"])
+def test_hand_written_row_lines_follow_golden(edit):
+    """Row lines as only a hand-written descriptor has them run as GoldenCore says: lines
+    without ``last`` (the pixel's last line pops its vector anyway, and the row stream goes
+    on past the last pixel for the vectors left), a pixel with more lines than the packer
+    writes (a ``last`` line popping a vector early), slots past V/e (taken modulo V/e)."""
+    cfg = CoreConfig(lanes=4, bank_depth=32, weight_depth=64, row_depth=32, layer_depth=4,
+                     result_queue=8, max_payload=96)
+    rng = seeded_rng(123)
+    matrix = random_matrix(rng, 7, 8, "dense", cfg, per_row=2 if edit == "wild_slots" else 1,
+                           density=1.0)
+    image = build_image(cfg, [linear(cfg, matrix, 0, 16, 8, pixels=3)])
+    layout = memory_layout(cfg, Memory.ROWS)
+    lines = [unpack_word(layout, word) for word in image.rows]
+    descriptor = unpack_word(layer_layout(cfg), image.layers[0])
+    if edit == "no_last":
+        for line in lines:
+            line["last"] = 0
+    elif edit == "extra_line":
+        lines.insert(1, {"records": [{"offset": 1, "bias": 5, "valid": 1, "slot": k}
+                                     for k in range(4)], "last": 1})
+        descriptor["row_count"] += 1
+    else:
+        for line in lines:
+            for k, record in enumerate(line["records"]):
+                record["slot"] = (record["slot"] + 2 * k + 1) % 4
+    image.rows = [pack_word(layout, line) for line in lines]
+    image.layers[0] = pack_word(layer_layout(cfg), descriptor)
+    frames, seq = image_requests(cfg, image)
+    more, seq = input_frames(cfg, seq, rng.integers(-128, 128, 8 * 3))
+    frames += more + [(FrameType.RUN, seq, protocol.run_payload(0, 1)),
+                      (FrameType.READ, seq + 1, protocol.read_payload(Memory.ACTS, 0, 96))]
+    check_against_golden(cfg, frames, f"core_row_lines_{edit}", 100_000)
 
 
 def test_core_without_basis_unit_passes_over_a_basis_descriptor():

@@ -153,8 +153,9 @@ def expected_layer(cfg, matrix, nest, result, bias, shift, relu, op="sum"):
     stall cycles)."""
     acts = result["before"].astype(np.int8)
     gs_loop_layer(whole_words(matrix), nest, acts, bias, shift, relu, op, cfg.acc_width)
-    cycles, stalls = golden.loop_layer_cycles(matrix.rg_groups, matrix.segments,
-                                              nest.pixels, cfg)
+    cycles, stalls = golden.loop_layer_cycles(matrix.rg_groups,
+                                              golden.writer_cycles(matrix, cfg), nest.pixels,
+                                              cfg)
     return nest.dest.gather(acts), cycles - golden.LAYER_OVERHEAD, stalls
 
 
@@ -173,20 +174,25 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("vector_writer", [True, False])
 @pytest.mark.parametrize("lanes,encoding,pattern,per_row,rows,cols", CASES)
-def test_datapath_layer(lanes, encoding, pattern, per_row, rows, cols):
-    """Free-running streams: outputs bit-exact, cycles and stall cycles exact."""
+def test_datapath_layer(lanes, encoding, pattern, per_row, rows, cols, vector_writer):
+    """Free-running streams: outputs bit-exact, cycles and stall cycles exact, with the
+    vector writer (a GS-scatter row group with two outputs of one bank takes two lines) and
+    the serial one."""
     cfg = CoreConfig(lanes=lanes, bank_depth=8 if lanes == 16 else 16, encoding=encoding,
-                     result_queue=2 * lanes)
+                     result_queue=2 * lanes, vector_writer=vector_writer)
     rng = seeded_rng(1)
     matrix = random_gs_matrix(rng, pattern, rows, cols, lanes, per_row, encoding)
     x = rng.integers(-128, 128, cols)
     bias = rng.integers(-(1 << 12), 1 << 12, rows)
     for shift, relu in ((int(rng.integers(4, 12)), 0), (0, 1), (31, 0)):
-        result = run_layer(cfg, matrix, x, bias, shift, relu, name=f"datapath_{pattern}")
+        result = run_layer(cfg, matrix, x, bias, shift, relu,
+                           name=f"datapath_{pattern}_{int(vector_writer)}")
         expected = golden.gs_layer(matrix, x, bias, shift, relu, cfg.acc_width)
         np.testing.assert_array_equal(result["y"].ravel(), expected)
-        cycles, stalls = golden.gs_layer_cycles(matrix.rg_groups, matrix.segments, cfg)
+        writer = golden.writer_cycles(matrix, cfg)
+        cycles, stalls = golden.gs_layer_cycles(matrix.rg_groups, writer, cfg)
         assert result["cycles"] == cycles - golden.LAYER_OVERHEAD
         assert result["stall"] == stalls
         assert result["busy"] == matrix.nnz
@@ -195,25 +201,30 @@ def test_datapath_layer(lanes, encoding, pattern, per_row, rows, cols):
 @pytest.mark.parametrize("group_stall,row_stall", [(0.0, 0.0), (0.4, 0.0), (0.0, 0.5),
                                                    (0.3, 0.3)])
 @pytest.mark.parametrize("pattern,per_row", [("gs-gather", 1), ("gs-scatter", 2), ("1xN", 1)])
-@pytest.mark.parametrize("deep_pipeline", [True, False])
-def test_datapath_queue_of_one(pattern, per_row, group_stall, row_stall, deep_pipeline):
+@pytest.mark.parametrize("deep_pipeline,vector_writer", [(True, True), (False, False)])
+def test_datapath_queue_of_one(pattern, per_row, group_stall, row_stall, deep_pipeline,
+                               vector_writer):
     """One credit (result_queue = V): the engine stalls on every row group; with idle groups
     and back-pressured rows the outputs are still exact, and free-running the cycles are.
-    (With and without a pipeline stage per adder-tree level: the iCEBreaker's core has one
-    stage.)"""
+    (With and without a pipeline stage per adder-tree level and the vector writer: the
+    iCEBreaker's core has one stage and the serial writer.)"""
     lanes = 8
     cfg = CoreConfig(lanes=lanes, bank_depth=16, encoding="pow2", result_queue=lanes,
-                     deep_pipeline=deep_pipeline)
+                     deep_pipeline=deep_pipeline, vector_writer=vector_writer)
     rng = seeded_rng(2)
     matrix = random_gs_matrix(rng, pattern, 23, 26, lanes, per_row, "pow2")
     x = rng.integers(-128, 128, 26)
     bias = rng.integers(-(1 << 20), 1 << 20, 23)
     result = run_layer(cfg, matrix, x, bias, 9, 1, group_stall=group_stall, row_stall=row_stall,
                        name=f"datapath_q1_{pattern}_{int(deep_pipeline)}", salt=3)
+    if pattern == "gs-scatter":
+        # The permuted row groups put two outputs of one bank in a vector.
+        assert golden.writer_cycles(matrix, cfg).max() > 1 or not vector_writer
     np.testing.assert_array_equal(result["y"].ravel(), golden.gs_layer(matrix, x, bias, 9, 1))
     assert result["busy"] == matrix.nnz
     if not group_stall and not row_stall:
-        cycles, stalls = golden.gs_layer_cycles(matrix.rg_groups, matrix.segments, cfg)
+        writer = golden.writer_cycles(matrix, cfg)
+        cycles, stalls = golden.gs_layer_cycles(matrix.rg_groups, writer, cfg)
         # A gs row group here has at most 3 groups, fewer than a vector's round trip.
         assert stalls > 0 or pattern == "1xN"
         assert (result["cycles"], result["stall"]) == (cycles - golden.LAYER_OVERHEAD, stalls)
@@ -239,7 +250,8 @@ def test_clear_drops_leftover_groups(clear):
                        name=f"datapath_clear_{clear}")
     expected = golden.gs_layer(matrix, x, bias, 11, 0, cfg.acc_width)
     assert np.array_equal(result["y"].ravel(), expected) == clear
-    cycles, _ = golden.gs_layer_cycles(matrix.rg_groups, matrix.segments, cfg)
+    writer = golden.writer_cycles(matrix, cfg)
+    cycles, _ = golden.gs_layer_cycles(matrix.rg_groups, writer, cfg)
     assert result["cycles"] == cycles - golden.LAYER_OVERHEAD
 
 

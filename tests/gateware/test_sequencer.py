@@ -1,6 +1,7 @@
 # amaranth: UnusedElaboratable=no
 """The command processor and sequencer, driven through the whole core with frames."""
 
+import dataclasses
 import struct
 
 import pytest
@@ -119,22 +120,25 @@ def test_empty_layers_cost_what_golden_says():
     _check_session(cfg, frames, name="cmd_empty_layers")
 
 
-def test_sequencer_streams_loop_nests_under_back_pressure():
+@pytest.mark.parametrize("vector_writer", [True, False])
+def test_sequencer_streams_loop_nests_under_back_pressure(vector_writer):
     """The Sequencer alone, with memories and datapath emulated by the testbench: for every
     output pixel of a layer, in raster order, its group words stream with the pixel's input
-    base and its row records with the pixel's output base (the row stream goes on past the
-    last pixel), under random back-pressure; BASIS layers get their parameters, a CLEAR
+    base and its row words with the pixel's output base and ``end`` on its last one (the row
+    stream goes on past the last pixel), under random back-pressure; BASIS layers get their parameters, a CLEAR
     layer writes its words, and the counters add up what the datapath reported."""
     from gsaccel.hw.layouts import COUNTER_NAMES, LayerKind, group_layout, layer_layout, row_layout
     from gsaccel.hw.sequencer import ScratchpadOwner
     from gsaccel.sim.amaranth_sim import background, run_sim, stall_pattern
     from gsaccel.sw.format.words import pack_word, unpack_word
 
-    cfg = CFG
+    cfg = dataclasses.replace(CFG, vector_writer=vector_writer)
     depth = cfg.bank_depth
     rng = seeded_rng(21)
     weights = [int(w) for w in rng.integers(0, 1 << group_layout(cfg).size, cfg.weight_depth)]
-    rows = [int(w) for w in rng.integers(0, 1 << row_layout(cfg).size, cfg.row_depth)]
+    row_bits = row_layout(cfg).size
+    rows = [int.from_bytes(rng.bytes(-(-row_bits // 8)), "little") & ((1 << row_bits) - 1)
+            for _ in range(cfg.row_depth)]
     # Descriptor fields, and the rows the "writer" takes (past the last pixel's, for the
     # second layer).
     plan = [
@@ -195,7 +199,7 @@ def test_sequencer_streams_loop_nests_under_back_pressure():
             if row_ready and ctx.get(dut.o_row.valid):
                 payload = dut.o_row.payload
                 taken_rows.append((layer, ctx.get(payload.row.as_value()),
-                                   ctx.get(payload.base)))
+                                   ctx.get(payload.base), ctx.get(payload.end)))
                 rows_left -= 1
             if owner == ScratchpadOwner.CLEAR and ctx.get(dut.clear.en):
                 cleared.append(ctx.get(dut.clear.addr))
@@ -232,7 +236,8 @@ def test_sequencer_streams_loop_nests_under_back_pressure():
                 for p in range(pixels)]
 
     counters = {}
-    run_sim(dut, background(memories), background(datapath), host, name="sequencer_alone",
+    run_sim(dut, background(memories), background(datapath), host,
+            name=f"sequencer_alone_{int(vector_writer)}",
             deadline=3_000)
     want_groups, want_rows = [], []
     for k, (fields, taken) in enumerate(plan):
@@ -245,7 +250,8 @@ def test_sequencer_streams_loop_nests_under_back_pressure():
         per_pixel = max(1, fields.get("row_count", 0))        # a row count of 0 reads as 1
         out_bases = bases(fields, "dst", -(-taken // per_pixel))
         want_rows += [(k, rows[(fields.get("row_base", 0) + r % per_pixel) % cfg.row_depth],
-                       out_bases[r // per_pixel]) for r in range(taken)]
+                       out_bases[r // per_pixel], int(r % per_pixel == per_pixel - 1))
+                      for r in range(taken)]
     assert taken_groups == want_groups
     assert taken_rows == want_rows
     assert cleared == [(29 + i) % depth for i in range(5)]

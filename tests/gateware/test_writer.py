@@ -75,9 +75,10 @@ def test_writer_queue_depth():
 
 def run_writer(cfg, seg_log2, sums, rows, shift, relu, *, sum_stall=0.0, row_stall=0.0,
                salt=0):
-    """Feed ``sums`` (vectors) and ``rows`` (records ``(out_elem, bias, valid, base)``) to a
-    ResultWriter; return the writes (bank, bank address, data, cycle), the row transfer
-    cycles and the credit cycles."""
+    """Feed ``sums`` (vectors) and ``rows`` (serial records ``(out_elem, bias, valid,
+    base)``, or ``row_stream_layout`` payloads as dicts) to a ResultWriter; return the
+    writes (bank, bank address, data, cycle), the row transfer cycles and the credit
+    cycles."""
     dut = ResultWriter(cfg)
     rng = seeded_rng(salt)
     writes, row_cycles, credit_cycles = [], [], []
@@ -91,10 +92,12 @@ def run_writer(cfg, seg_log2, sums, rows, shift, relu, *, sum_stall=0.0, row_sta
     async def rows_source(ctx):
         ctx.set(dut.control, {"seg_log2": seg_log2, "shift": shift, "relu": relu})
         stall = stall_pattern(rng, row_stall)
-        for out_elem, bias, valid, base in rows:
-            await stream_put(ctx, dut.i_row, {"row": {"out_elem": out_elem, "bias": bias,
-                                                      "valid": valid}, "base": base},
-                             stall=stall)
+        for row in rows:
+            if not isinstance(row, dict):
+                out_elem, bias, valid, base = row
+                row = {"row": {"out_elem": out_elem, "bias": bias, "valid": valid},
+                       "base": base}
+            await stream_put(ctx, dut.i_row, row, stall=stall)
         await ctx.tick().until(dut.idle)
         done.append(True)
 
@@ -124,7 +127,8 @@ def run_writer(cfg, seg_log2, sums, rows, shift, relu, *, sum_stall=0.0, row_sta
                                                  (0.4, 0.4)])
 @pytest.mark.parametrize("lanes,seg_log2", [(4, 0), (8, 1), (8, 3), (16, 2)])
 def test_writer_random(lanes, seg_log2, sum_stall, row_stall):
-    cfg = CoreConfig(lanes=lanes, bank_depth=8, acc_width=24, result_queue=2 * lanes)
+    cfg = CoreConfig(lanes=lanes, bank_depth=8, acc_width=24, result_queue=2 * lanes,
+                     vector_writer=False)
     rng = seeded_rng(lanes + seg_log2)
     slots = lanes >> seg_log2
     n_vectors = 9
@@ -155,3 +159,55 @@ def test_writer_random(lanes, seg_log2, sum_stall, row_stall):
     assert [w[3] for w in writes] == [c + golden.WRITE_LATENCY for c in valid_row_cycles]
     # One credit per vector, in the vector's last slot cycle.
     assert credit_cycles == row_cycles[slots - 1::slots]
+
+
+@pytest.mark.parametrize("sum_stall,row_stall", [(0.0, 0.0), (0.5, 0.0), (0.0, 0.5),
+                                                 (0.4, 0.4)])
+@pytest.mark.parametrize("lanes,seg_log2", [(2, 0), (4, 0), (8, 1), (8, 3), (16, 0), (16, 2),
+                                            (4, 5)])
+def test_vector_writer_random(lanes, seg_log2, sum_stall, row_stall):
+    """Row lines: every bank written in the line's cycle from the slot its record names
+    (modulo V/e), a vector popped after a ``last`` line or a pixel's last line (``end``),
+    invalid records dropped, bank addresses wrapping."""
+    cfg = CoreConfig(lanes=lanes, bank_depth=8, acc_width=24, result_queue=2 * lanes)
+    assert ResultWriter(cfg).width == lanes
+    rng = seeded_rng(100 + lanes + seg_log2)
+    slots = max(1, lanes >> seg_log2)
+    n_vectors = 9
+    half = 1 << (cfg.acc_width - 1)
+    sums = rng.integers(-half, half, (n_vectors, lanes)) >> rng.integers(0, 20, (n_vectors, 1))
+    lines, popped = [], 0
+    while popped < n_vectors:
+        records = [{"offset": int(rng.integers(0, cfg.bank_depth)),
+                    "bias": int(rng.choice([rng.integers(-300, 300), rng.integers(-half, half)])),
+                    "valid": int(rng.random() < 0.8),
+                    # Slots past V/e (a hand-written line) wrap to the vector's slots.
+                    "slot": int(rng.integers(0, lanes))} for _ in range(lanes)]
+        last, end = int(rng.random() < 0.4), int(rng.random() < 0.2)
+        lines.append({"row": {"records": records, "last": last},
+                      "base": int(rng.integers(0, cfg.bank_depth)), "end": end})
+        popped += last | end
+    shift, relu = int(rng.integers(0, 14)), int(rng.integers(0, 2))
+    writes, row_cycles, credit_cycles = run_writer(cfg, seg_log2, sums, lines, shift, relu,
+                                                   sum_stall=sum_stall, row_stall=row_stall,
+                                                   salt=8)
+    expected, expected_cycles, pops, vector = [], [], [], 0
+    for line, cycle in zip(lines, row_cycles):
+        for bank, record in enumerate(line["row"]["records"]):
+            if record["valid"]:
+                value = golden.requantize(int(sums[vector, record["slot"] % slots]) +
+                                          record["bias"], shift, relu, cfg.acc_width)
+                expected.append((bank, (line["base"] + record["offset"]) % cfg.bank_depth,
+                                 int(value)))
+                expected_cycles.append(cycle + golden.WRITE_LATENCY)
+        if line["row"]["last"] or line["end"]:
+            pops.append(cycle)
+            vector += 1
+    assert len(row_cycles) == len(lines)
+    assert [w[:3] for w in writes] == expected
+    # A line's writes land together, WRITE_LATENCY cycles after its writer cycle.
+    assert [w[3] for w in writes] == expected_cycles
+    # One credit per vector, in the cycle of the line that pops it.
+    assert credit_cycles == pops
+    if not sum_stall and not row_stall:
+        assert row_cycles == list(range(row_cycles[0], row_cycles[0] + len(lines)))

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from gsaccel.sw import golden
 from gsaccel.sw.bench import conv
 from gsaccel.sw.errors import GsaccelError
 from gsaccel.sw.runtime.targets import connect
@@ -21,8 +22,8 @@ def test_fixed_overhead_is_what_the_cycle_model_adds_to_the_groups(one_thread):
     stats = program.stats()
     assert stats["stall_cycles"] == 0
     assert stats["groups"] == layer.nest.pixels * layer.matrix.n_groups
-    assert stats["cycles"] == stats["groups"] + conv.fixed_overhead(conv.V8,
-                                                                    layer.matrix.segments)
+    writer = golden.writer_cycles(layer.matrix, conv.V8)[-1]
+    assert stats["cycles"] == stats["groups"] + conv.fixed_overhead(conv.V8, writer)
 
 
 class _Corrupt:

@@ -78,6 +78,11 @@ def test_compile_for_a_board(files, capsys):
     assert main(["compile", str(files / "m.pt"), "--example", str(files / "x.npy"),
                  "--board", "icebreaker", "-o", str(files / "b.gsp")]) == 0
     assert Program.load(files / "b.gsp").cfg == BOARDS["icebreaker"].config
+    assert not BOARDS["icebreaker"].config.vector_writer
+    for flags, vector_writer in (([], True), (["--serial-writer"], False)):
+        assert main(["compile", str(files / "m.pt"), "--example", str(files / "x.npy"),
+                     *flags, "-o", str(files / "w.gsp")]) == 0
+        assert Program.load(files / "w.gsp").cfg.vector_writer == vector_writer
     capsys.readouterr()
     assert main(["compile", str(files / "m.pt"), "--example", str(files / "x.npy"),
                  "--board", "de0-nano", "-o", str(files / "b.gsp")]) != 0

@@ -278,13 +278,15 @@ def test_max_pool_and_residual_add_compile():
 
 def test_capacity_errors_name_every_limit_at_once():
     model = _mlp((40, 600, 300, 3), SEED)
-    small = CoreConfig(lanes=8, bank_depth=16, weight_depth=64, row_depth=256, layer_depth=2)
+    # The serial writer: one row record per output (a vector writer's row lines hold V).
+    small = CoreConfig(lanes=8, bank_depth=16, weight_depth=64, row_depth=256, layer_depth=2,
+                       vector_writer=False)
     with pytest.raises(CapacityError, match=(
             r"^Program does not fit the core: activation words per bank: 113 of 16 "
             r"\(CoreConfig.bank_depth\) OVER — at step 1 the live tensors need 113 words per "
             r"bank — _1 \(75\), _3 \(38\) — against the scratchpad's 16 words per bank; "
             r"group words: \d+ of 64 \(CoreConfig.weight_depth\) \(largest layer \d+\) OVER; "
-            r"row records: \d+ of 256 \(CoreConfig.row_depth\) \(largest layer \d+\) OVER; "
+            r"row words: \d+ of 256 \(CoreConfig.row_depth\) \(largest layer \d+\) OVER; "
             r"layers: 3 of 2 \(CoreConfig.layer_depth\) \(largest layer 1\) phased\. To fit "
             r"it, use a core with bank_depth=128, weight_depth=\d+, row_depth=1024, "
             r"layer_depth=4 \(a CoreConfig, or a board with more memory\) or prune harder or "

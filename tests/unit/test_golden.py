@@ -1,6 +1,8 @@
 """The golden model: numerics at their edges, kernels against plain numpy, the core
 interpreter against the kernels, and the cycle model's invariants."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -14,7 +16,8 @@ from gsaccel.sw.compile.image import build_image
 from gsaccel.sw.compile.layers import BasisLayer, GSLayer
 from gsaccel.sw.format.geometry import LoopNest, TensorGeometry
 from gsaccel.sw.format.words import pack_word, unpack_word
-from gsaccel.hw.layouts import group_layout, layer_layout, row_layout
+from gsaccel.hw.layouts import (group_layout, layer_layout, row_layout, row_line_layout,
+                                row_record_layout)
 
 
 def reference_requantize(acc, shift, relu, width):
@@ -92,13 +95,21 @@ def test_basis_layer():
 
 def test_word_codec_round_trips():
     cfg = CoreConfig(lanes=4, bank_depth=8)
+    serial = CoreConfig(lanes=4, bank_depth=8, vector_writer=False)
+    assert row_layout(serial) == row_record_layout(serial)
     row = {"out_elem": 17, "bias": -12345, "valid": 1}
-    assert unpack_word(row_layout(cfg), pack_word(row_layout(cfg), row)) == row
+    assert unpack_word(row_layout(serial), pack_word(row_layout(serial), row)) == row
+    assert row_layout(cfg) == row_line_layout(cfg)
+    line = {"records": [{"offset": k + 3, "bias": -k - 1, "valid": k % 2, "slot": 3 - k}
+                        for k in range(4)], "last": 1}
+    assert unpack_word(row_layout(cfg), pack_word(row_layout(cfg), line)) == line
     layer = unpack_word(layer_layout(cfg), pack_word(layer_layout(cfg), {
         "kind": 1, "basis": [-128, 127, 0, 1, 2, 3, 4, 5, -6], "shift": 31}))
     assert layer["basis"] == [-128, 127, 0, 1, 2, 3, 4, 5, -6] and layer["shift"] == 31
     with pytest.raises(ValueError, match=r"^Field bias must be in"):
-        pack_word(row_layout(cfg), {"bias": 1 << 23})
+        pack_word(row_layout(serial), {"bias": 1 << 23})
+    with pytest.raises(ValueError, match=r"^Field records.2.bias must be in"):
+        pack_word(row_layout(cfg), {"records": [{}, {}, {"bias": 1 << 23}, {}]})
     group = pack_word(group_layout(cfg), {"lanes": [{"value": 33, "bank": 3}] * 4,
                                           "offset": [1, 2, 0, 7], "last": 1})
     assert group >> (group_layout(cfg).size - 1) == 1
@@ -152,9 +163,10 @@ def build_program(rng, cfg):
     return layers, tensors
 
 
+@pytest.mark.parametrize("vector_writer", [True, False])
 @pytest.mark.parametrize("encoding", ["pow2", "int8"])
-def test_core_interpreter_equals_the_kernels(rng, encoding):
-    cfg = CoreConfig(lanes=4, bank_depth=32, encoding=encoding)
+def test_core_interpreter_equals_the_kernels(rng, encoding, vector_writer):
+    cfg = CoreConfig(lanes=4, bank_depth=32, encoding=encoding, vector_writer=vector_writer)
     layers, tensors = build_program(rng, cfg)
     core = golden.GoldenCore(cfg)
     core.load(build_image(cfg, layers))
@@ -173,8 +185,8 @@ def test_core_interpreter_equals_the_kernels(rng, encoding):
             padded = np.zeros(layer.matrix.shape[1], dtype=np.int64)
             padded[:y.size] = y
             y = golden.gs_layer(layer.matrix, padded, layer.bias, layer.shift, layer.relu)
-            cycles += golden.gs_layer_cycles(layer.matrix.rg_groups, layer.matrix.segments,
-                                             cfg)[0]
+            cycles += golden.gs_layer_cycles(layer.matrix.rg_groups,
+                                             golden.writer_cycles(layer.matrix, cfg), cfg)[0]
             groups += layer.matrix.n_groups
             busy += layer.matrix.nnz
     out = tensors[-1]
@@ -221,6 +233,72 @@ def test_cycle_model():
     assert cycles == lo + el + 800 + wl and stalls > 600
     # Horizontal (one result per row group) with the default queue never waits for the writer.
     assert golden.gs_layer_cycles([1] * 100, 1, CoreConfig(lanes=8)) == (lo + 99 + el + 1 + wl, 0)
+
+
+def test_cycle_model_of_the_vector_writer():
+    """The vector writer spends one cycle per row line: the writer-bound layer above takes
+    one cycle per group (with the default queue, whose 16 credits cover the engine's
+    latency), and a permuted row group's extra lines cost a cycle each."""
+    cfg = CoreConfig(lanes=8)
+    lo, el, wl = golden.LAYER_OVERHEAD, golden.engine_latency(cfg), golden.WRITE_LATENCY
+    assert golden.gs_layer_cycles([1] * 100, 1, cfg) == (lo + 99 + el + 1 + wl, 0)
+    # Per row group: 3 lines, then 2 (the second vector waits for the writer).
+    assert golden.gs_layer_cycles([1, 1], [3, 2], cfg) == (lo + el + 5 + wl, 0)
+    assert golden.loop_layer_cycles([1, 1], [3, 2], 2, cfg) == \
+        golden.gs_layer_cycles([1, 1, 1, 1], [3, 2, 3, 2], cfg)
+
+
+def test_row_lines_keep_the_banks_of_a_line_distinct():
+    """The i-th output of a bank in a row group goes into its line i: as few lines as the
+    most outputs of one bank; a row group of padding only still has its line."""
+    matrix = GSMatrix.from_dense(np.ones((16, 8)), "dense", 8, per_row=2)
+    permuted = dataclasses.replace(matrix, rg_rows=np.array([[0, 8, 1, 12], [3, 11, 2, 10],
+                                                             [5, -1, -1, -1],
+                                                             [-1, -1, -1, -1]]))
+    line, lines = permuted.row_lines()
+    assert line.tolist() == [[0, 1, 0, 0], [0, 1, 0, 1], [0, -1, -1, -1], [-1] * 4]
+    assert lines.tolist() == [2, 2, 1, 1]
+    assert golden.writer_cycles(permuted, CoreConfig(lanes=8)).tolist() == [2, 2, 1, 1]
+    assert golden.writer_cycles(permuted, CoreConfig(lanes=8, vector_writer=False)).tolist() \
+        == [4] * 4
+    assert golden.row_words(matrix, CoreConfig(lanes=8)) == 4      # natural order: 1 a vector
+    assert golden.row_words(matrix, CoreConfig(lanes=8, vector_writer=False)) == 16
+
+
+def test_image_packs_row_lines(rng):
+    """A GS-scatter layer whose row groups hold two outputs of one bank: each output in the
+    record of its bank, with its offset, bias and slot, the row group's last line ``last``;
+    GoldenCore runs the words like the layer-level model."""
+    cfg = CoreConfig(lanes=4, bank_depth=32)
+    dense, _ = random_pattern_matrix(rng, "gs-gather", 8, 8, 4, 1, "pow2", density=0.9)
+    order = np.array([0, 4, 1, 2, 3, 5, 6, 7])           # row group 0: rows 0 and 4 in bank 0
+    shuffled = np.empty_like(dense)
+    shuffled[order] = dense
+    matrix = GSMatrix.from_dense(shuffled, "gs-scatter", 4, 1, row_order=order)
+    bias = rng.integers(-900, 900, 8)
+    layer = one_pixel_layer(cfg, matrix, vector(cfg, 8, 0), vector(cfg, 8, 4), bias=bias,
+                            shift=3)
+    image = build_image(cfg, [layer])
+    lines = [unpack_word(row_line_layout(cfg), word) for word in image.rows]
+    assert [line["last"] for line in lines] == [0, 1, 0, 1]
+    assert unpack_word(layer_layout(cfg), image.layers[0])["row_count"] == 4
+    assert [r["valid"] for r in lines[1]["records"]] == [1, 0, 0, 0]
+    first = lines[0]["records"][0]
+    assert (first["offset"], first["bias"], first["slot"]) == (0, bias[0], 0)
+    second = lines[1]["records"][0]
+    assert (second["offset"], second["bias"], second["slot"]) == (1, bias[4], 1)
+    for serial in (False, True):
+        run_cfg = dataclasses.replace(cfg, vector_writer=not serial)
+        core = golden.GoldenCore(run_cfg)
+        core.load(build_image(run_cfg, [layer]))
+        x = rng.integers(-128, 128, 8)
+        core.write(Memory.ACTS, 0, x.tolist())
+        counters = core.run(0, 1)
+        y = golden.gs_layer(layer.matrix, x, bias, 3, False)
+        assert core.read(Memory.ACTS, 16, 8) == y.tolist()
+        writer = golden.writer_cycles(layer.matrix, run_cfg)
+        assert counters["cycles"] == golden.RUN_OVERHEAD + golden.gs_layer_cycles(
+            layer.matrix.rg_groups, writer, run_cfg)[0]
 
 
 def test_image_capacity_errors(rng):

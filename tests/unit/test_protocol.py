@@ -115,7 +115,8 @@ def test_encode_frame_rejects(kwargs, message):
                                                           weight_depth=100, row_depth=77,
                                                           max_payload=300),
                                  CoreConfig(lanes=8, basis=False), CoreConfig(lanes=2),
-                                 CoreConfig(lanes=16, deep_pipeline=False)])
+                                 CoreConfig(lanes=16, deep_pipeline=False),
+                                 CoreConfig(lanes=4, vector_writer=False)])
 def test_hello_round_trip(cfg):
     assert parse_hello(hello_payload(cfg)) == cfg
 
@@ -124,15 +125,18 @@ def test_hello_rejects_bad_magic_version_and_size():
     good = hello_payload(CoreConfig())
     with pytest.raises(FrameError, match=r"^HELLO magic must be b'GSAC', not b'XSAC'$"):
         parse_hello(b"X" + good[1:])
-    with pytest.raises(FrameError, match=r"^Protocol version must be 4 with loop nests, not 9: "
+    with pytest.raises(FrameError, match=r"^Protocol version must be 5 with loop nests, not 9: "
                                          r"the device runs an older bitstream; rebuild and "
                                          r"flash it"):
         parse_hello(HELLO_MAGIC + b"\x09" + good[5:])
     # A two-buffer core of an earlier release: version 3, no loop-nest feature bit.
     old = HELLO_MAGIC + b"\x03" + good[5:-1] + bytes([good[-1] & ~HELLO_FEATURE_LOOP_NEST])
-    with pytest.raises(FrameError, match=r"^Protocol version must be 4 with loop nests, not 3 "
+    with pytest.raises(FrameError, match=r"^Protocol version must be 5 with loop nests, not 3 "
                                          r"without: the device runs an older bitstream"):
         parse_hello(old)
+    # A loop-nest core of the release before the vector writer: version 4.
+    with pytest.raises(FrameError, match=r"^Protocol version must be 5 with loop nests, not 4: "):
+        parse_hello(HELLO_MAGIC + b"\x04" + good[5:])
     with pytest.raises(FrameError, match=r"^HELLO reply must be \d+ bytes, not 3$"):
         parse_hello(good[:3])
     bad_lanes = good[:5] + b"\x03" + good[6:]

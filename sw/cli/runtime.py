@@ -5,7 +5,8 @@ import logging
 import numpy as np
 
 from ..errors import GsaccelError, ShapeError
-from .common import add_encoding, add_lanes, add_target, console, load_array, load_model
+from .common import (add_encoding, add_lanes, add_target, console, load_array, load_model,
+                     output_path, writing)
 
 __all__ = ["register", "compare_layers"]
 
@@ -92,6 +93,8 @@ def run_compile(args):
     from ...hw.config import CoreConfig
     if args.output is None and not args.report:
         raise GsaccelError("compile needs -o M.gsp (the program to write), or --report")
+    if args.output is not None:
+        output_path(args.output, "program")
     model = load_model(args.model)
     example = load_array(args.example, "example input")
     if args.board is not None:
@@ -132,7 +135,8 @@ def run_compile(args):
             out.print(f"to fit it: {remedy}", soft_wrap=True)
         return 0 if report.fits or report.fits_phased and args.phases else 1
     program = compile(model, example, cfg=cfg, phases=args.phases)
-    program.save(args.output)
+    with writing(args.output, "program"):
+        program.save(args.output)
     out = console()
     out.print(program_table(program))
     out.print(f"wrote {args.output}: {program_summary(program)}", soft_wrap=True)
@@ -188,6 +192,10 @@ def run_run(args):
     from ..compile.program import Program
     from ..runtime.targets import connect
     out = console()
+    if args.output:
+        output_path(args.output, "outputs")
+    if args.waves:
+        output_path(args.waves, "waveform")
     program = Program.load(args.program)
     x = load_array(args.input, "input").astype(np.float64)
     if x.shape == program.input_shape:
@@ -210,7 +218,8 @@ def run_run(args):
             n = min(len(x), max(1, args.compare_samples))
             rows, summary = compare_layers(program, model, x[:n], device)
     if args.output:
-        np.save(args.output, y)
+        with writing(args.output, "outputs"):
+            np.save(args.output, y)
     n = counters["inferences"]
     util = counters["busy_lane_cycles"] / (program.cfg.lanes * counters["groups"]) \
         if counters["groups"] else 0.0

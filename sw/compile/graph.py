@@ -243,11 +243,16 @@ def _torch():
     return torch
 
 
-def _as_float64(x):
+def _as_float64(x, what="Input"):
+    """``x`` (a tensor or array-like) as float64; a ShapeError for what is not numeric."""
     torch = _torch()
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().double().numpy()
-    return np.array(x, dtype=np.float64)
+    try:
+        return np.array(x, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise ShapeError(f"{what} must be numeric, not {np.asarray(x).dtype} "
+                         f"({error})") from None
 
 
 def _evaluate(op, sources):

@@ -45,6 +45,7 @@ from ..golden import (RUN_OVERHEAD, basis_layer_cycles, clear_layer_cycles,
                       dequantize, loop_layer_cycles, quantize, row_words, writer_cycles)
 from ..golden.loopnest import OPS
 from .image import MAX_OUTPUT_SIDE, build_image, phase_ranges
+from .graph import _as_float64
 from .layers import BasisLayer, ClearLayer, GSLayer, InputTransform, ResidualNest
 from .plan import Lifetime, MemoryPlan, peak_live
 
@@ -190,6 +191,10 @@ class Program:
         if x.shape[1:] != tuple(self.input_shape):
             raise ShapeError(f"Input must have shape (N,) + {tuple(self.input_shape)}, not "
                              f"{x.shape}")
+        if not np.isfinite(x).all():
+            bad = np.argwhere(~np.isfinite(x))[0]
+            raise ShapeError(f"Input must be finite, but sample {int(bad[0])} holds "
+                             f"{x[tuple(bad)]} at {tuple(int(i) for i in bad[1:])}")
         return quantize(self.input_transform.apply(x), self.input_scale_log2)
 
     def dequantize_output(self, q):
@@ -495,12 +500,6 @@ def plan_of(tensors, depth):
 
 
 # JSON of the records ------------------------------------------------------------------------
-
-def _as_float64(x):
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().double().numpy()
-    return np.array(x, dtype=np.float64)
-
 
 def jsonable(value):
     """``value`` with numpy scalars and tuples turned into JSON's types."""

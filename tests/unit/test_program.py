@@ -371,3 +371,16 @@ def test_golden_device_memory_checks_are_device_errors():
     assert device.read(Memory.ACTS, 0, 2) == [255, 5]
     with pytest.raises(DeviceError, match=r"BAD_LAYER"):
         device.run_layers(0, cfg.layer_depth + 1)
+
+
+def test_run_inputs_must_be_finite_and_numeric():
+    import torch
+    from torch import nn
+    from gsaccel.sw.compile import compile
+    torch.manual_seed(0)
+    program = compile(nn.Sequential(nn.Linear(4, 3)), torch.rand(8, 4))
+    with pytest.raises(ShapeError, match=r"^Input must be finite, but sample 1 holds nan at "
+                                         r"\(2,\)$"):
+        program.quantize_input(np.array([[0.0] * 4, [1, 2, np.nan, 4]]))
+    with pytest.raises(ShapeError, match=r"^Input must be numeric, not <U1"):
+        program.run_golden(np.array([["a", "b", "c", "d"]]))

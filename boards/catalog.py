@@ -136,7 +136,7 @@ ULX3S_85F = Board(
     # weights): with 2048 the weight memory's block RAMs spread over the chip (docs/boards.md).
     clk_hz=62.5e6,
     baud=3_000_000,
-    config=CoreConfig(lanes=16, bank_depth=128, weight_depth=1024, row_depth=1024,
+    config=CoreConfig(lanes=16, bank_depth=4096, weight_depth=4096, row_depth=256,
                       layer_depth=64, result_queue=64, max_payload=1024),
     uart=("uart", 0),
     leds={"idle": ("led", 0, None), "busy": ("led", 1, None), "error": ("led", 7, None)},
@@ -154,10 +154,10 @@ ORANGECRAB = Board(
     # Feather header's pins 0 (RX) and 1 (TX), for an external 3.3 V USB-serial adapter.
     # 32 MHz = 48 MHz * 2 / 3 (the core's Fmax is 67.1 MHz); 3 Mbaud is 10 2/3 clocks per
     # bit.
-    clk_hz=32e6,
+    clk_hz=48e6,
     baud=3_000_000,
-    config=CoreConfig(lanes=16, bank_depth=256, weight_depth=1024, row_depth=1024,
-                      layer_depth=32, result_queue=32, max_payload=1024),
+    config=CoreConfig(lanes=16, bank_depth=2048, weight_depth=1024, row_depth=1024,
+                      layer_depth=32, result_queue=32, max_payload=1024, vector_writer=False),
     uart=("uart", 0),
     leds={"idle": ("rgb_led", 0, "g"), "busy": ("rgb_led", 0, "b"),
           "error": ("rgb_led", 0, "r")},

@@ -54,8 +54,7 @@ def register(subparsers):
     compile_.add_argument("--report", action="store_true",
                           help="print every limit of the core against the model (activation "
                                "words, group words, row words, layers) and whether it fits, "
-                               "fits in phases or not; write no program (exit 1 if it does "
-                               "not fit)")
+                               "fits in phases or not, and the remedy; write no program")
     compile_.add_argument("-o", "--output", metavar="M.gsp",
                           help="program file to write (required without --report)")
     compile_.set_defaults(func=run_compile)
@@ -133,7 +132,7 @@ def run_compile(args):
         remedy = report.remedy(phases_allowed=args.phases)
         if remedy:
             out.print(f"to fit it: {remedy}", soft_wrap=True)
-        return 0 if report.fits or report.fits_phased and args.phases else 1
+        return 0
     program = compile(model, example, cfg=cfg, phases=args.phases)
     with writing(args.output, "program"):
         program.save(args.output)

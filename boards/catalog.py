@@ -152,8 +152,10 @@ ORANGECRAB = Board(
     osc_hz=48e6,
     # The USB port carries the DFU bootloader, not a serial bridge: the UART is on the
     # Feather header's pins 0 (RX) and 1 (TX), for an external 3.3 V USB-serial adapter.
-    # 32 MHz = 48 MHz * 2 / 3 (the core's Fmax is 67.1 MHz); 3 Mbaud is 10 2/3 clocks per
-    # bit.
+    # The oscillator's 48 MHz, no PLL; 3 Mbaud is 16 clocks per bit. V = 16 with 2048 words
+    # per bank (DS-CNN's 1256 fit), 1024 group words and the serial writer: 16479 LUT, 8425
+    # FF, 42/56 DP16KD, 9 DSP, Fmax 103.3 MHz (`gsaccel build --board orangecrab`, seed 1).
+    # With the vector writer V = 16 does not fit the 25F (59/56 DP16KD, 25973/24288 LUT).
     clk_hz=48e6,
     baud=3_000_000,
     config=CoreConfig(lanes=16, bank_depth=2048, weight_depth=1024, row_depth=1024,

@@ -244,9 +244,9 @@ def _torch():
 
 
 def _as_float64(x, what="Input"):
-    """``x`` (a tensor or array-like) as float64; a ShapeError for what is not numeric."""
-    torch = _torch()
-    if isinstance(x, torch.Tensor):
+    """``x`` (a tensor or array-like) as float64; a ShapeError for what is not numeric.
+    (A tensor is known by its ``detach``: torch is not imported for an array.)"""
+    if hasattr(x, "detach"):
         x = x.detach().cpu().double().numpy()
     try:
         return np.array(x, dtype=np.float64)

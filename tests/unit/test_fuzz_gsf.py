@@ -353,23 +353,12 @@ def test_memory_stays_bounded_by_the_file():
     """The header's counts are checked against the bytes before any allocation: parsing a
     file of any header allocates (traced by tracemalloc, numpy's buffers included) at most
     64 KiB plus 128 bytes per byte of the file."""
-    import tracemalloc
+    from fuzz_memory import peak_allocations
     rng = np.random.default_rng(SEED)
     files = corpus()
-    tracemalloc.start()
-    try:
-        for _ in range(100):
-            data = mutate(rng, files[int(rng.integers(0, len(files)))])
-            tracemalloc.reset_peak()
-            base = tracemalloc.get_traced_memory()[0]
-            try:
-                GSMatrix.from_bytes(data)
-            except FormatError:
-                pass
-            peak = tracemalloc.get_traced_memory()[1] - base
-            assert peak <= (64 << 10) + 128 * len(data), (peak, data.hex())
-    finally:
-        tracemalloc.stop()
+    mutants = (mutate(rng, files[int(rng.integers(0, len(files)))]) for _ in range(100))
+    for data, peak in peak_allocations(GSMatrix.from_bytes, mutants):
+        assert peak <= (64 << 10) + 128 * len(data), (peak, data.hex())
 
 
 # Properties (hypothesis) ----------------------------------------------------------------------

@@ -415,23 +415,12 @@ def test_memory_stays_bounded_by_the_file():
     """Parsing any mutant allocates (traced by tracemalloc, numpy's buffers included) at most
     64 KiB plus 64 bytes per byte of the file: no field's value is allocated before it is
     checked against the bytes and the core's memories."""
-    import tracemalloc
+    from fuzz_memory import peak_allocations
     rng = np.random.default_rng(SEED)
     files = corpus()
-    tracemalloc.start()
-    try:
-        for _ in range(60):
-            data = mutate(rng, files[int(rng.integers(0, len(files)))])
-            tracemalloc.reset_peak()
-            base = tracemalloc.get_traced_memory()[0]
-            try:
-                Program.from_bytes(data)
-            except FormatError:
-                pass
-            peak = tracemalloc.get_traced_memory()[1] - base
-            assert peak <= (64 << 10) + 64 * len(data), peak
-    finally:
-        tracemalloc.stop()
+    mutants = (mutate(rng, files[int(rng.integers(0, len(files)))]) for _ in range(60))
+    for data, peak in peak_allocations(Program.from_bytes, mutants):
+        assert peak <= (64 << 10) + 64 * len(data), peak
 
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) |

@@ -10,9 +10,10 @@ from gsaccel.hw.command import CommandProcessor
 from gsaccel.hw.config import CoreConfig
 from gsaccel.hw.framing import frame_layout
 from gsaccel.hw.layouts import FrameType
-from gsaccel.sim.formal import elaborated, free_inputs, stream_rules, submodule
+from gsaccel.sim.formal import (elaborated, free_inputs, fsm_state, internal, stream_rules,
+                                submodule)
 
-__all__ = ["COMMAND_CFG", "CommandRejects"]
+__all__ = ["COMMAND_CFG", "CommandRejects", "REQUEST_STATES", "reply_lemma"]
 
 #: Memories of a few words and a short payload: the checks, not the sizes, are under test, and
 #: a short maximum payload bounds the size loop (so the bounded check sees whole requests).
@@ -21,6 +22,19 @@ COMMAND_CFG = CoreConfig(lanes=2, bank_depth=4, weight_depth=4, row_depth=4, lay
                          vector_writer=False)
 
 _MEMORIES = ("layer_mem", "weight_mem", "row_mem")
+
+#: The processor's states before a reply starts (it checks or executes the request).
+REQUEST_STATES = ("IDLE", "HEADER", "DECODE", "CHECK", "SIZE", "SIZE_STEP", "VERDICT",
+                  "WRITE_DATA", "RUN")
+
+
+def reply_lemma(m, dut, fragment):
+    """A reply is on offer exactly in the states after a request (from the state that starts
+    it until the transmitter takes it): an invariant k-induction needs (a state checking a
+    request with a reply on offer, or a reply state without one, is unreachable)."""
+    state, states = fsm_state(fragment, "cmd")
+    requesting = Cat(state == states[name] for name in REQUEST_STATES).any()
+    m.d.comb += Assert(dut.o_reply.valid == ~requesting, "reply on offer during a request")
 
 
 class CommandRejects(Elaboratable):
@@ -82,5 +96,31 @@ class CommandRejects(Elaboratable):
         m.d.comb += [
             Assert(~(flagged & acting), "a frame the receiver rejected writes or runs"),
             Assert(~(error_reply & (acted | acting)), "a rejected request wrote or ran"),
+        ]
+
+        # Invariants for the induction step (proved with the rest). They name the FSM's
+        # states: a renamed state breaks the harness loudly (LookupError, KeyError).
+        state, states = fsm_state(fragment, "cmd")
+
+        def within(*names):
+            return Cat(state == states[name] for name in names).any()
+
+        checking = within("HEADER", "DECODE", "CHECK", "SIZE", "SIZE_STEP", "VERDICT")
+        data_valid, data_fetched = internal(fragment, "data_valid"), internal(fragment,
+                                                                               "data_fetched")
+        reply_lemma(m, dut, fragment)
+        m.d.comb += [
+            Assert(state < len(states), "command FSM in an unused encoding"),
+            # Memories are written only by a WRITE's data phase, a run starts only from CHECK.
+            Assert(~(data_valid | data_fetched) | within("WRITE_DATA")),
+            Assert(~acting | within("WRITE_DATA", "CHECK")),
+            # Nothing has happened yet for the request being checked (the last one's reply
+            # released its frame, which cleared ``acted``).
+            Assert(~acted | ~(checking | within("IDLE"))),
+            # The frame is released in the reply's first cycle (which clears ``acted``).
+            Assert(~(acted & dut.o_reply.valid) | internal(fragment, "release")),
+            # The frame being checked or executed is still held, as the processor saw it.
+            Assert(~(checking | within("WRITE_DATA", "RUN")) |
+                   (dut.i_frame.valid & (dut.i_frame.payload.error == 0))),
         ]
         return m

@@ -27,7 +27,8 @@ class StreamHarness(Elaboratable):
     ``glitch`` (fault injection, for the test that the check can fail): a free input that
     resets the component at any time, as a design that drops a pending transfer would.
 
-    ``lemmas(m, dut)`` may add assertions that k-induction needs (proved with the rest).
+    ``lemmas(m, dut, fragment)`` may add assertions that k-induction needs (proved with the
+    rest); ``fragment`` is the elaborated component, for :func:`internal`.
     """
 
     def __init__(self, dut, *, exempt=(), glitch=False, lemmas=None):
@@ -42,13 +43,14 @@ class StreamHarness(Elaboratable):
 
     def elaborate(self, platform):
         m = Module()
+        fragment = elaborated(self.dut, platform)
         if self._glitch:
-            m.submodules.dut = ResetInserter(self.reset)(self.dut)
+            m.submodules.dut = ResetInserter(self.reset)(fragment)
         else:
-            m.submodules.dut = self.dut
+            m.submodules.dut = fragment
         self.produced = tuple(stream_rules(m, self.dut, exempt=self._exempt))
         if self._lemmas is not None:
-            self._lemmas(m, self.dut)
+            self._lemmas(m, self.dut, fragment)
         # The domain's own reset stays low: every run starts from the registers' init values.
         m.d.comb += Assume(~ResetSignal())
         return m
@@ -58,7 +60,7 @@ def receiver_stream_harness(cfg=RECEIVER_CFG, **kwargs):
     return StreamHarness(FrameReceiver(cfg), **kwargs)
 
 
-def _transmitter_lemmas(m, dut):
+def _transmitter_lemmas(m, dut, fragment):
     # The header is held for the whole frame: the transmitter leaves IDLE only on a valid
     # header and acknowledges it in the frame's last cycle, so the stream rule keeps it valid.
     m.d.comb += Assert(~dut.busy | dut.i_reply.valid, "transmitter busy without a header")

@@ -211,6 +211,8 @@ def stream_rules(m, component, *, exempt=()):
 
 
 def _signals(fragment, name, found):
+    # A block's registers and internal wires are the signals its statements assign;
+    # Amaranth 0.5 keeps no other index of them (``_lhs_signals`` recurses through Switch).
     for statements in fragment.statements.values():
         for statement in statements:
             for signal in statement._lhs_signals():

@@ -169,6 +169,24 @@ def test_rejected_frame_check_can_fail(tmp_path):
           expect="FAIL", mode="bmc", depth=30)
 
 
+def test_internal_wants_exactly_one_signal():
+    from amaranth.hdl import Module
+    from gsaccel.hw.framing import FrameReceiver
+    from gsaccel.sim.formal import elaborated, fsm_state, internal
+    fragment = elaborated(FrameReceiver(RECEIVER_CFG))
+    assert internal(fragment, "remaining").name == "remaining"
+    with pytest.raises(LookupError, match="found 0"):
+        internal(fragment, "no_such_register")
+    state, states = fsm_state(fragment, "rx")
+    assert states["HUNT"] == 0 and set(states) >= {"PAYLOAD", "REPORT", "CRC_3"}
+    # Two receivers: which ``remaining`` is meant is ambiguous, so neither is picked.
+    m = Module()
+    m.submodules.a = FrameReceiver(RECEIVER_CFG)
+    m.submodules.b = FrameReceiver(RECEIVER_CFG)
+    with pytest.raises(LookupError, match="found 2"):
+        internal(elaborated(m), "remaining")
+
+
 def test_run_formal_checks_its_arguments(tmp_path):
     harness = ReceiverNoWedge()
     with pytest.raises(ValueError, match="identifier"):

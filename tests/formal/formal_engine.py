@@ -8,7 +8,7 @@ from gsaccel.hw.lane import lane_nonzero
 from gsaccel.hw.scratchpad import read_latency
 from gsaccel.sim.formal import elaborated, free_inputs, internal
 
-__all__ = ["ENGINE_CFGS", "EngineGather", "crossbar_stage"]
+__all__ = ["ENGINE_CFGS", "EngineGather", "EngineCredits", "crossbar_stage"]
 
 _SMALL = dict(bank_depth=8, weight_depth=4, row_depth=4, layer_depth=2, max_payload=8,
               basis=False, vector_writer=False)
@@ -145,4 +145,56 @@ class EngineGather(Elaboratable):
                     column = Cat(hits[i][bank] for i in range(lanes))
                     m.d.comb += Assert((column & (column - 1)) == 0,
                                        f"bank {bank} feeds two lanes in one cycle")
+        return m
+
+
+class EngineCredits(Elaboratable):
+    """The engine never offers a sum vector its consumer has no room for.
+
+    ``o_sums`` does not follow the stream rule (it is offered for one cycle and ``ready`` is
+    not looked at); the credit scheme makes that safe instead. The consumer is modelled as a
+    queue of ``capacity`` vectors (default: the engine's credits, ``cfg.result_vectors``)
+    that takes every vector offered and returns one credit per vector it finishes (assumed:
+    a credit only while it holds one). Asserted: a vector is offered only when the queue has
+    room. Everything else (groups, control, clear, the bank data) is free.
+
+    Invariant for the induction step (proved with the rest): the engine's credits, the
+    ``last`` groups in its pipeline and the vectors the consumer holds add up to the
+    capacity it started with; ``no_credit`` is ``credits == 0``.
+
+    Fault injection: ``capacity`` one smaller than the engine's credits must FAIL.
+    """
+
+    def __init__(self, cfg, *, capacity=None):
+        self.cfg = cfg
+        self.dut = GatherEngine(cfg)
+        self.capacity = self.dut.credits if capacity is None else capacity
+
+    @property
+    def ports(self):
+        return free_inputs(self.dut)
+
+    def elaborate(self, platform):
+        from gsaccel.hw.engine import pipeline_depth
+        m = Module()
+        cfg, dut = self.cfg, self.dut
+        fragment = elaborated(dut)
+        m.submodules.dut = fragment
+        m.d.comb += Assume(~ResetSignal())
+
+        total = dut.credits
+        held = Signal(range(total + 2))       # vectors in the consumer's queue
+        m.d.comb += Assume(~dut.credit | (held != 0))
+        m.d.sync += held.eq(held + dut.o_sums.valid - dut.credit)
+        m.d.comb += Assert(~dut.o_sums.valid | (held < self.capacity),
+                           "sum vector offered with the consumer's queue full")
+
+        depth = pipeline_depth(cfg)
+        in_flight = sum((internal(fragment, f"s{k}_valid") & internal(fragment, f"s{k}_last"))
+                        .as_unsigned() for k in range(1, depth + 1))
+        credits, no_credit = internal(fragment, "credits"), internal(fragment, "no_credit")
+        m.d.comb += [
+            Assert(credits + in_flight + held == total, "credits lost or made"),
+            Assert(no_credit == (credits == 0)),
+        ]
         return m

@@ -3,7 +3,7 @@
 from amaranth.hdl import Assert, Signal, Value
 
 from gsaccel.hw.sequencer import Sequencer
-from gsaccel.sim.formal import fsm_state
+from gsaccel.sim.formal import fsm_state, internal
 
 from formal_command import COMMAND_CFG
 from formal_framing import StreamHarness
@@ -18,6 +18,12 @@ def _sequencer_lemmas(m, dut, fragment):
     # the memories with nothing on offer): the invariant that k-induction needs.
     m.d.comb += [Assert(~dut.o_group.valid | in_gs, "group offered outside GS"),
                  Assert(~dut.o_row.valid | in_gs, "row offered outside GS")]
+    # ... and their memories' outputs hold a word only from PRIME's read on (a layer's end
+    # stops both stages).
+    in_fill = state == states["FILL"]
+    for name in ("group", "row"):
+        read, valid = internal(fragment, f"{name}_read"), internal(fragment, f"{name}_valid")
+        m.d.comb += Assert(~(read | valid) | in_fill | in_gs, f"{name} stream live outside GS")
     # The row stream is endless within a layer (a descriptor whose groups emit more slots
     # than its rows cover cannot starve the writer): at the layer's end the row on offer, if
     # the writer did not take it, is withdrawn. So o_row keeps the rule within a layer: a

@@ -84,12 +84,15 @@ class EngineGather(Elaboratable):
             return Cat(addr[:aw], bank[:cfg.bank_bits])
 
         # The scratchpad model: each bank returns its tag of the address of `latency` ago.
+        self._bank_delays = []
         for bank, port in enumerate(dut.banks):
             addr = port.rd_addr
+            self._bank_delays.append([])
             for k in range(self._latency):
                 delayed = Signal(aw, name=f"bank{bank}_addr_d{k + 1}")
                 m.d.sync += delayed.eq(addr)
                 addr = delayed
+                self._bank_delays[-1].append(delayed)
             m.d.comb += port.rd_data.eq(tag(Const(bank, max(1, cfg.bank_bits)), addr))
 
         group, base = dut.i_group.payload.word, dut.i_group.payload.base
@@ -105,16 +108,22 @@ class EngineGather(Elaboratable):
         # What each lane must see, carried down a pipeline as long as the engine's.
         stage = crossbar_stage(cfg)
         expected = [Signal(8, name=f"expected{i}") for i in range(lanes)]
+        # Each bank's word address, then lane i's bank's (base + offset[b] for every b first:
+        # the same value as base + offset[lanes[i].bank], in a form the solver matches with
+        # the engine's per-bank adders instead of proving the two equal bit by bit).
+        word_addr = [Signal(aw, name=f"word_addr{b}") for b in range(lanes)]
+        m.d.comb += [word_addr[b].eq((base + group.offset[b])[:aw]) for b in range(lanes)]
         for i in range(lanes):
             bank = group.lanes[i].bank
-            offset = Signal(aw, name=f"offset_of_lane{i}")
+            addr = Signal(aw, name=f"addr_of_lane{i}")
             with m.Switch(bank):
                 for b in range(lanes):
                     with m.Case(b):
-                        m.d.comb += offset.eq(group.offset[b])
-            m.d.comb += expected[i].eq(Mux(nonzero[i], tag(bank, (base + offset)[:aw]), 0))
+                        m.d.comb += addr.eq(word_addr[b])
+            m.d.comb += expected[i].eq(Mux(nonzero[i], tag(bank, addr), 0))
         valid = accept
         valids = [accept]             # valids[k]: a group accepted k cycles ago
+        expected_chain = [expected]   # expected_chain[k]: the words for the group of k ago
         for k in range(stage):
             valid_k = Signal(name=f"shadow_valid{k + 1}")
             m.d.sync += valid_k.eq(valid)
@@ -123,6 +132,7 @@ class EngineGather(Elaboratable):
             delayed = [Signal(8, name=f"shadow{k + 1}_lane{i}") for i in range(lanes)]
             m.d.sync += [d.eq(e) for d, e in zip(delayed, expected)]
             expected = delayed
+            expected_chain.append(expected)
 
         if self._check == "gather":
             quad = min(4, lanes)
@@ -132,6 +142,7 @@ class EngineGather(Elaboratable):
                     for q in range(lanes // quad):
                         x = x | internal(fragment, f"s3_partial{i}_{q}")
                     m.d.comb += Assert(x == expected[i], f"lane {i} gathered the wrong word")
+            self._stage_lemmas(m, fragment, group, nonzero, word_addr, expected_chain, tag)
         else:
             # The crossbar's select stage (the cycle before the lane inputs): bank -> lane
             # hits. Only a group's hits count: between groups the engine registers whatever
@@ -146,6 +157,44 @@ class EngineGather(Elaboratable):
                     m.d.comb += Assert((column & (column - 1)) == 0,
                                        f"bank {bank} feeds two lanes in one cycle")
         return m
+
+    def _stage_lemmas(self, m, fragment, group, nonzero, word_addr, expected_chain, tag):
+        # Invariants for the induction step (proved with the rest): the engine registers the
+        # offered word's bank hits and addresses in every cycle, accepted or not, so each of
+        # its stages equals the harness's copy of what was offered that many cycles ago.
+        # With them the V = 8 step is local; without, the solver relates the lane data to
+        # the group four cycles back in one go, which took it over 5 minutes.
+        cfg, dut, lanes = self.cfg, self.dut, self.cfg.lanes
+        hits = [Cat(nonzero[i] & (group.lanes[i].bank == b) for b in range(lanes))
+                for i in range(lanes)]
+        first = address_stages(cfg)
+        delays = {"s0_hits": first, "s1_hits": first + 1, "s2_hits": first + read_latency(cfg)}
+        history = [(hits, word_addr)]
+        for k in range(crossbar_stage(cfg)):
+            h = [Signal(lanes, name=f"shadow{k + 1}_hits{i}") for i in range(lanes)]
+            a = [Signal(len(w), name=f"shadow{k + 1}_word_addr{b}")
+                 for b, w in enumerate(word_addr)]
+            m.d.sync += [x.eq(y) for x, y in zip(h + a, history[-1][0] + history[-1][1])]
+            history.append((h, a))
+        for name, delay in delays.items():
+            for i in range(lanes):
+                m.d.comb += Assert(internal(fragment, f"{name}{i}") == history[delay][0][i])
+        for b, port in enumerate(dut.banks):
+            m.d.comb += Assert(port.rd_addr == history[first][1][b])
+            # The scratchpad model's address registers, likewise.
+            for k, delayed in enumerate(self._bank_delays[b], start=1):
+                if first + k < len(history):
+                    m.d.comb += Assert(delayed == history[first + k][1][b])
+        # The expected words' pipeline, from the offered words' hits and addresses.
+        for k, words in enumerate(expected_chain[1:], start=1):
+            if k < len(history):
+                h, a = history[k]
+                for i in range(lanes):
+                    word = Const(0, 8)
+                    for b in range(lanes):
+                        word = word | Mux(h[i][b], tag(Const(b, max(1, cfg.bank_bits)), a[b]),
+                                          0)
+                    m.d.comb += Assert(words[i] == word)
 
 
 class EngineCredits(Elaboratable):

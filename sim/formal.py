@@ -55,6 +55,8 @@ def _which(program, path):
 def formal_env(base=None, *, solver="yices") -> dict:
     """An environment in which sby runs the wheels' yosys, smtbmc and witness and smtbmc finds
     the solver: the interpreter's own bin folder first on PATH (an unactivated venv too)."""
+    if solver not in _SOLVERS:
+        raise ValueError(f"Formal solver must be one of {', '.join(_SOLVERS)}, not {solver!r}")
     env = dict(os.environ if base is None else base)
     path = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["PATH"] = path

@@ -209,3 +209,5 @@ def test_run_formal_checks_its_arguments(tmp_path):
         run_formal(harness, harness.ports, name="no-dash", workdir=tmp_path)
     with pytest.raises(ValueError, match="mode"):
         run_formal(harness, harness.ports, name="x", workdir=tmp_path, mode="live")
+    with pytest.raises(ValueError, match="solver"):
+        run_formal(harness, harness.ports, name="x", workdir=tmp_path, solver="z3")

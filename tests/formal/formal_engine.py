@@ -19,8 +19,7 @@ _SMALL = dict(bank_depth=8, weight_depth=4, row_depth=4, layer_depth=2, max_payl
 ENGINE_CFGS = {
     "v4_deep": CoreConfig(lanes=4, result_queue=8, deep_pipeline=True, **_SMALL),
     "v4_shallow": CoreConfig(lanes=4, result_queue=8, deep_pipeline=False, **_SMALL),
-    "v8_deep": CoreConfig(lanes=8, bank_depth=8, result_queue=16, deep_pipeline=True,
-                          **{k: v for k, v in _SMALL.items() if k != "bank_depth"}),
+    "v8_deep": CoreConfig(lanes=8, result_queue=16, deep_pipeline=True, **_SMALL),
 }
 
 
@@ -41,9 +40,10 @@ class EngineGather(Elaboratable):
     Asserted (``check``), for every group accepted in cycle ``t``, :func:`crossbar_stage`
     cycles later:
 
-    * **gather** (whatever the group's lanes, not only a packer-valid one): lane ``i``'s crossbar output is the word at bank ``lanes[i].bank``, address
-      ``base + offset[bank]`` (wrapping), and 0 for a padding lane: one access of the right
-      bank, at the right address, with no other bank's data mixed in;
+    * **gather** (whatever the group's lanes, not only a packer-valid one): lane ``i``'s
+      crossbar output is the word at bank ``lanes[i].bank``, address ``base + offset[bank]``
+      (wrapping), and 0 for a padding lane: one access of the right bank, at the right
+      address, with no other bank's data mixed in;
     * **conflict-free** (``packer_valid``: assuming that the nonzero lanes of every offered
       group read distinct banks, the packer's rule for the GS patterns,
       ``sw/format/matrix.py``, ``_check_groups``): in the crossbar's select stage each bank's
@@ -55,10 +55,13 @@ class EngineGather(Elaboratable):
 
     Fault injection for the tests that the checks can fail: ``bank_latency`` gives the model
     another read latency than the engine expects; ``packer_valid=False`` drops the
-    assumption of the conflict check.
+    assumption of the conflict check. ``invariants=False`` leaves out the invariants that
+    only the induction step needs (the fault tests do: their counterexample is then against
+    the property itself).
     """
 
-    def __init__(self, cfg, *, check="gather", packer_valid=True, bank_latency=None):
+    def __init__(self, cfg, *, check="gather", packer_valid=True, bank_latency=None,
+                 invariants=True):
         if check not in ("gather", "conflict"):
             raise ValueError(f"Engine check must be 'gather' or 'conflict', not {check!r}")
         self.cfg = cfg
@@ -66,6 +69,7 @@ class EngineGather(Elaboratable):
         self._check = check
         self._packer_valid = packer_valid and check == "conflict"
         self._latency = read_latency(cfg) if bank_latency is None else bank_latency
+        self._invariants = invariants
 
     @property
     def ports(self):
@@ -142,7 +146,8 @@ class EngineGather(Elaboratable):
                     for q in range(lanes // quad):
                         x = x | internal(fragment, f"s3_partial{i}_{q}")
                     m.d.comb += Assert(x == expected[i], f"lane {i} gathered the wrong word")
-            self._stage_lemmas(m, fragment, group, nonzero, word_addr, expected_chain, tag)
+            if self._invariants:
+                self._stage_lemmas(m, fragment, group, nonzero, word_addr, expected_chain, tag)
         else:
             # The crossbar's select stage (the cycle before the lane inputs): bank -> lane
             # hits. Only a group's hits count: between groups the engine registers whatever
@@ -211,11 +216,13 @@ class EngineCredits(Elaboratable):
     ``last`` groups in its pipeline and the vectors the consumer holds add up to the
     capacity it started with; ``no_credit`` is ``credits == 0``.
 
-    Fault injection: ``capacity`` one smaller than the engine's credits must FAIL.
+    Fault injection: ``capacity`` one smaller than the engine's credits must FAIL
+    (``invariants=False``: without the induction invariants).
     """
 
-    def __init__(self, cfg, *, capacity=None):
+    def __init__(self, cfg, *, capacity=None, invariants=True):
         self.cfg = cfg
+        self._invariants = invariants
         self.dut = GatherEngine(cfg)
         self.capacity = self.dut.credits if capacity is None else capacity
 
@@ -238,6 +245,8 @@ class EngineCredits(Elaboratable):
         m.d.comb += Assert(~dut.o_sums.valid | (held < self.capacity),
                            "sum vector offered with the consumer's queue full")
 
+        if not self._invariants:
+            return m
         depth = pipeline_depth(cfg)
         in_flight = sum((internal(fragment, f"s{k}_valid") & internal(fragment, f"s{k}_last"))
                         .as_unsigned() for k in range(1, depth + 1))

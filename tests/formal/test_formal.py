@@ -108,14 +108,16 @@ def test_receiver_never_wedges(tmp_path):
 
 
 def test_receiver_wedge_is_caught(tmp_path):
-    # A receiver that can stop advancing while it signals ready.
-    check(ReceiverNoWedge(stuck=True), tmp_path, "rx_stuck", expect="FAIL", mode="bmc",
-          depth=8)
+    # A receiver that can stop advancing while it signals ready (frozen in REPORT, it is
+    # not hunting after its frame is taken: 11 cycles from reset at the earliest).
+    check(ReceiverNoWedge(stuck=True, invariants=False), tmp_path, "rx_stuck", expect="FAIL",
+          mode="bmc", depth=16)
 
 
 def test_receiver_byte_bound_is_tight(tmp_path):
     # The longest frame (max_payload bytes) takes every byte of the bound: one fewer fails.
-    harness = ReceiverNoWedge(bound=FRAME_OVERHEAD + RECEIVER_CFG.max_payload - 1)
+    harness = ReceiverNoWedge(bound=FRAME_OVERHEAD + RECEIVER_CFG.max_payload - 1,
+                              invariants=False)
     check(harness, tmp_path, "rx_bound_tight", expect="FAIL", mode="bmc",
           depth=FRAME_OVERHEAD + RECEIVER_CFG.max_payload + 2)
 
@@ -140,7 +142,7 @@ def test_engine_gather(tmp_path):
 
 def test_engine_gather_can_fail(tmp_path):
     # A scratchpad whose data comes a cycle early: every lane's word is another address's.
-    check(EngineGather(ENGINE_CFGS["v4_deep"], bank_latency=1), tmp_path,
+    check(EngineGather(ENGINE_CFGS["v4_deep"], bank_latency=1, invariants=False), tmp_path,
           "engine_gather_latency", expect="FAIL", mode="bmc", depth=6)
 
 
@@ -153,7 +155,8 @@ def test_engine_sums_only_offered_with_room(tmp_path):
 def test_engine_credit_check_can_fail(tmp_path):
     # A consumer with one slot fewer than the engine's credits.
     harness = EngineCredits(ENGINE_CFGS["v4_deep"])
-    harness = EngineCredits(ENGINE_CFGS["v4_deep"], capacity=harness.capacity - 1)
+    harness = EngineCredits(ENGINE_CFGS["v4_deep"], capacity=harness.capacity - 1,
+                            invariants=False)
     check(harness, tmp_path, "engine_credits_small", expect="FAIL", mode="bmc", depth=16)
 
 
@@ -181,8 +184,8 @@ def test_rejected_frame_writes_nothing(tmp_path):
 
 def test_rejected_frame_check_can_fail(tmp_path):
     # A processor that executes a frame the receiver flagged.
-    check(CommandRejects(ignore_flag=True), tmp_path, "cmd_rejects_unchecked",
-          expect="FAIL", mode="bmc", depth=30)
+    check(CommandRejects(ignore_flag=True, invariants=False), tmp_path,
+          "cmd_rejects_unchecked", expect="FAIL", mode="bmc", depth=30)
 
 
 def test_internal_wants_exactly_one_signal():

@@ -128,15 +128,15 @@ ULX3S_85F = Board(
     device="LFE5U-85F",
     platform_class=ULX3S_85F_Platform,
     osc_hz=25e6,
-    # V = 16 at 62.5 MHz = 25 MHz * 5 / 2: the loop-nest core builds at 81.8 and 71.8 MHz
-    # (two placements; `gsaccel build --board ulx3s-85f`), short of the 100 MHz the core
-    # without loop nests met; the critical paths are long nets (the engine's accumulator
-    # control, the host's write data into the weight memory's block RAMs), to be pipelined.
-    # 3 Mbaud (the FT231X's top rate) is 20 5/6 clocks per bit. 1024 group words (16 k
-    # weights): with 2048 the weight memory's block RAMs spread over the chip (docs/boards.md).
+    # V = 16 at 62.5 MHz = 25 MHz * 5 / 2 (docs/boards.md: the Fmax measured at each size;
+    # the critical paths are long nets from the host's write data into the weight memory's
+    # block RAMs and the engine's accumulator control). 3 Mbaud (the FT231X's top rate) is
+    # 20 5/6 clocks per bit. 8192 words per bank (131072 activations: MobileNetV1-0.25's
+    # peak of 7108 per bank, protocol v6's 24-bit addresses) and 4096 group words (64 k
+    # weights: a GS-75 % ResNet-8, MobileNetV1 or DS-CNN): about 64 + 90 of the 208 DP16KD.
     clk_hz=62.5e6,
     baud=3_000_000,
-    config=CoreConfig(lanes=16, bank_depth=4096, weight_depth=4096, row_depth=256,
+    config=CoreConfig(lanes=16, bank_depth=8192, weight_depth=4096, row_depth=256,
                       layer_depth=64, result_queue=64, max_payload=1024),
     uart=("uart", 0),
     leds={"idle": ("led", 0, None), "busy": ("led", 1, None), "error": ("led", 7, None)},

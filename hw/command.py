@@ -8,13 +8,18 @@ from amaranth.lib.wiring import In, Out
 
 from .component import CoreComponent
 from .framing import frame_layout, reply_layout
-from .layouts import (COUNTER_NAMES, ErrorCode, FrameType, Memory as MemoryId, hello_payload,
-                      memory_depth, memory_layout, word_bytes)
+from .layouts import (ADDRESS_BYTES, COUNTER_NAMES, ErrorCode, FrameType, Memory as MemoryId,
+                      hello_payload, memory_depth, memory_layout, word_bytes)
 from .memory import SimpleDualPortMemory, SinglePortMemory
 from .scratchpad import ElementPort, element_addr_width
 from .sequencer import Sequencer, datapath_members
 
 __all__ = ["CommandProcessor"]
+
+# Payload bytes before a WRITE's words (memory id, address) and of a READ (memory id,
+# address, count): the header the processor reads in before it checks a request.
+_WRITE_HEADER_BYTES = 1 + ADDRESS_BYTES
+_HEADER_BYTES = _WRITE_HEADER_BYTES + 2
 
 
 class CommandProcessor(CoreComponent):
@@ -26,15 +31,21 @@ class CommandProcessor(CoreComponent):
 
     * a frame the receiver flagged (``BAD_CRC``, ``BAD_LENGTH``) is answered with that code;
     * HELLO: length 0, else ``BAD_LENGTH``;
-    * WRITE: length ≥ 3 (``BAD_LENGTH``), memory LAYERS/WEIGHTS/ROWS/ACTS (``BAD_MEMORY``),
+    * WRITE: length ≥ 4 (``BAD_LENGTH``), memory LAYERS/WEIGHTS/ROWS/ACTS (``BAD_MEMORY``),
       whole words (``BAD_LENGTH``), ``addr + words ≤ depth`` (``BAD_ADDRESS``); reply ACK;
-    * READ: length 5 (``BAD_LENGTH``), memory id ≤ COUNTERS (``BAD_MEMORY``),
+    * READ: length 6 (``BAD_LENGTH``), memory id ≤ COUNTERS (``BAD_MEMORY``),
       ``count * word_bytes ≤ max_payload`` (``BAD_LENGTH``), ``addr + count ≤ depth``
       (``BAD_ADDRESS``); reply DATA with the words, little-endian;
     * RUN: length 2 (``BAD_LENGTH``), ``1 ≤ count`` and ``first + count ≤ layer_depth``
-      (``BAD_LAYER``); reply
-      DATA with the four u32 counters when the run is done;
+      (``BAD_LAYER``); reply DATA with the four u32 counters when the run is done;
     * any other type: ``BAD_TYPE``.
+
+    RUN executes at most once (DESIGN §4): the processor keeps the sequence number of the
+    last RUN it started, and a RUN that carries it again (a duplicate on the link, or the
+    host's resend after a lost reply) is answered with the counters of that run, which stay
+    in the sequencer until the next run, without running the layers again: a second run
+    would read the first one's output as its input. HELLO forgets the number (a host that
+    connects starts afresh), and the host never gives two RUNs in a row one number.
 
     The memories are byte-granular (words padded to whole bytes): a WRITE stores each payload
     byte in its lane as it arrives and a READ picks each reply byte from the addressed word.
@@ -110,12 +121,14 @@ class CommandProcessor(CoreComponent):
         hello = hello_payload(cfg)
 
         frame = self.i_frame.payload
-        hdr = Signal(40)                      # first five payload bytes
-        hdr_index = Signal(range(7))
-        mem_sel, addr_hi, hdr_count = hdr[0:8], hdr[8:24], hdr[24:40]
+        hdr = Signal(8 * _HEADER_BYTES)       # the first payload bytes
+        hdr_index = Signal(range(_HEADER_BYTES + 2))
+        mem_sel = hdr[0:8]
+        addr_hi = hdr[8:8 + 8 * ADDRESS_BYTES]
+        hdr_count = hdr[8 + 8 * ADDRESS_BYTES:8 * _HEADER_BYTES]
         kind = Signal(range(FrameType.RUN + 1))  # request type (0: any unknown one)
         mem = Signal(range(len(MemoryId)))    # memory of the request, once checked
-        cur = Signal(17)                      # word address being checked, read or written
+        cur = Signal(8 * ADDRESS_BYTES + 1)   # word address being checked, read or written
         m.d.comb += seq.host_addr.eq(cur)
         rest = Signal(16)                     # bytes (WRITE) or words (READ) still to go
         ptr = Signal(range(max(cfg.max_payload, len(hello)) + 1))  # payload / HELLO byte index
@@ -142,7 +155,12 @@ class CommandProcessor(CoreComponent):
         bad_addr = Signal()
         fits = Signal()                       # the size loop takes another word
         over = Signal()                       # ... or has counted past max_payload
-        depth_limit = Signal(17)              # words of the request's memory
+        depth_limit = Signal.like(cur)        # words of the request's memory
+        # At most once: the sequence number of the last RUN started (while ``run_seq_valid``)
+        # and whether the request repeats it (registered in DECODE).
+        run_seq = Signal(8)
+        run_seq_valid = Signal()
+        repeat_run = Signal()
         # The receiver is released (``i_frame.ready``) the cycle after the reply starts, from
         # a register: the frame is not looked at again, and the receiver's FSM is far away.
         release = Signal()
@@ -237,6 +255,12 @@ class CommandProcessor(CoreComponent):
 
         # The checks run over several cycles (DECODE, CHECK, SIZE, VERDICT), each deciding
         # from registers only, so no check is a long path from the frame into the FSM.
+        def reply_counters():
+            # The RUN reply: the sequencer's counters, read as a COUNTERS READ would be.
+            m.d.sync += [mem.eq(MemoryId.COUNTERS), cur.eq(0),
+                         rest.eq(len(COUNTER_NAMES)), step.eq(1), last_byte.eq(3)]
+            reply(FrameType.DATA, 4 * len(COUNTER_NAMES), "READ_FIRST")
+
         with m.FSM(name="cmd") as fsm:
             with m.State("IDLE"):
                 with m.If(self.i_frame.valid):
@@ -247,16 +271,16 @@ class CommandProcessor(CoreComponent):
                         m.next = "HEADER"
 
             with m.State("HEADER"):
-                # Read payload bytes 0..4 (whether or not the frame has them; lengths are
-                # checked before any of them is used); each arrives two cycles after its
-                # address.
+                # Read the header's payload bytes (whether or not the frame has them;
+                # lengths are checked before any of them is used); each arrives two cycles
+                # after its address.
                 m.d.comb += self.pl_addr.eq(hdr_index)
                 m.d.sync += hdr_index.eq(hdr_index + 1)
                 with m.Switch(hdr_index):
-                    for k in range(2, 7):
+                    for k in range(2, _HEADER_BYTES + 2):
                         with m.Case(k):
                             m.d.sync += hdr[8 * (k - 2):8 * (k - 1)].eq(self.pl_data)
-                with m.If(hdr_index == 6):
+                with m.If(hdr_index == _HEADER_BYTES + 1):
                     m.next = "DECODE"
 
             with m.State("DECODE"):
@@ -266,14 +290,16 @@ class CommandProcessor(CoreComponent):
                 m.d.sync += [
                     kind.eq(0), mem.eq(mem_sel),
                     cur.eq(addr_hi), reply_len.eq(0),
-                    rest.eq(Mux(is_write, frame.length - 3, hdr_count)),
+                    rest.eq(Mux(is_write, frame.length - _WRITE_HEADER_BYTES, hdr_count)),
+                    repeat_run.eq(run_seq_valid & (frame.seq == run_seq)),
                     bad_mem.eq(mem_sel > Mux(is_write, MemoryId.ACTS, MemoryId.COUNTERS)),
                     bad_layer.eq((hdr[8:16] == 0) |
                                  (hdr[0:8] + hdr[8:16] > cfg.layer_depth)),
                 ]
                 for type_, good_length in ((FrameType.HELLO, lambda n: n == 0),
-                                           (FrameType.WRITE, lambda n: n >= 3),
-                                           (FrameType.READ, lambda n: n == 5),
+                                           (FrameType.WRITE,
+                                            lambda n: n >= _WRITE_HEADER_BYTES),
+                                           (FrameType.READ, lambda n: n == _HEADER_BYTES),
                                            (FrameType.RUN, lambda n: n == 2)):
                     with m.If(frame.type == type_):
                         m.d.sync += [kind.eq(type_), bad_len.eq(~good_length(frame.length))]
@@ -293,7 +319,7 @@ class CommandProcessor(CoreComponent):
                         with m.If(bad_len):
                             error(ErrorCode.BAD_LENGTH)
                         with m.Else():
-                            m.d.sync += [ptr.eq(1), tx_byte.eq(hello[0])]
+                            m.d.sync += [ptr.eq(1), tx_byte.eq(hello[0]), run_seq_valid.eq(0)]
                             reply(FrameType.DATA, len(hello), "SEND_HELLO")
                     with m.Case(FrameType.WRITE, FrameType.READ):
                         with m.If(bad_len):
@@ -307,9 +333,13 @@ class CommandProcessor(CoreComponent):
                             error(ErrorCode.BAD_LENGTH)
                         with m.Elif(bad_layer):
                             error(ErrorCode.BAD_LAYER)
+                        with m.Elif(repeat_run):
+                            # Executed already: replay its reply.
+                            reply_counters()
                         with m.Else():
                             m.d.comb += [seq.start.eq(1), seq.first.eq(hdr[0:8]),
                                          seq.count.eq(hdr[8:16])]
+                            m.d.sync += [run_seq.eq(frame.seq), run_seq_valid.eq(1)]
                             m.next = "RUN"
                     with m.Default():
                         error(ErrorCode.BAD_TYPE)
@@ -343,7 +373,8 @@ class CommandProcessor(CoreComponent):
                 with m.Elif(kind == FrameType.WRITE):
                     # ``rest`` counts the payload bytes (``reply_len``) down, so that the end
                     # of the payload is a flag, not a comparison with the frame length.
-                    m.d.sync += [cur.eq(addr_hi), ptr.eq(3), rest.eq(reply_len), step.eq(1),
+                    m.d.sync += [cur.eq(addr_hi), ptr.eq(_WRITE_HEADER_BYTES),
+                                 rest.eq(reply_len), step.eq(1),
                                  ptr_end.eq(reply_len == 0), data_fetched.eq(0),
                                  data_valid.eq(0),
                                  byte_index.eq(0), lane.eq(1),
@@ -371,9 +402,7 @@ class CommandProcessor(CoreComponent):
 
             with m.State("RUN"):
                 with m.If(seq.done):
-                    m.d.sync += [mem.eq(MemoryId.COUNTERS), cur.eq(0),
-                                 rest.eq(len(COUNTER_NAMES)), step.eq(1), last_byte.eq(3)]
-                    reply(FrameType.DATA, 4 * len(COUNTER_NAMES), "READ_FIRST")
+                    reply_counters()
 
             with m.State("READ_FIRST"):
                 m.d.sync += byte_index.eq(0)

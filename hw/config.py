@@ -115,9 +115,12 @@ class CoreConfig:
             if getattr(self, name) > 65536:
                 raise ValueError(f"{name.replace('_', ' ').capitalize()} must be at most "
                                  f"65536, not {getattr(self, name)!r}")
-        if self.lanes * self.bank_depth > 65536:
-            # The host addresses ACTS elements with 16 bits (WRITE and READ frames).
-            raise ValueError(f"Scratchpad size lanes*bank_depth must be at most 65536, "
+        if self.bank_depth > 32768:
+            # HELLO reports it in 16 bits (and it is a power of two).
+            raise ValueError(f"Bank depth must be at most 32768, not {self.bank_depth!r}")
+        if self.lanes * self.bank_depth > 1 << 24:
+            # The host addresses ACTS elements with 24 bits (WRITE and READ frames).
+            raise ValueError(f"Scratchpad size lanes*bank_depth must be at most {1 << 24}, "
                              f"not {self.lanes * self.bank_depth!r}")
 
     # Derived widths ------------------------------------------------------------------------

@@ -19,7 +19,7 @@ __all__ = [
     "line_record_layout", "row_line_layout", "layer_layout",
     "LayerKind", "LayerOp", "layer_control_layout", "group_stream_layout",
     "row_stream_layout", "Memory", "FrameType", "ErrorCode", "FRAME_SYNC", "FRAME_HEADER_BYTES",
-    "FRAME_CRC_BYTES", "HELLO_MAGIC", "PROTOCOL_VERSION", "word_bytes", "memory_layout",
+    "FRAME_CRC_BYTES", "HELLO_MAGIC", "PROTOCOL_VERSION", "ADDRESS_BYTES", "word_bytes", "memory_layout",
     "memory_depth", "HELLO_FORMAT", "hello_payload", "HELLO_FEATURE_BASIS", "HELLO_FEATURE_DEEP_PIPELINE",
     "HELLO_FEATURE_LOOP_NEST", "HELLO_FEATURE_VECTOR_WRITER",
     "COUNTER_NAMES",
@@ -266,15 +266,19 @@ FRAME_SYNC = 0xA5
 FRAME_HEADER_BYTES = 5      # sync, type, seq, length
 FRAME_CRC_BYTES = 4
 HELLO_MAGIC = b"GSAC"
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
+#: Bytes of a WRITE's or READ's word address (u24: protocol v6; a scratchpad holds up to
+#: 2**24 elements).
+ADDRESS_BYTES = 3
 
 
 class FrameType(py_enum.IntEnum):
     # host -> device
     HELLO = 0x01   # payload: none. Reply DATA: HELLO_MAGIC, version u8, config fields
-    WRITE = 0x02   # payload: mem u8, addr u16, words. Reply ACK
-    READ  = 0x03   # payload: mem u8, addr u16, count u16. Reply DATA: count words
-    RUN   = 0x04   # payload: first layer u8, layer count u8. Reply DATA: counters (4 x u32)
+    WRITE = 0x02   # payload: mem u8, addr u24, words. Reply ACK
+    READ  = 0x03   # payload: mem u8, addr u24, count u16. Reply DATA: count words
+    RUN   = 0x04   # payload: first layer u8, layer count u8. Reply DATA: counters (4 x u32);
+                   # at most once: a repeat of the last RUN's seq replays its reply
     # device -> host
     ACK   = 0x80
     DATA  = 0x81

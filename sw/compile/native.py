@@ -422,7 +422,7 @@ class _Compilation:
             Limit("activation words per bank", "bank_depth", self.plan.top, cfg.bank_depth,
                   detail=self.plan.shortfall(f"the scratchpad's {cfg.bank_depth} words per "
                                              f"bank"),
-                  most=(1 << 16) // cfg.lanes),
+                  most=min(32768, (1 << 24) // cfg.lanes)),
             Limit("group words", "weight_depth", sum(groups), cfg.weight_depth,
                   max(groups, default=0), most=65536),
             Limit("row words", "row_depth", sum(rows), cfg.row_depth, max(rows, default=0),

@@ -5,14 +5,15 @@
 :class:`GoldenDevice` executes the same device image on the bit-exact golden model. Both share
 :class:`Accelerator`'s ``load``/``run``/``counters``, so a program behaves the same on each.
 
-Reliability (DESIGN §4): every request carries a fresh sequence number and every wait has a
-timeout. A reply with another sequence number (a late answer to an earlier attempt) is
+Reliability (DESIGN §4): every request carries a new sequence number and every wait has a
+timeout. A reply with another sequence number (a late answer to an earlier request) is
 discarded. A corrupt reply, a silent device or an ``ERROR BAD_CRC`` answer makes the host
-resend, at most ``retries`` times; then it raises :class:`FrameError`,
-:class:`DeviceTimeout` or :class:`DeviceError`. WRITE, READ and HELLO are idempotent and are
-simply resent. RUN is not — a layer's output may take the scratchpad words of a tensor an
-earlier layer read, the input's included — so a RUN whose reply was lost is never resent on
-its own: :meth:`Accelerator.infer` writes the input again and repeats the whole inference.
+resend the request, with its sequence number, at most ``retries`` times; then it raises
+:class:`FrameError`, :class:`DeviceTimeout` or :class:`DeviceError`. WRITE, READ and HELLO
+are idempotent. RUN is not — a layer's output may take the scratchpad words of a tensor an
+earlier layer read, the input's included — but the device executes it at most once: it
+answers a RUN with its last RUN's sequence number by replaying that reply, so a resent RUN
+runs only if the first never arrived (:class:`~gsaccel.sw.runtime.protocol.SequenceNumbers`).
 """
 
 import abc
@@ -31,10 +32,6 @@ __all__ = ["Accelerator", "Device", "GoldenDevice"]
 logger = logging.getLogger(__name__)
 
 
-class _ReplyLost(FrameError):
-    """The reply to a non-idempotent request was lost; the device state is unknown."""
-
-
 class Accelerator(abc.ABC):
     """What every target offers: raw memory access, RUN, and program-level inference.
 
@@ -49,8 +46,6 @@ class Accelerator(abc.ABC):
         RUNs), plus ``inferences`` and ``streamed_bytes`` (the phase images written).
     """
 
-    #: How many times :meth:`infer` repeats one inference whose RUN reply was lost.
-    run_retries = 3
     #: Bytes per second of the link to the core (None: no physical link).
     link_rate = None
 
@@ -182,17 +177,8 @@ class Accelerator(abc.ABC):
         out = np.empty((len(xq),) + program.output_shape, dtype=np.int8)
         for i, sample in enumerate(xq):
             elements = [int(v) for v in program.input_elements(sample)]
-            for attempt in range(self.run_retries + 1):
-                # A repeat starts over from the input: a layer may have overwritten the
-                # tensors an earlier one read.
-                self.write(Memory.ACTS, in_addr, elements)
-                try:
-                    counters, sample_streamed = self._run_program(program)
-                    break
-                except _ReplyLost:
-                    if attempt == self.run_retries:
-                        raise
-                    logger.warning("RUN reply lost; repeating inference %d", i)
+            self.write(Memory.ACTS, in_addr, elements)
+            counters, sample_streamed = self._run_program(program)
             for name in COUNTER_NAMES:
                 totals[name] += counters[name]
             streamed += sample_streamed
@@ -259,7 +245,7 @@ class Device(Accelerator):
         self._transport = transport
         self._timeout = float(timeout)
         self._retries = retries
-        self._seq = 0
+        self._numbers = protocol.SequenceNumbers()
         self._parser = protocol.FrameParser()
         self._config = None
         #: Resends so far (for reports and tests).
@@ -301,12 +287,13 @@ class Device(Accelerator):
                     continue
                 return event
 
-    def _transact(self, type, payload, *, idempotent=True):
+    def _transact(self, type, payload):
+        # A resend keeps the request's number: for RUN that is what makes it safe (the
+        # device replays the reply of a RUN it executed already).
+        seq = self._numbers.next(type)
+        frame = protocol.encode_frame(type, seq, payload)
         attempt = 0
         while True:
-            seq = self._seq
-            self._seq = (self._seq + 1) & 0xFF
-            frame = protocol.encode_frame(type, seq, payload)
             logger.debug("-> %s seq %d: %s", FrameType(type).name, seq, frame.hex())
             self._transport.send(frame)
             try:
@@ -316,9 +303,6 @@ class Device(Accelerator):
                     # The device may sit in a partial frame (bytes lost on the way): flush it.
                     self._parser.reset()
                     self._resync()
-                if not idempotent:
-                    raise _ReplyLost(f"Reply to {FrameType(type).name} must arrive intact, "
-                                     f"but {error}") from error
                 if attempt >= self._retries:
                     if isinstance(error, DeviceTimeout):
                         raise DeviceTimeout(f"Device must answer {FrameType(type).name} within "
@@ -331,6 +315,8 @@ class Device(Accelerator):
                 logger.warning("resending %s after: %s", FrameType(type).name, error)
                 continue
             logger.debug("<- %r", reply)
+            if type == FrameType.RUN and reply.type != FrameType.ERROR:
+                self._numbers.ran(seq)
             if reply.type == FrameType.ERROR:
                 code = protocol.parse_error(reply.payload)
                 # The host never sends an over-long frame, so BAD_LENGTH means a length byte
@@ -380,6 +366,7 @@ class Device(Accelerator):
         """Ask the device for its configuration."""
         reply = self._transact(FrameType.HELLO, b"")
         cfg = protocol.parse_hello(self._expect(reply, FrameType.DATA, "HELLO"))
+        self._numbers.forget_runs()
         self._config = cfg
         self._parser = protocol.FrameParser(max_payload=max(cfg.max_payload, 64))
         return cfg
@@ -423,8 +410,7 @@ class Device(Accelerator):
 
     def run_layers(self, first, count):
         """Execute layers ``first .. first+count-1``; return the RUN counters."""
-        reply = self._transact(FrameType.RUN, protocol.run_payload(first, count),
-                               idempotent=False)
+        reply = self._transact(FrameType.RUN, protocol.run_payload(first, count))
         return protocol.parse_counters(self._expect(reply, FrameType.DATA, "RUN"))
 
 

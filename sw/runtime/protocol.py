@@ -11,10 +11,14 @@ Payloads of the requests (all integers little-endian):
 type      request payload                                 reply
 ========  ==============================================  =================================
 HELLO     (none)                                          DATA: ``HELLO_FORMAT``
-WRITE     mem u8, addr u16, words                         ACK
-READ      mem u8, addr u16, count u16                     DATA: count words
+WRITE     mem u8, addr u24, words                         ACK
+READ      mem u8, addr u24, count u16                     DATA: count words
 RUN       first layer u8, layer count u8                  DATA: 4 × u32 counters
 ========  ==============================================  =================================
+
+RUN executes at most once: the device keeps the sequence number of the last RUN it started
+and answers a RUN with that number by replaying its counters; HELLO clears it. So a resent
+RUN keeps its number, and two RUNs in a row never share one (:class:`SequenceNumbers`).
 
 A word of memory ``mem`` takes ``word_bytes(memory_layout(cfg, mem))`` bytes. Every function
 here is shared by :class:`~gsaccel.sw.runtime.device.Device`, the golden device and the testbenches,
@@ -32,7 +36,7 @@ import zlib
 from dataclasses import dataclass
 
 from ...hw.config import ENCODINGS, CoreConfig
-from ...hw.layouts import (COUNTER_NAMES, FRAME_CRC_BYTES, FRAME_HEADER_BYTES, FRAME_SYNC,
+from ...hw.layouts import (ADDRESS_BYTES, COUNTER_NAMES, FRAME_CRC_BYTES, FRAME_HEADER_BYTES, FRAME_SYNC,
                            HELLO_FEATURE_BASIS, HELLO_FEATURE_DEEP_PIPELINE,
                            HELLO_FEATURE_LOOP_NEST, HELLO_FEATURE_VECTOR_WRITER, HELLO_FORMAT,
                            HELLO_MAGIC, PROTOCOL_VERSION, ErrorCode, FrameType, Memory,
@@ -40,7 +44,8 @@ from ...hw.layouts import (COUNTER_NAMES, FRAME_CRC_BYTES, FRAME_HEADER_BYTES, F
 from ..errors import FrameError
 
 __all__ = [
-    "Frame", "FrameParser", "encode_frame", "frame_crc", "MAX_FRAME_PAYLOAD", "FRAME_OVERHEAD",
+    "Frame", "FrameParser", "SequenceNumbers", "encode_frame", "WRITE_HEADER_BYTES",
+    "READ_BYTES", "MAX_ADDRESS", "request_header", "frame_crc", "MAX_FRAME_PAYLOAD", "FRAME_OVERHEAD",
     "word_size", "words_to_bytes", "bytes_to_words",
     "hello_payload", "parse_hello",
     "write_payload", "parse_write", "max_write_words",
@@ -56,8 +61,13 @@ MAX_FRAME_PAYLOAD = 0xFFFF
 #: Bytes of a frame besides its payload: header and CRC.
 FRAME_OVERHEAD = FRAME_HEADER_BYTES + FRAME_CRC_BYTES
 
-_WRITE_HEADER = struct.Struct("<BH")     # mem, addr
-_READ = struct.Struct("<BHH")            # mem, addr, count
+_WRITE_HEADER = struct.Struct("<BHB")    # mem, addr (u24: low 16 bits, high 8 bits)
+_READ = struct.Struct("<BHBH")           # mem, addr (u24), count
+#: Payload bytes of a WRITE before its words, and of a READ.
+WRITE_HEADER_BYTES = _WRITE_HEADER.size
+READ_BYTES = _READ.size
+#: Largest word address a WRITE or READ carries.
+MAX_ADDRESS = (1 << 8 * ADDRESS_BYTES) - 1
 _RUN = struct.Struct("<BB")              # first layer, layer count
 _COUNTERS = struct.Struct("<" + "I" * len(COUNTER_NAMES))
 _HELLO = struct.Struct(HELLO_FORMAT)
@@ -186,6 +196,48 @@ class FrameParser:
         self._buffer.clear()
 
 
+class SequenceNumbers:
+    """The host's sequence numbers: one per request, wrapping at 256, and never, for a RUN,
+    a number the device may hold as its last RUN's (it answers a repeat of that number by
+    replaying the reply, without running).
+
+    The device holds the number of the last RUN a reply came back for, or of a RUN sent
+    since whose reply never came (it may have run): a new RUN skips all of these.
+
+    >>> numbers = SequenceNumbers(start=254)
+    >>> numbers.next(FrameType.RUN), numbers.next(FrameType.WRITE), numbers.next(FrameType.READ)
+    (254, 255, 0)
+    >>> numbers = SequenceNumbers(start=7)
+    >>> first = numbers.next(FrameType.RUN)
+    >>> [numbers.next(FrameType.WRITE) for _ in range(255)][-1]
+    6
+    >>> numbers.next(FrameType.RUN)        # 7 was the last RUN's: skipped
+    8
+    """
+
+    def __init__(self, *, start=0):
+        self._next = start & 0xFF
+        self._runs = set()        # numbers the device may hold as its last RUN's
+
+    def next(self, type):
+        """The number for a new request of ``type``."""
+        if type == FrameType.RUN:
+            while self._next in self._runs:
+                self._next = (self._next + 1) & 0xFF
+        seq, self._next = self._next, (self._next + 1) & 0xFF
+        if type == FrameType.RUN:
+            self._runs.add(seq)
+        return seq
+
+    def ran(self, seq):
+        """The reply to RUN ``seq`` arrived: ``seq`` is the device's last RUN."""
+        self._runs = {seq}
+
+    def forget_runs(self):
+        """The device forgot its last RUN (it answered HELLO)."""
+        self._runs = set()
+
+
 # Words -----------------------------------------------------------------------------------------
 
 def word_size(cfg, mem):
@@ -222,8 +274,8 @@ def _check_range(cfg, mem, addr, count):
     if not isinstance(addr, int) or addr < 0 or addr + count > depth:
         raise FrameError(f"Access to {mem.name} must lie in 0..{depth}, "
                          f"not {addr!r}..{addr + count if isinstance(addr, int) else '?'}")
-    if addr > 0xFFFF:
-        raise FrameError(f"Address must fit 16 bits, not {addr!r}")
+    if addr > MAX_ADDRESS:
+        raise FrameError(f"Address must fit {8 * ADDRESS_BYTES} bits, not {addr!r}")
 
 
 # HELLO -----------------------------------------------------------------------------------------
@@ -288,7 +340,7 @@ def write_payload(cfg, mem, addr, words):
     if mem == Memory.COUNTERS:
         raise FrameError("Memory to write must not be COUNTERS, which is read-only")
     _check_range(cfg, mem, addr, len(words))
-    return _WRITE_HEADER.pack(mem, addr) + words_to_bytes(cfg, mem, words)
+    return _WRITE_HEADER.pack(mem, addr & 0xFFFF, addr >> 16) + words_to_bytes(cfg, mem, words)
 
 
 def parse_write(cfg, payload):
@@ -296,7 +348,8 @@ def parse_write(cfg, payload):
     if len(payload) < _WRITE_HEADER.size:
         raise FrameError(f"WRITE payload must be at least {_WRITE_HEADER.size} bytes, "
                          f"not {len(payload)}")
-    mem, addr = _WRITE_HEADER.unpack_from(payload)
+    mem, addr_lo, addr_hi = _WRITE_HEADER.unpack_from(payload)
+    addr = addr_lo | addr_hi << 16
     try:
         mem = Memory(mem)
     except ValueError:
@@ -305,16 +358,30 @@ def parse_write(cfg, payload):
     return mem, addr, bytes_to_words(cfg, mem, payload[_WRITE_HEADER.size:])
 
 
+def request_header(mem, addr):
+    """The ``mem u8, addr u24`` that WRITE and READ payloads start with, unchecked (tests
+    build bad requests from it)."""
+    return bytes([mem]) + int(addr).to_bytes(3, "little")
+
+
 def read_payload(mem, addr, count):
     """READ request payload."""
-    return _READ.pack(Memory(mem), addr, count)
+    if not isinstance(addr, int) or not 0 <= addr <= MAX_ADDRESS:
+        raise FrameError(f"Address must be an integer in 0..{MAX_ADDRESS}, not {addr!r}")
+    if not isinstance(count, int) or not 0 <= count <= 0xFFFF:
+        raise FrameError(f"Word count must be an integer in 0..65535, not {count!r}")
+    return _READ.pack(Memory(mem), addr & 0xFFFF, addr >> 16, count)
 
 
-def parse_read(payload):
-    """``(mem, addr, count)`` of a READ payload."""
+def parse_read(payload, *, checked=True):
+    """``(mem, addr, count)`` of a READ payload (``mem`` a :class:`Memory`, or with
+    ``checked=False`` the raw byte, for the device side that answers BAD_MEMORY itself)."""
     if len(payload) != _READ.size:
         raise FrameError(f"READ payload must be {_READ.size} bytes, not {len(payload)}")
-    mem, addr, count = _READ.unpack(payload)
+    mem, addr_lo, addr_hi, count = _READ.unpack(payload)
+    addr = addr_lo | addr_hi << 16
+    if not checked:
+        return mem, addr, count
     try:
         mem = Memory(mem)
     except ValueError:

@@ -17,11 +17,12 @@ from gsaccel.hw.layouts import ErrorCode, FrameType, Memory
 from gsaccel.sim.cocotb_streams import StreamSink, StreamSource
 from gsaccel.sw.runtime import protocol
 from gsaccel.sw.golden import GoldenCore
+from gsaccel.sw.runtime.golden_link import GoldenCommandProcessor
 from gsaccel.sim.stimulus import random_loop_program
 from gsaccel.sw.compile.image import build_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "gateware"))
-from core_host import image_requests, reference_reply  # noqa: E402
+from core_host import image_requests  # noqa: E402
 
 CFG = CoreConfig.from_json(os.environ["GSACCEL_CFG"])
 SEED = int(os.environ.get("GSACCEL_SEED", "20240611"), 0)
@@ -43,6 +44,7 @@ class CoreTB:
         self.sink = StreamSink(dut, "o_stream", dut.clk)
         self.parser = protocol.FrameParser(max_payload=cfg.max_payload)
         self.golden = GoldenCore(cfg)
+        self.reference = GoldenCommandProcessor(self.golden)
 
     async def reset(self):
         self.dut.rst.value = 1
@@ -70,7 +72,7 @@ class CoreTB:
 
     async def check(self, frame_type, seq, payload):
         """Send a frame and compare the reply with the scoreboard's."""
-        want = reference_reply(self.golden, frame_type, payload)
+        want = self.reference.answer(frame_type, seq, payload)
         got = await self.transact(frame_type, seq, payload)
         if want[0] == FrameType.DATA and frame_type == FrameType.RUN:
             assert protocol.parse_counters(got[2]) == protocol.parse_counters(want[1]), \

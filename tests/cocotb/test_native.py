@@ -16,10 +16,11 @@ from gsaccel.sw.runtime import protocol
 from gsaccel.sw.runtime.device import Device
 from gsaccel.sw.errors import DeviceError, DeviceTimeout
 from gsaccel.sw.golden import GoldenCore
+from gsaccel.sw.runtime.golden_link import GoldenCommandProcessor
 from gsaccel.sw.compile.image import build_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "gateware"))
-from core_host import image_requests, reference_reply  # noqa: E402
+from core_host import image_requests  # noqa: E402
 
 pytestmark = pytest.mark.verilator
 
@@ -93,7 +94,8 @@ def test_image_runs_like_golden(vector_writer):
             frames.append((FrameType.READ, seq & 0xFF,
                            protocol.read_payload(Memory.ACTS, start, read)))
     golden = GoldenCore(cfg)
-    expected = [(s & 0xFF, *reference_reply(golden, t, p)) for t, s, p in frames]
+    reference = GoldenCommandProcessor(golden)
+    expected = [(s & 0xFF, *reference.answer(t, s & 0xFF, p)) for t, s, p in frames]
     with _transport(cfg) as transport:
         got = exchange(transport, frames, parser_cfg=cfg)
     runs = [i for i, (t, _, _) in enumerate(frames) if t == FrameType.RUN]

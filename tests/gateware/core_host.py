@@ -1,17 +1,15 @@
-"""Drive a whole GsaccelCore in amaranth.sim with protocol frames, and predict its replies.
+"""Drive a whole GsaccelCore in amaranth.sim with protocol frames (its replies are predicted
+by gsaccel.sw.runtime.golden_link.GoldenCommandProcessor).
 
 Shared by test_sequencer.py and test_core.py (not a test module itself).
 """
 
-import struct
-
 import numpy as np
 
 from gsaccel.hw.core import GsaccelCore
-from gsaccel.hw.layouts import ErrorCode, FrameType, Memory, memory_depth
+from gsaccel.hw.layouts import FrameType
 from gsaccel.sim.amaranth_sim import run_sim, seeded_rng, stall_pattern, stream_get, stream_put
 from gsaccel.sw.runtime import protocol
-from gsaccel.sw.errors import DeviceError
 
 
 def run_core(cfg, requests, *, idle=0.0, stall=0.0, name, deadline=200_000, dut=None):
@@ -40,59 +38,6 @@ def run_core(cfg, requests, *, idle=0.0, stall=0.0, name, deadline=200_000, dut=
 
     run_sim(dut, host, name=name, deadline=deadline)
     return replies
-
-
-def reference_reply(golden, frame_type, payload):
-    """(type, payload) the device must answer a good frame with, applying it to ``golden``.
-
-    The check order is the device's (docs/protocol.md): length, memory, whole words/size,
-    address; the golden model supplies memory contents and RUN results.
-    """
-    cfg = golden.cfg
-
-    def error(code):
-        return FrameType.ERROR, bytes([code])
-
-    if frame_type == FrameType.HELLO:
-        return error(ErrorCode.BAD_LENGTH) if payload else (FrameType.DATA,
-                                                          protocol.hello_payload(cfg))
-    if frame_type == FrameType.WRITE:
-        if len(payload) < 3:
-            return error(ErrorCode.BAD_LENGTH)
-        mem, addr = struct.unpack_from("<BH", payload)
-        if mem > Memory.ACTS:
-            return error(ErrorCode.BAD_MEMORY)
-        size = protocol.word_size(cfg, mem)
-        if (len(payload) - 3) % size:
-            return error(ErrorCode.BAD_LENGTH)
-        words = protocol.bytes_to_words(cfg, mem, payload[3:])
-        if addr + len(words) > memory_depth(cfg, mem):
-            return error(ErrorCode.BAD_ADDRESS)
-        if mem == Memory.ACTS:
-            words = [(w ^ 0x80) - 0x80 for w in words]
-        golden.write(mem, addr, words)
-        return FrameType.ACK, b""
-    if frame_type == FrameType.READ:
-        if len(payload) != 5:
-            return error(ErrorCode.BAD_LENGTH)
-        mem, addr, count = struct.unpack("<BHH", payload)
-        if mem > Memory.COUNTERS:
-            return error(ErrorCode.BAD_MEMORY)
-        if count * protocol.word_size(cfg, mem) > cfg.max_payload:
-            return error(ErrorCode.BAD_LENGTH)
-        if addr + count > memory_depth(cfg, mem):
-            return error(ErrorCode.BAD_ADDRESS)
-        return FrameType.DATA, protocol.words_to_bytes(cfg, mem, golden.read(mem, addr, count))
-    if frame_type == FrameType.RUN:
-        if len(payload) != 2:
-            return error(ErrorCode.BAD_LENGTH)
-        first, count = payload
-        try:
-            counters = golden.run(first, count)
-        except DeviceError as err:
-            return error(err.code)
-        return FrameType.DATA, protocol.counters_payload(counters)
-    return error(ErrorCode.BAD_TYPE)
 
 
 def image_requests(cfg, image, seq0=0):

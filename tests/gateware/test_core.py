@@ -10,6 +10,7 @@ from gsaccel.hw.layouts import FrameType, Memory, memory_layout
 from gsaccel.sim.amaranth_sim import seeded_rng
 from gsaccel.sw.runtime import protocol
 from gsaccel.sw.golden import GoldenCore
+from gsaccel.sw.runtime.golden_link import GoldenCommandProcessor
 from gsaccel.hw.layouts import LayerKind, layer_layout
 from gsaccel.sim.stimulus import loop_program_config, random_loop_program
 from gsaccel.sw.compile.image import build_image
@@ -19,7 +20,7 @@ from gsaccel.sw.format import GSMatrix
 from gsaccel.sw.format.geometry import LoopNest, TensorGeometry
 from gsaccel.sw.format.words import pack_word, unpack_word
 
-from core_host import image_requests, random_matrix, reference_reply, run_core
+from core_host import image_requests, random_matrix, run_core
 
 
 def loop_config(lanes, encoding, deep, *, basis=True, vector_writer=True, rng=None):
@@ -75,7 +76,8 @@ def session(cfg, layers, source, rng):
 
 def check_against_golden(cfg, frames, name, deadline, *, stall=0.0):
     golden = GoldenCore(cfg)
-    expected = [(seq, *reference_reply(golden, t, p)) for t, seq, p in frames]
+    reference = GoldenCommandProcessor(golden)
+    expected = [(seq, *reference.answer(t, seq, p)) for t, seq, p in frames]
     got = run_core(cfg, [(protocol.encode_frame(t, s, p), 1) for t, s, p in frames],
                    name=name, deadline=deadline, idle=stall, stall=stall)
     got = [(f.seq, f.type, f.payload) for f in got]
@@ -163,6 +165,39 @@ def test_layer_cut_inside_a_row_group_leaks_nothing(per_row, cut, pixels, vector
                                                f"{int(vector_writer)}", 100_000)
     outputs = np.array(golden.read(Memory.ACTS, 32, 8 * pixels))
     assert np.count_nonzero(np.abs(outputs) < 127) >= 3
+
+
+def test_a_repeated_run_replays_its_reply_and_runs_nothing():
+    """At most once (DESIGN §4): two layers, the second writing over the first one's input,
+    so a RUN that ran twice would read its own output. A RUN with the last RUN's sequence
+    number (a duplicate on the link, a resend after a lost reply) replays the counters and
+    leaves the scratchpad as it was; a new number runs again; HELLO forgets the number."""
+    cfg = CoreConfig(lanes=4, bank_depth=16, weight_depth=64, row_depth=32, layer_depth=4,
+                     result_queue=8, max_payload=96)
+    rng = seeded_rng(5)
+    first = random_matrix(rng, 8, 8, "dense", cfg, density=1.0)
+    second = random_matrix(rng, 8, 8, "dense", cfg, density=1.0)
+    image = build_image(cfg, [linear(cfg, first, 0, 8, 7), linear(cfg, second, 8, 0, 7)])
+    frames, seq = image_requests(cfg, image)
+    more, seq = input_frames(cfg, seq, rng.integers(-128, 128, 8))
+    run, read = protocol.run_payload(0, 2), protocol.read_payload(Memory.ACTS, 0, 8)
+    frames += more + [(FrameType.RUN, seq, run), (FrameType.READ, seq + 1, read),
+                      (FrameType.RUN, seq, run),            # the last RUN's number: replay
+                      (FrameType.READ, seq + 2, read),
+                      (FrameType.RUN, seq + 3, run),        # a new number: runs
+                      (FrameType.READ, seq + 4, read),
+                      (FrameType.HELLO, seq + 5, b""),
+                      (FrameType.RUN, seq + 3, run),        # after HELLO: runs
+                      (FrameType.READ, seq + 6, read)]
+    golden = GoldenCore(cfg)
+    reference = GoldenCommandProcessor(golden)
+    replies = [reference.answer(t, s, p) for t, s, p in frames]
+    once, replayed, twice, thrice = (replies[i][1] for i in (-8, -6, -4, -1))
+    # Not vacuous: running again changes the result, and the replayed counters are a run's.
+    assert once == replayed and len({once, twice, thrice}) == 3
+    assert replies[-7] == replies[-9] and protocol.parse_counters(replies[-9][1])["groups"]
+    assert (reference.runs, reference.replays) == (3, 1)
+    check_against_golden(cfg, frames, "core_run_at_most_once", 100_000)
 
 
 @pytest.mark.parametrize("edit", ["no_last", "extra_line", "wild_slots"])

@@ -13,8 +13,9 @@ from gsaccel.hw.sequencer import Sequencer
 from gsaccel.sim.amaranth_sim import seeded_rng
 from gsaccel.sw.runtime import protocol
 from gsaccel.sw.golden import GoldenCore
+from gsaccel.sw.runtime.golden_link import GoldenCommandProcessor
 
-from core_host import reference_reply, run_core
+from core_host import run_core
 
 CFG = CoreConfig(lanes=4, bank_depth=32, weight_depth=40, row_depth=24, layer_depth=5,
                  result_queue=8, max_payload=64)
@@ -23,7 +24,8 @@ CFG = CoreConfig(lanes=4, bank_depth=32, weight_depth=40, row_depth=24, layer_de
 def _check_session(cfg, frames, *, name, **kwargs):
     """Send good frames, compare every reply with the reference built on GoldenCore."""
     golden = GoldenCore(cfg)
-    expected = [(t, seq, *reference_reply(golden, t, p)) for t, seq, p in frames]
+    reference = GoldenCommandProcessor(golden)
+    expected = [(t, seq, *reference.answer(t, seq, p)) for t, seq, p in frames]
     requests = [(protocol.encode_frame(t, seq, p), 1) for t, seq, p in frames]
     got = run_core(cfg, requests, name=name, **kwargs)
     assert [(f.seq, f.type, f.payload) for f in got] == [(s, rt, rp) for _, s, rt, rp in expected]
@@ -42,10 +44,10 @@ def test_memories_round_trip(idle, stall):
         count = min(protocol.max_write_words(cfg, mem), depth, 7)
         addr = int(rng.integers(0, depth - count + 1))
         data = bytes(rng.integers(0, 256, count * size).tolist())
-        frames.append((FrameType.WRITE, seq, struct.pack("<BH", mem, addr) + data))
+        frames.append((FrameType.WRITE, seq, protocol.request_header(mem, addr) + data))
         frames.append((FrameType.READ, seq + 1, protocol.read_payload(mem, addr, count)))
         # The ends of the memory are reachable.
-        frames.append((FrameType.WRITE, seq + 2, struct.pack("<BH", mem, depth - 1) + data[:size]))
+        frames.append((FrameType.WRITE, seq + 2, protocol.request_header(mem, depth - 1) + data[:size]))
         frames.append((FrameType.READ, seq + 3, protocol.read_payload(mem, depth - 2, 2)))
         seq += 4
     frames.append((FrameType.READ, seq, protocol.read_payload(Memory.COUNTERS, 0, 4)))
@@ -57,25 +59,28 @@ def test_bad_requests_are_rejected_before_anything_is_written():
     cfg = CFG
     acts = bytes(range(1, 9))
     depth = memory_depth(cfg, Memory.ACTS)
+    header, count = protocol.request_header, lambda n: struct.pack("<H", n)
     frames = [
-        (FrameType.WRITE, 1, struct.pack("<BH", Memory.ACTS, 0) + acts),       # good
-        (FrameType.WRITE, 2, struct.pack("<BH", 7, 0) + acts),                 # BAD_MEMORY
-        (FrameType.WRITE, 3, struct.pack("<BH", Memory.COUNTERS, 0) + bytes(4)),  # read-only
-        (FrameType.WRITE, 4, struct.pack("<BH", Memory.ACTS, depth - 4) + acts),  # BAD_ADDRESS
-        (FrameType.WRITE, 5, struct.pack("<BH", Memory.ROWS, 0) + bytes(7)),   # BAD_LENGTH
-        (FrameType.WRITE, 6, b"\x03\x00"),                                     # BAD_LENGTH
-        (FrameType.READ, 7, struct.pack("<BHH", Memory.ACTS, 0, 8)),           # unchanged
-        (FrameType.READ, 8, struct.pack("<BHH", 5, 0, 1)),                     # BAD_MEMORY
-        (FrameType.READ, 9, struct.pack("<BHH", Memory.ACTS, depth - 1, 2)),   # BAD_ADDRESS
-        (FrameType.READ, 10, struct.pack("<BHH", Memory.ACTS, 0, 65)),         # too long
-        (FrameType.READ, 11, struct.pack("<BHH", Memory.ACTS, 0, 1) + b"\x00"),  # BAD_LENGTH
-        (FrameType.RUN, 12, b"\x04\x02"),                                      # BAD_LAYER
-        (FrameType.RUN, 13, b"\x00\x00"),                                      # BAD_LAYER
-        (FrameType.RUN, 14, b"\x00"),                                          # BAD_LENGTH
-        (FrameType.HELLO, 15, b"\x00"),                                        # BAD_LENGTH
-        (0x55, 16, b"abc"),                                                    # BAD_TYPE
-        (FrameType.ACK, 17, b""),                                              # BAD_TYPE
-        (FrameType.HELLO, 18, b""),
+        (FrameType.WRITE, 1, header(Memory.ACTS, 0) + acts),                 # good
+        (FrameType.WRITE, 2, header(7, 0) + acts),                           # BAD_MEMORY
+        (FrameType.WRITE, 3, header(Memory.COUNTERS, 0) + bytes(4)),         # read-only
+        (FrameType.WRITE, 4, header(Memory.ACTS, depth - 4) + acts),         # BAD_ADDRESS
+        (FrameType.WRITE, 5, header(Memory.ROWS, 0) + bytes(7)),             # BAD_LENGTH
+        (FrameType.WRITE, 6, b"\x03\x00\x00"),                               # BAD_LENGTH
+        (FrameType.WRITE, 7, header(Memory.ACTS, 1 << 16) + acts),           # BAD_ADDRESS
+        (FrameType.READ, 8, header(Memory.ACTS, 0) + count(8)),              # unchanged
+        (FrameType.READ, 9, header(5, 0) + count(1)),                        # BAD_MEMORY
+        (FrameType.READ, 10, header(Memory.ACTS, depth - 1) + count(2)),     # BAD_ADDRESS
+        (FrameType.READ, 11, header(Memory.ACTS, 0) + count(65)),            # too long
+        (FrameType.READ, 12, header(Memory.ACTS, 0) + count(1) + b"\x00"),   # BAD_LENGTH
+        (FrameType.READ, 13, header(Memory.ACTS, 0)[:3] + count(1)),         # BAD_LENGTH
+        (FrameType.RUN, 14, b"\x04\x02"),                                      # BAD_LAYER
+        (FrameType.RUN, 15, b"\x00\x00"),                                      # BAD_LAYER
+        (FrameType.RUN, 16, b"\x00"),                                          # BAD_LENGTH
+        (FrameType.HELLO, 17, b"\x00"),                                        # BAD_LENGTH
+        (0x55, 18, b"abc"),                                                    # BAD_TYPE
+        (FrameType.ACK, 19, b""),                                              # BAD_TYPE
+        (FrameType.HELLO, 20, b""),
     ]
     golden = _check_session(cfg, frames, name="cmd_errors")
     assert golden.read(Memory.ACTS, 0, 8) == list(range(1, 9))
@@ -85,7 +90,7 @@ def test_corrupt_truncated_and_oversized_frames():
     cfg = CFG
     good = protocol.encode_frame(FrameType.READ, 3, protocol.read_payload(Memory.ACTS, 0, 2))
     corrupt = bytearray(protocol.encode_frame(FrameType.WRITE, 1,
-                                              struct.pack("<BH", Memory.ACTS, 0) + b"\x7f"))
+                                              protocol.request_header(Memory.ACTS, 0) + b"\x7f"))
     corrupt[5] ^= 0x10                              # the memory id flips on the wire
     too_long = struct.pack("<BBBH", 0xA5, FrameType.WRITE, 2, cfg.max_payload + 1)
     truncated = protocol.encode_frame(FrameType.WRITE, 4, bytes(9))[:8]

@@ -125,18 +125,21 @@ def test_hello_rejects_bad_magic_version_and_size():
     good = hello_payload(CoreConfig())
     with pytest.raises(FrameError, match=r"^HELLO magic must be b'GSAC', not b'XSAC'$"):
         parse_hello(b"X" + good[1:])
-    with pytest.raises(FrameError, match=r"^Protocol version must be 5 with loop nests, not 9: "
+    with pytest.raises(FrameError, match=r"^Protocol version must be 6 with loop nests, not 9: "
                                          r"the device runs an older bitstream; rebuild and "
                                          r"flash it"):
         parse_hello(HELLO_MAGIC + b"\x09" + good[5:])
     # A two-buffer core of an earlier release: version 3, no loop-nest feature bit.
     old = HELLO_MAGIC + b"\x03" + good[5:-1] + bytes([good[-1] & ~HELLO_FEATURE_LOOP_NEST])
-    with pytest.raises(FrameError, match=r"^Protocol version must be 5 with loop nests, not 3 "
+    with pytest.raises(FrameError, match=r"^Protocol version must be 6 with loop nests, not 3 "
                                          r"without: the device runs an older bitstream"):
         parse_hello(old)
-    # A loop-nest core of the release before the vector writer: version 4.
-    with pytest.raises(FrameError, match=r"^Protocol version must be 5 with loop nests, not 4: "):
-        parse_hello(HELLO_MAGIC + b"\x04" + good[5:])
+    # Loop-nest cores of earlier releases: version 4 (before the vector writer), version 5
+    # (16-bit addresses, RUN not at most once).
+    for version in (4, 5):
+        with pytest.raises(FrameError, match=rf"^Protocol version must be 6 with loop nests, "
+                                             rf"not {version}: "):
+            parse_hello(HELLO_MAGIC + bytes([version]) + good[5:])
     with pytest.raises(FrameError, match=r"^HELLO reply must be \d+ bytes, not 3$"):
         parse_hello(good[:3])
     bad_lanes = good[:5] + b"\x03" + good[6:]
@@ -172,7 +175,37 @@ def test_write_range_and_memory_checks():
     with pytest.raises(FrameError, match=r"^Memory to write must not be COUNTERS"):
         write_payload(cfg, Memory.COUNTERS, 0, [0])
     with pytest.raises(FrameError, match=r"^Memory id must be one of \[0, 1, 2, 3, 4\], not 9$"):
-        parse_write(cfg, b"\x09\x00\x00")
+        parse_write(cfg, b"\x09\x00\x00\x00")
+
+
+def test_addresses_are_24_bits():
+    cfg = CoreConfig(lanes=16, bank_depth=8192)          # 131072 elements
+    assert parse_write(cfg, write_payload(cfg, Memory.ACTS, 0x1FFFE, [1, -2])) == \
+        (Memory.ACTS, 0x1FFFE, [1, 254])
+    assert write_payload(cfg, Memory.ACTS, 0x12345, [7])[:4] == b"\x03\x45\x23\x01"
+    assert parse_read(read_payload(Memory.ACTS, 0x12345, 3)) == (Memory.ACTS, 0x12345, 3)
+    assert read_payload(Memory.ACTS, 0x12345, 3) == b"\x03\x45\x23\x01\x03\x00"
+    with pytest.raises(FrameError, match=r"^Address must be an integer in 0\.\.16777215, "
+                                         r"not 16777216$"):
+        read_payload(Memory.ACTS, 1 << 24, 1)
+    with pytest.raises(FrameError, match=r"^Word count must be an integer in 0\.\.65535"):
+        read_payload(Memory.ACTS, 0, 1 << 16)
+
+
+def test_sequence_numbers_never_repeat_the_last_run():
+    from gsaccel.sw.runtime.protocol import SequenceNumbers
+    numbers = SequenceNumbers(start=250)
+    runs = [numbers.next(FrameType.RUN)]
+    # A RUN whose reply never came may have run: it is avoided too, until a reply comes.
+    runs.append(numbers.next(FrameType.RUN))
+    for _ in range(254):
+        numbers.next(FrameType.WRITE)
+    assert numbers.next(FrameType.RUN) not in runs
+    numbers.ran(runs[-1])
+    # HELLO clears the device's record: every number is free again.
+    numbers.forget_runs()
+    other = SequenceNumbers(start=9)
+    assert other.next(FrameType.RUN) == 9 and other.next(FrameType.RUN) == 10
 
 
 def test_frame_sizes_respect_max_payload():
@@ -180,7 +213,7 @@ def test_frame_sizes_respect_max_payload():
     for mem in (Memory.LAYERS, Memory.WEIGHTS, Memory.ROWS, Memory.ACTS):
         n = max_write_words(cfg, mem)
         assert len(write_payload(cfg, mem, 0, [0] * n)) <= 100
-        assert 3 + (n + 1) * word_size(cfg, mem) > 100
+        assert 4 + (n + 1) * word_size(cfg, mem) > 100
         assert max_read_words(cfg, mem) * word_size(cfg, mem) <= 100
     with pytest.raises(FrameError, match=r"^Maximum payload must hold one LAYERS word, "
                                          r"not 10 bytes$"):

@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # in this tree); `make clean-cache` empties them.
 JOBS   ?= 2
 
-.PHONY: demo test test-slow bench lint clean clean-cache distclean venv
+.PHONY: demo test test-slow formal bench lint clean clean-cache distclean venv
 
 venv: $(STAMP)
 
@@ -28,6 +28,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -n $(JOBS) -m "slow" $(PYTEST_ARGS)
+
+# Every formal proof (docs/verification.md); `make test` runs the fast ones.
+formal: $(STAMP)
+	$(PY) -m pytest -n $(JOBS) -m formal tests/formal $(PYTEST_ARGS)
 
 # `gsaccel bench` alone writes to ./gsaccel-bench; the committed tables and plots live in docs/.
 bench: $(STAMP)

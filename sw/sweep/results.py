@@ -167,7 +167,7 @@ def _label(row):
     return f"V{row.get('lanes_used', row.get('lanes'))} {what}"
 
 
-def _plot(rows, x_column, y_column, x_label, y_label, title, path, *, log_x=False):
+def _plot(rows, x_column, y_column, x_label, y_label, title, path, *, y_scale=1.0):
     """Scatter ``y`` against ``x`` for the eligible rows having both (colour by pattern,
     the front ringed); None if no row has both."""
     import matplotlib
@@ -181,16 +181,15 @@ def _plot(rows, x_column, y_column, x_label, y_label, title, path, *, log_x=Fals
     patterns = sorted({row["pattern"] for row in points})
     for pattern in patterns:
         mine = [row for row in points if row["pattern"] == pattern]
-        ax.scatter([_value(r, x_column) for r in mine], [_value(r, y_column) for r in mine],
-                   label=pattern, s=28)
+        ax.scatter([_value(r, x_column) for r in mine],
+                   [y_scale * _value(r, y_column) for r in mine], label=pattern, s=28)
     front = [row for row in points if row.get("pareto")]
-    ax.scatter([_value(r, x_column) for r in front], [_value(r, y_column) for r in front],
-               s=110, facecolors="none", edgecolors="k", label="Pareto front")
+    ax.scatter([_value(r, x_column) for r in front],
+               [y_scale * _value(r, y_column) for r in front], s=110, facecolors="none",
+               edgecolors="k", label="Pareto front")
     for row in points:
-        ax.annotate(_label(row), (_value(row, x_column), _value(row, y_column)), fontsize=6,
-                    xytext=(3, 3), textcoords="offset points")
-    if log_x:
-        ax.set_xscale("log")
+        ax.annotate(_label(row), (_value(row, x_column), y_scale * _value(row, y_column)),
+                    fontsize=6, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel(x_label)
     ax.set_ylabel(y_label)
     ax.set_title(title, fontsize=9)
@@ -220,7 +219,7 @@ def write_results(rows, out_dir, *, title, summary, objectives):
               "latency vs LUTs (built cores)", out_dir / "img" / "sweep-latency-luts.png"),
         _plot(rows, "latency_ms", "accuracy", "latency per inference (ms, board clock)",
               "accuracy of the compiled program (golden, %)", "accuracy vs latency",
-              out_dir / "img" / "sweep-accuracy-latency.png", log_x=True),
+              out_dir / "img" / "sweep-accuracy-latency.png", y_scale=100.0),
     ]
     written += [plot for plot in plots if plot is not None]
     front = [row for row in rows if row.get("pareto")]

@@ -170,11 +170,13 @@ def run_sweep(spec, out_dir, *, local=False, address=None, workers=2, cache_dir=
         result.objectives = mark_pareto(result.rows)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "sweep.toml").write_text(spec.to_toml())
+        worker = sum(record.get("seconds", 0.0) for record in records.values())
         summary = (f"`gsaccel sweep` ({spec.source}): {len(points)} points, "
                    f"{len(tasks)} tasks, {result.cached} from the cache, {result.ran} run"
                    f"{' on ' + result.where if result.where else ''} in "
                    f"{result.seconds:.0f} s; {result.failed} failed"
                    + ("; interrupted" if result.interrupted else "")
+                   + f"; the tasks took {worker:.0f} s of worker time when they ran"
                    + ". The spec as run: `sweep.toml`; every column: `sweep.csv`.")
         result.written = write_results(result.rows, out_dir,
                                        title=title or "Design-space sweep", summary=summary,

@@ -187,3 +187,14 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["sweep", "--lanes", "4,8", "--no-rtl", "--dry-run", "-o",
                  str(tmp_path)]) == 0
     assert "2 points, 2 tasks" in capsys.readouterr().out
+
+
+def test_the_docs_spec_is_the_12_point_sweep_and_every_axis_is_documented(tmp_path):
+    from gsaccel.sw.sweep import AXES, SETTINGS
+    page = (Path(__file__).parents[2] / "docs" / "sweep.md").read_text()
+    block = page.split("```toml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "spec.toml").write_text(block)
+    points, tasks, invalid = plan_tasks(load_spec(tmp_path / "spec.toml"))
+    assert len(points) == len(tasks) == 12 and not invalid
+    for name in list(AXES) + list(SETTINGS):
+        assert f"`{name}`" in page, name

@@ -1,5 +1,5 @@
 """The results of a sweep: one row per point (its axes, its measurements and its core's
-build), the Pareto front marked, written as CSV (and Parquet when pyarrow is installed),
+build), the Pareto front marked, written as CSV and Parquet (when pyarrow is installed),
 JSON lines, a markdown page and plots (latency vs LUTs, accuracy vs latency)."""
 
 import csv
@@ -99,17 +99,24 @@ def write_csv(rows, path):
 
 
 def write_parquet(rows, path):
-    """Write ``rows`` as Parquet if pyarrow is installed; return whether it was."""
+    """Write ``rows`` as Parquet if pyarrow is installed (``gsaccel[sweep]`` installs it);
+    return whether it was. Every column keeps one type: a column mixing types (an axis of
+    numbers and the board's default, say) is written as text."""
     try:
         import pyarrow
         import pyarrow.parquet
     except ImportError:
         return False
-    columns = _columns(rows)
-    table = pyarrow.Table.from_pylist(
-        [{k: (None if row.get(k) is None else str(row[k]) if k in ("traceback",) else row[k])
-          for k in columns} for row in rows])
-    pyarrow.parquet.write_table(table, path)
+    data = {}
+    for column in _columns(rows):
+        values = [row.get(column) for row in rows]
+        kinds = {type(v) for v in values if v is not None}
+        if kinds == {int, float}:
+            values = [None if v is None else float(v) for v in values]
+        elif len(kinds) > 1:
+            values = [None if v is None else str(v) for v in values]
+        data[column] = values
+    pyarrow.parquet.write_table(pyarrow.table(data), path)
     return True
 
 

@@ -65,7 +65,8 @@ class RayRunner:
             options = dict(include_dashboard=False, log_to_driver=False,
                            logging_level=logging.WARNING)
             if self.address is None:
-                options["num_cpus"] = self.workers
+                # "local": always a new instance, never one that `ray start` left running.
+                options.update(address="local", num_cpus=self.workers)
             else:
                 options = {"address": self.address, "logging_level": logging.WARNING,
                            "log_to_driver": False}
@@ -92,8 +93,12 @@ class RayRunner:
         ray = self.ray
         remote = ray.remote(run_task)
         self._pending = {}
+        # A task asking for more memory than the whole cluster has would wait for ever: on a
+        # small machine, ask for what there is (the task may still fit in it).
+        total = ray.cluster_resources().get("memory", float("inf"))
         for task in tasks:
             cpus, memory = task_resources(task)
+            memory = int(min(memory, 0.9 * total))
             # No retries: a point that kills its worker would kill the next one too.
             ref = remote.options(num_cpus=cpus, memory=memory, max_retries=0,
                                  name=task["label"][:100]).remote(task)

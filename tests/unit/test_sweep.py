@@ -70,6 +70,10 @@ def test_ray_sweep_measures_every_point_and_shuts_ray_down(ray_sweep):
     with open(out / "sweep.csv") as file:
         table = list(csv.DictReader(file))
     assert [int(r["cycles"]) for r in table] == [r["cycles"] for r in rows]
+    import pyarrow.parquet
+    parquet = pyarrow.parquet.read_table(out / "sweep.parquet").to_pylist()
+    assert [(r["lanes"], r["cycles"], r["pareto"]) for r in parquet] == \
+        [(r["lanes"], r["cycles"], r["pareto"]) for r in rows]
     assert (out / "img" / "sweep-accuracy-latency.png").stat().st_size > 0
     assert not (out / "img" / "sweep-latency-luts.png").exists()     # nothing was built
     page = (out / "sweep.md").read_text()

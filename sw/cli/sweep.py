@@ -131,8 +131,9 @@ def run(args):
     out = console()
     front = [row for row in result.rows if row.get("pareto")]
     out.print(f"{len(result.rows)} points: {result.cached} tasks from the cache, {result.ran} "
-              f"run, {result.failed} failed, in {result.seconds:.0f} s; Pareto front "
-              f"({', '.join(c for c, _ in result.objectives)}):")
+              f"run, {result.failed} failed, in {result.seconds:.0f} s; "
+              + (f"Pareto front ({', '.join(c for c, _ in result.objectives)}):" if front else
+                 "no point qualifies for the Pareto front (see docs/sweep.md)"))
     for row in sorted(front, key=lambda r: r.get("latency_ms") or 0):
         accuracy = f", accuracy {100 * row['accuracy']:.1f} %" if row.get("accuracy") \
             is not None else ""

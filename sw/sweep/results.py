@@ -175,21 +175,28 @@ def _label(row):
 
 
 def _plot(rows, x_column, y_column, x_label, y_label, title, path, *, y_scale=1.0):
-    """Scatter ``y`` against ``x`` for the eligible rows having both (colour by pattern,
-    the front ringed); None if no row has both."""
+    """Scatter ``y`` against ``x`` for the measured rows having both (colour by pattern;
+    a row that may not be on the front, :func:`eligible`, as a cross; the front ringed);
+    None if no row has both."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    points = [row for row in rows if eligible(row) and _value(row, x_column) is not None
-              and _value(row, y_column) is not None]
+    points = [row for row in rows if row.get("status") == "ok"
+              and _value(row, x_column) is not None and _value(row, y_column) is not None]
     if not points:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
     patterns = sorted({row["pattern"] for row in points})
-    for pattern in patterns:
-        mine = [row for row in points if row["pattern"] == pattern]
-        ax.scatter([_value(r, x_column) for r in mine],
-                   [y_scale * _value(r, y_column) for r in mine], label=pattern, s=28)
+    for colour, pattern in enumerate(patterns):
+        for candidates in (True, False):
+            mine = [row for row in points if row["pattern"] == pattern
+                    and eligible(row) == candidates]
+            if mine:
+                ax.scatter([_value(r, x_column) for r in mine],
+                           [y_scale * _value(r, y_column) for r in mine], s=28,
+                           color=f"C{colour}", marker="o" if candidates else "x",
+                           label=pattern if candidates else
+                           f"{pattern} (phased, or core misses clock / device)")
     front = [row for row in points if row.get("pareto")]
     ax.scatter([_value(r, x_column) for r in front],
                [y_scale * _value(r, y_column) for r in front], s=110, facecolors="none",

@@ -1,5 +1,6 @@
 """``gsaccel sweep``: design-space exploration on Ray (or a local process pool)."""
 
+import argparse
 from pathlib import Path
 
 from ..errors import GsaccelError
@@ -55,7 +56,7 @@ def register(subparsers):
                         help=f"{SETTINGS['finetune'][2]} (default: masked)")
     parser.add_argument("--rtl", action="store_true", default=None,
                         help="run each fitting program on the Verilator RTL (the default)")
-    parser.add_argument("--no-rtl", dest="rtl", action="store_false",
+    parser.add_argument("--no-rtl", dest="rtl", action="store_false", default=argparse.SUPPRESS,
                         help="golden model and cycle model only: no Verilator builds")
     parser.add_argument("--build", action="store_true", default=None,
                         help="build each distinct core (yosys + nextpnr, 1-20 min each; "

@@ -48,12 +48,10 @@ AXES = {
                                     "package.module:FUNCTION returning an nn.Module"),
     "board": (str, ("ulx3s-85f",), "board whose core the point starts from (its clock "
                                    "times the latency)"),
-    "lanes": (int, (None,), "V, lanes of the core: 2, 4, 8 or 16 (default: the board's)"),
-    "encoding": (str, (None,), "weight encoding, pow2 or int8 (default: the board's)"),
-    "bank_depth": (int, (None,), "activation depth: words per scratchpad bank (default: "
-                                 "the board's)"),
-    "weight_depth": (int, (None,), "group words of the weight memory (default: the "
-                                   "board's)"),
+    "lanes": (int, (None,), "V, lanes of the core: 2, 4, 8 or 16"),
+    "encoding": (str, (None,), "weight encoding, pow2 or int8"),
+    "bank_depth": (int, (None,), "activation depth: words per scratchpad bank"),
+    "weight_depth": (int, (None,), "group words of the weight memory"),
     "pattern": (str, ("gs-gather",), "pruning pattern (gs-gather, gs-scatter, 1xN, "
                                      "smartdeal, unstructured) or dense"),
     "sparsity": (float, (0.75,), "fraction of each pruned layer's weights removed, in "

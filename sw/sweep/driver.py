@@ -57,7 +57,11 @@ def plan_tasks(spec):
             sources[point.model] = model_source(point.model)
         source = sources[point.model]
         extra = "" if source is None else hashlib.sha256(source[1].encode()).hexdigest()
-        key = task_key("point", point.inputs(), extra)
+        # The key holds the core as resolved, so that "the board's" and the same value
+        # written out are one point.
+        key = task_key("point", {**point.inputs(), "lanes": config.lanes,
+                                 "encoding": config.encoding, "bank_depth": config.bank_depth,
+                                 "weight_depth": config.weight_depth}, extra)
         tasks.append({"kind": "point", "key": key, "inputs": point.inputs(),
                       "label": point.label(), "model_source": source})
         build_key = None

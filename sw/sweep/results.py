@@ -21,8 +21,8 @@ COLUMNS = ("key", "model", "board", "lanes", "encoding", "bank_depth", "weight_d
            "streamed_bytes", "dense_accuracy", "float_accuracy", "accuracy", "rtl_check", "lut",
            "lut_available", "ff", "ff_available", "bram", "bram_available", "dsp",
            "dsp_available", "spram", "spram_available", "fmax_mhz", "target_mhz", "core_fit",
-           "pareto", "reason", "error", "build_error", "build_note", "compile_s", "seconds", "build_s",
-           "host", "cached")
+           "pareto", "reason", "error", "build_error", "build_note", "compile_s", "seconds",
+           "build_s", "host", "cached")
 
 
 def eligible(row):
@@ -171,7 +171,12 @@ def markdown_table(rows):
 def _label(row):
     what = "dense" if row.get("pattern") == "dense" else \
         f"{row.get('pattern')} {100 * row.get('sparsity', 0):.0f}%"
-    return f"V{row.get('lanes_used', row.get('lanes'))} {what}"
+    core = f"V{row.get('lanes_used', row.get('lanes'))}"
+    # The depths, when the sweep set them: they tell apart points of one V.
+    core += "".join(f" {short}{row[name]}" for name, short in (("bank_depth", "a"),
+                                                                ("weight_depth", "w"))
+                    if row.get(name) is not None)
+    return f"{core} {what}"
 
 
 def _plot(rows, x_column, y_column, x_label, y_label, title, path, *, y_scale=1.0):
@@ -198,9 +203,10 @@ def _plot(rows, x_column, y_column, x_label, y_label, title, path, *, y_scale=1.
                            label=pattern if candidates else
                            f"{pattern} (phased, or core misses clock / device)")
     front = [row for row in points if row.get("pareto")]
-    ax.scatter([_value(r, x_column) for r in front],
-               [y_scale * _value(r, y_column) for r in front], s=110, facecolors="none",
-               edgecolors="k", label="Pareto front")
+    if front:
+        ax.scatter([_value(r, x_column) for r in front],
+                   [y_scale * _value(r, y_column) for r in front], s=110, facecolors="none",
+                   edgecolors="k", label="Pareto front")
     for row in points:
         ax.annotate(_label(row), (_value(row, x_column), y_scale * _value(row, y_column)),
                     fontsize=6, xytext=(3, 3), textcoords="offset points")

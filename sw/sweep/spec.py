@@ -24,8 +24,8 @@ from pathlib import Path
 
 from ..errors import GsaccelError
 
-__all__ = ["SweepSpec", "Point", "BuildJob", "SpecError", "load_spec", "make_spec", "AXES", "SETTINGS",
-           "DIGITS_MODELS", "zoo_models", "code_digest", "FINETUNE_MODES"]
+__all__ = ["SweepSpec", "Point", "BuildJob", "SpecError", "load_spec", "make_spec", "AXES",
+           "SETTINGS", "DIGITS_MODELS", "zoo_models", "code_digest", "FINETUNE_MODES"]
 
 
 class SpecError(GsaccelError, ValueError):

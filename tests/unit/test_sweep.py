@@ -168,6 +168,10 @@ def test_spec_from_toml_and_its_errors(tmp_path):
     # The iCEBreaker's result queue holds 8 results: V = 16 is no core of it.
     assert [p.lanes for p in invalid] == [16, 16, 16]
     assert "Result queue" in next(iter(invalid.values())) and len(tasks) == 3
+    # The board's core and the same core written out are one point (one cache entry).
+    written = make_spec({"board": ["icebreaker"], "lanes": [4], "weight_depth": [512]})
+    default = make_spec({"board": ["icebreaker"]})
+    assert plan_tasks(written)[0][0][1] == plan_tasks(default)[0][0][1]
     for text, message in [('[axes]\nlane = [4]\n', "unknown axis 'lane'"),
                           ('[axes]\npattern = ["gs"]\n', "pattern must be one of"),
                           ('[axes]\nsparsity = [1.0]\n', r"sparsity must be in \[0, 1\)"),

@@ -128,11 +128,30 @@ def run_sweep(spec, out_dir, *, local=False, address=None, workers=2, cache_dir=
         if record is not None:
             records[task["key"]] = record
             cached.add(task["key"])
-    to_run = [task for task in tasks if task["key"] not in records]
+    # A core is built once a program of the sweep runs on it (fits, or in phases): a build
+    # takes minutes, and the LUTs of a core no point can use put nothing on the table.
+    builds = {task["key"]: task for task in tasks if task["kind"] == "build"}
+    build_of = {key: build_key for _, key, build_key in points if key and build_key}
+    released = set()
+
+    def release(point_key, record):
+        build_key = build_of.get(point_key)
+        if build_key is None or build_key in released or build_key in records \
+                or "error" in record or record.get("program") not in ("fits", "phased"):
+            return []
+        released.add(build_key)
+        return [builds[build_key]]
+
+    to_run = [task for task in tasks if task["kind"] == "point" and task["key"] not in records]
+    for _, key, _ in points:
+        if key in records:
+            to_run += release(key, records[key])
     result = SweepResult(rows=[], cached=len(cached))
     errors_dir = out_dir / "errors"
+    total = len(to_run)
 
     def on_result(task, record):
+        nonlocal total
         if "error" not in record and record.get("code") != code_digest(task["kind"]):
             record["error"] = (f"the worker on {record.get('host')} runs other gsaccel code "
                                f"(digest {record.get('code')}, here {code_digest(task['kind'])}"
@@ -148,10 +167,15 @@ def run_sweep(spec, out_dir, *, local=False, address=None, workers=2, cache_dir=
         else:
             cache.put(task["key"], record)
             (errors_dir / f"{task['key']}.txt").unlink(missing_ok=True)
-        bar.update(job, advance=1, description=f"sweep: {task['label'][:60]}")
+        more = release(task["key"], record) if task["kind"] == "point" else []
+        total += len(more)
+        bar.update(job, advance=1, total=total, description=f"sweep: {task['label'][:60]}")
+        return more
 
     console.print(f"sweep: {len(points)} points, {len(tasks)} tasks "
-                  f"({len(cached)} in the cache {cache.folder}, {len(to_run)} to run)")
+                  f"({len(cached)} in the cache {cache.folder}, {len(to_run)} to run"
+                  + (f", and each of {len(builds) - len(released) - len(set(builds) & cached)} "
+                     f"builds once a program runs on its core" if builds else "") + ")")
     try:
         if to_run:
             runner = PoolRunner(workers=workers) if local else \
@@ -160,15 +184,15 @@ def run_sweep(spec, out_dir, *, local=False, address=None, workers=2, cache_dir=
                        TimeElapsedColumn())
             with runner, Progress(*columns, console=console) as bar:
                 result.where = runner.describe()
-                job = bar.add_task(f"sweep on {result.where}", total=len(to_run))
+                job = bar.add_task(f"sweep on {result.where}", total=total)
                 runner.run(to_run, on_result)
     except KeyboardInterrupt:
         result.interrupted = True
-        console.print(f"[yellow]interrupted[/]: {result.ran} of {len(to_run)} tasks finished "
+        console.print(f"[yellow]interrupted[/]: {result.ran} of {total} tasks finished "
                       f"(kept in {cache.folder}); rerun the same command to go on")
         raise
     finally:
-        result.rows = _rows(points, records, cached, invalid)
+        result.rows = _rows(points, records, cached, invalid, released)
         result.failed = sum(row["status"] == "error" for row in result.rows)
         result.seconds = time.monotonic() - started
         result.objectives = mark_pareto(result.rows)
@@ -188,7 +212,7 @@ def run_sweep(spec, out_dir, *, local=False, address=None, workers=2, cache_dir=
     return result
 
 
-def _rows(points, records, cached, invalid):
+def _rows(points, records, cached, invalid, released):
     rows = []
     for point, key, build_key in points:
         row = {"key": key, **{name: value for name, value in point.inputs().items()}}
@@ -205,8 +229,10 @@ def _rows(points, records, cached, invalid):
             row["cached"] = key in cached
         if build_key is not None:
             build = records.get(build_key)
-            if build is None:
-                row["build_error"] = "not built"
+            if build is None and build_key in released:
+                row["build_error"] = "not built (interrupted)"
+            elif build is None:
+                row["build_note"] = "not built: no program of the sweep runs on this core"
             elif "error" in build:
                 row["build_error"] = build["error"]
             else:

@@ -10,7 +10,7 @@ still running when Ctrl-C arrives, so the caller can keep what finished.
 import logging
 import multiprocessing
 import signal
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
 from ..errors import GsaccelError, ToolNotFound
 from .measure import run_task
@@ -90,19 +90,24 @@ class RayRunner:
         return f"{where} ({resources.get('CPU', 0):g} CPUs)"
 
     def run(self, tasks, on_result):
+        """Run ``tasks``; ``on_result(task, record)`` is called as each finishes and may
+        return more tasks to run (a core's build, once a program runs on it)."""
         ray = self.ray
         remote = ray.remote(run_task)
         self._pending = {}
         # A task asking for more memory than the whole cluster has would wait for ever: on a
         # small machine, ask for what there is (the task may still fit in it).
         total = ray.cluster_resources().get("memory", float("inf"))
-        for task in tasks:
+
+        def submit(task):
             cpus, memory = task_resources(task)
-            memory = int(min(memory, 0.9 * total))
             # No retries: a point that kills its worker would kill the next one too.
-            ref = remote.options(num_cpus=cpus, memory=memory, max_retries=0,
-                                 name=task["label"][:100]).remote(task)
+            ref = remote.options(num_cpus=cpus, memory=int(min(memory, 0.9 * total)),
+                                 max_retries=0, name=task["label"][:100]).remote(task)
             self._pending[ref] = task
+
+        for task in tasks:
+            submit(task)
         try:
             while self._pending:
                 done, _ = ray.wait(list(self._pending), num_returns=1)
@@ -112,7 +117,8 @@ class RayRunner:
                         record = ray.get(ref)
                     except ray.exceptions.RayError as error:
                         record = _error_record(error)
-                    on_result(task, record)
+                    for more in on_result(task, record) or ():
+                        submit(more)
         except KeyboardInterrupt:
             self.cancel()
             raise
@@ -156,14 +162,19 @@ class PoolRunner:
         return f"a pool of {self.workers} local processes"
 
     def run(self, tasks, on_result):
+        """As :meth:`RayRunner.run`."""
         futures = {self._executor.submit(run_task, task): task for task in tasks}
         try:
-            for future in as_completed(futures):
-                try:
-                    record = future.result()
-                except Exception as error:       # the worker died (BrokenProcessPool)
-                    record = _error_record(error)
-                on_result(futures[future], record)
+            while futures:
+                done, _ = wait(futures, return_when=FIRST_COMPLETED)
+                for future in done:
+                    task = futures.pop(future)
+                    try:
+                        record = future.result()
+                    except Exception as error:       # the worker died (BrokenProcessPool)
+                        record = _error_record(error)
+                    for more in on_result(task, record) or ():
+                        futures[self._executor.submit(run_task, more)] = more
         except KeyboardInterrupt:
             self.cancel()
             raise

@@ -144,7 +144,7 @@ def run(args):
                   f"{accuracy}{luts}")
     out.print(f"table and plots in {out_dir}/ (sweep.md, sweep.csv, img/)")
     if result.failed:
-        raise GsaccelError(f"{result.failed} of {len(result.rows)} points failed; their "
-                           f"errors are in {out_dir / 'sweep.csv'} (column error) and "
-                           f"{out_dir / 'errors'}/")
+        raise GsaccelError(f"{result.failed} of {len(result.rows)} points failed (or their "
+                           f"core's build); the errors are in {out_dir / 'sweep.csv'} (columns "
+                           f"error, build_error) and {out_dir / 'errors'}/")
     return 0

@@ -174,8 +174,9 @@ def run_sweep(spec, out_dir, *, local=False, address=None, workers=2, cache_dir=
 
     console.print(f"sweep: {len(points)} points, {len(tasks)} tasks "
                   f"({len(cached)} in the cache {cache.folder}, {len(to_run)} to run"
-                  + (f", and each of {len(builds) - len(released) - len(set(builds) & cached)} "
-                     f"builds once a program runs on its core" if builds else "") + ")")
+                  + (f"; {len(set(builds) - released - cached)} builds wait for a program "
+                     f"that runs on their core" if set(builds) - released - cached else "")
+                  + ")")
     try:
         if to_run:
             runner = PoolRunner(workers=workers) if local else \
@@ -193,7 +194,9 @@ def run_sweep(spec, out_dir, *, local=False, address=None, workers=2, cache_dir=
         raise
     finally:
         result.rows = _rows(points, records, cached, invalid, released)
-        result.failed = sum(row["status"] == "error" for row in result.rows)
+        # A point fails, or its core's build does (a missing toolchain, say).
+        result.failed = sum(row["status"] == "error" or bool(row.get("build_error"))
+                            and not result.interrupted for row in result.rows)
         result.seconds = time.monotonic() - started
         result.objectives = mark_pareto(result.rows)
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "gsaccel.sw.cli.runtime",    # compile, run
     "gsaccel.sw.cli.demo",       # demo
     "gsaccel.sw.cli.bench",      # bench
+    "gsaccel.sw.cli.sweep",      # sweep
 ]
 
 

@@ -26,7 +26,7 @@ LAYERS = [
     ["gsaccel.sim"],
     ["gsaccel.boards"],
     ["gsaccel.sw.runtime"],
-    ["gsaccel.sw.api", "gsaccel.sw.bench", "gsaccel.sw.demo"],
+    ["gsaccel.sw.api", "gsaccel.sw.bench", "gsaccel.sw.demo", "gsaccel.sw.sweep"],
     ["gsaccel.sw.cli"],
 ]
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-#: Lines the test leaves out: a bitstream build (minutes), a loader (`flash`), the benches
-#: and the demo (run by their own tests), and the venv activation (the test puts the venv's
+#: Lines the test leaves out: a bitstream build (minutes), a loader (`flash`), the benches,
+#: the sweep and the demo (run by their own tests), and the venv activation (the test puts the venv's
 #: bin first on PATH instead).
-SKIPPED = re.compile(r"^(\. \.venv|gsaccel (build|flash|bench|demo)\b)")
+SKIPPED = re.compile(r"^(\. \.venv|gsaccel (build|flash|bench|demo|sweep)\b)")
 
 
 def tour_lines():

@@ -49,7 +49,7 @@ from .graph import ADD, AVGPOOL, CONV, LINEAR, MAXPOOL, _as_float64, lower_graph
 from .native import add_scale, add_weights, avgpool_scale
 from .quantize import FloatLayer, _choose_weight_scale, _scale_log2, quantize_weights
 
-__all__ = ["quantize_aware", "QATModel", "FrozenLayer", "FrozenNumerics"]
+__all__ = ["quantize_aware", "finetune", "QATModel", "FrozenLayer", "FrozenNumerics"]
 
 logger = logging.getLogger(__name__)
 
@@ -400,3 +400,15 @@ class QATModel(torch.nn.Module):
         return (f"encoding={self.encoding}, acc_width={self.acc_width}, "
                 f"{len(self.scales)} frozen activation scales")
 
+
+
+def finetune(qmodel, data, *, epochs=10, lr=1e-3, batch_size=64, seed=0, on_step=None):
+    """Fine-tune a :class:`QATModel` (or any model) on ``data`` with Adam and cross-entropy:
+    :func:`gsaccel.sw.models.train` with a progress callback; returns the test accuracy.
+
+    ``data`` has ``x_train``, ``y_train``, ``x_test``, ``y_test`` tensors
+    (:class:`gsaccel.sw.models.DigitsData`); ``on_step()`` is called after every step.
+    """
+    from ..models import evaluate, train
+    train(qmodel, data, epochs, lr=lr, batch_size=batch_size, seed=seed, on_step=on_step)
+    return evaluate(qmodel, data)

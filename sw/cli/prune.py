@@ -130,18 +130,14 @@ def load_finetune_data(source, seed=0):
     return DigitsData(x, y, x_test, y_test)
 
 
-def _finetune(model, args):
-    """The pruned model made quantisation-aware and fine-tuned on ``args.finetune``."""
+def _finetune(model, data, args):
+    """The pruned model made quantisation-aware and fine-tuned on ``data``."""
     import torch
     from rich.progress import Progress
 
     from ..compile.qat import finetune, quantize_aware
     from ..errors import ShapeError
     from ..models import evaluate
-    data = load_finetune_data(args.finetune)
-    if args.epochs < 1 or not args.lr > 0:
-        raise GsaccelError(f"--epochs must be at least 1 and --lr positive, not "
-                           f"{args.epochs} and {args.lr}")
     model.eval()
     try:
         with torch.no_grad():
@@ -174,6 +170,12 @@ def run_prune(args):
 
     from ..prune import pattern_info, prunable_layers, prune, smartdeal_cprime
     model = load_model(args.model)
+    data = None
+    if args.finetune is not None:       # bad data or options fail before any pruning
+        if args.epochs < 1 or not args.lr > 0:
+            raise GsaccelError(f"--epochs must be at least 1 and --lr positive, not "
+                               f"{args.epochs} and {args.lr}")
+        data = load_finetune_data(args.finetune)
     output = Path(args.output)
     if output.is_dir():
         raise GsaccelError(f"{output}: is a directory; give a file name for the pruned model")
@@ -202,7 +204,7 @@ def run_prune(args):
     if total:
         print(f"total: {kept}/{total} kept, sparsity {1 - kept / total:.2%}")
     if args.finetune is not None:
-        model = _finetune(model, args)
+        model = _finetune(model, data, args)
     with writing(output, "pruned model"):
         output.parent.mkdir(parents=True, exist_ok=True)
         try:

@@ -868,21 +868,28 @@ class _Compilation:
         row_scale = np.where(norms > 0, (op.weight * approx).sum(axis=1) /
                              np.where(norms > 0, norms, 1), 1.0)
         residual = np.abs(op.weight - row_scale[:, None] * approx).max(initial=0)
-        if residual > 1e-3 * max(1e-12, np.abs(op.weight).max(initial=0)):
+        frozen = self.frozen is not None
+        if not frozen and residual > 1e-3 * max(1e-12, np.abs(op.weight).max(initial=0)):
             raise UnsupportedError(f"SmartDeal layer {op.name!r}: its weight is not C·B up to "
                                    f"a per-row scale (off by {residual:.3g}); re-run the "
                                    f"SmartDeal pruning after changing the weights")
         source, z = self.tensors[step.inputs[0]], self.tensors[step.z]
         s_x = source.scale_log2
-        s_b = _scale_log2(float(np.abs(basis).max()))
-        basis_q = np.clip(np.floor(basis / 2.0 ** s_b + 0.5), -127, 127).astype(np.int64)
+        if frozen:          # quantisation-aware training fixed B's integers and z's scale
+            s_b = self.frozen.layers[f"{op.name}.basis"].s_b
+            basis_q = np.asarray(self.frozen.layers[f"{op.name}.basis"].basis, np.int64)
+        else:
+            s_b = _scale_log2(float(np.abs(basis).max()))
+            basis_q = np.clip(np.floor(basis / 2.0 ** s_b + 0.5), -127, 127).astype(np.int64)
         x_float = np.zeros((len(self.float[source.name]), 3 * n_chunks))
         x_float[:, :cols] = self.float[source.name].reshape(len(x_float), -1)
         z_float = (x_float.reshape(-1, n_chunks, 3) @ basis.T).reshape(len(x_float), -1)
-        s_z = max(_scale_log2(float(np.abs(z_float).max())), s_x + s_b)
+        s_z = self.frozen.scales[z.name] if frozen else \
+            max(_scale_log2(float(np.abs(z_float).max())), s_x + s_b)
         shift = s_z - s_x - s_b
-        if shift > 31:
-            raise CapacityError(f"Layer {op.name!r}: requantisation shift {shift} exceeds 31")
+        if not 0 <= shift <= 31:
+            raise CapacityError(f"Layer {op.name!r}: requantisation shift {shift} must be in "
+                                f"[0, 31]")
         x_dev = self.device[source.name].reshape(len(x_float), -1)[:, :3 * n_chunks]
         self.layers.append(BasisLayer(f"{op.name}.basis", "SmartDeal B", basis_q, n_chunks,
                                       source.geometry, z.geometry, shift, False,
@@ -896,8 +903,14 @@ class _Compilation:
         self._set_output(z.name, zq[:, :, None, None], s_z, z_float[:, :, None, None])
         info = op.pattern
         weight = (cprime * row_scale[:, None] * self.fold.get(source.name, 1.0))
+        cprime_frozen = None
+        if frozen:
+            cprime_frozen = self.frozen.layers[f"{op.name}.cprime"]
+            cprime_frozen = dataclasses.replace(cprime_frozen,
+                                                q=cprime_frozen.q[:, :, None, None])
         self._quantised_conv(
             step, f"{op.name}.cprime", "SmartDeal C'", z.name, step.output,
             weight[:, :, None, None], (cprime != 0)[:, :, None, None], op.bias, 1, (1, 1),
             (1, 1), (0, 0), (1, 1), op.relu,
-            type(info)(info.c_pattern, info.lanes, info.per_row), op.row_order)
+            type(info)(info.c_pattern, info.lanes, info.per_row), op.row_order,
+            frozen=cprime_frozen)

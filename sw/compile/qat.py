@@ -16,6 +16,10 @@ what the model's forward computed. Per op of the lowered graph
   weights never round to 0, pruned ones stay 0), the bias an integer at the accumulator's
   scale; the accumulator wraps as the lanes do and is requantised as the vector writer does
   (:func:`~gsaccel.sw.golden.numerics.requantize`: round half up, saturate to int8, ReLU);
+* a SmartDeal layer (DESIGN §1.3): its B (trained) becomes int8 at a power-of-two scale,
+  ``z = B·x`` per 3-element chunk is requantised at a frozen scale, and its C (trained,
+  rounded to powers of two on a fixed support, as ``smartdeal_trainable`` rounds it) is the
+  pow2 C' layer on z, quantised as any Conv2d/Linear;
 * average pooling: the window sum shifted by ``ceil(log2(divisor))`` and requantised (a
   divisor that is not a power of two leaves a factor, folded into the reader's weights, as
   the compiler folds it); max pooling: exact; additions: the compiler's integer branch
@@ -49,7 +53,8 @@ from .graph import ADD, AVGPOOL, CONV, LINEAR, MAXPOOL, _as_float64, lower_graph
 from .native import add_scale, add_weights, avgpool_scale
 from .quantize import FloatLayer, _choose_weight_scale, _scale_log2, quantize_weights
 
-__all__ = ["quantize_aware", "finetune", "QATModel", "FrozenLayer", "FrozenNumerics"]
+__all__ = ["quantize_aware", "finetune", "QATModel", "FrozenLayer", "FrozenBasis",
+           "FrozenNumerics"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +80,20 @@ class FrozenLayer:
 
 
 @dataclass(frozen=True)
+class FrozenBasis:
+    """A SmartDeal BASIS layer as the fake-quantised forward computes it: ``z = requantize(
+    B_q · x_chunk)``, ``B ≈ B_q · 2**s_b``."""
+
+    s_b: int
+    basis: np.ndarray
+
+
+@dataclass(frozen=True)
 class FrozenNumerics:
     """What :func:`~gsaccel.sw.compile.native.compile_native` takes from a :class:`QATModel`:
-    every tensor's scale (by graph tensor name) and every Conv2d/Linear op's integers (by op
-    name)."""
+    every tensor's scale (by graph tensor name, a SmartDeal layer's ``z`` as ``<op>.z``) and
+    every Conv2d/Linear op's integers (by op name; a SmartDeal layer as ``<op>.basis``, a
+    :class:`FrozenBasis`, and ``<op>.cprime``)."""
 
     scales: dict
     layers: dict
@@ -118,6 +133,11 @@ def _fold_batchnorm(model, graph):
     for op in graph.ops:
         if op.batchnorm is None:
             continue
+        if op.pattern is not None and op.pattern.pattern == "smartdeal":
+            raise UnsupportedError(
+                f"SmartDeal layer {op.name!r} ({op.torch_op}): quantisation-aware training "
+                f"trains its C and B, which a BatchNorm folded into it would rescale; remove "
+                f"the BatchNorm after it or prune the layer with another pattern")
         layer, bn = model.get_submodule(op.module), model.get_submodule(op.batchnorm)
         with torch.no_grad():
             scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else \
@@ -184,8 +204,8 @@ def quantize_aware(model, example_input, encoding="pow2", lanes=8, cfg=None, *, 
     Raises
     ------
     UnsupportedError
-        A layer quantisation-aware training does not cover (SmartDeal), or anything the
-        compiler cannot lower.
+        A layer quantisation-aware training does not cover (a SmartDeal layer with a
+        BatchNorm folded into it), or anything the compiler cannot lower.
     ShapeError
         A bad calibration batch, or a bad encoding.
 
@@ -201,6 +221,8 @@ def quantize_aware(model, example_input, encoding="pow2", lanes=8, cfg=None, *, 
     cfg = core_for(board=board, cfg=cfg, lanes=lanes, encoding=encoding)
     x = _as_float64(example_input, "Calibration input")
     model = model if inplace else _copy(model)
+    from ..prune import smartdeal_freeze
+    smartdeal_freeze(model)         # a SmartDeal layer still training as C·B: its C and B now
     _fold_batchnorm(model, lower_graph(model, x))
     graph = lower_graph(model, x)
     return QATModel(model, graph, graph.forward(x), cfg)
@@ -229,6 +251,7 @@ class QATModel(torch.nn.Module):
         self.input_name, self.output_name = graph.input, graph.output
         self.output_shape = tuple(graph.output_shape)
         self.ops, self.scales, self.fold = [], {}, {}
+        self.factors = torch.nn.ModuleDict()        # SmartDeal layers' trainable C and B
         self.scales[graph.input] = _scale_log2(float(np.abs(values[graph.input]).max()))
         for op in graph.ops:
             self.ops.append(self._calibrate(graph, op, values))
@@ -242,13 +265,10 @@ class QATModel(torch.nn.Module):
         value = values[op.output]
         s_x = self.scales[op.inputs[0]]
         if op.kind in (CONV, LINEAR):
-            if op.pattern is not None and op.pattern.pattern == "smartdeal":
-                raise UnsupportedError(
-                    f"Layer {op.name!r} is pruned with SmartDeal: quantisation-aware "
-                    f"training covers Conv2d/Linear weights (any other pattern); fine-tune "
-                    f"its C·B with gsaccel.sw.prune.smartdeal_trainable instead")
             spec["module"] = op.module
             self.scales[op.output] = _scale_log2(float(np.abs(value).max()))
+            if op.pattern is not None and op.pattern.pattern == "smartdeal":
+                self._calibrate_smartdeal(spec, op, values)
         elif op.kind == MAXPOOL:
             self.scales[op.output] = s_x
         elif op.kind == AVGPOOL:
@@ -264,6 +284,28 @@ class QATModel(torch.nn.Module):
             spec.update(weights=tuple(int(v) for v in w), s_acc=int(s_acc))
             self.scales[op.output] = add_scale(value, s_acc)
         return spec
+
+    def _calibrate_smartdeal(self, spec, op, values):
+        """The trainable C and B of a SmartDeal layer and the frozen scale of its z (the
+        compiler's rule, ``_Compilation._smartdeal`` in :mod:`.native`)."""
+        from ..prune import smartdeal_factors
+        from ..prune.smartdeal import _SmartDealWeight
+        if op.kind != LINEAR:
+            raise UnsupportedError(f"SmartDeal layer {op.name!r} ({op.torch_op}) must be a "
+                                   f"Linear layer; prune the Conv2d with another pattern")
+        module = self.model.get_submodule(op.module)
+        c, basis = smartdeal_factors(module)
+        cols = op.weight.shape[1]
+        chunks = -(-cols // 3)
+        key = f"sd{len(self.factors)}"
+        self.factors[key] = _SmartDealWeight(c, basis, module.weight.shape)
+        x = values[op.inputs[0]].reshape(len(values[op.inputs[0]]), -1)
+        x = np.pad(x, ((0, 0), (0, 3 * chunks - cols)))
+        z = (x.reshape(-1, chunks, 3) @ basis.T).reshape(len(x), -1)
+        s_x = self.scales[op.inputs[0]]
+        s_b = _scale_log2(float(np.abs(basis).max()))
+        self.scales[f"{op.name}.z"] = max(_scale_log2(float(np.abs(z).max())), s_x + s_b)
+        spec.update(smartdeal=key, chunks=chunks, cols=cols, z=f"{op.name}.z")
 
     # Numerics ------------------------------------------------------------------------
 
@@ -315,7 +357,12 @@ class QATModel(torch.nn.Module):
         return _fake_int8(v, relu) * 2.0 ** s_y
 
     def _layer(self, spec, x):
-        weight, mask, bias = self._weights(spec)
+        if "smartdeal" in spec:
+            return self._smartdeal(spec, x)
+        return self._gemm(spec, x, *self._weights(spec))
+
+    def _gemm(self, spec, x, weight, mask, bias):
+        """A Conv2d/Linear (``spec["kind"]``) on the fake-quantised ``x``."""
         frozen = self._integers(spec, weight, mask, bias)
         s_x, s_y = self.scales[spec["inputs"][0]], self.scales[spec["output"]]
         # Exact in float32 while partial sums stay under 2**24 (the accumulator bound).
@@ -332,6 +379,46 @@ class QATModel(torch.nn.Module):
             b_q = b_q.double().reshape(1, -1)
         acc_int = (acc.double() + b_q) * 2.0 ** (-(s_x + frozen.s_w))
         return self._requantize(acc_int, s_y - s_x - frozen.s_w, spec["relu"], s_y)
+
+    def _smartdeal_factors(self, spec):
+        """``(s_b, B integers, B_q, C', support)`` of a SmartDeal layer now: B as int8 at
+        its power-of-two scale (moved, if need be, to keep the basis shift in [0, 31]); C
+        rounded to powers of two on its support (:func:`gsaccel.sw.prune.pow2_quantize`,
+        the rule of ``smartdeal_trainable``), straight-through."""
+        from ..prune import pow2_quantize
+        factors = self.factors[spec["smartdeal"]]
+        s_x, s_z = self.scales[spec["inputs"][0]], self.scales[spec["z"]]
+        basis = factors.basis.detach().double().numpy()
+        s_b = _scale_log2(float(np.abs(basis).max()))
+        s_b = min(s_z - s_x, max(s_b, s_z - s_x - 31))
+        b_int = np.clip(np.floor(basis / 2.0 ** s_b + 0.5), -127, 127).astype(np.int64)
+        b_q = _exact(factors.basis, torch.from_numpy(b_int * 2.0 ** s_b))
+        latent = factors.c_latent
+        c = _exact(latent, torch.from_numpy(pow2_quantize(latent.detach().double().numpy())))
+        rows = factors.shape[0]
+        support = factors.support.reshape(rows, -1)
+        return s_b, b_int, b_q, (c * factors.support).reshape(rows, -1), support
+
+    def _smartdeal_bias(self, spec, rows):
+        module = self.model.get_submodule(spec["module"])
+        return module.bias if module.bias is not None else torch.zeros(rows)
+
+    def _smartdeal(self, spec, x):
+        """BASIS (z = B·x per 3-element chunk, requantised), then C' as a Linear on z."""
+        s_x, s_z = self.scales[spec["inputs"][0]], self.scales[spec["z"]]
+        s_b, _, b_q, cprime, support = self._smartdeal_factors(spec)
+        x = functional.pad(x.reshape(len(x), -1).double(),
+                           (0, 3 * spec["chunks"] - spec["cols"]))
+        acc = x.reshape(len(x), spec["chunks"], 3) @ b_q.double().T
+        z = self._requantize(acc.reshape(len(x), -1) * 2.0 ** (-(s_x + s_b)),
+                             s_z - s_x - s_b, False, s_z)
+        weight = cprime * self.fold.get(spec["inputs"][0], 1.0)
+        return self._gemm(self._cprime_spec(spec), z, weight, support,
+                          self._smartdeal_bias(spec, len(cprime)))
+
+    @staticmethod
+    def _cprime_spec(spec):
+        return dict(spec, name=f"{spec['name']}.cprime", inputs=(spec["z"],), kind=LINEAR)
 
     def _pool(self, spec, x):
         (py, px) = spec["padding"]
@@ -392,9 +479,30 @@ class QATModel(torch.nn.Module):
         layers = {}
         with torch.no_grad():
             for spec in self.ops:
-                if spec["kind"] in (CONV, LINEAR):
+                if "smartdeal" in spec:
+                    layers.update(self._freeze_smartdeal(spec))
+                elif spec["kind"] in (CONV, LINEAR):
                     layers[spec["name"]] = self._integers(spec, *self._weights(spec))
         return FrozenNumerics(dict(self.scales), layers)
+
+    def _freeze_smartdeal(self, spec):
+        """A SmartDeal layer's BASIS and C' integers. Its module's ``smartdeal_C``,
+        ``smartdeal_B`` and weight (``C·B``) are set to the trained factors, so that the
+        compiler's lowering and pattern checks see the layer the forward computes."""
+        s_b, b_int, _, cprime, support = self._smartdeal_factors(spec)
+        factors = self.factors[spec["smartdeal"]]
+        module = self.model.get_submodule(spec["module"])
+        c = cprime.double().reshape(-1, 3)
+        basis = factors.basis.detach().double()
+        weight = (c @ basis).reshape(len(cprime), -1)[:, :spec["cols"]]
+        module.smartdeal_C.copy_(c)
+        module.smartdeal_B.copy_(basis)
+        module.weight.copy_(weight.reshape(module.weight.shape).to(module.weight.dtype))
+        cprime_spec = self._cprime_spec(spec)
+        layer = self._integers(cprime_spec, cprime * self.fold.get(spec["inputs"][0], 1.0),
+                               support, self._smartdeal_bias(spec, len(cprime)))
+        return {f"{spec['name']}.basis": FrozenBasis(int(s_b), b_int),
+                cprime_spec["name"]: layer}
 
     def extra_repr(self):
         return (f"encoding={self.encoding}, acc_width={self.acc_width}, "

@@ -1,5 +1,6 @@
 """``gsaccel prune`` on a tiny saved model: output, metadata, and one-line typed errors."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -104,3 +105,61 @@ def test_cli_help_has_example(capsys):
         main(["prune", "--help"])
     assert exit_info.value.code == 0
     assert "example:\n  gsaccel prune mlp.pt --pattern gs-gather" in capsys.readouterr().out
+
+
+def _npz(path, n=200, features=16, classes=4, seed=0, **override):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, features)).astype(np.float32)
+    y = (x[:, :classes] * [1.0, 0.8, 0.6, 0.4][:classes]).argmax(1)
+    arrays = {"x": x, "y": y}
+    arrays.update(override)
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    return path
+
+
+def test_cli_finetune_saves_a_model_compile_takes_as_is(model_path, tmp_path, capsys):
+    from gsaccel.sw.compile import compile
+    from gsaccel.sw.compile.qat import QATModel
+    data = _npz(tmp_path / "data.npz")
+    out = tmp_path / "qat.pt"
+    assert main(["prune", str(model_path), "--pattern", "gs-gather", "--sparsity", "0.5",
+                 "--lanes", "4", "--finetune", str(data), "--epochs", "2", "-o",
+                 str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "test accuracy on 40 inputs: pruned float" in printed
+    assert "after 2 epochs of quantisation-aware fine-tuning" in printed
+    qmodel = torch.load(out, weights_only=False)
+    assert isinstance(qmodel, QATModel) and qmodel.encoding == "pow2"
+    assert qmodel.model[1].weight_mask.mean() == 0.5           # the masks survive
+    x = torch.as_tensor(np.load(data)["x"][:50])
+    program = compile(qmodel, x, lanes=4)
+    with torch.no_grad():
+        ints = qmodel(x).numpy() * 2.0 ** -program.output_scale_log2
+    assert np.array_equal(ints, program.run_golden_int(x.numpy()))
+
+
+@pytest.mark.parametrize("override,message", [
+    ({"y": None}, "the archive must hold arrays x and y, but has ['x']; save it with "
+                  "np.savez(path, x=inputs, y=labels)"),
+    ({"y": np.zeros(200) + 0.5}, "y must be one non-negative integer label per input (200 "
+                                 "inputs), not float64 of shape (200,)"),
+    ({"y": np.full(200, 7)}, "label 7 is out of range for a model with 4 outputs"),
+    ({"x": np.zeros((200, 9), np.float32)}, "inputs of shape (9,) do not fit the model"),
+])
+def test_cli_finetune_bad_data(model_path, tmp_path, capsys, override, message):
+    data = _npz(tmp_path / "bad.npz", **override)
+    out = tmp_path / "never.pt"
+    assert main(["prune", str(model_path), "--pattern", "1xN", "--sparsity", "0.5", "--lanes",
+                 "4", "--finetune", str(data), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"gsaccel prune: error: {data}: {message}") and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_cli_finetune_missing_data(model_path, tmp_path, capsys):
+    missing = tmp_path / "none.npz"
+    assert main(["prune", str(model_path), "--pattern", "1xN", "--sparsity", "0.5", "--lanes",
+                 "4", "--finetune", str(missing), "-o", str(tmp_path / "o.pt")]) == 1
+    assert capsys.readouterr().err == (
+        f"gsaccel prune: error: {missing}: no such data file; give 'digits' or a .npz with "
+        f"arrays x and y (np.savez(path, x=inputs, y=labels))\n")

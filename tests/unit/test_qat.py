@@ -167,13 +167,42 @@ def test_compiling_for_another_encoding_is_refused():
         gsaccel.compile(qmodel, _inputs(shape, 8, SEED), encoding="int8")
 
 
-def test_bad_encoding_and_smartdeal_are_refused():
+def test_bad_encoding_is_refused():
     model, shape = _models()["mlp"]
     with pytest.raises(ShapeError, match=r"^Encoding must be 'pow2' or 'int8', not 'int4'$"):
         gsaccel.quantize_aware(model, _inputs(shape, 8, SEED), encoding="int4")
+
+
+@pytest.mark.parametrize("c_pattern", ["1xN", "gs-gather"])
+def test_smartdeal_layers_train_c_and_b_bit_exactly(c_pattern):
+    """BASIS (B int8, z requantised) and C' (pow2 at the layer's scale): the forward equals
+    the program before and after training; the trained C stays on its support."""
+    torch.manual_seed(SEED)
+    model = nn.Sequential(nn.Linear(20, 48), nn.ReLU(), nn.Linear(48, 32), nn.ReLU(),
+                          nn.Linear(32, 6)).eval()
+    gsaccel.prune(model, "smartdeal", 0.5, 8, c_pattern=c_pattern)
+    support = model[2].smartdeal_C.numpy() != 0
+    x, test = _inputs((20,), 64, SEED), _inputs((20,), 40, SEED + 1)
+    qmodel = gsaccel.quantize_aware(model, x, cfg=CFG["pow2"])
+    program = gsaccel.compile(qmodel, x, cfg=CFG["pow2"])
+    assert [layer.kind for layer in program.layers].count("basis") == 3
+    assert np.array_equal(_qat_ints(qmodel, program, test), _device_ints(program, test))
+    basis = qmodel.factors["sd1"].basis.detach().clone()
+    _train(qmodel, x, steps=10, lr=1e-2)
+    assert not torch.equal(basis, qmodel.factors["sd1"].basis)
+    program = gsaccel.compile(qmodel, x, cfg=CFG["pow2"])
+    assert np.array_equal(_qat_ints(qmodel, program, test), _device_ints(program, test))
+    assert np.array_equal(qmodel.model[2].smartdeal_C.numpy() != 0, support)
+
+
+def test_smartdeal_before_a_batchnorm_is_refused():
+    model = nn.Sequential(nn.Linear(20, 24), nn.BatchNorm1d(24), nn.ReLU(),
+                          nn.Linear(24, 6)).eval()
     gsaccel.prune(model, "smartdeal", 0.5, 8)
-    with pytest.raises(UnsupportedError, match=r"^Layer '0' is pruned with SmartDeal"):
-        gsaccel.quantize_aware(model, _inputs(shape, 8, SEED))
+    with pytest.raises(UnsupportedError, match=r"^SmartDeal layer '0' \(Linear\+BatchNorm1d"
+                                               r"\+ReLU\): quantisation-aware training "
+                                               r"trains its C and B"):
+        gsaccel.quantize_aware(model, _inputs((20,), 8, SEED))
 
 
 @pytest.mark.verilator

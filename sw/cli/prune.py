@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import GsaccelError
-from .common import add_encoding, add_lanes, check_array, load_model, writing
+from .common import add_encoding, add_lanes, add_model_options, check_array, load_model, writing
 
 __all__ = ["register", "run_prune", "load_finetune_data"]
 
@@ -42,6 +42,7 @@ def register(subparsers):
                 "mlp-gs.pt\n  gsaccel prune model.pt --pattern gs-gather --sparsity 0.75 "
                 "--finetune digits --epochs 10 -o qat.pt")
     parser.add_argument("model", metavar="MODEL.pt", help="the model to prune")
+    add_model_options(parser)
     parser.add_argument("--pattern", metavar="P", required=True,
                         help=f"one of {', '.join(PRUNE_PATTERNS)}")
     parser.add_argument("--sparsity", metavar="S", type=float, required=True,
@@ -169,7 +170,7 @@ def run_prune(args):
     import torch
 
     from ..prune import pattern_info, prunable_layers, prune, smartdeal_cprime
-    model = load_model(args.model)
+    model = load_model(args.model, args)
     data = None
     if args.finetune is not None:       # bad data or options fail before any pruning
         if args.epochs < 1 or not args.lr > 0:

@@ -89,8 +89,9 @@ def test_cli_missing_and_wrong_files(tmp_path, capsys):
     torch.save(nn.Linear(4, 4).state_dict(), state)
     assert main(["prune", str(state), "--pattern", "1xN", "--sparsity", "0.5",
                  "-o", str(tmp_path / "o.pt")]) == 1
-    assert f"{state}: must hold a whole nn.Module (torch.save(model, ...)), not a " \
-        "OrderedDict" in capsys.readouterr().err
+    assert f"{state}: holds a state_dict, not a whole nn.Module; pass --zoo NAME if it is " \
+        "one of digits-cnn, digits-mlp, ds-cnn, fc-ae, mobilenetv1, resnet8, or save the " \
+        "whole model with torch.save(model, path)" in capsys.readouterr().err
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a pickle")
     assert main(["prune", str(junk), "--pattern", "1xN", "--sparsity", "0.5",
@@ -163,3 +164,70 @@ def test_cli_finetune_missing_data(model_path, tmp_path, capsys):
     assert capsys.readouterr().err == (
         f"gsaccel prune: error: {missing}: no such data file; give 'digits' or a .npz with "
         f"arrays x and y (np.savez(path, x=inputs, y=labels))\n")
+
+
+_MODULE = """
+from torch import nn
+
+
+class Net(nn.Sequential):
+    def __init__(self):
+        super().__init__(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 4))
+"""
+
+
+def _custom_model(tmp_path, monkeypatch, name):
+    """A model whose class lives in ``<name>.py`` in tmp_path, saved, then forgotten."""
+    import importlib
+    import sys
+    (tmp_path / f"{name}.py").write_text(_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module(name)
+    path = tmp_path / "custom.pt"
+    torch.save(module.Net(), path)
+    del sys.modules[name]
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
+    return path
+
+
+def test_cli_names_the_fix_for_a_class_it_cannot_import(tmp_path, monkeypatch, capsys):
+    path = _custom_model(tmp_path, monkeypatch, "netdef_a")
+    out = tmp_path / "o.pt"
+    monkeypatch.chdir(tmp_path.parent)
+    assert main(["prune", str(path), "--pattern", "1xN", "--sparsity", "0.5", "--lanes", "4",
+                 "-o", str(out)]) == 1
+    assert capsys.readouterr().err == (
+        f"gsaccel prune: error: {path}: the model's class cannot be imported "
+        f"(ModuleNotFoundError: No module named 'netdef_a'); pass --import MODULE (the module "
+        f"or .py file that defines it), or save model.state_dict() and pass --zoo NAME "
+        f"(digits-cnn, digits-mlp, ds-cnn, fc-ae, mobilenetv1, resnet8)\n")
+    # A .py file, or a module name found from the current folder.
+    assert main(["prune", str(path), "--import", str(tmp_path / "netdef_a.py"), "--pattern",
+                 "1xN", "--sparsity", "0.5", "--lanes", "4", "-o", str(out)]) == 0
+    path = _custom_model(tmp_path, monkeypatch, "netdef_b")
+    monkeypatch.chdir(tmp_path)
+    assert main(["prune", str(path), "--import", "netdef_b", "--pattern", "1xN", "--sparsity",
+                 "0.5", "--lanes", "4", "-o", str(out)]) == 0
+    assert main(["prune", str(path), "--import", "no_such_module", "--pattern", "1xN",
+                 "--sparsity", "0.5", "-o", str(out)]) == 1
+    assert capsys.readouterr().err.startswith(
+        "gsaccel prune: error: --import no_such_module: cannot import it (ModuleNotFoundError")
+
+
+def test_cli_loads_a_state_dict_of_a_zoo_model(tmp_path, capsys):
+    from gsaccel.sw.models import DigitsMLP
+    from gsaccel.sw.prune import prune
+    torch.manual_seed(0)
+    model = DigitsMLP()
+    prune(model, "gs-gather", 0.5, 8)
+    state = tmp_path / "state.pt"
+    torch.save(model.state_dict(), state)
+    out = tmp_path / "o.pt"
+    assert main(["prune", str(state), "--zoo", "digits-mlp", "--pattern", "gs-gather",
+                 "--sparsity", "0.75", "-o", str(out)]) == 0
+    assert "total: 4256/17024 kept, sparsity 75.00%" in capsys.readouterr().out
+    assert main(["prune", str(state), "--zoo", "digits-cnn", "--pattern", "1xN", "--sparsity",
+                 "0.5", "-o", str(out)]) == 1
+    assert capsys.readouterr().err.startswith(
+        f"gsaccel prune: error: {state}: not a state_dict of --zoo digits-cnn (Error(s) in "
+        f"loading state_dict")

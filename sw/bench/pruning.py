@@ -45,8 +45,10 @@ PATTERN_RUNS = (
 
 #: The PATTERN_RUNS rows (at :attr:`Settings.qat_sparsity`, MLP) compiled for pow2, with and
 #: without quantisation-aware fine-tuning.
-QAT_LABELS = ("GS-gather e=1", f"GS-gather e={LANES}", "GS-scatter e=1",
-              "1×N (SUBP, from scratch)", "unstructured")
+QAT_LABELS = ("GS-gather e=1", f"GS-gather e={LANES}", "1×N (SUBP, from scratch)",
+              "SmartDeal (C' 1×N)", "SmartDeal (C' GS-gather)")
+#: The learning rate of QAT fine-tuning decays in these steps (equal shares of the epochs).
+QAT_DECAY = (1.0, 0.5, 0.25, 0.1)
 
 
 @dataclass(frozen=True)
@@ -62,11 +64,12 @@ class Settings:
     #: Layers left dense: the CNN's first conv has 72 weights (9 per output), too few to prune.
     exclude: tuple = (("MLP", ()), ("CNN", ("0",)))
     qat_sparsity: float = 0.75
-    qat_epochs: int = 10
-    qat_lr: float = 1e-3
-    #: DS-CNN widths, float training epochs and QAT epochs on the resized digits.
+    qat_epochs: int = 32
+    #: DS-CNN widths, seeds, float training epochs and QAT epochs on the resized digits.
     dscnn_channels: tuple = (16, 64)
+    dscnn_seeds: tuple = (0,)
     dscnn_epochs: int = 30
+    dscnn_lr: float = 3e-3
     dscnn_qat_epochs: int = 8
 
 
@@ -74,7 +77,7 @@ SETTINGS = Settings(seeds=(0, 1, 2), models=("MLP", "CNN"), sparsities=(0.5, 0.7
                     dense_epochs=25, finetune_epochs=15)
 QUICK_SETTINGS = Settings(seeds=(0,), models=("MLP",), sparsities=(0.75,), dense_epochs=10,
                           finetune_epochs=3, qat_epochs=2, dscnn_channels=(16,),
-                          dscnn_epochs=3, dscnn_qat_epochs=1)
+                          dscnn_epochs=2, dscnn_qat_epochs=1)
 
 _START = "<!-- bench:pruning:start -->"
 _END = "<!-- bench:pruning:end -->"
@@ -192,10 +195,21 @@ def _core():
     return CoreConfig(lanes=LANES, encoding="pow2", bank_depth=4096)
 
 
+def staged_train(model, data, epochs, *, lr, seed):
+    """:func:`gsaccel.sw.models.train` for ``epochs`` epochs with the learning rate decaying
+    in the steps of :data:`QAT_DECAY` (the last steps get the remainder, at least one epoch
+    in all)."""
+    from ..models import train
+    shares = np.diff(np.round(np.linspace(0, max(1, epochs), len(QAT_DECAY) + 1))).astype(int)
+    for step, (factor, share) in enumerate(zip(QAT_DECAY, shares)):
+        if share:
+            train(model, data, int(share), lr=lr * factor, seed=seed + step)
+
+
 def qat_measure(model, data, *, epochs, lr, seed, cfg=None, calibration=None):
     """Compile ``model`` for the pow2 core as it is (one-shot rounding), then make it
-    quantisation-aware, fine-tune it ``epochs`` epochs and compile that; run both programs on
-    the golden model over ``data.x_test``.
+    quantisation-aware, fine-tune it ``epochs`` epochs (:func:`staged_train` from ``lr``) and
+    compile that; run both programs on the golden model over ``data.x_test``.
 
     Returns
     -------
@@ -210,7 +224,7 @@ def qat_measure(model, data, *, epochs, lr, seed, cfg=None, calibration=None):
 
     from ..compile import compile
     from ..compile.qat import quantize_aware
-    from ..models import evaluate, train
+    from ..models import evaluate
     cfg = cfg or _core()
     calibration = data.x_train if calibration is None else calibration
     x, labels = data.x_test.numpy(), data.y_test.numpy()
@@ -222,7 +236,7 @@ def qat_measure(model, data, *, epochs, lr, seed, cfg=None, calibration=None):
     result.update(oneshot=float((device == labels).mean()),
                   oneshot_agreement=float((device == reference).mean()))
     qmodel = quantize_aware(model, calibration, cfg=cfg)
-    train(qmodel, data, epochs, lr=lr, seed=seed)
+    staged_train(qmodel, data, epochs, lr=lr, seed=seed)
     result["qat"] = evaluate(qmodel, data)
     device = compile(qmodel, calibration, cfg=cfg).run_golden(x).argmax(1)
     with torch.no_grad():
@@ -252,14 +266,14 @@ def _collect_dscnn(settings, progress):
 
     from ..models import DSCNN, train
     results = {}
-    for seed in settings.seeds:
+    for seed in settings.dscnn_seeds:
         data = resized_digits(seed)
         for channels in settings.dscnn_channels:
             torch.manual_seed(seed)
             model = DSCNN(num_classes=10, channels=channels)
-            train(model, data, settings.dscnn_epochs, lr=3e-3, seed=seed)
+            train(model, data, settings.dscnn_epochs, lr=settings.dscnn_lr, seed=seed)
             row = qat_measure(model, data, epochs=settings.dscnn_qat_epochs,
-                              lr=settings.qat_lr, seed=seed, calibration=data.x_train[:512])
+                              lr=settings.dscnn_lr, seed=seed, calibration=data.x_train[:512])
             results.setdefault(channels, []).append(row)
             progress(f"seed {seed} DS-CNN {channels} ch: {row}")
     return results
@@ -294,10 +308,13 @@ def _collect(settings, progress):
                     results.setdefault((model_name, label, sparsity), []).append(
                         (accuracy, *measure(model)))
                     progress(f"seed {seed} {model_name} {label} {sparsity}: {accuracy:.4f}")
+                    # QAT starts at the learning rate the model last trained at.
+                    lr = settings.smartdeal_lr if pattern == "smartdeal" else \
+                        dict(settings.lr if pattern == "1xN" else settings.finetune_lr)[model_name]
                     if model_name == "MLP" and label in QAT_LABELS and \
                             sparsity == settings.qat_sparsity:
-                        row = qat_measure(model, data, epochs=settings.qat_epochs,
-                                          lr=settings.qat_lr, seed=seed)
+                        row = qat_measure(model, data, epochs=settings.qat_epochs, lr=lr,
+                                          seed=seed)
                         qat.setdefault((model_name, label), []).append(row)
                         progress(f"seed {seed} {model_name} {label} {sparsity} pow2: {row}")
     return results, qat
@@ -459,10 +476,15 @@ def run(*, out_dir, quick=False, progress=None):
         f"test split). MLP: the pruned, fine-tuned models of the table above at "
         f"{settings.qat_sparsity:.0%}; *one-shot* = `gsaccel.compile` of the float model "
         f"(error-feedback rounding, bias correction); *QAT* = `gsaccel.quantize_aware` on the "
-        f"training inputs, fine-tuned {settings.qat_epochs} epochs (Adam, lr "
-        f"{settings.qat_lr:g}), then compiled. DS-CNN: `gsaccel.sw.models.DSCNN` (10 classes) "
-        f"trained {settings.dscnn_epochs} epochs on the digits resized to 1×49×10, QAT "
-        f"{settings.dscnn_qat_epochs} epochs, calibrated on 512 training inputs. Δ vs dense "
+        f"training inputs, fine-tuned {settings.qat_epochs} epochs (Adam from the learning rate "
+        f"the model last trained at: GS {dict(settings.finetune_lr)['MLP']:g}, 1×N "
+        f"{dict(settings.lr)['MLP']:g}, SmartDeal {settings.smartdeal_lr:g}; decaying by "
+        f"{'/'.join(f'{f:g}' for f in QAT_DECAY)} in equal shares), then compiled. DS-CNN: "
+        f"`gsaccel.sw.models.DSCNN` (10 classes, seed "
+        f"{', '.join(map(str, settings.dscnn_seeds))}) trained {settings.dscnn_epochs} epochs "
+        f"(Adam, lr {settings.dscnn_lr:g}) on the digits resized to 1×49×10, QAT "
+        f"{settings.dscnn_qat_epochs} epochs (lr {settings.dscnn_lr:g}, decaying alike), "
+        f"calibrated on 512 training inputs. Δ vs dense "
         f"float: QAT device accuracy minus the dense float model's (MLP: the dense row above; "
         f"DS-CNN: its own float model).", "",
         _qat_table(results, qat, dscnn, settings), "",

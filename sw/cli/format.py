@@ -164,7 +164,9 @@ def run_unpack(args):
     matrix = GSMatrix.load(args.file)
     with writing(output, "dense matrix"):
         np.save(output, matrix.to_dense())
-    print(f"{args.output}: {matrix.shape[0]}x{matrix.shape[1]} int64")
+    kind = "int64" if matrix.exp_bias >= 0 else \
+        f"float64 (pow2 exponent bias {matrix.exp_bias})"
+    print(f"{args.output}: {matrix.shape[0]}x{matrix.shape[1]} {kind}")
 
 
 def _read(path):
@@ -194,7 +196,10 @@ def run_inspect(args):
     rows = [
         ("shape", f"{stats['shape'][0]} x {stats['shape'][1]}"),
         ("pattern", stats["pattern"]), ("lanes V", stats["lanes"]),
-        ("weights per row e", stats["per_row"]), ("encoding", stats["encoding"]),
+        ("weights per row e", stats["per_row"]),
+        ("encoding", stats["encoding"] + (f", exponent bias {stats['exp_bias']} (weights = "
+                                          f"codes · 2**{stats['exp_bias']})"
+                                          if stats["exp_bias"] else "")),
         ("nonzeros", stats["nnz"]), ("sparsity", f"{stats['sparsity']:.2%}"),
         ("row groups", stats["rowgroups"]), ("groups", stats["groups"]),
         ("groups per row group", _summarise(stats["groups_per_rowgroup"])),

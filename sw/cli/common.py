@@ -53,7 +53,7 @@ def add_model_options(parser):
                         default=[],
                         help="import this module (a dotted name, found from the current folder "
                              "too, or a .py file) before loading, so that the model's class "
-                             "can be unpickled; repeatable (default: none)")
+                             "can be unpickled; repeatable")
     parser.add_argument("--zoo", metavar="NAME", choices=sorted(zoo_models()),
                         help=f"the file holds a state_dict of this architecture: "
                              f"{', '.join(sorted(zoo_models()))} (default: a whole nn.Module)")

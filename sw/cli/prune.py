@@ -181,14 +181,21 @@ def run_prune(args):
     if output.is_dir():
         raise GsaccelError(f"{output}: is a directory; give a file name for the pruned model")
     options = {"c_pattern": args.c_pattern} if args.pattern == "smartdeal" else {}
+    skipped = []        # grouped convs that cannot take the pattern stay dense, with a note
     prune(model, args.pattern, args.sparsity, args.lanes, args.per_row,
-          exclude=args.exclude, **options)
+          exclude=args.exclude, skipped=skipped, **options)
+    skipped = dict(skipped)
     total = kept = 0
     for name, module in prunable_layers(model):
         info = pattern_info(module)
         weight = module.weight.detach().reshape(module.weight.shape[0], -1).numpy()
         if info is None:
-            print(f"{name}: {weight.shape[0]}x{weight.shape[1]} dense (excluded)")
+            if name in skipped:
+                reason = skipped[name].removeprefix(f"Layer {name}: ")
+                print(f"{name}: {weight.shape[0]}x{weight.shape[1]} dense (skipped, a grouped "
+                      f"convolution: {reason})")
+            else:
+                print(f"{name}: {weight.shape[0]}x{weight.shape[1]} dense (excluded)")
             continue
         if info.pattern == "smartdeal":
             matrix = smartdeal_cprime(module)

@@ -231,3 +231,23 @@ def test_cli_loads_a_state_dict_of_a_zoo_model(tmp_path, capsys):
     assert capsys.readouterr().err.startswith(
         f"gsaccel prune: error: {state}: not a state_dict of --zoo digits-cnn (Error(s) in "
         f"loading state_dict")
+
+
+def test_cli_skips_a_grouped_conv_that_cannot_take_the_pattern(tmp_path, capsys):
+    from gsaccel.sw.prune import prune
+    torch.manual_seed(0)
+    path = tmp_path / "m.pt"
+    grouped = nn.Sequential(nn.Conv2d(4, 8, 3, groups=4), nn.Flatten(), nn.Linear(8, 2))
+    torch.save(grouped, path)
+    out = tmp_path / "o.pt"
+    assert main(["prune", str(path), "--pattern", "gs-gather", "--sparsity", "0.5", "--lanes",
+                 "4", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "0: 8x9 dense (skipped, a grouped convolution: rows 0-3 cannot form a GS row group " \
+           "without padding" in printed
+    assert "2: 2x8 gs-gather V=4 e=1: 8/16 kept" in printed
+    saved = torch.load(out, weights_only=False)
+    assert not hasattr(saved[0], "weight_mask") and hasattr(saved[2], "weight_mask")
+    # The library raises unless asked to skip; a Linear that cannot take it always raises.
+    with pytest.raises(Exception, match=r"^Layer 0: rows 0-3 cannot form a GS row group"):
+        prune(grouped, "gs-gather", 0.5, 4)

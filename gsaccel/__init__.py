@@ -24,7 +24,7 @@ __all__ = ["prune", "quantize_aware", "compile", "capacity", "connect", "offload
 
 _EXPORTS = {
     "prune":      ("gsaccel.sw.prune", "prune"),
-    "quantize_aware": ("gsaccel.sw.compile.qat", "quantize_aware"),
+    "quantize_aware": ("gsaccel.sw.api", "quantize_aware"),
     "compile":    ("gsaccel.sw.api", "compile"),
     "capacity":   ("gsaccel.sw.api", "capacity"),
     "connect":    ("gsaccel.sw.runtime.targets", "connect"),

@@ -23,7 +23,7 @@ what the model's forward computed. Per op of the lowered graph
 * average pooling: the window sum shifted by ``ceil(log2(divisor))`` and requantised (a
   divisor that is not a power of two leaves a factor, folded into the reader's weights, as
   the compiler folds it); max pooling: exact; additions: the compiler's integer branch
-  weights (:func:`~gsaccel.sw.compile.native.add_weights`), then requantised.
+  weights (:func:`~gsaccel.sw.compile.quantize.add_weights`), then requantised.
 
 Every activation scale is calibrated once on the example batch with the compiler's rules and
 then frozen; weight scales follow the weights (torch.ao's weight observer). BatchNorm is
@@ -50,8 +50,8 @@ from torch.nn import functional
 from ...hw.config import CoreConfig
 from ..errors import ShapeError, UnsupportedError
 from .graph import ADD, AVGPOOL, CONV, LINEAR, MAXPOOL, _as_float64, lower_graph
-from .native import add_scale, add_weights, avgpool_scale
-from .quantize import FloatLayer, _choose_weight_scale, _scale_log2, quantize_weights
+from .quantize import (FloatLayer, _choose_weight_scale, _scale_log2, add_scale, add_weights,
+                       avgpool_scale, quantize_weights)
 
 __all__ = ["quantize_aware", "finetune", "QATModel", "FrozenLayer", "FrozenBasis",
            "FrozenNumerics"]
@@ -172,8 +172,7 @@ def _copy(model):
     return copy.deepcopy(model, memo)
 
 
-def quantize_aware(model, example_input, encoding="pow2", lanes=8, cfg=None, *, board=None,
-                   inplace=False):
+def quantize_aware(model, example_input, encoding="pow2", lanes=8, cfg=None, *, inplace=False):
     """The model with fake quantisation bit-exact to what :func:`gsaccel.compile` will do.
 
     Parameters
@@ -189,9 +188,8 @@ def quantize_aware(model, example_input, encoding="pow2", lanes=8, cfg=None, *, 
     lanes : int
         V of the core, when neither ``cfg`` nor ``board`` is given.
     cfg : CoreConfig, optional
-        The core (its encoding and accumulator width set the numerics).
-    board : str, optional
-        A board's default core (``icebreaker``, ``ulx3s-85f``, ``orangecrab``).
+        The core (its encoding and accumulator width set the numerics); ``gsaccel.
+        quantize_aware`` also takes ``board=`` (a board's default core).
     inplace : bool
         Fold BatchNorm into ``model`` itself instead of a copy (torch.ao's ``inplace``).
 
@@ -215,10 +213,9 @@ def quantize_aware(model, example_input, encoding="pow2", lanes=8, cfg=None, *, 
     >>> train(qmodel, data, epochs=5, lr=1e-4)         # any torch loop
     >>> program = gsaccel.compile(qmodel, x_train[:256], lanes=8)
     """
-    from ..api import core_for
     if encoding not in ("pow2", "int8"):
         raise ShapeError(f"Encoding must be 'pow2' or 'int8', not {encoding!r}")
-    cfg = core_for(board=board, cfg=cfg, lanes=lanes, encoding=encoding)
+    cfg = CoreConfig(lanes=lanes, encoding=encoding) if cfg is None else cfg
     x = _as_float64(example_input, "Calibration input")
     model = model if inplace else _copy(model)
     from ..prune import smartdeal_freeze

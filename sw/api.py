@@ -63,8 +63,6 @@ def quantize_aware(model, example_input, encoding="pow2", lanes=8, cfg=None, *, 
     """The model with fake quantisation bit-exact to what :func:`compile` will do for a
     board's core (``board=``), a :class:`CoreConfig` or a default core of ``lanes`` and
     ``encoding``: :func:`gsaccel.sw.compile.qat.quantize_aware` has the rest.
-
-    >>> qmodel = gsaccel.quantize_aware(model, x_train[:256], encoding="pow2", lanes=8)
     """
     from .compile.qat import quantize_aware as prepare
     if encoding not in ("pow2", "int8"):

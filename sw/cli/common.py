@@ -124,7 +124,9 @@ def load_model(path, args=None):
     except Exception as error:      # torch.load raises many types for a non-torch file
         raise FormatError(f"{path}: not a torch model file ({type(error).__name__}: "
                           f"{error})") from None
-    if isinstance(model, dict) and zoo is not None:
+    state_dict = isinstance(model, dict) and bool(model) and all(
+        isinstance(value, torch.Tensor) for value in model.values())
+    if state_dict and zoo is not None:
         from ..prune import restore
         fresh = zoo_models()[zoo]()
         try:
@@ -132,7 +134,7 @@ def load_model(path, args=None):
         except (RuntimeError, KeyError, ValueError) as error:
             first = str(error).strip().splitlines()[0]
             raise FormatError(f"{path}: not a state_dict of --zoo {zoo} ({first})") from None
-    if isinstance(model, dict):
+    if state_dict:
         raise FormatError(f"{path}: holds a state_dict, not a whole nn.Module; pass --zoo NAME "
                           f"if it is one of {names}, or save the whole model with "
                           f"torch.save(model, path)")

@@ -209,9 +209,11 @@ def quantize_aware(model, example_input, encoding="pow2", lanes=8, cfg=None, *, 
 
     Examples
     --------
-    >>> qmodel = gsaccel.quantize_aware(model, x_train[:256], encoding="pow2", lanes=8)
-    >>> train(qmodel, data, epochs=5, lr=1e-4)         # any torch loop
-    >>> program = gsaccel.compile(qmodel, x_train[:256], lanes=8)
+    A pruned model, fine-tuned as the core computes it (tests/unit/test_qat.py runs this)::
+
+        qmodel = gsaccel.quantize_aware(model, x_train, encoding="pow2", lanes=8)
+        gsaccel.sw.models.train(qmodel, data, epochs=10, lr=1e-3)     # any torch loop
+        program = gsaccel.compile(qmodel, x_train, lanes=8)    # == qmodel(x), bit for bit
     """
     if encoding not in ("pow2", "int8"):
         raise ShapeError(f"Encoding must be 'pow2' or 'int8', not {encoding!r}")

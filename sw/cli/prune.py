@@ -160,6 +160,8 @@ def _finetune(model, data, args):
         task = progress.add_task(f"QAT fine-tuning, {args.epochs} epochs", total=steps)
         after = finetune(qmodel, data, epochs=args.epochs, lr=args.lr,
                          on_step=lambda: progress.advance(task))
+    with torch.no_grad():
+        qmodel.frozen_numerics()            # the saved float layers match what was trained
     print(f"test accuracy on {len(data.x_test)} inputs: pruned float {before:.2%}, "
           f"{args.encoding} before fine-tuning {start:.2%}, after {args.epochs} epochs of "
           f"quantisation-aware fine-tuning {after:.2%} (what the device computes)")

@@ -281,6 +281,13 @@ def compare_layers(program, model, x, device):
     from ...hw.layouts import Memory
     from ..compile.graph import lower_graph
     from ..compile.program import gather_region, region
+    from ..compile.qat import QATModel
+    if isinstance(model, QATModel):
+        # The float layers it trains (BatchNorm folded); the program is its fake-quantised
+        # forward, bit for bit.
+        with torch.no_grad():
+            model.frozen_numerics()         # SmartDeal layers: their trained C·B
+        model = model.model
     graph = lower_graph(model, x)
     names = [layer.output for layer in program.layers]
     if graph.output != program.output or program.output not in names or any(

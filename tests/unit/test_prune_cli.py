@@ -137,6 +137,15 @@ def test_cli_finetune_saves_a_model_compile_takes_as_is(model_path, tmp_path, ca
     with torch.no_grad():
         ints = qmodel(x).numpy() * 2.0 ** -program.output_scale_log2
     assert np.array_equal(ints, program.run_golden_int(x.numpy()))
+    # The CLI flow: compile it, run it, compare it layer by layer.
+    np.save(tmp_path / "x.npy", x.numpy())
+    assert main(["compile", str(out), "--example", str(tmp_path / "x.npy"), "--lanes", "4",
+                 "-o", str(tmp_path / "q.gsp")]) == 0
+    capsys.readouterr()
+    assert main(["run", str(tmp_path / "q.gsp"), "--input", str(tmp_path / "x.npy"),
+                 "--compare", str(out)]) == 0
+    assert "with golden 100.0%; golden equals golden bit for bit: yes" in \
+        capsys.readouterr().out
 
 
 @pytest.mark.parametrize("override,message", [

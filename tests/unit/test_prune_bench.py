@@ -46,4 +46,10 @@ def test_quick_bench_rewrites_its_section(tmp_path):
     assert text.startswith("# Pruning\nhand-written text\n") and text.endswith("tail text\n")
     assert "old" not in text and section in text
     assert "| MLP | GS-gather e=1 | 75.0% |" in section
+    # The QAT rows: the device equals the fine-tuned model's own forward, so it agrees always.
+    assert text.count("<!-- bench:qat:start -->") == 1 and "## Quantisation" in text
+    for row in ("| MLP | GS-gather e=1 75% |", "| MLP | SmartDeal (C' 1×N) 75% |",
+                "| DS-CNN 16 ch | dense |"):
+        line = next(line for line in section.splitlines() if line.startswith(row))
+        assert line.split("|")[-3].strip() == "100.00 ± 0.00", line
     assert (tmp_path / "img" / "pruning.png").stat().st_size > 1000

@@ -369,12 +369,15 @@ def _qat_table(results, qat, dscnn, settings):
     return "\n".join(lines)
 
 
-def _replace_section(path, start, end, section, heading):
+def _replace_section(path, start, end, section, heading, after=None):
     """Put ``section`` (which holds its markers) between ``start`` and ``end`` of ``path``,
-    or append it under ``heading``."""
+    or else, under ``heading``, right after the marker ``after`` (or at the end)."""
     if path.exists() and start in (text := path.read_text()) and end in text:
         head, rest = text.split(start, 1)
         text = head + section + rest.split(end, 1)[1]
+    elif path.exists() and after is not None and after in text:
+        head, rest = text.split(after, 1)
+        text = head + after + f"\n\n{heading}\n\n{section}" + rest
     elif path.exists():
         text = path.read_text().rstrip("\n") + f"\n\n{heading}\n\n{section}\n"
     else:
@@ -492,6 +495,6 @@ def run(*, out_dir, quick=False, progress=None):
     path = Path(out_dir) / "pruning.md"
     _replace_section(path, _START, _END, section, "## Accuracy")
     _replace_section(path, _QAT_START, _QAT_END, qat_section,
-                     "## Quantisation: pow2 with and without QAT")
+                     "## Quantisation: pow2 with and without QAT", after=_END)
     section = section + "\n\n" + qat_section
     return section

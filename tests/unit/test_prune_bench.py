@@ -44,7 +44,9 @@ def test_quick_bench_rewrites_its_section(tmp_path):
     section = run(out_dir=tmp_path, quick=True)
     text = (tmp_path / "pruning.md").read_text()
     assert text.startswith("# Pruning\nhand-written text\n") and text.endswith("tail text\n")
-    assert "old" not in text and section in text
+    # The two sections returned, each written in place ("golden" holds "old": match lines).
+    pruning, qat = section.split("\n\n<!-- bench:qat:start -->")
+    assert "\nold\n" not in text and pruning in text and "<!-- bench:qat:start -->" + qat in text
     assert "| MLP | GS-gather e=1 | 75.0% |" in section
     # The QAT rows: the device equals the fine-tuned model's own forward, so it agrees always.
     assert text.count("<!-- bench:qat:start -->") == 1 and "## Quantisation" in text

@@ -15,7 +15,7 @@ from ..sw.errors import BoardNotFound, DeviceError, GsaccelError, ToolNotFound
 from .catalog import get_board
 
 __all__ = ["BitstreamNotFound", "LOADERS", "flash_command", "flash_board",
-           "default_bitstream"]
+           "default_bitstream", "loader_package"]
 
 
 class BitstreamNotFound(GsaccelError, FileNotFoundError):
@@ -47,6 +47,12 @@ _NO_BOARD = re.compile(
     r"no device found|unable to open ftdi device|cannot find|can't find|not found|"
     r"no dfu capable usb device|jtag init failed|usb_open|libusb|device not found|"
     r"fail to open|failed to open", re.IGNORECASE)
+
+
+def loader_package(board, tool):
+    """The Debian package that installs ``tool``, a loader of ``board`` (None if unknown)."""
+    board = get_board(board) if isinstance(board, str) else board
+    return next((package for name, _, package in LOADERS[board.name] if name == tool), None)
 
 
 def default_bitstream(board, build_dir="build/boards"):
@@ -106,14 +112,15 @@ def flash_board(board, bitstream=None, *, persist=False, dry_run=False, timeout=
     Returns
     -------
     list of str
-        The command run (or that would run).
+        The command run (or that would run: with ``dry_run`` and no loader installed, the
+        preferred loader's command by its bare name).
 
     Raises
     ------
     BitstreamNotFound
         If the bitstream file is missing.
     ToolNotFound
-        If no loader is installed.
+        If no loader is installed (and not ``dry_run``).
     BoardNotFound
         If the loader finds no board.
     DeviceError
@@ -121,7 +128,14 @@ def flash_board(board, bitstream=None, *, persist=False, dry_run=False, timeout=
     """
     board = get_board(board) if isinstance(board, str) else board
     bitstream = Path(default_bitstream(board) if bitstream is None else bitstream)
-    argv = flash_command(board, bitstream, persist=persist, which=which)
+    try:
+        argv = flash_command(board, bitstream, persist=persist, which=which)
+    except ToolNotFound:
+        if not dry_run:
+            raise
+        # A dry run shows what would run: the preferred loader, by its bare name.
+        tool, template, _ = LOADERS[board.name][0]
+        argv = [tool, *_expand(template, bitstream, persist)]
     if dry_run:
         return argv
     loaded = Path(argv[-1])

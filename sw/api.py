@@ -10,7 +10,7 @@ from .compile import compile as compile_for_core
 from .compile.native import compile_native
 from .errors import ShapeError
 
-__all__ = ["compile", "capacity", "core_for"]
+__all__ = ["compile", "capacity", "core_for", "quantize_aware"]
 
 
 def core_for(*, board=None, cfg=None, lanes=8, encoding="pow2"):
@@ -56,3 +56,16 @@ def capacity(model, example_input, *, board=None, cfg=None, lanes=8, encoding="p
         import numpy as np
         example_input = np.asarray(example_input)
     return compile_native(model, example_input, cfg, report_only=True)
+
+
+def quantize_aware(model, example_input, encoding="pow2", lanes=8, cfg=None, *, board=None,
+                   inplace=False):
+    """The model with fake quantisation bit-exact to what :func:`compile` will do for a
+    board's core (``board=``), a :class:`CoreConfig` or a default core of ``lanes`` and
+    ``encoding``: :func:`gsaccel.sw.compile.qat.quantize_aware` has the rest.
+    """
+    from .compile.qat import quantize_aware as prepare
+    if encoding not in ("pow2", "int8"):
+        raise ShapeError(f"Encoding must be 'pow2' or 'int8', not {encoding!r}")
+    cfg = core_for(board=board, cfg=cfg, lanes=lanes, encoding=encoding)
+    return prepare(model, example_input, cfg=cfg, inplace=inplace)

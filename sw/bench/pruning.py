@@ -7,6 +7,13 @@ report test accuracy, real sparsity and the bytes of every layer packed with
 :meth:`GSMatrix.from_dense` (pow2 codes; conv layers in their GEMM view). The table replaces the
 section between the ``bench:pruning`` markers of ``<out_dir>/pruning.md``; the plot goes to
 ``<out_dir>/img/pruning.png``.
+
+The quantisation rows (between the ``bench:qat`` markers) compile the pruned digits MLP at
+75 % for the pow2 core, once as it is and once after quantisation-aware fine-tuning
+(:func:`gsaccel.quantize_aware`), and run the programs on the golden model (bit-exact to the
+RTL): device accuracy on the test split and argmax agreement of the device with the model
+it was compiled from. The DS-CNN rows do the same for :class:`~gsaccel.sw.models.DSCNN` (16
+and 64 channels, dense) on the digits resized to its 49×10 input.
 """
 
 import copy
@@ -17,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["run", "SETTINGS", "QUICK_SETTINGS", "PATTERN_RUNS", "measure", "time_gs_layer"]
+__all__ = ["run", "SETTINGS", "QUICK_SETTINGS", "PATTERN_RUNS", "QAT_LABELS", "measure",
+           "time_gs_layer", "qat_measure"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +43,14 @@ PATTERN_RUNS = (
 )
 
 
+#: The PATTERN_RUNS rows (at :attr:`Settings.qat_sparsity`, MLP) compiled for pow2, with and
+#: without quantisation-aware fine-tuning.
+QAT_LABELS = ("GS-gather e=1", f"GS-gather e={LANES}", "1×N (SUBP, from scratch)",
+              "SmartDeal (C' 1×N)", "SmartDeal (C' GS-gather)")
+#: The learning rate of QAT fine-tuning decays in these steps (equal shares of the epochs).
+QAT_DECAY = (1.0, 0.5, 0.25, 0.1)
+
+
 @dataclass(frozen=True)
 class Settings:
     seeds: tuple
@@ -47,15 +63,26 @@ class Settings:
     smartdeal_lr: float = 5e-3      # C's exponents only move under larger steps
     #: Layers left dense: the CNN's first conv has 72 weights (9 per output), too few to prune.
     exclude: tuple = (("MLP", ()), ("CNN", ("0",)))
+    qat_sparsity: float = 0.75
+    qat_epochs: int = 32
+    #: DS-CNN widths, seeds, float training epochs and QAT epochs on the resized digits.
+    dscnn_channels: tuple = (16, 64)
+    dscnn_seeds: tuple = (0,)
+    dscnn_epochs: int = 30
+    dscnn_lr: float = 3e-3
+    dscnn_qat_epochs: int = 8
 
 
 SETTINGS = Settings(seeds=(0, 1, 2), models=("MLP", "CNN"), sparsities=(0.5, 0.75, 0.875),
                     dense_epochs=25, finetune_epochs=15)
 QUICK_SETTINGS = Settings(seeds=(0,), models=("MLP",), sparsities=(0.75,), dense_epochs=10,
-                          finetune_epochs=3)
+                          finetune_epochs=3, qat_epochs=2, dscnn_channels=(16,),
+                          dscnn_epochs=2, dscnn_qat_epochs=1)
 
 _START = "<!-- bench:pruning:start -->"
 _END = "<!-- bench:pruning:end -->"
+_QAT_START = "<!-- bench:qat:start -->"
+_QAT_END = "<!-- bench:qat:end -->"
 
 
 def _build(model_name):
@@ -161,11 +188,103 @@ def _one_run(dense, data, pattern, per_row, options, sparsity, seed, model_name,
     return model
 
 
+def _core():
+    from ...hw.config import CoreConfig
+    # The default pow2 core with room for the DS-CNN's 49×10 maps (numerics do not depend
+    # on the memory sizes).
+    return CoreConfig(lanes=LANES, encoding="pow2", bank_depth=4096)
+
+
+def staged_train(model, data, epochs, *, lr, seed):
+    """:func:`gsaccel.sw.models.train` for ``epochs`` epochs with the learning rate decaying
+    in the steps of :data:`QAT_DECAY` (the last steps get the remainder, at least one epoch
+    in all)."""
+    from ..models import train
+    shares = np.diff(np.round(np.linspace(0, max(1, epochs), len(QAT_DECAY) + 1))).astype(int)
+    for step, (factor, share) in enumerate(zip(QAT_DECAY, shares)):
+        if share:
+            train(model, data, int(share), lr=lr * factor, seed=seed + step)
+
+
+def qat_measure(model, data, *, epochs, lr, seed, cfg=None, calibration=None):
+    """Compile ``model`` for the pow2 core as it is (one-shot rounding), then make it
+    quantisation-aware, fine-tune it ``epochs`` epochs (:func:`staged_train` from ``lr``) and
+    compile that; run both programs on the golden model over ``data.x_test``.
+
+    Returns
+    -------
+    dict
+        ``float``: the model's test accuracy; ``oneshot``: the one-shot program's device
+        accuracy, ``oneshot_agreement``: its argmax agreement with the float model; ``qat``:
+        the fine-tuned fake-quantised model's accuracy, ``qat_device``: its program's device
+        accuracy, ``qat_agreement``: device vs the fine-tuned model, ``qat_vs_float``: device
+        vs the float model (before fine-tuning).
+    """
+    import torch
+
+    from ..compile import compile
+    from ..compile.qat import quantize_aware
+    from ..models import evaluate
+    cfg = cfg or _core()
+    calibration = data.x_train if calibration is None else calibration
+    x, labels = data.x_test.numpy(), data.y_test.numpy()
+    model.eval()
+    with torch.no_grad():
+        reference = model(data.x_test).numpy().argmax(1)
+    result = {"float": evaluate(model, data)}
+    device = compile(model, calibration, cfg=cfg).run_golden(x).argmax(1)
+    result.update(oneshot=float((device == labels).mean()),
+                  oneshot_agreement=float((device == reference).mean()))
+    qmodel = quantize_aware(model, calibration, cfg=cfg)
+    staged_train(qmodel, data, epochs, lr=lr, seed=seed)
+    result["qat"] = evaluate(qmodel, data)
+    device = compile(qmodel, calibration, cfg=cfg).run_golden(x).argmax(1)
+    with torch.no_grad():
+        trained = qmodel(data.x_test).numpy().argmax(1)
+    result.update(qat_device=float((device == labels).mean()),
+                  qat_agreement=float((device == trained).mean()),
+                  qat_vs_float=float((device == reference).mean()))
+    return result
+
+
+def resized_digits(seed):
+    """The digits split with its 8×8 images resized (bilinear) to the DS-CNN's 1×49×10."""
+    from torch.nn import functional
+
+    from ..models import digits_data
+    from ..models.digits import DigitsData
+    data = digits_data(seed)
+
+    def resize(x):
+        return functional.interpolate(x, size=(49, 10), mode="bilinear", align_corners=False)
+
+    return DigitsData(resize(data.x_train), data.y_train, resize(data.x_test), data.y_test)
+
+
+def _collect_dscnn(settings, progress):
+    import torch
+
+    from ..models import DSCNN, train
+    results = {}
+    for seed in settings.dscnn_seeds:
+        data = resized_digits(seed)
+        for channels in settings.dscnn_channels:
+            torch.manual_seed(seed)
+            model = DSCNN(num_classes=10, channels=channels)
+            train(model, data, settings.dscnn_epochs, lr=settings.dscnn_lr, seed=seed)
+            row = qat_measure(model, data, epochs=settings.dscnn_qat_epochs,
+                              lr=settings.dscnn_lr, seed=seed, calibration=data.x_train[:512])
+            results.setdefault(channels, []).append(row)
+            progress(f"seed {seed} DS-CNN {channels} ch: {row}")
+    return results
+
+
 def _collect(settings, progress):
     import torch
 
     from ..models import digits_data, evaluate, train
     results = {}      # (model, label, sparsity) -> list of (accuracy, sparsity, bytes, util)
+    qat = {}          # (model, label) -> list of qat_measure dicts (dense: float accuracy)
     for seed in settings.seeds:
         data = digits_data(seed)
         for model_name in settings.models:
@@ -189,7 +308,16 @@ def _collect(settings, progress):
                     results.setdefault((model_name, label, sparsity), []).append(
                         (accuracy, *measure(model)))
                     progress(f"seed {seed} {model_name} {label} {sparsity}: {accuracy:.4f}")
-    return results
+                    # QAT starts at the learning rate the model last trained at.
+                    lr = settings.smartdeal_lr if pattern == "smartdeal" else \
+                        dict(settings.lr if pattern == "1xN" else settings.finetune_lr)[model_name]
+                    if model_name == "MLP" and label in QAT_LABELS and \
+                            sparsity == settings.qat_sparsity:
+                        row = qat_measure(model, data, epochs=settings.qat_epochs, lr=lr,
+                                          seed=seed)
+                        qat.setdefault((model_name, label), []).append(row)
+                        progress(f"seed {seed} {model_name} {label} {sparsity} pow2: {row}")
+    return results, qat
 
 
 def _table(results, settings):
@@ -208,6 +336,53 @@ def _table(results, settings):
                     f"{acc.std():.2f} | {delta:+.2f} | {rows[:, 1].mean():.1%} | "
                     f"{rows[:, 2].mean():.0f} | {rows[:, 3].mean():.1%} |")
     return "\n".join(lines)
+
+
+def _pct(values):
+    values = np.asarray(values) * 100
+    return f"{values.mean():.2f} ± {values.std():.2f}"
+
+
+def _qat_table(results, qat, dscnn, settings):
+    lines = ["| model | pattern | float accuracy (%) | pow2 one-shot: device accuracy (%) | "
+             "one-shot: agreement with float | pow2 after QAT: device accuracy (%) | Δ vs "
+             "dense float | QAT: agreement device vs fine-tuned model | QAT: device vs float "
+             "model |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def row(model, label, rows, reference):
+        qat_device = np.array([r["qat_device"] for r in rows])
+        delta = (qat_device.mean() - np.mean(reference)) * 100
+        return (f"| {model} | {label} | {_pct([r['float'] for r in rows])} | "
+                f"{_pct([r['oneshot'] for r in rows])} | "
+                f"{_pct([r['oneshot_agreement'] for r in rows])} | {_pct(qat_device)} | "
+                f"{delta:+.2f} | {_pct([r['qat_agreement'] for r in rows])} | "
+                f"{_pct([r['qat_vs_float'] for r in rows])} |")
+
+    if "MLP" in settings.models:
+        dense = [r[0] for r in results[("MLP", "dense", 0.0)]]
+        for label in QAT_LABELS:
+            lines.append(row("MLP", f"{label} {settings.qat_sparsity:.0%}",
+                             qat[("MLP", label)], dense))
+    for channels, rows in dscnn.items():
+        lines.append(row(f"DS-CNN {channels} ch", "dense", rows, [r["float"] for r in rows]))
+    return "\n".join(lines)
+
+
+def _replace_section(path, start, end, section, heading, after=None):
+    """Put ``section`` (which holds its markers) between ``start`` and ``end`` of ``path``,
+    or else, under ``heading``, right after the marker ``after`` (or at the end)."""
+    if path.exists() and start in (text := path.read_text()) and end in text:
+        head, rest = text.split(start, 1)
+        text = head + section + rest.split(end, 1)[1]
+    elif path.exists() and after is not None and after in text:
+        head, rest = text.split(after, 1)
+        text = head + after + f"\n\n{heading}\n\n{section}" + rest
+    elif path.exists():
+        text = path.read_text().rstrip("\n") + f"\n\n{heading}\n\n{section}\n"
+    else:
+        text = f"# Pruning\n\n{heading}\n\n{section}\n"
+    path.write_text(text)
 
 
 def _plot(results, settings, out_dir):
@@ -269,7 +444,9 @@ def run(*, out_dir, quick=False, progress=None):
     torch.set_num_threads(1)
     started = time.monotonic()
     try:
-        results = _collect(settings, progress or (lambda text: logger.info("%s", text)))
+        say = progress or (lambda text: logger.info("%s", text))
+        results, qat = _collect(settings, say)
+        dscnn = _collect_dscnn(settings, say)
     finally:
         torch.set_num_threads(threads)
     elapsed = time.monotonic() - started
@@ -294,11 +471,30 @@ def run(*, out_dir, quick=False, progress=None):
         "|---:|---:|---:|---:|---:|",
         *[f"| {e} | {p:.2f} | {d:.2f} | {p + d:.2f} | {u:.1%} |" for e, p, d, u in timing],
         _END])
+    qat_section = "\n".join([
+        _QAT_START,
+        f"Generated by `gsaccel bench pruning{' --quick' if quick else ''}` with the table above "
+        f"(seeds {', '.join(map(str, settings.seeds))}; mean ± std over seeds; V = {LANES}, "
+        f"pow2 weights, every program run on the golden model (bit-exact to the RTL) over the "
+        f"test split). MLP: the pruned, fine-tuned models of the table above at "
+        f"{settings.qat_sparsity:.0%}; *one-shot* = `gsaccel.compile` of the float model "
+        f"(error-feedback rounding, bias correction); *QAT* = `gsaccel.quantize_aware` on the "
+        f"training inputs, fine-tuned {settings.qat_epochs} epochs (Adam from the learning rate "
+        f"the model last trained at: GS {dict(settings.finetune_lr)['MLP']:g}, 1×N "
+        f"{dict(settings.lr)['MLP']:g}, SmartDeal {settings.smartdeal_lr:g}; decaying by "
+        f"{'/'.join(f'{f:g}' for f in QAT_DECAY)} in equal shares), then compiled. DS-CNN: "
+        f"`gsaccel.sw.models.DSCNN` (10 classes, seed "
+        f"{', '.join(map(str, settings.dscnn_seeds))}) trained {settings.dscnn_epochs} epochs "
+        f"(Adam, lr {settings.dscnn_lr:g}) on the digits resized to 1×49×10, QAT "
+        f"{settings.dscnn_qat_epochs} epochs (lr {settings.dscnn_lr:g}, decaying alike), "
+        f"calibrated on 512 training inputs. Δ vs dense "
+        f"float: QAT device accuracy minus the dense float model's (MLP: the dense row above; "
+        f"DS-CNN: its own float model).", "",
+        _qat_table(results, qat, dscnn, settings), "",
+        _QAT_END])
     path = Path(out_dir) / "pruning.md"
-    if path.exists() and _START in (text := path.read_text()) and _END in text:
-        head, rest = text.split(_START, 1)
-        text = head + section + rest.split(_END, 1)[1]
-    else:
-        text = "# Pruning\n\n## Accuracy\n\n" + section + "\n"
-    path.write_text(text)
+    _replace_section(path, _START, _END, section, "## Accuracy")
+    _replace_section(path, _QAT_START, _QAT_END, qat_section,
+                     "## Quantisation: pow2 with and without QAT", after=_END)
+    section = section + "\n\n" + qat_section
     return section

@@ -154,13 +154,18 @@ class BuildConfigError(GsaccelError, ValueError):
 
 def cmd_flash(args):
     import shlex
+    import shutil
+    import sys
 
-    from ...boards.flash import flash_board
+    from ...boards.flash import flash_board, loader_package
 
     argv = flash_board(args.board, args.bitstream, persist=args.persist, dry_run=args.dry_run,
                        timeout=args.timeout)
     if args.dry_run:
         print(shlex.join(argv))
+        if shutil.which(argv[0]) is None:
+            print(f"note: {argv[0]} is not installed; to flash, install it with `apt-get "
+                  f"install {loader_package(args.board, argv[0])}`", file=sys.stderr)
     else:
         print(f"loaded {argv[-1]} onto {args.board}")
     return 0

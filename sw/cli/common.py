@@ -9,8 +9,9 @@ import numpy as np
 
 from ..errors import FormatError, GsaccelError, ShapeError
 
-__all__ = ["add_lanes", "add_encoding", "add_target", "load_model", "load_array",
-           "check_array", "output_path", "writing", "finite_json", "console"]
+__all__ = ["add_lanes", "add_encoding", "add_target", "add_model_options", "zoo_models",
+           "load_model", "load_array", "check_array", "output_path", "writing", "finite_json",
+           "console"]
 
 
 # Options ----------------------------------------------------------------------------------------
@@ -38,32 +39,111 @@ def add_target(parser, default, note=""):
 
 # Files ------------------------------------------------------------------------------------------
 
-def load_model(path):
-    """A whole ``nn.Module`` saved with ``torch.save(model, path)``.
+def zoo_models():
+    """``{name: class}`` of the architectures ``--zoo`` builds (the digits models and the
+    MLPerf Tiny networks)."""
+    from ..models import TINY_MODELS, DigitsCNN, DigitsMLP
+    return {"digits-mlp": DigitsMLP, "digits-cnn": DigitsCNN,
+            **{name: cls for name, (cls, _) in TINY_MODELS.items()}}
+
+
+def add_model_options(parser):
+    """``--import MODULE`` and ``--zoo NAME``: how :func:`load_model` finds a model's class."""
+    parser.add_argument("--import", metavar="MODULE", dest="imports", action="append",
+                        default=[],
+                        help="import this module (a dotted name, found from the current folder "
+                             "too, or a .py file) before loading, so that the model's class "
+                             "can be unpickled; repeatable")
+    parser.add_argument("--zoo", metavar="NAME", choices=sorted(zoo_models()),
+                        help=f"the file holds a state_dict of this architecture: "
+                             f"{', '.join(sorted(zoo_models()))} (default: a whole nn.Module)")
+
+
+def _import(name):
+    import importlib
+    import importlib.util
+    import sys
+    if name.endswith(".py"):
+        path = Path(name)
+        if not path.is_file():
+            raise FormatError(f"--import {name}: no such Python file")
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[path.stem] = module       # pickles name the class by its module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as error:            # the user's module raises what it raises
+            del sys.modules[path.stem]
+            raise FormatError(f"--import {name}: importing it failed ({type(error).__name__}: "
+                              f"{error})") from None
+        return
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # as `python -c` would find it
+    try:
+        importlib.import_module(name)
+    except Exception as error:
+        raise FormatError(f"--import {name}: cannot import it ({type(error).__name__}: "
+                          f"{error}); give a module importable from here or a .py file") \
+            from None
+
+
+def load_model(path, args=None):
+    """A whole ``nn.Module`` saved with ``torch.save(model, path)``, or a state_dict of a
+    ``--zoo`` architecture (pruned ones included).
 
     It is loaded on the CPU with ``weights_only=False``: the file is a pickle, so its classes
-    must be importable and it must come from a source you trust.
+    must be importable (``--import MODULE`` imports the one defining them) and it must come
+    from a source you trust. ``args`` carries ``imports`` and ``zoo``
+    (:func:`add_model_options`); without them, neither is used.
 
     Raises
     ------
     FormatError
-        If the file is missing, is not a torch file, or holds something other than a module
-        (a state_dict, say).
+        If the file is missing, is not a torch file, names a class that cannot be imported,
+        or holds something other than a module (a state_dict without ``--zoo``, say); each
+        message says what to pass.
     """
     import torch
+    imports, zoo = getattr(args, "imports", None) or [], getattr(args, "zoo", None)
     path = Path(path)
     if path.is_dir():
         raise FormatError(f"{path}: is a directory, not a model file")
     if not path.is_file():
         raise FormatError(f"{path}: no such model file")
+    for name in imports:
+        _import(name)
+    names = ", ".join(sorted(zoo_models()))
     try:
         model = torch.load(path, map_location="cpu", weights_only=False)
+    except (ModuleNotFoundError, AttributeError) as error:
+        # The pickle names a class this process cannot find.
+        raise FormatError(f"{path}: the model's class cannot be imported ({type(error).__name__}"
+                          f": {error}); pass --import MODULE (the module or .py file that "
+                          f"defines it), or save model.state_dict() and pass --zoo NAME "
+                          f"({names})") from None
     except Exception as error:      # torch.load raises many types for a non-torch file
         raise FormatError(f"{path}: not a torch model file ({type(error).__name__}: "
                           f"{error})") from None
+    state_dict = isinstance(model, dict) and bool(model) and all(
+        isinstance(value, torch.Tensor) for value in model.values())
+    if state_dict and zoo is not None:
+        from ..prune import restore
+        fresh = zoo_models()[zoo]()
+        try:
+            return restore(fresh, model).eval()
+        except (RuntimeError, KeyError, ValueError) as error:
+            first = str(error).strip().splitlines()[0]
+            raise FormatError(f"{path}: not a state_dict of --zoo {zoo} ({first})") from None
+    if state_dict:
+        raise FormatError(f"{path}: holds a state_dict, not a whole nn.Module; pass --zoo NAME "
+                          f"if it is one of {names}, or save the whole model with "
+                          f"torch.save(model, path)")
     if not isinstance(model, torch.nn.Module):
         raise FormatError(f"{path}: must hold a whole nn.Module (torch.save(model, ...)), "
                           f"not a {type(model).__name__}")
+    if zoo is not None:
+        raise FormatError(f"{path}: holds a whole {type(model).__name__}, not a state_dict; "
+                          f"drop --zoo")
     return model
 
 

@@ -11,7 +11,7 @@ from ...hw.config import POW2_EXP_MAX
 from .. import golden
 from ..errors import FormatError, GsaccelError, ShapeError
 from ..format import PATTERNS, GSMatrix
-from .common import (add_encoding, add_lanes, console, finite_json, load_array, load_model,
+from .common import (add_encoding, add_lanes, add_model_options, console, finite_json, load_array, load_model,
                      output_path, writing)
 
 __all__ = ["register"]
@@ -28,6 +28,7 @@ def register(subparsers):
         example="gsaccel pack --weights W.npy --pattern gs-gather --lanes 8 -o W.gsf")
     pack.add_argument("model", nargs="?", metavar="MODEL.pt",
                       help="a saved pruned model; packs every prunable layer into DIR/<layer>.gsf")
+    add_model_options(pack)
     pack.add_argument("--weights", metavar="W.npy", help="a 2-D integer matrix")
     pack.add_argument("--pattern", metavar="P", choices=PATTERNS, default=None,
                       help=f"sparsity pattern: {', '.join(PATTERNS)} (default: unstructured for a "
@@ -78,7 +79,8 @@ def _pack_model(args):
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise GsaccelError(f"{out}: is a file; a model packs into a folder of .gsf files")
-    for name, matrix, basis in pack_model(args.model, lanes=args.lanes, encoding=args.encoding,
+    for name, matrix, basis in pack_model(args.model, args=args, lanes=args.lanes,
+                                          encoding=args.encoding,
                                           pattern=args.pattern, per_row=args.per_row):
         with writing(out, "packed layers"):
             out.mkdir(parents=True, exist_ok=True)
@@ -94,7 +96,7 @@ def _pack_model(args):
                   f"2**10")
 
 
-def pack_model(path, *, lanes=8, encoding="pow2", pattern=None, per_row=1):
+def pack_model(path, *, lanes=8, encoding="pow2", pattern=None, per_row=1, args=None):
     """``(layer name, GSMatrix, SmartDeal basis or None)`` for every Linear/Conv2d of a
     torch.save'd model.
 
@@ -110,7 +112,7 @@ def pack_model(path, *, lanes=8, encoding="pow2", pattern=None, per_row=1):
     from ..compile.quantize import _scale_log2, masked_gemm_view, quantize_weights
     from ..prune import (SMARTDEAL_EXP_MIN, pattern_info, prunable_layers, smartdeal_cprime,
                          smartdeal_factors)
-    model = load_model(path)
+    model = load_model(path, args)
     layers = prunable_layers(model)
     if not layers:
         raise ShapeError(f"{path}: the model has no Linear or Conv2d layer to pack")
@@ -162,7 +164,9 @@ def run_unpack(args):
     matrix = GSMatrix.load(args.file)
     with writing(output, "dense matrix"):
         np.save(output, matrix.to_dense())
-    print(f"{args.output}: {matrix.shape[0]}x{matrix.shape[1]} int64")
+    kind = "int64" if matrix.exp_bias >= 0 else \
+        f"float64 (pow2 exponent bias {matrix.exp_bias})"
+    print(f"{args.output}: {matrix.shape[0]}x{matrix.shape[1]} {kind}")
 
 
 def _read(path):
@@ -192,7 +196,10 @@ def run_inspect(args):
     rows = [
         ("shape", f"{stats['shape'][0]} x {stats['shape'][1]}"),
         ("pattern", stats["pattern"]), ("lanes V", stats["lanes"]),
-        ("weights per row e", stats["per_row"]), ("encoding", stats["encoding"]),
+        ("weights per row e", stats["per_row"]),
+        ("encoding", stats["encoding"] + (f", exponent bias {stats['exp_bias']} (weights = "
+                                          f"codes · 2**{stats['exp_bias']})"
+                                          if stats["exp_bias"] else "")),
         ("nonzeros", stats["nnz"]), ("sparsity", f"{stats['sparsity']:.2%}"),
         ("row groups", stats["rowgroups"]), ("groups", stats["groups"]),
         ("groups per row group", _summarise(stats["groups_per_rowgroup"])),

@@ -5,7 +5,8 @@ import logging
 import numpy as np
 
 from ..errors import GsaccelError, ShapeError
-from .common import (add_encoding, add_lanes, add_target, console, load_array, load_model,
+from .common import (add_encoding, add_lanes, add_model_options, add_target, console, load_array,
+                     load_model,
                      output_path, writing)
 
 __all__ = ["register", "compare_layers"]
@@ -25,6 +26,7 @@ def register(subparsers):
                     "core is refused with every limit it exceeds.",
         example="gsaccel compile model.pt --example x.npy --board ulx3s-85f -o model.gsp")
     compile_.add_argument("model", metavar="MODEL.pt", help="torch.save of an nn.Module")
+    add_model_options(compile_)
     compile_.add_argument("--example", metavar="X.npy", required=True,
                           help="calibration batch (N, ...) of float inputs")
     add_lanes(compile_)
@@ -74,6 +76,7 @@ def register(subparsers):
                      help="integer class labels (N,): print the accuracy")
     run.add_argument("--compare", metavar="MODEL.pt",
                      help="the torch model the program came from: per-layer error table")
+    add_model_options(run)
     run.add_argument("--compare-samples", metavar="N", type=int, default=64,
                      help="inputs used for the per-layer table (default: %(default)s)")
     run.add_argument("--waves", metavar="FILE",
@@ -94,7 +97,7 @@ def run_compile(args):
         raise GsaccelError("compile needs -o M.gsp (the program to write), or --report")
     if args.output is not None:
         output_path(args.output, "program")
-    model = load_model(args.model)
+    model = load_model(args.model, args)
     example = load_array(args.example, "example input")
     if args.board is not None:
         from ...boards.catalog import get_board
@@ -208,7 +211,7 @@ def run_run(args):
         if labels.shape != (len(x),):
             raise ShapeError(f"{args.labels}: labels must have shape ({len(x)},), "
                              f"not {labels.shape}")
-    model = load_model(args.compare) if args.compare else None
+    model = load_model(args.compare, args) if args.compare else None
     with connect(args.target, program=program, waves=args.waves) as device:
         device.load(program)
         y = device.infer(x)
@@ -278,6 +281,13 @@ def compare_layers(program, model, x, device):
     from ...hw.layouts import Memory
     from ..compile.graph import lower_graph
     from ..compile.program import gather_region, region
+    from ..compile.qat import QATModel
+    if isinstance(model, QATModel):
+        # The float layers it trains (BatchNorm folded); the program is its fake-quantised
+        # forward, bit for bit.
+        with torch.no_grad():
+            model.frozen_numerics()         # SmartDeal layers: their trained C·B
+        model = model.model
     graph = lower_graph(model, x)
     names = [layer.output for layer in program.layers]
     if graph.output != program.output or program.output not in names or any(

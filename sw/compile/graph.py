@@ -134,6 +134,11 @@ class GraphOp:
         ``divisor_override``).
     scales : tuple of float
         ``add``: the weight of each input (``x + alpha·y``: ``(1.0, alpha)``).
+    module : str or None
+        ``conv``/``linear``: the path of the Conv2d/Linear module whose weights the op uses.
+    batchnorm : str or None
+        The path of the BatchNorm module folded into the op, if any (quantisation-aware
+        training folds it into the module for good).
     """
 
     name: str
@@ -156,6 +161,8 @@ class GraphOp:
     input_view: tuple = None
     divisor: int = 1
     scales: tuple = ()
+    module: str = None
+    batchnorm: str = None
 
 
 @dataclass
@@ -829,6 +836,7 @@ class _Lowering:
         scale = gamma / np.sqrt(var + module.eps)
         op.weight = op.weight * scale.reshape((-1,) + (1,) * (op.weight.ndim - 1))
         op.bias = scale * (op.bias - mean) + beta
+        op.batchnorm = str(node.target)
         self._check_finite(node, op.weight, f"weights once folded into {op.name!r}")
         self._check_finite(node, op.bias, f"bias once folded into {op.name!r}")
         self._rename(node, op, ref)
@@ -888,7 +896,8 @@ class _Lowering:
         out = self._output_size(node, (height, width), kernel, stride, padding, dilation)
         self._new_op(node, CONV, [ref], (module.out_channels,) + out, kernel=kernel,
                      stride=stride, padding=tuple(padding), dilation=dilation,
-                     groups=module.groups, **self._layer_parameters(module, node))
+                     groups=module.groups, module=str(node.target),
+                     **self._layer_parameters(module, node))
 
     def _output_size(self, node, size, kernel, stride, padding, dilation):
         try:
@@ -910,7 +919,7 @@ class _Lowering:
                              f"features, but its input has shape {ref.shape}")
         self._new_op(node, LINEAR, [ref], (module.out_features,),
                      input_view=ref.tensor.shape if ref.flat else None,
-                     **self._layer_parameters(module, node))
+                     module=str(node.target), **self._layer_parameters(module, node))
 
     def _max_pool(self, node):
         if node.op == "call_module":

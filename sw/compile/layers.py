@@ -17,6 +17,7 @@ A residual addition reads two tensors at once; :class:`ResidualNest` is the loop
 two taps sit at the two operands' bases.
 """
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -178,6 +179,11 @@ class GSLayer:
     def __post_init__(self):
         if self.op not in OPS:
             raise ShapeError(f"Operation must be one of {', '.join(OPS)}, not {self.op!r}")
+        if self.matrix.exp_bias:
+            # Fractional powers of two: the codes are the weights / 2**exp_bias, so the
+            # requantiser shifts exp_bias less; the device only ever sees plain codes.
+            self.shift = int(self.shift) - self.matrix.exp_bias
+            self.matrix = dataclasses.replace(self.matrix, exp_bias=0)
         if not 0 <= int(self.shift) <= 31:
             raise ShapeError(f"Shift must be in [0, 31], not {self.shift!r}")
         self.bias = np.asarray(self.bias, dtype=np.int64)

@@ -38,9 +38,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...hw.config import POW2_EXP_MAX, CoreConfig
+from ...hw.config import CoreConfig
 from ..errors import CapacityError, ShapeError, UnsupportedError
-from ..format import GSMatrix, pow2_encode, pow2_round
+from ..format import GSMatrix, pow2_encode
 from ..format.geometry import LoopNest, TensorGeometry
 from ..golden.cycles import row_words
 from ..golden.numerics import quantize, requantize, wrap
@@ -51,7 +51,7 @@ from .capacity import CapacityReport, Limit
 from .plan import Lifetime, plan_memory, scratchpad_depth
 from .program import Program, ProgramTensor
 from .quantize import (FloatLayer, _choose_weight_scale, _error_feedback_round, _pack,
-                       _scale_log2, quantize_weights)
+                       _scale_log2, add_scale, add_weights, avgpool_scale, quantize_weights)
 
 __all__ = ["compile_native", "kernel_columns", "to_gemm", "diagonal_matrix"]
 
@@ -170,6 +170,12 @@ def compile_native(model, example_input, cfg=None, *, im2col_input=True,
         A bad example input.
     """
     cfg = CoreConfig() if cfg is None else cfg
+    frozen = None
+    from .qat import QATModel
+    if isinstance(model, QATModel):
+        # Quantisation-aware training fixed every scale and integer: take them as they are.
+        frozen = model.frozen_numerics(cfg)
+        model = model.model
     x = _as_float64(example_input)
     if x.ndim not in (2, 4) or len(x) == 0:
         raise ShapeError(f"Example input must be a non-empty batch (N, C, H, W) or (N, F), "
@@ -179,7 +185,7 @@ def compile_native(model, example_input, cfg=None, *, im2col_input=True,
     _check_lowering(model, graph, x, values)
     def compilation(im2col, **options):
         return _Compilation(model, graph, values, cfg, im2col, feedback_samples, phases,
-                            report_only, **options).run()
+                            report_only, frozen=frozen, **options).run()
 
     try:
         return compilation(im2col_input)
@@ -243,7 +249,8 @@ class _Step:
 
 class _Compilation:
     def __init__(self, model, graph, values, cfg, im2col_input, feedback_samples,
-                 phased=True, report_only=False, im2col_fallback=True):
+                 phased=True, report_only=False, im2col_fallback=True, frozen=None):
+        self.frozen = frozen       # a quantisation-aware model's numerics, or None
         self.phased, self.report_only = bool(phased), bool(report_only)
         self.im2col_fallback = im2col_fallback
         self.torch = _torch()
@@ -466,7 +473,8 @@ class _Compilation:
         name = self.graph.input
         tensor = self.tensors[name]
         raw = self.values[name]
-        tensor.scale_log2 = _scale_log2(float(np.abs(raw).max()))
+        tensor.scale_log2 = self.frozen.scales[name] if self.frozen is not None else \
+            _scale_log2(float(np.abs(raw).max()))
         hwc = self.transform.apply(raw)                     # (N, H, W, C) as stored
         value = hwc.transpose(0, 3, 1, 2)[:, :tensor.shape[0]]
         self.float[name] = value
@@ -523,17 +531,19 @@ class _Compilation:
 
     # Convolutions and Linear layers ----------------------------------------------------------
 
-    def _kernel(self, step):
+    def _kernel(self, step, frozen=None):
         """The op as a convolution over its source tensor: (weight, kept mask, groups,
-        kernel, stride, padding, dilation), float weights with any folded factor."""
+        kernel, stride, padding, dilation, frozen), float weights with any folded factor;
+        ``frozen`` (the integer weights of a quantisation-aware model, shaped like the op's
+        weight) is viewed the same way."""
         op = step.op
         source = self.tensors[step.inputs[0]]
         weight = op.weight
         mask = np.ones(weight.shape, bool) if op.mask is None else op.mask.astype(bool)
+        arrays = [weight, mask] + ([] if frozen is None else [np.asarray(frozen, np.int64)])
         if op.kind == LINEAR:
             c, h, w = source.shape
-            weight = weight.reshape((weight.shape[0], c, h, w))
-            mask = mask.reshape(weight.shape)
+            arrays = [a.reshape((weight.shape[0], c, h, w)) for a in arrays]
             geometry = (1, (h, w), (1, 1), (0, 0), (1, 1))
         else:
             geometry = (op.groups, op.kernel, op.stride, op.padding, op.dilation)
@@ -541,23 +551,29 @@ class _Compilation:
             # A 1x1 convolution over the im2col'd channels tap·C + c: the GEMM view with
             # unpadded channels (zero outside each output channel's group).
             channels = weight.shape[1] * op.groups
-            weight = to_gemm(weight, op.groups, channels)[:, :, None, None]
-            mask = to_gemm(mask, op.groups, channels)[:, :, None, None]
+            arrays = [to_gemm(a, op.groups, channels)[:, :, None, None] for a in arrays]
             geometry = (1, (1, 1), (1, 1), (0, 0), (1, 1))
-        weight = weight * self.fold.get(step.inputs[0], 1.0)
-        return (weight, mask) + geometry
+        weight, mask = arrays[0] * self.fold.get(step.inputs[0], 1.0), arrays[1]
+        return (weight, mask) + geometry + (arrays[2] if frozen is not None else None,)
 
     def _gs(self, step):
         op = step.op
-        weight, mask, groups, kernel, stride, padding, dilation = self._kernel(step)
+        frozen = self.frozen.layers.get(op.name) if self.frozen is not None else None
+        weight, mask, groups, kernel, stride, padding, dilation, q_kernel = self._kernel(
+            step, None if frozen is None else frozen.q)
+        if frozen is not None:
+            frozen = dataclasses.replace(frozen, q=q_kernel)
         pattern = None if step.im2col else op.pattern
         self._quantised_conv(step, op.name, op.torch_op, step.inputs[0], step.output, weight,
                              mask, op.bias, groups, kernel, stride, padding, dilation,
-                             op.relu, pattern, op.row_order)
+                             op.relu, pattern, op.row_order, frozen=frozen)
 
     def _quantised_conv(self, step, name, torch_op, src, dst, weight, mask, bias, groups,
-                        kernel, stride, padding, dilation, relu, pattern, row_order):
-        """Quantise, pack and emit one SUM layer with the rules of :mod:`.compiler`."""
+                        kernel, stride, padding, dilation, relu, pattern, row_order,
+                        frozen=None):
+        """Quantise, pack and emit one SUM layer with the rules of :mod:`.compiler`; a
+        ``frozen`` layer (quantisation-aware training) brings its scales, integer weights
+        and bias, taken as they are."""
         torch = self.torch
         functional = torch.nn.functional
         cfg, encoding = self.cfg, self.encoding
@@ -573,27 +589,40 @@ class _Compilation:
                                   None, stride, padding, dilation, groups).numpy()
         float_out = np.maximum(exact + layer.bias[None, :, None, None], 0) if relu else \
             exact + layer.bias[None, :, None, None]
-        s_y = _scale_log2(float(np.abs(float_out).max()))
-        s_w, q, b = _choose_weight_scale(layer, s_x, cfg, encoding)
-        if s_y < s_x + s_w:
-            s_y = s_x + s_w
-        if s_y - s_x - s_w > 31:
-            s_w = s_y - s_x - 31
-            q = quantize_weights(layer.weight, layer.mask, s_w, encoding)
         x_dev = self._dev(src)
-        q = self._feedback(layer, q, x_dev * 2.0 ** s_x, s_x, s_w, groups, in_per_group,
-                           kernel, stride, padding, dilation, cp)
-        q_kernel = _from_gemm(q, groups, in_per_group, kernel, cp)
+        if frozen is not None:
+            # What the fake-quantised forward computed, as is: no error feedback, no bias
+            # correction (they would move the device away from the trained model).
+            s_y, s_w = self.frozen.scales[dst], frozen.s_w
+            q = to_gemm(frozen.q, groups, cp)
+            if ((q != 0) & ~gemm_mask).any():
+                raise AssertionError(f"{name}: frozen weights outside the pruning mask")
+            q_kernel, b = frozen.q, np.asarray(frozen.b, np.int64)
+        else:
+            s_y = _scale_log2(float(np.abs(float_out).max()))
+            s_w, q, b = _choose_weight_scale(layer, s_x, cfg, encoding)
+            if s_y < s_x + s_w:
+                s_y = s_x + s_w
+            if s_y - s_x - s_w > 31:
+                s_w = s_y - s_x - 31
+                q = quantize_weights(layer.weight, layer.mask, s_w, encoding)
+            q = self._feedback(layer, q, x_dev * 2.0 ** s_x, s_x, s_w, groups, in_per_group,
+                               kernel, stride, padding, dilation, cp)
+            q_kernel = _from_gemm(q, groups, in_per_group, kernel, cp)
         acc = functional.conv2d(torch.from_numpy(x_dev.astype(np.float64)),
                                 torch.from_numpy(q_kernel.astype(np.float64)), None, stride,
                                 padding, dilation, groups).numpy()
         acc = np.rint(acc).astype(np.int64)
-        # Bias correction: the mean difference between the float layer and the device.
-        correction = (exact - acc * 2.0 ** (s_x + s_w)).mean(axis=(0, 2, 3))
-        b = np.floor((layer.bias + correction) / 2.0 ** (s_x + s_w) + 0.5).astype(np.int64)
-        limit = 1 << (cfg.acc_width - 2)
-        b = np.clip(b, -limit, limit - 1 - np.abs(q).sum(axis=1) * 128)
+        if frozen is None:
+            # Bias correction: the mean difference between the float layer and the device.
+            correction = (exact - acc * 2.0 ** (s_x + s_w)).mean(axis=(0, 2, 3))
+            b = np.floor((layer.bias + correction) / 2.0 ** (s_x + s_w) + 0.5).astype(np.int64)
+            limit = 1 << (cfg.acc_width - 2)
+            b = np.clip(b, -limit, limit - 1 - np.abs(q).sum(axis=1) * 128)
         shift = s_y - s_x - s_w
+        if not 0 <= shift <= 31:
+            raise CapacityError(f"Layer {name!r}: requantisation shift {shift} must be in "
+                                f"[0, 31] (scales 2**{s_x}, 2**{s_w}, 2**{s_y})")
         matrix = _pack(layer, q, cfg)
         nest = LoopNest(source.view, out.view, kernel, stride, padding, dilation)
         self._append(GSLayer(name, torch_op, matrix, b, shift, relu, SUM, nest, (src,), dst),
@@ -721,8 +750,8 @@ class _Compilation:
                                 f"the {self.cfg.acc_width}-bit accumulator")
         s_x = source.scale_log2
         float_value = self._graph_value(step.output) / factor
-        s_y = max(_scale_log2(float(np.abs(float_value).max())), s_x - k)
-        s_y = min(s_y, s_x - k + 31)
+        s_y = avgpool_scale(float_value, s_x, k) if self.frozen is None else \
+            self.frozen.scales[step.output]
         shift = k + s_y - s_x
         matrix = self._pool_matrix(channels, taps, source.view.padded_channels)
         nest = LoopNest(source.view, out.view, op.kernel, op.stride, op.padding, op.dilation)
@@ -737,43 +766,6 @@ class _Compilation:
 
     # Residual additions ----------------------------------------------------------------------
 
-    def _add_weights(self, op, scales):
-        """Integer weights ``alpha_i · 2**(s_i − s_acc)`` aligning the operands' scales, and
-        ``s_acc``: the coarser-aligned ``min(s_a, s_b)``, made finer only when an ``alpha``
-        below 1 (or, with int8 weights, a non-integer one) needs it."""
-        alphas = np.asarray(op.scales, dtype=np.float64)
-        s_acc = min(scales)
-
-        def ideal(s):
-            return alphas * 2.0 ** (np.asarray(scales) - s)
-
-        nonzero = np.abs(ideal(s_acc))[alphas != 0]
-        if nonzero.size and nonzero.min() < 1:
-            s_acc -= math.ceil(-math.log2(nonzero.min()))
-        if self.encoding == "int8":
-            while not np.array_equal(ideal(s_acc), np.round(ideal(s_acc))) and \
-                    2 * np.abs(ideal(s_acc)).max() <= 127:
-                s_acc -= 1          # a non-integer alpha: more precision, still in int8
-            target = ideal(s_acc)
-            w = np.sign(target) * np.floor(np.abs(target) + 0.5)
-            fits = np.abs(w).max() <= 127
-            limit = "int8 weights are at most 127 (scales at most 2**6 apart)"
-        else:
-            target = ideal(s_acc)
-            w = np.where(target == 0, 0, pow2_round(target, exp_min=-64, exp_max=64))
-            fits = np.abs(w).max() <= 2 ** POW2_EXP_MAX
-            limit = f"pow2 weights are 2**0 .. 2**{POW2_EXP_MAX}"
-        if not fits:
-            raise UnsupportedError(
-                f"Addition {op.name!r}: operand scales 2**{scales[0]} and 2**{scales[1]} "
-                f"(weights {tuple(op.scales)}) cannot be aligned with integer weights: "
-                f"{limit}; calibrate with an input batch where both branches have similar "
-                f"ranges, or add a BatchNorm to the smaller branch")
-        if not np.allclose(w, target):
-            logger.warning("addition %s: weights %s rounded to %s", op.name, target.tolist(),
-                           w.tolist())
-        return w.astype(np.int64), s_acc
-
     def _add(self, step):
         op = step.op
         a, b = (self.tensors[n] for n in step.inputs)
@@ -782,15 +774,15 @@ class _Compilation:
                 (b.geometry.height, b.geometry.width, b.geometry.channels, b.geometry.pad):
             raise AssertionError(f"operands of {op.name} must share one geometry")
         scales = (a.scale_log2, b.scale_log2)
-        w, s_acc = self._add_weights(op, scales)
+        w, s_acc = add_weights(op, scales, self.encoding)
         channels = a.shape[0]
         cp = a.view.padded_channels
         taps = [t for t in range(2) if w[t] != 0]         # alpha = 0: a tap less
         matrix = diagonal_matrix(np.broadcast_to(w[taps], (channels, len(taps))), cp,
                                  self.lanes, self.encoding)
         float_value = self._graph_value(step.output)
-        s_y = _scale_log2(float(np.abs(float_value).max()))
-        s_y = min(max(s_y, s_acc), s_acc + 31)
+        s_y = add_scale(float_value, s_acc) if self.frozen is None else \
+            self.frozen.scales[step.output]
         shift = s_y - s_acc
         operands = [(a, b)[t] for t in taps]
         nest = ResidualNest(a.view.at(0), out.view,
@@ -824,21 +816,28 @@ class _Compilation:
         row_scale = np.where(norms > 0, (op.weight * approx).sum(axis=1) /
                              np.where(norms > 0, norms, 1), 1.0)
         residual = np.abs(op.weight - row_scale[:, None] * approx).max(initial=0)
-        if residual > 1e-3 * max(1e-12, np.abs(op.weight).max(initial=0)):
+        frozen = self.frozen is not None
+        if not frozen and residual > 1e-3 * max(1e-12, np.abs(op.weight).max(initial=0)):
             raise UnsupportedError(f"SmartDeal layer {op.name!r}: its weight is not C·B up to "
                                    f"a per-row scale (off by {residual:.3g}); re-run the "
                                    f"SmartDeal pruning after changing the weights")
         source, z = self.tensors[step.inputs[0]], self.tensors[step.z]
         s_x = source.scale_log2
-        s_b = _scale_log2(float(np.abs(basis).max()))
-        basis_q = np.clip(np.floor(basis / 2.0 ** s_b + 0.5), -127, 127).astype(np.int64)
+        if frozen:          # quantisation-aware training fixed B's integers and z's scale
+            s_b = self.frozen.layers[f"{op.name}.basis"].s_b
+            basis_q = np.asarray(self.frozen.layers[f"{op.name}.basis"].basis, np.int64)
+        else:
+            s_b = _scale_log2(float(np.abs(basis).max()))
+            basis_q = np.clip(np.floor(basis / 2.0 ** s_b + 0.5), -127, 127).astype(np.int64)
         x_float = np.zeros((len(self.float[source.name]), 3 * n_chunks))
         x_float[:, :cols] = self.float[source.name].reshape(len(x_float), -1)
         z_float = (x_float.reshape(-1, n_chunks, 3) @ basis.T).reshape(len(x_float), -1)
-        s_z = max(_scale_log2(float(np.abs(z_float).max())), s_x + s_b)
+        s_z = self.frozen.scales[z.name] if frozen else \
+            max(_scale_log2(float(np.abs(z_float).max())), s_x + s_b)
         shift = s_z - s_x - s_b
-        if shift > 31:
-            raise CapacityError(f"Layer {op.name!r}: requantisation shift {shift} exceeds 31")
+        if not 0 <= shift <= 31:
+            raise CapacityError(f"Layer {op.name!r}: requantisation shift {shift} must be in "
+                                f"[0, 31]")
         x_dev = self.device[source.name].reshape(len(x_float), -1)[:, :3 * n_chunks]
         self.layers.append(BasisLayer(f"{op.name}.basis", "SmartDeal B", basis_q, n_chunks,
                                       source.geometry, z.geometry, shift, False,
@@ -852,8 +851,14 @@ class _Compilation:
         self._set_output(z.name, zq[:, :, None, None], s_z, z_float[:, :, None, None])
         info = op.pattern
         weight = (cprime * row_scale[:, None] * self.fold.get(source.name, 1.0))
+        cprime_frozen = None
+        if frozen:
+            cprime_frozen = self.frozen.layers[f"{op.name}.cprime"]
+            cprime_frozen = dataclasses.replace(cprime_frozen,
+                                                q=cprime_frozen.q[:, :, None, None])
         self._quantised_conv(
             step, f"{op.name}.cprime", "SmartDeal C'", z.name, step.output,
             weight[:, :, None, None], (cprime != 0)[:, :, None, None], op.bias, 1, (1, 1),
             (1, 1), (0, 0), (1, 1), op.relu,
-            type(info)(info.c_pattern, info.lanes, info.per_row), op.row_order)
+            type(info)(info.c_pattern, info.lanes, info.per_row), op.row_order,
+            frozen=cprime_frozen)

@@ -22,10 +22,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...hw.config import POW2_EXP_MAX
-from ..errors import PatternError
-from ..format import GSMatrix, pow2_exponent
+from ..errors import PatternError, UnsupportedError
+from ..format import GSMatrix, pow2_exponent, pow2_round
 
-__all__ = ["FloatLayer", "quantize_weights", "masked_gemm_view"]
+__all__ = ["FloatLayer", "quantize_weights", "masked_gemm_view", "add_weights", "avgpool_scale",
+           "add_scale"]
 
 logger = logging.getLogger(__name__)
 
@@ -210,3 +211,56 @@ def _fewest_groups(q, pattern, cfg):
 
 def _divisors(lanes):
     return [e for e in (1, 2, 4, 8, 16) if e <= lanes and lanes % e == 0]
+
+
+# Pooling and additions: their scales and weights (shared with quantisation-aware training) ----
+
+def avgpool_scale(float_value, s_x, k):
+    """Output scale of an average pool shifting by ``k``: fits the float values, within the
+    shifts [0, 31] the requantiser has."""
+    s_y = max(_scale_log2(float(np.abs(float_value).max())), s_x - k)
+    return min(s_y, s_x - k + 31)
+
+
+def add_scale(float_value, s_acc):
+    """Output scale of an addition accumulated at ``2**s_acc``."""
+    s_y = _scale_log2(float(np.abs(float_value).max()))
+    return min(max(s_y, s_acc), s_acc + 31)
+
+
+def add_weights(op, scales, encoding):
+    """Integer weights ``alpha_i · 2**(s_i − s_acc)`` aligning the operands' scales, and
+    ``s_acc``: the coarser-aligned ``min(s_a, s_b)``, made finer only when an ``alpha``
+    below 1 (or, with int8 weights, a non-integer one) needs it."""
+    alphas = np.asarray(op.scales, dtype=np.float64)
+    s_acc = min(scales)
+
+    def ideal(s):
+        return alphas * 2.0 ** (np.asarray(scales) - s)
+
+    nonzero = np.abs(ideal(s_acc))[alphas != 0]
+    if nonzero.size and nonzero.min() < 1:
+        s_acc -= math.ceil(-math.log2(nonzero.min()))
+    if encoding == "int8":
+        while not np.array_equal(ideal(s_acc), np.round(ideal(s_acc))) and \
+                2 * np.abs(ideal(s_acc)).max() <= 127:
+            s_acc -= 1          # a non-integer alpha: more precision, still in int8
+        target = ideal(s_acc)
+        w = np.sign(target) * np.floor(np.abs(target) + 0.5)
+        fits = np.abs(w).max() <= 127
+        limit = "int8 weights are at most 127 (scales at most 2**6 apart)"
+    else:
+        target = ideal(s_acc)
+        w = np.where(target == 0, 0, pow2_round(target, exp_min=-64, exp_max=64))
+        fits = np.abs(w).max() <= 2 ** POW2_EXP_MAX
+        limit = f"pow2 weights are 2**0 .. 2**{POW2_EXP_MAX}"
+    if not fits:
+        raise UnsupportedError(
+            f"Addition {op.name!r}: operand scales 2**{scales[0]} and 2**{scales[1]} "
+            f"(weights {tuple(op.scales)}) cannot be aligned with integer weights: "
+            f"{limit}; calibrate with an input batch where both branches have similar "
+            f"ranges, or add a BatchNorm to the smaller branch")
+    if not np.allclose(w, target):
+        logger.warning("addition %s: weights %s rounded to %s", op.name, target.tolist(),
+                       w.tolist())
+    return w.astype(np.int64), s_acc

@@ -7,6 +7,7 @@ is expressed this way; a pattern only decides how rows are grouped and how much 
 (lanes of value 0) the schedule carries. See docs/format.md for the file layout.
 """
 
+import dataclasses
 import struct
 import zlib
 from dataclasses import dataclass
@@ -19,8 +20,9 @@ from ..errors import EncodingError, FormatError, PatternError, ShapeError
 
 __all__ = [
     "PATTERNS", "ENCODINGS", "GSMatrix", "check_pattern", "pow2_exponent", "pow2_round",
-    "pow2_encode", "pow2_decode", "POW2_CODE_WIDTH", "GSF_MAGIC", "GSF_VERSION", "seal",
-    "check_head", "check_sealed", "MAX_DIMENSION", "MAX_ENTRIES",
+    "pow2_encode", "pow2_decode", "pow2_bias", "POW2_CODE_WIDTH", "GSF_MAGIC", "GSF_VERSION",
+    "GSF_VERSION_BIASED", "EXP_BIAS_RANGE", "seal", "check_head", "check_sealed",
+    "MAX_DIMENSION", "MAX_ENTRIES",
 ]
 
 PATTERNS = ("gs-gather", "gs-scatter", "1xN", "unstructured", "dense")
@@ -28,9 +30,17 @@ ENCODINGS = ("pow2", "int8")
 
 GSF_MAGIC = b"GSF\x1a"
 GSF_VERSION = 1
+#: The version of a matrix whose pow2 codes carry an exponent bias (fractional powers of two):
+#: version 1's header with the bias (i8) after per_row. A writer emits version 1 when the bias
+#: is 0, so integer matrices keep their bytes.
+GSF_VERSION_BIASED = 2
 # magic, version u16, pattern u8, encoding u8, lanes u8, per_row u8, rows u32, cols u32,
 # row groups u32, groups u32, payload bytes u32
 _HEADER = struct.Struct("<4sHBBBBIIIII")
+# Version 2: ... per_row u8, exp_bias i8, rows u32, ...
+_HEADER_BIASED = struct.Struct("<4sHBBBBbIIIII")
+#: The exponent bias a pow2 matrix can carry (an i8 in the header).
+EXP_BIAS_RANGE = (-128, 127)
 #: Largest row or column count of a GS file.
 MAX_DIMENSION = 1 << 24
 #: Largest rows x columns of a GS file: its dense form (``to_dense``, ``gsaccel unpack``) is
@@ -55,9 +65,10 @@ def check_head(data, source, kind, minimum, magic, version):
     found, found_version = struct.unpack_from("<4sH", data)
     if found != magic:
         raise FormatError(f"{source}: not a {kind} (magic {found!r}, expected {magic!r})")
-    if found_version != version:
+    versions = version if isinstance(version, tuple) else (version,)
+    if found_version not in versions:
         raise FormatError(f"{source}: {kind} version {found_version} is not supported; this "
-                          f"gsaccel reads version {version}")
+                          f"gsaccel reads version {' and '.join(map(str, versions))}")
 
 
 def check_sealed(data, expected, source):
@@ -121,6 +132,43 @@ POW2_CODE_WIDTH = pow2_code_layout().size
 def _pow2_field(codes, name):
     offset, width = _POW2_FIELDS[name]
     return (codes >> offset) & ((1 << width) - 1)
+
+
+def pow2_bias(values):
+    """``(codes, exp_bias)``: any exact signed powers of two (and zeros), fractional or beyond
+    2**15, as integer pow2 codes' values ``values / 2**exp_bias`` with exponents 0..15.
+
+    ``exp_bias`` is 0 when every exponent already is in 0..POW2_EXP_MAX (integer weights keep
+    their values), else the smallest exponent. Raises :class:`EncodingError` for a value that
+    is not ±2**k (naming it), or exponents spanning more than POW2_EXP_MAX.
+    """
+    values = np.asarray(values)
+    if values.dtype.kind in "iu":
+        values = values.astype(np.int64)
+        if not (values != 0).any() or (np.abs(values).max() <= 2 ** POW2_EXP_MAX):
+            return values, 0        # pow2_encode checks them
+    values = values.astype(np.float64)
+    nonzero = values != 0
+    mantissa, exponent = np.frexp(np.abs(values))
+    bad = nonzero & (mantissa != 0.5)
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        value = values[index]
+        shown = int(value) if value == int(value) else value
+        raise EncodingError(f"Weight {shown} at {index} is not a signed power of two 2**k "
+                            f"or zero; use --encoding int8 or quantise it first")
+    if not nonzero.any():
+        return np.zeros(values.shape, np.int64), 0
+    k = (exponent - 1)[nonzero]
+    low, high = int(k.min()), int(k.max())
+    if high - low > POW2_EXP_MAX:
+        raise EncodingError(f"pow2 weights must span at most {POW2_EXP_MAX + 1} exponents "
+                            f"(the codes' 2**0..2**{POW2_EXP_MAX}), not 2**{low}..2**{high}")
+    bias = 0 if low >= 0 and high <= POW2_EXP_MAX else low
+    if not EXP_BIAS_RANGE[0] <= bias <= EXP_BIAS_RANGE[1]:
+        raise EncodingError(f"pow2 exponent bias must be in {EXP_BIAS_RANGE[0]}.."
+                            f"{EXP_BIAS_RANGE[1]}, not {bias} (weights 2**{low}..2**{high})")
+    return np.rint(np.ldexp(values, -bias)).astype(np.int64), bias
 
 
 def pow2_encode(values):
@@ -298,6 +346,9 @@ class GSMatrix:
         Groups of each row group, in order (at least 1 each).
     rg_rows : ndarray (row groups, V/e) int64
         Output row of each segment; -1 marks a padding segment of a partial row group.
+    exp_bias : int
+        pow2 only: the matrix is ``group_values · 2**exp_bias`` (fractional powers of two);
+        0 for an integer matrix. A compiled layer folds it into its shift.
     """
 
     shape: tuple
@@ -309,6 +360,7 @@ class GSMatrix:
     group_cols: np.ndarray
     rg_groups: np.ndarray
     rg_rows: np.ndarray
+    exp_bias: int = 0
 
     # Construction -------------------------------------------------------------------------
     @classmethod
@@ -317,7 +369,9 @@ class GSMatrix:
 
         Parameters
         ----------
-        weights : array (rows, cols) of integers
+        weights : array (rows, cols)
+            Integers; with pow2, any exact signed powers of two (fractional ones included:
+            the matrix then carries an ``exp_bias``, :func:`pow2_bias`).
         pattern : str
             ``gs-gather`` (row groups of V/e consecutive rows), ``gs-scatter`` (row groups of
             any rows: ``row_order`` lists the rows group by group, else rows are grouped by
@@ -337,8 +391,9 @@ class GSMatrix:
         """
         weights = np.asarray(weights)
         _check_arguments(weights, pattern, lanes, per_row, encoding)
-        weights = weights.astype(np.int64)
+        exp_bias = 0
         if encoding == "pow2":
+            weights, exp_bias = pow2_bias(weights)
             pow2_encode(weights)
         else:
             _check_int8(weights)
@@ -369,7 +424,7 @@ class GSMatrix:
         col_idx[values == 0] = 0
         matrix = cls(shape=(rows, cols), pattern=pattern, lanes=lanes, per_row=per_row,
                      encoding=encoding, group_values=values, group_cols=col_idx,
-                     rg_groups=rg_groups, rg_rows=rg_rows)
+                     rg_groups=rg_groups, rg_rows=rg_rows, exp_bias=int(exp_bias))
         matrix.group_values, matrix.group_cols = matrix._canonical_lanes()
         return matrix
 
@@ -420,14 +475,17 @@ class GSMatrix:
         return np.repeat(np.arange(self.n_rowgroups), self.rg_groups)
 
     def to_dense(self):
-        """The dense int64 matrix; exact inverse of :meth:`from_dense`."""
+        """The dense matrix, exact inverse of :meth:`from_dense`: int64, or float64 when the
+        exponent bias is negative (fractional powers of two)."""
         rows, cols = self.shape
         dense = np.zeros((rows, cols), dtype=np.int64)
         lane_segment = np.arange(self.lanes) // self.per_row
         out_rows = self.rg_rows[self.group_rowgroup][:, lane_segment]     # (groups, V)
         real = self.group_values != 0
         np.add.at(dense, (out_rows[real], self.group_cols[real]), self.group_values[real])
-        return dense
+        if self.exp_bias > 0:
+            return dense << self.exp_bias
+        return np.ldexp(dense.astype(np.float64), self.exp_bias) if self.exp_bias else dense
 
     def stats(self):
         """Size and efficiency numbers (:func:`gsaccel.sw.golden.layer_stats` adds the
@@ -445,7 +503,8 @@ class GSMatrix:
             "groups_per_rowgroup": self.rg_groups.tolist(),
             "padding_lanes": self.lanes * self.n_groups - nnz,
             "utilisation": nnz / (self.lanes * self.n_groups) if self.n_groups else 0.0,
-            "bytes": payload + _HEADER.size + 4,
+            "bytes": payload + (_HEADER_BIASED if self.exp_bias else _HEADER).size + 4,
+            "exp_bias": self.exp_bias,
             "payload_bytes": payload,
             "bytes_per_nonzero": payload / nnz if nnz else float("inf"),
             "csr_bytes": csr, "dense_bytes": rows * cols * value_bytes,
@@ -457,7 +516,7 @@ class GSMatrix:
             return NotImplemented
         return (tuple(self.shape) == tuple(other.shape) and self.pattern == other.pattern
                 and self.lanes == other.lanes and self.per_row == other.per_row
-                and self.encoding == other.encoding
+                and self.encoding == other.encoding and self.exp_bias == other.exp_bias
                 and np.array_equal(self.group_values, other.group_values)
                 and np.array_equal(self.group_cols, other.group_cols)
                 and np.array_equal(self.rg_groups, other.rg_groups)
@@ -516,10 +575,14 @@ class GSMatrix:
     def to_bytes(self):
         """The ``.gsf`` file image: header, payload, CRC-32 of both."""
         payload = self._payload()
-        header = _HEADER.pack(GSF_MAGIC, GSF_VERSION, PATTERNS.index(self.pattern),
-                              ENCODINGS.index(self.encoding), self.lanes, self.per_row,
-                              self.shape[0], self.shape[1], self.n_rowgroups, self.n_groups,
-                              len(payload))
+        head = (GSF_MAGIC, GSF_VERSION, PATTERNS.index(self.pattern),
+                ENCODINGS.index(self.encoding), self.lanes, self.per_row)
+        tail = (self.shape[0], self.shape[1], self.n_rowgroups, self.n_groups, len(payload))
+        if self.exp_bias:
+            header = _HEADER_BIASED.pack(*head[:1], GSF_VERSION_BIASED, *head[2:],
+                                         self.exp_bias, *tail)
+        else:
+            header = _HEADER.pack(*head, *tail)
         return seal(header + payload)
 
     @classmethod
@@ -528,14 +591,27 @@ class GSMatrix:
         allocates anything and every invariant of the format (docs/format.md, "What a
         reader checks"); any damage raises :class:`FormatError` naming the problem."""
         data = bytes(data)
-        check_head(data, source, "GS file", _HEADER.size + 4, GSF_MAGIC, GSF_VERSION)
-        (_, _, pattern, encoding, lanes, per_row, rows, cols, n_rg, n_groups,
-         payload_len) = _HEADER.unpack_from(data)
-        expected = _HEADER.size + payload_len + 4
+        check_head(data, source, "GS file", _HEADER.size + 4, GSF_MAGIC,
+                   (GSF_VERSION, GSF_VERSION_BIASED))
+        biased = struct.unpack_from("<H", data, 4)[0] == GSF_VERSION_BIASED
+        header = _HEADER_BIASED if biased else _HEADER
+        if len(data) < header.size + 4:
+            raise FormatError(f"{source}: truncated: {len(data)} bytes, a GS file of version "
+                              f"{GSF_VERSION_BIASED} has at least {header.size + 4}")
+        fields = header.unpack_from(data)
+        exp_bias = fields[6] if biased else 0
+        (pattern, encoding, lanes, per_row), (rows, cols, n_rg, n_groups, payload_len) = \
+            fields[2:6], fields[-5:]
+        expected = header.size + payload_len + 4
         check_sealed(data, expected, source)
         layout = _FileLayout.check(source, pattern, encoding, lanes, per_row, rows, cols, n_rg,
                                    n_groups, payload_len)
-        return layout.decode(cls, data[_HEADER.size:expected - 4])
+        if biased and (layout.encoding != "pow2" or exp_bias == 0):
+            raise FormatError(f"{source}: a version {GSF_VERSION_BIASED} file carries a nonzero "
+                              f"exponent bias of pow2 codes, not bias {exp_bias} of "
+                              f"{layout.encoding} values")
+        matrix = layout.decode(cls, data[header.size:expected - 4])
+        return dataclasses.replace(matrix, exp_bias=exp_bias) if exp_bias else matrix
 
     def save(self, path):
         with open(path, "wb") as file:
@@ -841,13 +917,15 @@ def _check_arguments(weights, pattern, lanes, per_row, encoding):
         if bad.any():
             index = tuple(int(i) for i in np.argwhere(bad)[0])
             raise EncodingError(f"Weight {weights[index]} at {index} is not a finite number")
-        bad = weights != np.round(weights)
+        # pow2 takes any exact power of two, fractional too (pow2_bias checks them).
+        bad = weights != np.round(weights) if encoding != "pow2" else np.zeros(weights.shape,
+                                                                              bool)
         if bad.any():
             index = tuple(int(i) for i in np.argwhere(bad)[0])
             raise EncodingError(f"Weights must be integers (quantise them first), not dtype "
                                 f"{weights.dtype} with fractional values such as "
                                 f"{weights[index]} at {index}")
-    if kind in "uf":
+    if kind == "u" or kind == "f" and encoding != "pow2":
         # Beyond int64 a weight would wrap when it is converted; no code holds one anyway.
         bad = (weights >= 2.0 ** 63) | (weights < -2.0 ** 63) if kind == "f" else \
             weights > np.iinfo(np.int64).max

@@ -267,7 +267,7 @@ def restore(model, state_dict):
 # Entry points ----------------------------------------------------------------------------------
 
 def prune(model, pattern, sparsity, lanes=8, per_row=1, *, layers=None, exclude=(),
-          example_input=None, **options):
+          example_input=None, skipped=None, **options):
     """Prune every Linear/Conv2d layer of ``model`` to ``sparsity`` with ``pattern``.
 
     Conv2d layers (any groups: depthwise and channel multipliers included) are pruned in
@@ -297,6 +297,9 @@ def prune(model, pattern, sparsity, lanes=8, per_row=1, *, layers=None, exclude=
     example_input : tensor, optional
         A batch the model runs on: traced (torch.fx) to find the Linear layers that read a
         flattened image (:func:`input_views`).
+    skipped : list, optional
+        Given, a grouped convolution (groups > 1) that cannot take the pattern is left dense
+        instead of raising, and ``(name, reason)`` is appended to it.
     **options
         1xN: ``alpha`` (redundancy weight, 0.5), ``tau`` (sampling temperature, 0 = top-k),
         ``seed``. smartdeal: ``c_pattern`` (``1xN``, ``gs-gather``, ``gs-scatter``,
@@ -330,8 +333,18 @@ def prune(model, pattern, sparsity, lanes=8, per_row=1, *, layers=None, exclude=
             logger.info("%s: smartdeal, relative error %.4f", name or "layer", error)
         return model
     views = {} if example_input is None else input_views(model, example_input)
-    masks = [_layer_mask(name, module, pattern, sparsity, lanes, per_row, options,
-                         views.get(name)) for name, module in selected]
+    masks = []
+    for name, module in list(selected):
+        try:
+            masks.append(_layer_mask(name, module, pattern, sparsity, lanes, per_row, options,
+                                     views.get(name)))
+        except (ShapeError, UnsupportedError) as error:
+            grouped = isinstance(module, nn.Conv2d) and module.groups > 1
+            if skipped is None or not grouped:
+                raise
+            skipped.append((name, str(error)))
+            selected.remove((name, module))
+            logger.info("%s left dense: %s", name, error)
     for (name, module), (mask, row_order) in zip(selected, masks):
         _apply_mask(module, mask)
         _set_info(module, PatternInfo(pattern, lanes, per_row), row_order)

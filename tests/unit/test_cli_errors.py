@@ -222,3 +222,23 @@ def test_run_bad_inputs_and_programs(model_files, capsys):
     line = _error(capsys, ["run", str(model_files / "bad.gsp"), "--input",
                            str(model_files / "x.npy")])
     assert re.search(r"layers\[\d+\]\.relu: must be true or false, not \"no\"$", line), line
+
+
+def test_pack_takes_fractional_powers_of_two(tmp_path, capsys):
+    """The issue's case: exact signed powers of two below 1 pack (an exponent bias) and
+    unpack to the same floats; a value that is no power of two is still refused."""
+    from gsaccel.sw.cli.main import main
+    weights = np.array([[0.25, 0, -0.125, 0], [0, 0.5, 0, 1.0]])
+    np.save(tmp_path / "w.npy", weights)
+    assert main(["pack", "--weights", str(tmp_path / "w.npy"), "--encoding", "pow2", "--lanes",
+                 "2", "-o", str(tmp_path / "w.gsf")]) == 0
+    assert main(["inspect", str(tmp_path / "w.gsf")]) == 0
+    assert "pow2, exponent bias -3 (weights = codes · 2**-3)" in capsys.readouterr().out
+    assert main(["unpack", str(tmp_path / "w.gsf"), "-o", str(tmp_path / "back.npy")]) == 0
+    assert "2x4 float64 (pow2 exponent bias -3)" in capsys.readouterr().out
+    assert np.array_equal(np.load(tmp_path / "back.npy"), weights)
+    np.save(tmp_path / "bad.npy", np.array([[0.25, 0.3]]))
+    line = _error(capsys, ["pack", "--weights", str(tmp_path / "bad.npy"), "--lanes", "2",
+                           "-o", str(tmp_path / "bad.gsf")])
+    assert re.search(r"Weight 0.3 at \(0, 1\) is not a signed power of two 2\*\*k or zero; "
+                     r"use --encoding int8 or quantise it first$", line), line

@@ -105,7 +105,7 @@ def test_run_one_input(files, capsys):
     (["compile", "{d}/x.npy", "--example", "{d}/x.npy", "-o", "{d}/o.gsp"],
      "x.npy: not a torch model file"),
     (["compile", "{d}/sd.pt", "--example", "{d}/x.npy", "-o", "{d}/o.gsp"],
-     "sd.pt: must hold a whole nn.Module (torch.save(model, ...)), not a OrderedDict"),
+     "sd.pt: holds a state_dict, not a whole nn.Module; pass --zoo NAME if it is one of"),
     (["compile", "{d}/tanh.pt", "--example", "{d}/img.npy", "-o", "{d}/o.gsp"],
      "Operation module '1' (nn.Tanh) at node '_1' is not supported"),
     (["compile", "{d}/m.pt", "--example", "{d}/x.npy", "--bank-depth", "2", "--layer-depth",

@@ -101,6 +101,22 @@ def test_cli_flash_dry_run(tmp_path, monkeypatch, capsys):
                                        f"build/boards/icebreaker/top.bin\n")
 
 
+@pytest.mark.parametrize("board, command, package", [
+    ("icebreaker", "openFPGALoader -b ice40_generic build/boards/icebreaker/top.bin",
+     "openfpgaloader"),
+    ("orangecrab", "openFPGALoader -b orangeCrab build/boards/orangecrab/top.bit",
+     "openfpgaloader"),
+])
+def test_cli_flash_dry_run_without_a_loader(tmp_path, monkeypatch, capsys, board, command,
+                                            package):
+    monkeypatch.setenv("PATH", str(tmp_path))           # no loader at all
+    assert main(["flash", "--board", board, "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == command + "\n"
+    assert captured.err == (f"note: openFPGALoader is not installed; to flash, install it "
+                            f"with `apt-get install {package}`\n")
+
+
 def test_cli_flash_errors(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PATH", str(tmp_path))
     assert main(["flash", "--board", "orangecrab", "top.bit"]) == 1

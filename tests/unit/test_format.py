@@ -166,12 +166,17 @@ def test_bad_arguments(kwargs, error, message):
 def test_bad_values_and_shapes():
     with pytest.raises(EncodingError, match=r"^Weight 3 at \(0, 1\) is not a signed power"):
         GSMatrix.from_dense([[1, 3]], "unstructured", 2)
-    with pytest.raises(EncodingError, match=r"^Weight 65536 at \(0, 0\) is not a signed power"):
-        GSMatrix.from_dense([[65536]], "unstructured", 2)
+    with pytest.raises(EncodingError, match=r"^pow2 weights must span at most 16 exponents "
+                                            r"\(the codes' 2\*\*0..2\*\*15\), not "
+                                            r"2\*\*0..2\*\*16$"):
+        GSMatrix.from_dense([[1, 65536]], "unstructured", 2)
+    with pytest.raises(EncodingError, match=r"^Weight 0.3 at \(0, 0\) is not a signed power "
+                                            r"of two 2\*\*k or zero"):
+        GSMatrix.from_dense([[0.3]], "unstructured", 2)
     with pytest.raises(EncodingError, match=r"^Weight 128 at \(0, 0\) is outside the int8"):
         GSMatrix.from_dense([[128]], "unstructured", 2, encoding="int8")
     with pytest.raises(EncodingError, match=r"^Weights must be integers"):
-        GSMatrix.from_dense([[0.5]], "unstructured", 2)
+        GSMatrix.from_dense([[0.5]], "unstructured", 2, encoding="int8")
     with pytest.raises(ShapeError, match=r"^Weights must be a non-empty 2-D matrix, not shape "
                                          r"\(3,\)$"):
         GSMatrix.from_dense([1, 2, 4], "unstructured", 2)
@@ -276,3 +281,61 @@ def test_cli_errors_are_one_line(tmp_path):
     assert result.returncode == 1 and "not a GS file" in result.stderr
     result = run_cli("unpack", str(tmp_path / "missing.gsf"), "-o", str(tmp_path / "m.npy"))
     assert result.returncode == 1 and "no such file" in result.stderr
+
+
+# Fractional powers of two: an exponent bias per matrix -----------------------------------------
+
+@pytest.mark.parametrize("weights, bias, codes", [
+    ([[0.25, 0, -0.125, 0], [0, 0.5, 0, 1.0]], -3, [[2, 0, -1, 0], [0, 4, 0, 8]]),
+    ([[2.0 ** -20, 0], [0, -(2.0 ** -5)]], -20, [[1, 0], [0, -(2 ** 15)]]),
+    ([[4, 0], [0, 2 ** 17]], 2, [[1, 0], [0, 2 ** 15]]),          # beyond 2**15: bias > 0
+    ([[4, 0], [0, -(2 ** 15)]], 0, [[4, 0], [0, -(2 ** 15)]]),    # integers keep their codes
+])
+def test_fractional_pow2_round_trips_with_its_exponent_bias(weights, bias, codes):
+    matrix = GSMatrix.from_dense(np.array(weights), "unstructured", 2)
+    assert matrix.exp_bias == bias
+    expected = GSMatrix.from_dense(np.array(codes), "unstructured", 2)
+    assert np.array_equal(matrix.group_values, expected.group_values)
+    assert np.array_equal(matrix.to_dense(), np.array(weights))
+    data = matrix.to_bytes()
+    assert struct.unpack_from("<H", data, 4)[0] == (2 if bias else 1)
+    assert len(data) == len(expected.to_bytes()) + (1 if bias else 0)
+    assert GSMatrix.from_bytes(data) == matrix
+    assert matrix.stats()["bytes"] == len(data)
+
+
+def test_integer_matrices_keep_their_version_1_bytes():
+    dense = np.array([[1, 0, 2, 0], [0, -4, 0, 8]])
+    data = GSMatrix.from_dense(dense, "unstructured", 2).to_bytes()
+    payload = struct.unpack_from("<I", data, 26)[0]           # the last header field
+    assert data[4:6] == b"\x01\x00" and len(data) == 30 + payload + 4
+
+
+def test_a_biased_file_must_hold_pow2_codes_with_a_nonzero_bias():
+    matrix = GSMatrix.from_dense(np.array([[0.5, 0], [0, 0.25]]), "unstructured", 2)
+    data = bytearray(matrix.to_bytes())
+    data[10] = 0                                         # bias 0 in a version-2 file
+    body = bytes(data[:-4])
+    with pytest.raises(FormatError, match=r"^data: a version 2 file carries a nonzero exponent "
+                                          r"bias of pow2 codes, not bias 0 of pow2 values$"):
+        GSMatrix.from_bytes(body + struct.pack("<I", zlib.crc32(body)))
+    with pytest.raises(FormatError, match=r"^data: GS file version 3 is not supported; this "
+                                          r"gsaccel reads version 1 and 2$"):
+        GSMatrix.from_bytes(b"GSF\x1a" + struct.pack("<H", 3) + bytes(40))
+
+
+def test_a_layer_folds_the_exponent_bias_into_its_shift():
+    from gsaccel.sw.compile.layers import SUM, GSLayer
+    from gsaccel.sw.format.geometry import LoopNest, TensorGeometry
+    source = TensorGeometry(1, 1, 4, 2, 0)
+    dest = TensorGeometry(1, 1, 2, 2, 0).at(source.words)
+    nest = LoopNest(source, dest, (1, 1), (1, 1), (0, 0), (1, 1))
+    fractional = GSMatrix.from_dense(np.array([[0.25, 0, -0.125, 0], [0, 0.5, 0, 1.0]]),
+                                     "unstructured", 2)
+    layer = GSLayer("f", "Linear", fractional, np.zeros(2), 4, False, SUM, nest, ("x",), "y")
+    assert layer.shift == 7 and layer.matrix.exp_bias == 0
+    assert np.array_equal(layer.matrix.to_dense(), [[2, 0, -1, 0], [0, 4, 0, 8]])
+    with pytest.raises(ShapeError, match=r"^Shift must be in \[0, 31\], not -2$"):
+        GSLayer("f", "Linear", GSMatrix.from_dense(np.array([[4, 0, 0, 0], [0, 2 ** 17, 0, 0]]),
+                                                   "unstructured", 2),
+                np.zeros(2), 0, False, SUM, nest, ("x",), "y")

@@ -44,6 +44,14 @@ def test_quick_bench_rewrites_its_section(tmp_path):
     section = run(out_dir=tmp_path, quick=True)
     text = (tmp_path / "pruning.md").read_text()
     assert text.startswith("# Pruning\nhand-written text\n") and text.endswith("tail text\n")
-    assert "old" not in text and section in text
+    # The two sections returned, each written in place ("golden" holds "old": match lines).
+    pruning, qat = section.split("\n\n<!-- bench:qat:start -->")
+    assert "\nold\n" not in text and pruning in text and "<!-- bench:qat:start -->" + qat in text
     assert "| MLP | GS-gather e=1 | 75.0% |" in section
+    # The QAT rows: the device equals the fine-tuned model's own forward, so it agrees always.
+    assert text.count("<!-- bench:qat:start -->") == 1 and "## Quantisation" in text
+    for row in ("| MLP | GS-gather e=1 75% |", "| MLP | SmartDeal (C' 1×N) 75% |",
+                "| DS-CNN 16 ch | dense |"):
+        line = next(line for line in section.splitlines() if line.startswith(row))
+        assert line.split("|")[-3].strip() == "100.00 ± 0.00", line
     assert (tmp_path / "img" / "pruning.png").stat().st_size > 1000

@@ -116,8 +116,8 @@ def _prepared_model(point, lanes, source):
 
 
 def _finetune(model, data, point):
-    """The masked fine-tuning of ``gsaccel demo`` (SmartDeal: C and B trained, then frozen).
-    ``finetune = "qat"`` is refused by the spec before any task starts."""
+    """The masked fine-tuning of ``gsaccel demo`` (SmartDeal: C and B trained, then frozen);
+    ``finetune = "qat"`` continues from it in :func:`_quantize_aware`."""
     from ..models import train
     if point["pattern"] == "smartdeal":
         from ..prune import smartdeal_freeze, smartdeal_trainable
@@ -126,6 +126,21 @@ def _finetune(model, data, point):
         smartdeal_freeze(model)
     else:
         train(model, data, point["finetune_epochs"], seed=point["seed"] + 1)
+
+
+def _quantize_aware(model, calibration, data, cfg, point):
+    """``finetune = "qat"``: the masked-fine-tuned model with the core's fake quantisation
+    (:func:`gsaccel.quantize_aware`), trained ``finetune_epochs`` more; compile then takes
+    its frozen scales and weights as they are."""
+    from ..api import quantize_aware
+    from ..compile.qat import finetune
+    from ..errors import GsaccelError
+    if data is None:
+        raise GsaccelError(f"finetune = \"qat\" needs training data: {point['model']} has "
+                           f"none here (use a digits model, or finetune = \"masked\")")
+    qmodel = quantize_aware(model, calibration, cfg=cfg)
+    finetune(qmodel, data, epochs=point["finetune_epochs"], seed=point["seed"] + 2)
+    return qmodel.eval()
 
 
 def measure_point(point, source=None):
@@ -142,6 +157,8 @@ def measure_point(point, source=None):
     cfg = Point(**point).core()
     model, calibration, data, dense_accuracy, float_accuracy = _prepared_model(
         point, cfg.lanes, source)
+    if point["finetune"] == "qat":
+        model = _quantize_aware(model, calibration, data, cfg, point)
     record = {"lanes_used": cfg.lanes, "encoding_used": cfg.encoding,
               "bank_depth_used": cfg.bank_depth, "weight_depth_used": cfg.weight_depth,
               "clock_mhz": board.clk_hz / 1e6, "dense_accuracy": dense_accuracy,

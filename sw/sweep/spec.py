@@ -37,8 +37,8 @@ class SpecError(GsaccelError, ValueError):
 DIGITS_MODELS = ("digits-mlp", "digits-cnn")
 
 #: How a pruned model is fine-tuned: ``masked`` trains the kept float weights with the masks
-#: fixed (what ``gsaccel demo`` and ``bench pruning`` do); ``qat`` (quantisation-aware
-#: fine-tuning) is not in this gsaccel yet, and a spec that asks for it is refused.
+#: fixed (what ``gsaccel demo`` and ``bench pruning`` do); ``qat`` then trains as many epochs
+#: more with the core's fake quantisation (``gsaccel.quantize_aware``; digits models).
 FINETUNE_MODES = ("masked", "qat")
 
 #: Axis -> (type, default values, what it is). ``None`` as a core value: the board's.
@@ -63,8 +63,8 @@ AXES = {
 SETTINGS = {
     "epochs": (int, 20, "dense training epochs (digits models)"),
     "finetune_epochs": (int, 10, "fine-tuning epochs after pruning (digits models)"),
-    "finetune": (str, "masked", "masked (kept weights trained, masks fixed) or qat (not "
-                                "available yet)"),
+    "finetune": (str, "masked", "masked (kept weights trained, masks fixed) or qat (then "
+                                "quantisation-aware, as many epochs more; digits models)"),
     "rtl": (bool, True, "run each program that fits on the Verilator RTL of its core and "
                         "check it against the golden model"),
     "rtl_inputs": (int, 4, "inputs each RTL run infers"),
@@ -206,7 +206,7 @@ def make_spec(axes=None, settings=None, *, source="flags"):
     ------
     SpecError
         An unknown axis or setting, a value of the wrong type, an unknown model, board,
-        pattern or encoding, a sparsity outside [0, 1), or ``finetune = "qat"``.
+        pattern or encoding, or a sparsity outside [0, 1).
     """
     axes, settings = dict(axes or {}), dict(settings or {})
     for name in axes:
@@ -267,9 +267,6 @@ def _check_axes(axes, settings, source):
     if settings["finetune"] not in FINETUNE_MODES:
         raise SpecError(f"{source}: finetune must be one of {', '.join(FINETUNE_MODES)}, "
                         f"not {settings['finetune']!r}")
-    if settings["finetune"] == "qat":
-        raise SpecError(f"{source}: finetune = \"qat\" (quantisation-aware fine-tuning) is "
-                        f"not in this gsaccel yet; use finetune = \"masked\"")
     for name in ("epochs", "finetune_epochs", "rtl_inputs"):
         if settings[name] < 0:
             raise SpecError(f"{source}: {name} must be at least 0, not {settings[name]!r}")

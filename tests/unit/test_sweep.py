@@ -184,7 +184,7 @@ def test_spec_from_toml_and_its_errors(tmp_path):
                           ('[axes]\nsparsity = [1.0]\n', r"sparsity must be in \[0, 1\)"),
                           ('[axes]\nlanes = ["8"]\n', "lanes must be int values"),
                           ('[axes]\nboard = ["de10"]\n', "board must be one of"),
-                          ('[settings]\nfinetune = "qat"\n', "not in this gsaccel yet"),
+                          ('[settings]\nfinetune = "int4"\n', "finetune must be one of"),
                           ('[sweep]\n', "unknown table or key 'sweep'"),
                           ('[axes\n', "not valid TOML")]:
         spec_file.write_text(text)
@@ -213,3 +213,29 @@ def test_the_docs_spec_is_the_12_point_sweep_and_every_axis_is_documented(tmp_pa
     assert len(points) == len(tasks) == 12 and not invalid
     for name in list(AXES) + list(SETTINGS):
         assert f"`{name}`" in page, name
+
+
+def test_a_qat_point_compiles_what_it_trained(tmp_path):
+    """``finetune = "qat"``: the digits MLP fine-tuned with the core's fake quantisation; its
+    compiled program's accuracy is the fake-quantised model's (bit-exact), and the RTL agrees
+    with the golden model."""
+    import torch
+    from gsaccel.sw.sweep.measure import _prepared_model, _quantize_aware
+    from gsaccel.sw.sweep.spec import Point
+    from gsaccel.sw.compile.qat import QATModel
+    from gsaccel.sw.models import evaluate
+    point = dict(make_spec({"lanes": [8], "sparsity": [0.75]},
+                           {"epochs": 3, "finetune_epochs": 1, "finetune": "qat"}
+                           ).points()[0].inputs())
+    cfg = Point(**point).core()
+    model, calibration, data, _, _ = _prepared_model(point, cfg.lanes, None)
+    qmodel = _quantize_aware(model, calibration, data, cfg, point)
+    assert isinstance(qmodel, QATModel)
+    from gsaccel import compile
+    program = compile(qmodel, calibration, cfg=cfg)
+    outputs = program.run_golden_int(data.x_test.numpy(), stale=False)
+    with torch.no_grad():
+        fake = qmodel(data.x_test).argmax(1).numpy()
+    assert (outputs.argmax(1) == fake).all()
+    assert evaluate(qmodel, data) == pytest.approx((outputs.argmax(1) == data.y_test.numpy()).mean(),
+                                                 abs=1e-6)

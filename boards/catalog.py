@@ -128,13 +128,14 @@ ULX3S_85F = Board(
     device="LFE5U-85F",
     platform_class=ULX3S_85F_Platform,
     osc_hz=25e6,
-    # V = 16 at 62.5 MHz = 25 MHz * 5 / 2 (docs/boards.md: the Fmax measured at each size;
-    # the critical paths are long nets from the host's write data into the weight memory's
-    # block RAMs and the engine's accumulator control). 3 Mbaud (the FT231X's top rate) is
+    # V = 16 at 56.25 MHz = 25 MHz * 9 / 4: this core, built for 62.5 MHz (seed 1), reached
+    # 59.2 MHz with 25552 LUT, 11882 FF, 188 of 208 DP16KD, 9 DSP (docs/boards.md); the
+    # critical paths are long nets from the host's write data into the weight memory's
+    # block RAMs and the engine's accumulator control. 3 Mbaud (the FT231X's top rate) is
     # 20 5/6 clocks per bit. 8192 words per bank (131072 activations: MobileNetV1-0.25's
     # peak of 7108 per bank, protocol v6's 24-bit addresses) and 4096 group words (64 k
     # weights: a GS-75 % ResNet-8, MobileNetV1 or DS-CNN): about 64 + 90 of the 208 DP16KD.
-    clk_hz=62.5e6,
+    clk_hz=56.25e6,
     baud=3_000_000,
     config=CoreConfig(lanes=16, bank_depth=8192, weight_depth=4096, row_depth=256,
                       layer_depth=64, result_queue=64, max_payload=1024),

@@ -25,8 +25,9 @@ import random
 import time
 from dataclasses import dataclass
 
-from ...hw.layouts import FRAME_CRC_BYTES, FRAME_HEADER_BYTES, FRAME_SYNC
+from ...hw.layouts import FRAME_SYNC
 from ..errors import DeviceTimeout
+from .protocol import frame_need
 from .transport import Transport
 
 __all__ = ["LinkFaults", "FaultyTransport", "FAULT_KINDS"]
@@ -136,28 +137,18 @@ class FaultyTransport(Transport):
         while self._to_host and self._to_host[0][0] <= now:
             self._delivered += self._to_host.pop(0)[1]
 
-    def _reply_need(self):
-        """Bytes the reply being cut needs next (the host parser's rule)."""
-        buf = self._reply
-        if not buf:
-            return 1
-        if len(buf) < FRAME_HEADER_BYTES:
-            return FRAME_HEADER_BYTES - len(buf)
-        length = buf[3] | buf[4] << 8
-        return FRAME_HEADER_BYTES + length + FRAME_CRC_BYTES - len(buf)
-
     def _pull(self, timeout):
         """Take what the inner transport has, within ``timeout``, cutting it into frames;
         whether anything came."""
         try:
-            self._reply += self._inner.recv(self._reply_need(), timeout=timeout)
+            self._reply += self._inner.recv(frame_need(self._reply), timeout=timeout)
         except DeviceTimeout:
             return False
         if self._reply[0] != FRAME_SYNC:
             # A byte outside any frame (the device sends none): passed on as it is.
             self._to_host.append((time.monotonic(), bytes(self._reply)))
             self._reply.clear()
-        elif self._reply_need() == 0:
+        elif frame_need(self._reply) == 0:
             self._apply("to_host", bytes(self._reply), self._to_host)
             self._reply.clear()
         return True

@@ -44,7 +44,7 @@ from ...hw.layouts import (ADDRESS_BYTES, COUNTER_NAMES, FRAME_CRC_BYTES, FRAME_
 from ..errors import FrameError
 
 __all__ = [
-    "Frame", "FrameParser", "SequenceNumbers", "encode_frame", "WRITE_HEADER_BYTES",
+    "Frame", "FrameParser", "frame_need", "SequenceNumbers", "encode_frame", "WRITE_HEADER_BYTES",
     "READ_BYTES", "MAX_ADDRESS", "request_header", "frame_crc", "MAX_FRAME_PAYLOAD", "FRAME_OVERHEAD",
     "word_size", "words_to_bytes", "bytes_to_words",
     "hello_payload", "parse_hello",
@@ -107,6 +107,19 @@ def encode_frame(type, seq, payload=b""):
             + struct.pack("<I", frame_crc(type, seq, payload)))
 
 
+def frame_need(buf, max_payload=MAX_FRAME_PAYLOAD):
+    """Bytes a frame that starts ``buf`` still needs (1 while ``buf`` does not start with a
+    sync byte; 0 once it is complete, or its length exceeds ``max_payload``)."""
+    if not buf or buf[0] != FRAME_SYNC:
+        return 1
+    if len(buf) < FRAME_HEADER_BYTES:
+        return FRAME_HEADER_BYTES - len(buf)
+    length = buf[3] | buf[4] << 8
+    if length > max_payload:
+        return 0
+    return max(0, FRAME_HEADER_BYTES + length + FRAME_CRC_BYTES - len(buf))
+
+
 class FrameParser:
     """Incremental frame decoder.
 
@@ -140,15 +153,7 @@ class FrameParser:
         A reader that can only ask for exact byte counts (a serial port with a timeout)
         reads this many, feeds them, and never over-reads into the next frame.
         """
-        buf = self._buffer
-        if not buf or buf[0] != FRAME_SYNC:
-            return 1
-        if len(buf) < FRAME_HEADER_BYTES:
-            return FRAME_HEADER_BYTES - len(buf)
-        length = buf[3] | buf[4] << 8
-        if length > self._max_payload:
-            return 0
-        return max(0, FRAME_HEADER_BYTES + length + FRAME_CRC_BYTES - len(buf))
+        return frame_need(self._buffer, self._max_payload)
 
     def feed(self, data):
         """Add bytes; return the frames (and :class:`FrameError` objects) now complete."""

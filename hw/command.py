@@ -194,9 +194,10 @@ class CommandProcessor(CoreComponent):
                 m.d.comb += [store.rd_addr.eq(seq.weight_addr), store.rd_en.eq(seq.weight_en)]
         # The row memory is the one that fits an iCE40UP's SPRAM: the sequencer reads it only
         # while it runs and the host only while it does not, so one address port serves both.
+        # (Unless the scratchpad's banks take the SPRAMs: then block RAM, behind one port.)
         size = word_sizes[MemoryId.ROWS]
         m.submodules.row_mem = rows = SinglePortMemory(width=8 * size, depth=cfg.row_depth,
-                                                       granularity=8)
+                                                       granularity=8, spram=not cfg.bank_halves)
         m.d.comb += [rows.addr.eq(Mux(seq.busy, seq.row_addr, cur)),
                      rows.rd_en.eq(seq.row_en),
                      rows.wr_en.eq(write_enables(MemoryId.ROWS, size)),

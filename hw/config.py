@@ -62,6 +62,14 @@ class CoreConfig:
         word is then a line of V records, V times as wide). False: the serial writer, one
         output slot per cycle and one record per ROWS word, for small FPGAs whose row
         memory cannot be V times wider (the iCEBreaker's lives in SPRAM).
+    bank_halves : bool
+        Every scratchpad bank is two single-port halves of ``bank_depth / 2`` words (bank
+        addresses below and from ``bank_depth / 2``): the iCE40UP's SPRAMs, four 16384-word
+        blocks that hold 32 times an EBR, with one address port each. A layer then reads one
+        half while it writes the other, and the memory planner places every tensor in one
+        half, a layer's inputs in the half its output is not in
+        (:func:`~gsaccel.sw.compile.plan.plan_memory`). A read and a write of the same half
+        in one cycle would lose the read; no program the compiler makes has one.
     """
 
     lanes: int = 8
@@ -77,6 +85,7 @@ class CoreConfig:
     basis: bool = True
     deep_pipeline: bool = True
     vector_writer: bool = True
+    bank_halves: bool = False
 
     def __post_init__(self):
         for name in ("lanes", "bank_depth", "acc_width", "weight_depth", "row_depth",
@@ -100,6 +109,11 @@ class CoreConfig:
             raise TypeError(f"Deep pipeline must be a bool, not {self.deep_pipeline!r}")
         if not isinstance(self.vector_writer, bool):
             raise TypeError(f"Vector writer must be a bool, not {self.vector_writer!r}")
+        if not isinstance(self.bank_halves, bool):
+            raise TypeError(f"Bank halves must be a bool, not {self.bank_halves!r}")
+        if self.bank_halves and self.bank_depth < 2:
+            raise ValueError(f"Bank depth must be at least 2 with bank halves, not "
+                             f"{self.bank_depth!r}")
         if self.act_width != 8:
             raise ValueError(f"Activation width must be 8, not {self.act_width!r}")
         if self.acc_width < (lo := self.act_width + POW2_EXP_MAX + 1):

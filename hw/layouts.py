@@ -21,7 +21,7 @@ __all__ = [
     "row_stream_layout", "Memory", "FrameType", "ErrorCode", "FRAME_SYNC", "FRAME_HEADER_BYTES",
     "FRAME_CRC_BYTES", "HELLO_MAGIC", "PROTOCOL_VERSION", "ADDRESS_BYTES", "word_bytes", "memory_layout",
     "memory_depth", "HELLO_FORMAT", "hello_payload", "HELLO_FEATURE_BASIS", "HELLO_FEATURE_DEEP_PIPELINE",
-    "HELLO_FEATURE_LOOP_NEST", "HELLO_FEATURE_VECTOR_WRITER",
+    "HELLO_FEATURE_LOOP_NEST", "HELLO_FEATURE_VECTOR_WRITER", "HELLO_FEATURE_BANK_HALVES",
     "COUNTER_NAMES",
 ]
 
@@ -310,6 +310,9 @@ HELLO_FEATURE_LOOP_NEST = 0x04
 #: HELLO feature bit: the core has the vector writer (``CoreConfig.vector_writer``): its ROWS
 #: words are row lines (``row_line_layout``), one writer cycle each (protocol v5).
 HELLO_FEATURE_VECTOR_WRITER = 0x08
+#: HELLO feature bit: every scratchpad bank is two single-port halves
+#: (``CoreConfig.bank_halves``): a layer must read one half and write the other.
+HELLO_FEATURE_BANK_HALVES = 0x10
 
 
 def hello_payload(cfg):
@@ -321,6 +324,7 @@ def hello_payload(cfg):
                        (HELLO_FEATURE_BASIS if cfg.basis else 0) |
                        (HELLO_FEATURE_DEEP_PIPELINE if cfg.deep_pipeline else 0) |
                        (HELLO_FEATURE_VECTOR_WRITER if cfg.vector_writer else 0) |
+                       (HELLO_FEATURE_BANK_HALVES if cfg.bank_halves else 0) |
                        HELLO_FEATURE_LOOP_NEST)
 
 #: The four u32 counters, in the order RUN replies with them and COUNTERS reads them.

@@ -2,16 +2,17 @@
 
 :class:`SimpleDualPortMemory` is an ``amaranth.lib.memory.Memory`` that maps onto block RAM
 with no logic around it; :class:`SinglePortMemory` goes into the SB_SPRAM256KA blocks of an
-iCE40 UltraPlus, which leaves the 4-kbit block RAMs to the rest of the core.
+iCE40 UltraPlus, which leaves the 4-kbit block RAMs to the rest of the core;
+:class:`HalvedMemory` is two of those behind a read port and a write port.
 """
 
-from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Signal
+from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["SimpleDualPortMemory", "SinglePortMemory", "uses_spram", "SPRAM_WIDTH", "SPRAM_DEPTH",
-           "SPRAM_COUNT", "YOSYS_COLLISION_FREE"]
+__all__ = ["SimpleDualPortMemory", "SinglePortMemory", "HalvedMemory", "uses_spram",
+           "SPRAM_WIDTH", "SPRAM_DEPTH", "SPRAM_COUNT", "YOSYS_COLLISION_FREE"]
 
 #: Geometry of one iCE40 UltraPlus SB_SPRAM256KA, and how many an iCE40UP has.
 SPRAM_WIDTH = 16
@@ -152,6 +153,9 @@ class SinglePortMemory(_Geometry, wiring.Component):
     granularity : int, optional
         Bits per write lane (``width`` must be a multiple of it, and on SPRAM it must be a
         multiple of 4, the SPRAM's nibble write mask); default: the whole word.
+    spram : bool, optional
+        Build it from SB_SPRAM256KA blocks where the platform has them (default); False: a
+        block RAM everywhere, for a memory that has to leave the SPRAMs to another.
 
     Members
     -------
@@ -177,9 +181,10 @@ class SinglePortMemory(_Geometry, wiring.Component):
         needs more SB_SPRAM256KA blocks than the device has.
     """
 
-    def __init__(self, *, width, depth, granularity=None):
+    def __init__(self, *, width, depth, granularity=None, spram=True):
         granularity = _check_geometry(width, depth, granularity)
         self._width, self._depth, self._granularity = width, depth, granularity
+        self._spram = bool(spram)
         super().__init__({
             "addr":    In(range(depth)),
             "rd_en":   In(1),
@@ -189,7 +194,7 @@ class SinglePortMemory(_Geometry, wiring.Component):
         })
 
     def elaborate(self, platform):
-        if uses_spram(platform):
+        if self._spram and uses_spram(platform):
             return self._elaborate_spram(platform)
         m = Module()
         m.submodules.ram = ram = SimpleDualPortMemory(
@@ -244,4 +249,90 @@ class SinglePortMemory(_Geometry, wiring.Component):
                 o_DATAOUT=out,
             )
         m.d.comb += self.rd_data.eq(Cat(*data_out)[:width])
+        return m
+
+
+class HalvedMemory(_Geometry, wiring.Component):
+    """A RAM with one write port and one read port, made of two :class:`SinglePortMemory`
+    halves (words below ``depth / 2`` in the first, the others in the second): on an
+    iCE40UP, two SPRAMs of 16384 words for a memory block RAM could not hold.
+
+    A read and a write of different halves in one cycle both happen. A write takes its
+    half's address port, so a read of the same half in that cycle is lost: its ``rd_data``
+    is undefined. The user keeps them apart (the scratchpad's layers read one half and write
+    the other, :attr:`~gsaccel.hw.config.CoreConfig.bank_halves`).
+
+    Parameters
+    ----------
+    width : int
+        Bits per word (written whole; on SPRAM a multiple of 4).
+    depth : int
+        Words, an even number (at most 32768 on SPRAM).
+    latency : int, optional
+        Cycles from ``rd_addr`` to ``rd_data``: 1 (the RAM's), or 2 with a register after it.
+
+    Members
+    -------
+    wr_addr : In(range(depth))
+    wr_en : In(1)
+    wr_data : In(width)
+        Write ``wr_data`` to ``wr_addr``.
+    rd_addr : In(range(depth))
+    rd_en : In(1)
+        Read ``rd_addr``.
+    rd_data : Out(width)
+        The word at the ``rd_addr`` of ``latency`` cycles ago. It holds while nothing reads
+        or writes the half it came from (on SPRAM a write makes the output undefined).
+
+    Raises
+    ------
+    TypeError
+        If ``width`` or ``depth`` is not a positive integer.
+    ValueError
+        If ``depth`` is odd or ``latency`` is not 1 or 2.
+    """
+
+    def __init__(self, *, width, depth, latency=1):
+        _check_geometry(width, depth, None)
+        if depth % 2:
+            raise ValueError(f"Depth of a halved memory must be even, not {depth!r}")
+        if latency not in (1, 2):
+            raise ValueError(f"Latency must be 1 or 2, not {latency!r}")
+        self._width, self._depth, self._granularity = width, depth, width
+        self._latency = latency
+        super().__init__({
+            "wr_addr": In(range(depth)),
+            "wr_en":   In(1),
+            "wr_data": In(width),
+            "rd_addr": In(range(depth)),
+            "rd_en":   In(1),
+            "rd_data": Out(width),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        half = self._depth // 2
+        offset_bits = max(1, (half - 1).bit_length())
+        # The half is the address's top bit when the depth is a power of two, as it is for
+        # a scratchpad bank; the compare also works for any even depth.
+        wr_high, rd_high = self.wr_addr >= half, self.rd_addr >= half
+        wr_offset = Mux(wr_high, self.wr_addr - half, self.wr_addr)[:offset_bits]
+        rd_offset = Mux(rd_high, self.rd_addr - half, self.rd_addr)[:offset_bits]
+        read_high = Signal()            # the half the RAMs' outputs are from
+        data = []
+        for index in range(2):
+            m.submodules[f"half{index}"] = ram = SinglePortMemory(width=self._width,
+                                                                  depth=half)
+            writing = self.wr_en & (wr_high == index)
+            m.d.comb += [ram.addr.eq(Mux(writing, wr_offset, rd_offset)),
+                         ram.wr_en.eq(writing), ram.wr_data.eq(self.wr_data),
+                         ram.rd_en.eq(self.rd_en & ~writing & (rd_high == index))]
+            data.append(ram.rd_data)
+        with m.If(self.rd_en):
+            m.d.sync += read_high.eq(rd_high)
+        word = Mux(read_high, data[1], data[0])
+        if self._latency == 2:
+            m.d.sync += self.rd_data.eq(word)
+        else:
+            m.d.comb += self.rd_data.eq(word)
         return m

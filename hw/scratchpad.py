@@ -6,7 +6,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from .component import CoreComponent
-from .memory import SimpleDualPortMemory
+from .memory import HalvedMemory, SimpleDualPortMemory
 
 __all__ = ["BankedScratchpad", "BankPort", "ElementPort", "ClearPort", "bank_addr_width",
            "element_addr_width", "read_latency"]
@@ -180,7 +180,9 @@ class BankedScratchpad(CoreComponent):
     data is registered once more after the RAM with ``cfg.deep_pipeline`` (data two cycles
     after the address; else one), and one write port (registered too with the deep pipeline:
     the word is written a cycle later); a read and a write of the same address in one cycle
-    return the old word.
+    return the old word. With ``cfg.bank_halves`` each bank is a
+    :class:`~gsaccel.hw.memory.HalvedMemory` (a read of the half written in the same cycle
+    is lost).
 
     Parameters
     ----------
@@ -201,11 +203,17 @@ class BankedScratchpad(CoreComponent):
     def elaborate(self, platform):
         m = Module()
         for bank, port in enumerate(self.banks):
-            # A falling-edge-write RAM: no bypass logic around the block RAM. Block RAM even
-            # where Yosys would pick LUT RAM (ECP5 at small depths): LUT RAM reads
-            # asynchronously, which puts the bank read on the engine's address path.
-            m.submodules[f"bank{bank}"] = ram = SimpleDualPortMemory(
-                width=8, depth=self._cfg.bank_depth, block_ram=True)
+            if self._cfg.bank_halves:
+                # Two SPRAMs per bank on an iCE40UP: a layer reads one half and writes the
+                # other (CoreConfig.bank_halves).
+                m.submodules[f"bank{bank}"] = ram = HalvedMemory(
+                    width=8, depth=self._cfg.bank_depth)
+            else:
+                # A falling-edge-write RAM: no bypass logic around the block RAM. Block RAM
+                # even where Yosys would pick LUT RAM (ECP5 at small depths): LUT RAM reads
+                # asynchronously, which puts the bank read on the engine's address path.
+                m.submodules[f"bank{bank}"] = ram = SimpleDualPortMemory(
+                    width=8, depth=self._cfg.bank_depth, block_ram=True)
             # The RAM's output goes straight into a register: an ECP5 block RAM's
             # clock-to-output (5.8 ns at speed grade 6) leaves no room for logic after it.
             data = Signal(signed(8), name=f"rd_data{bank}")

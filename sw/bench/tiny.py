@@ -111,7 +111,7 @@ def pruned_model(name, pattern, sparsity, lanes, seed=0):
 def _pruned_utilisation(program, pruned):
     busy = groups = 0
     for info, stats in zip(program.info, program.layer_stats()):
-        if info.get("name") in pruned and stats["kind"] == "gs":
+        if info.get("part_of", info.get("name")) in pruned and stats["kind"] == "gs":
             busy += stats["busy_lane_cycles"]
             groups += stats["groups"]
     return busy / (program.cfg.lanes * groups) if groups else 0.0

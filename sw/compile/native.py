@@ -42,7 +42,7 @@ from ...hw.config import CoreConfig
 from ..errors import CapacityError, ShapeError, UnsupportedError
 from ..format import GSMatrix, pow2_encode
 from ..format.geometry import LoopNest, TensorGeometry
-from ..golden.cycles import row_words
+from ..golden.cycles import row_words, writer_cycles
 from ..golden.numerics import quantize, requantize, wrap
 from .graph import ADD, AVGPOOL, CONV, LINEAR, MAXPOOL, _as_float64, _torch, lower_graph
 from .image import MAX_OUTPUT_SIDE
@@ -407,11 +407,24 @@ class _Compilation:
         self.depth = scratchpad_depth(self.cfg)
         self.plan = plan_memory([Lifetime(t.name, t.geometry.words, t.first, t.last)
                                  for t in self.tensors.values()], self.depth,
-                                banks=self.lanes, strict=False)
+                                banks=self.lanes, strict=False,
+                                apart=self._apart() if self.cfg.bank_halves else None)
         if not self.plan.fits and self.transform.kind == "im2col" and self.im2col_fallback:
             raise _Im2colDoesNotFit(self.plan.top)
         for name, tensor in self.tensors.items():
             tensor.geometry = tensor.geometry.at(self.plan.bases[name])
+
+    def _apart(self):
+        """(read, written) tensor pairs of every layer the steps become: a core with bank
+        halves reads one half while it writes the other. A SmartDeal step is a BASIS layer
+        (its inputs to ``z``) and a GS layer (``z`` to its output)."""
+        pairs = []
+        for step in self.steps:
+            if step.z is not None:
+                pairs += [(name, step.z) for name in step.inputs] + [(step.z, step.output)]
+            else:
+                pairs += [(name, step.output) for name in step.inputs]
+        return pairs
 
     # Capacity --------------------------------------------------------------------------------
 
@@ -675,6 +688,37 @@ class _Compilation:
         return q
 
     def _append(self, layer, s_x, s_w, s_y, kernel_weights):
+        parts = self._parts(layer) if self.phased and layer.kind == "gs" else None
+        if parts and len(parts) > 1:
+            # Too big for one load of the weight or row memory: the layer runs as slices of
+            # its row groups, one device layer each, which the phases load one by one. Each
+            # computes its own output channels over every pixel.
+            for index, (first, end) in enumerate(parts):
+                part = dataclasses.replace(layer, name=f"{layer.name}.{index}",
+                                           matrix=layer.matrix.take_rowgroups(first, end))
+                self._append_one(part, s_x, s_w, s_y, kernel_weights if index == 0 else 0,
+                                 part_of=layer.name)
+            return
+        self._append_one(layer, s_x, s_w, s_y, kernel_weights)
+
+    def _parts(self, layer):
+        """Row-group ranges ``[(first, end), ...]`` of a GS layer, each fitting the weight
+        and row memories on its own (as many row groups as fit, in order); the whole layer
+        when it fits, None when a single row group does not."""
+        groups = layer.matrix.rg_groups.tolist()
+        rows = writer_cycles(layer.matrix, self.cfg).tolist()
+        parts, first, used = [], 0, (0, 0)
+        for index, size in enumerate(zip(groups, rows)):
+            if size[0] > self.cfg.weight_depth or size[1] > self.cfg.row_depth:
+                return None
+            grown = (used[0] + size[0], used[1] + size[1])
+            if grown[0] > self.cfg.weight_depth or grown[1] > self.cfg.row_depth:
+                parts.append((first, index))
+                first, grown = index, size
+            used = grown
+        return parts + [(first, len(groups))]
+
+    def _append_one(self, layer, s_x, s_w, s_y, kernel_weights, part_of=None):
         self.layers.append(layer)
         entry = {"name": layer.name, "kind": layer.kind, "torch_op": layer.torch_op,
                  "input_scale_log2": int(s_x), "weight_scale_log2": int(s_w),
@@ -685,6 +729,8 @@ class _Compilation:
                          per_row=layer.matrix.per_row, nnz=layer.matrix.nnz,
                           groups=layer.matrix.n_groups, rowgroups=layer.matrix.n_rowgroups,
                          pixels=layer.nest.pixels)
+        if part_of is not None:
+            entry["part_of"] = part_of
         self.info.append(entry)
         self._count()
 

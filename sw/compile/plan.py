@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from ..errors import CapacityError, ShapeError
 
 __all__ = ["scratchpad_depth", "scratchpad_depth_of", "bank_depth_for", "Lifetime",
-           "MemoryPlan", "plan_memory", "peak_live"]
+           "MemoryPlan", "plan_memory", "peak_live", "halves_of"]
 
 
 def scratchpad_depth_of(bank_depth):
@@ -94,6 +94,8 @@ class MemoryPlan:
     peak_tensors: tuple
     strategy: str = ""
     tried: dict = field(default_factory=dict)
+    #: With bank halves: the half (0 or 1) of every tensor; else None.
+    halves: dict = None
 
     @property
     def fits(self):
@@ -126,6 +128,10 @@ class MemoryPlan:
         for t in items:
             base = self.bases[t.name]
             assert 0 <= base and base + t.words <= self.depth, (t, base, self.depth)
+            if self.halves is not None:
+                low, high = self.halves[t.name] * (self.depth // 2), \
+                    (self.halves[t.name] + 1) * (self.depth // 2)
+                assert low <= base and base + t.words <= high, (t, base, self.halves[t.name])
         for i, a in enumerate(items):
             for b in items[i + 1:]:
                 if self.bases[b.name] >= self.end(a.name):
@@ -180,8 +186,67 @@ _STRATEGIES = {
 }
 
 
-def plan_memory(lifetimes, depth, *, banks=None, strict=True):
+def halves_of(names, apart):
+    """A half (0 or 1) for every name such that the two names of every pair in ``apart``
+    are in different halves: a 2-colouring, component by component (the first name of each
+    in half 0, so a chain alternates from its input).
+
+    Raises
+    ------
+    CapacityError
+        If no such halves exist (the pairs close a cycle of odd length): the message names
+        the cycle's tensors and the remedy.
+    """
+    neighbours = {name: [] for name in names}
+    for a, b in apart:
+        neighbours[a].append(b)
+        neighbours[b].append(a)
+    half, parent = {}, {}
+    for root in names:
+        if root in half:
+            continue
+        half[root], parent[root] = 0, None
+        queue = [root]
+        while queue:
+            name = queue.pop(0)
+            for other in neighbours[name]:
+                if other not in half:
+                    half[other], parent[other] = 1 - half[name], name
+                    queue.append(other)
+                elif half[other] == half[name]:
+                    cycle = _odd_cycle(parent, name, other)
+                    raise CapacityError(
+                        f"Tensors {', '.join(cycle)} cannot take bank halves: each layer "
+                        f"of the core (CoreConfig.bank_halves) reads one half of the "
+                        f"scratchpad and writes the other, and these layers' inputs and "
+                        f"outputs form an odd cycle. Use a core without bank halves, or "
+                        f"route the shortcut through a layer of its own (an identity 1x1 "
+                        f"convolution)")
+    return half
+
+
+def _odd_cycle(parent, a, b):
+    """The names on the tree paths from ``a`` and ``b`` to their common ancestor."""
+    path_a, name = [], a
+    while name is not None:
+        path_a.append(name)
+        name = parent[name]
+    path_b, name = [], b
+    while name not in path_a:
+        path_b.append(name)
+        name = parent[name]
+    return path_a[:path_a.index(name) + 1] + path_b[::-1]
+
+
+def plan_memory(lifetimes, depth, *, banks=None, strict=True, apart=None):
     """Place ``lifetimes`` (:class:`Lifetime`) into ``depth`` words per bank.
+
+    With ``apart`` (pairs of tensor names: a layer's inputs and output, for a core with
+    ``CoreConfig.bank_halves``) every tensor lies in one half of the scratchpad (bank
+    words below or from ``depth / 2``) and the two tensors of every pair in different
+    halves (:func:`halves_of`); each half is planned on its own. ``plan.top`` is then the
+    end of the last tensor when both halves fit, else twice the larger half's need (the
+    ``depth`` that would hold both).
 
     Returns
     -------
@@ -203,6 +268,39 @@ def plan_memory(lifetimes, depth, *, banks=None, strict=True):
     if len(set(names)) != len(names):
         duplicate = next(n for n in names if names.count(n) > 1)
         raise ShapeError(f"Tensor names must be unique, but {duplicate!r} appears twice")
+    if apart is None:
+        plan = _plan_space(lifetimes, depth)
+    else:
+        half = halves_of(names, apart)
+        plans = [_plan_space([t for t in lifetimes if half[t.name] == index], depth // 2)
+                 for index in (0, 1)]
+        step, peak, live = peak_live(lifetimes)
+        bases = {**plans[0].bases, **{name: depth // 2 + base
+                                      for name, base in plans[1].bases.items()}}
+        both = all(p.fits for p in plans)
+        top = (depth // 2 + plans[1].top if plans[1].lifetimes else plans[0].top) if both \
+            else 2 * max(p.top for p in plans)
+        plan = MemoryPlan(depth=depth, lifetimes={t.name: t for t in lifetimes}, bases=bases,
+                          top=top, peak_words=peak, peak_step=step, peak_tensors=live,
+                          strategy=" | ".join(f"half {i}: {p.strategy}"
+                                              for i, p in enumerate(plans)),
+                          tried={f"half {i}: {k}": v for i, p in enumerate(plans)
+                                 for k, v in p.tried.items()},
+                          halves=half)
+    if strict and not plan.fits:
+        shape = f"{banks} banks x {depth} words" if banks else f"{depth} words per bank"
+        halves = " in two halves" if apart is not None else ""
+        raise CapacityError(
+            f"Activations do not fit the scratchpad{halves}: "
+            f"{plan.shortfall(f'a capacity of {shape}')}"
+            f". Use a core with a bigger bank_depth (bank_depth="
+            f"{bank_depth_for(plan.top)} gives {scratchpad_depth_of(bank_depth_for(plan.top))} "
+            f"words per bank) or a board with more memory")
+    return plan
+
+
+def _plan_space(lifetimes, depth):
+    """:func:`plan_memory` of ``lifetimes`` in one space of ``depth`` words (not strict)."""
     step, peak, live = peak_live(lifetimes)
     best = None
     tried = {}
@@ -230,15 +328,9 @@ def plan_memory(lifetimes, depth, *, banks=None, strict=True):
         rng.shuffle(order)
         if attempt(f"random order {trial}, best fit", order, "best"):
             break
+    if best is None:                    # no tensors
+        best = (0, "", {})
     top, strategy, bases = best
-    plan = MemoryPlan(depth=depth, lifetimes={t.name: t for t in lifetimes}, bases=bases,
+    return MemoryPlan(depth=depth, lifetimes={t.name: t for t in lifetimes}, bases=bases,
                       top=top, peak_words=peak, peak_step=step, peak_tensors=live,
                       strategy=strategy, tried=tried)
-    if strict and not plan.fits:
-        shape = f"{banks} banks x {depth} words" if banks else f"{depth} words per bank"
-        raise CapacityError(
-            f"Activations do not fit the scratchpad: {plan.shortfall(f'a capacity of {shape}')}"
-            f". Use a core with a bigger bank_depth (bank_depth="
-            f"{bank_depth_for(top)} gives {scratchpad_depth_of(bank_depth_for(top))} words "
-            f"per bank) or a board with more memory")
-    return plan

@@ -459,6 +459,20 @@ class GSMatrix:
     def n_rowgroups(self):
         return int(self.rg_groups.shape[0])
 
+    def take_rowgroups(self, first, end):
+        """The matrix of row groups ``first .. end - 1`` only (same shape, pattern and
+        lanes): its groups compute those row groups' outputs and no others. A layer too big
+        for the weight memory runs as such slices, one after the other."""
+        if not 0 <= first < end <= self.n_rowgroups:
+            raise ShapeError(f"Row groups must be a range within 0..{self.n_rowgroups}, not "
+                             f"{first}..{end}")
+        starts = np.concatenate([[0], np.cumsum(self.rg_groups)])
+        groups = slice(int(starts[first]), int(starts[end]))
+        return dataclasses.replace(
+            self, group_values=self.group_values[groups].copy(),
+            group_cols=self.group_cols[groups].copy(),
+            rg_groups=self.rg_groups[first:end].copy(), rg_rows=self.rg_rows[first:end].copy())
+
     @property
     def nnz(self):
         return int(np.count_nonzero(self.group_values))

@@ -37,8 +37,9 @@ from dataclasses import dataclass
 
 from ...hw.config import ENCODINGS, CoreConfig
 from ...hw.layouts import (ADDRESS_BYTES, COUNTER_NAMES, FRAME_CRC_BYTES, FRAME_HEADER_BYTES, FRAME_SYNC,
-                           HELLO_FEATURE_BASIS, HELLO_FEATURE_DEEP_PIPELINE,
-                           HELLO_FEATURE_LOOP_NEST, HELLO_FEATURE_VECTOR_WRITER, HELLO_FORMAT,
+                           HELLO_FEATURE_BANK_HALVES, HELLO_FEATURE_BASIS,
+                           HELLO_FEATURE_DEEP_PIPELINE, HELLO_FEATURE_LOOP_NEST,
+                           HELLO_FEATURE_VECTOR_WRITER, HELLO_FORMAT,
                            HELLO_MAGIC, PROTOCOL_VERSION, ErrorCode, FrameType, Memory,
                            hello_payload, memory_depth, memory_layout, word_bytes)
 from ..errors import FrameError
@@ -313,7 +314,8 @@ def parse_hello(payload):
                           layer_depth=layer_depth, result_queue=result_queue,
                           max_payload=max_payload, basis=bool(features & HELLO_FEATURE_BASIS),
                           deep_pipeline=bool(features & HELLO_FEATURE_DEEP_PIPELINE),
-                          vector_writer=bool(features & HELLO_FEATURE_VECTOR_WRITER))
+                          vector_writer=bool(features & HELLO_FEATURE_VECTOR_WRITER),
+                          bank_halves=bool(features & HELLO_FEATURE_BANK_HALVES))
     except (TypeError, ValueError) as error:
         raise FrameError(f"HELLO reply describes an invalid core: {error}") from None
 

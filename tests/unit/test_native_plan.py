@@ -117,3 +117,73 @@ def test_bad_lifetimes():
         Lifetime("t", 1, 3, 1)
     with pytest.raises(ShapeError, match="'t' appears twice"):
         plan_memory([Lifetime("t", 1, 0, 1), Lifetime("t", 2, 0, 1)], 10)
+
+
+# Bank halves (CoreConfig.bank_halves) -------------------------------------------------------
+
+@st.composite
+def dag_reads(draw):
+    """A random DAG as for :func:`dag_lifetimes`, with what each op reads: (lifetimes,
+    (read, written) pairs)."""
+    n_ops = draw(st.integers(1, 11))
+    words = draw(st.lists(st.integers(1, 60), min_size=n_ops + 1, max_size=n_ops + 1))
+    last, pairs = list(range(n_ops + 1)), []
+    for op in range(n_ops):
+        reads = draw(st.lists(st.integers(0, op), min_size=1, max_size=2, unique=True))
+        for tensor in reads:
+            last[tensor] = max(last[tensor], op)
+            pairs.append((f"t{tensor}", f"t{op + 1}"))
+    first = [0] + list(range(n_ops))
+    last[n_ops] = n_ops
+    return ([Lifetime(f"t{i}", words[i], first[i], max(first[i], last[i]))
+             for i in range(n_ops + 1)], pairs)
+
+
+def _two_colourable(names, pairs):
+    """Brute force: some assignment of halves separates every pair."""
+    index = {name: i for i, name in enumerate(names)}
+    return any(all((mask >> index[a] & 1) != (mask >> index[b] & 1) for a, b in pairs)
+               for mask in range(1 << len(names)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(dag_reads())
+def test_bank_halves_keep_every_layer_reading_the_other_half(case):
+    lifetimes, pairs = case
+    names = [t.name for t in lifetimes]
+    depth = 2 * sum(t.words for t in lifetimes)
+    if not _two_colourable(names, pairs):
+        with pytest.raises(CapacityError, match="cannot take bank halves.*odd cycle"):
+            plan_memory(lifetimes, depth, apart=pairs)
+        return
+    plan = plan_memory(lifetimes, depth, apart=pairs)
+    plan.check()                    # no live overlap, and each tensor inside its half
+    half = depth // 2
+    for a, b in pairs:
+        assert (plan.bases[a] >= half) != (plan.bases[b] >= half), (a, b, plan.bases)
+        assert plan.halves[a] != plan.halves[b]
+    for t in lifetimes:
+        assert plan.bases[t.name] // half == plan.halves[t.name]
+    # Too small a half is refused, with the depth that would hold both halves.
+    need = max(max((plan.bases[t.name] - half * plan.halves[t.name] + t.words
+                    for t in lifetimes if plan.halves[t.name] == k), default=0)
+               for k in (0, 1))
+    assert plan.fits and (plan.top <= depth)
+    small = plan_memory(lifetimes, 2 * need - 2, apart=pairs, strict=False)
+    assert not small.fits
+
+
+def test_a_chain_alternates_halves_and_a_projection_shortcut_is_refused():
+    chain = [Lifetime("x", 10, 0, 0), Lifetime("a", 10, 0, 1), Lifetime("b", 10, 1, 2),
+             Lifetime("c", 10, 2, 3)]
+    plan = plan_memory(chain, 40, apart=[("x", "a"), ("a", "b"), ("b", "c")])
+    assert [plan.halves[n] for n in "xabc"] == [0, 1, 0, 1]
+    assert plan.bases["a"] >= 20 and plan.bases["x"] < 20
+    with pytest.raises(CapacityError, match=r"two halves.*bank_depth="):
+        plan_memory(chain, 16, apart=[("x", "a"), ("a", "b"), ("b", "c")])
+    # x -> a -> b and a projection x -> p, then add = b + p: b is in x's half, p in the
+    # other, and the addition reads both (x-a-b-add-p-x is a cycle of odd length).
+    shortcut = chain[:3] + [Lifetime("p", 10, 1, 2), Lifetime("add", 10, 2, 3)]
+    with pytest.raises(CapacityError, match=r"Tensors .*cannot take bank halves"):
+        plan_memory(shortcut, 100, apart=[("x", "a"), ("a", "b"), ("x", "p"), ("b", "add"),
+                                          ("p", "add")])

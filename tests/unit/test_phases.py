@@ -70,17 +70,52 @@ def test_phased_golden_run_equals_the_unphased_program():
     assert np.array_equal(outputs["phased"], outputs["whole"])
 
 
-def test_a_layer_larger_than_the_weight_memory_is_refused_by_name():
+def test_a_layer_larger_than_the_weight_memory_runs_as_row_group_slices():
+    """A layer beyond one load of the weight memory becomes consecutive device layers of its
+    row groups, each of which fits; the result equals the whole layer's bit for bit."""
     model, x = _mlp(), _inputs(32)
     tiny = CoreConfig(weight_depth=256)
+    whole = compile(model, x, cfg=CoreConfig(weight_depth=8192))
+    assert max(layer.matrix.n_groups for layer in whole.layers) > 256
+    report = compile_native(model, x, tiny, report_only=True)
+    assert report.status == "phased"
+    assert report.limit("weight_depth").largest <= 256
+    program = compile(model, x, cfg=tiny)
+    parts = [info for info in program.info if "part_of" in info]
+    assert parts and {info["part_of"] for info in parts} < {layer.name for layer in whole.layers}
+    for layer, info in zip(program.layers, program.info):
+        assert layer.matrix.n_groups <= 256
+        if "part_of" in info:
+            assert layer.name.startswith(info["part_of"] + ".")
+    # Every output row is computed by exactly one slice of its layer.
+    for name in {info["part_of"] for info in parts}:
+        slices = [layer for layer, info in zip(program.layers, program.info)
+                  if info.get("part_of") == name]
+        rows = np.concatenate([layer.matrix.rg_rows.ravel() for layer in slices])
+        rows = rows[rows >= 0]
+        assert sorted(rows.tolist()) == list(range(slices[0].matrix.shape[0]))
+    for _, _, image in program.phase_images():
+        assert len(image.weights) <= 256
+    xs = _inputs(5, seed=7).numpy()
+    assert np.array_equal(program.run_golden_int(xs), whole.run_golden_int(xs))
+    with GoldenDevice(tiny) as device:
+        device.load(program)
+        assert np.array_equal(device.infer_quantized(program.quantize_input(xs)),
+                              whole.run_golden_int(xs))
+
+
+def test_a_row_group_larger_than_the_weight_memory_is_refused_by_name():
+    model, x = _mlp(), _inputs(32)
+    program = compile(model, x, cfg=CFG)
+    most = max(int(layer.matrix.rg_groups.max()) for layer in program.layers)
+    tiny = CoreConfig(weight_depth=most - 1)
     report = compile_native(model, x, tiny, report_only=True)
     assert report.status == "no"
-    with pytest.raises(CapacityError, match=r"group words: \d+ of 256 \(CoreConfig"
+    with pytest.raises(CapacityError, match=rf"group words: \d+ of {most - 1} \(CoreConfig"
                                             r"\.weight_depth\) \(largest layer \d+\) OVER"):
         compile(model, x, cfg=tiny)
-    program = compile(model, x, cfg=CFG)
     with pytest.raises(CapacityError, match=r"^Layer '.*' needs \d+ group words, the core "
-                                            r"holds 256 .* no phase can hold it"):
+                                            rf"holds {most - 1} .* no phase can hold it"):
         phase_ranges(tiny, program.layers)
 
 

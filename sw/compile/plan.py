@@ -94,8 +94,10 @@ class MemoryPlan:
     peak_tensors: tuple
     strategy: str = ""
     tried: dict = field(default_factory=dict)
-    #: With bank halves: the half (0 or 1) of every tensor; else None.
+    #: With bank halves: the half (0 or 1) of every tensor, and the words each half's
+    #: layout needs; else None.
     halves: dict = None
+    half_tops: tuple = None
 
     @property
     def fits(self):
@@ -109,8 +111,15 @@ class MemoryPlan:
         words = {name: t.words for name, t in self.lifetimes.items()}
         listing = ", ".join(f"{name} ({words[name]})" for name in
                             sorted(self.peak_tensors, key=lambda n: -words[n]))
-        layout = "" if self.top == self.peak_words else \
-            f"; the best layout found needs {self.top} words (live tensors fragment the space)"
+        if self.halves is not None:
+            layout = (f"; with bank halves (a layer reads one half and writes the other) the "
+                      f"halves need {self.half_tops[0]} and {self.half_tops[1]} of "
+                      f"{self.depth // 2} words")
+        elif self.top == self.peak_words:
+            layout = ""
+        else:
+            layout = (f"; the best layout found needs {self.top} words (live tensors fragment "
+                      f"the space)")
         return (f"at step {self.peak_step} the live tensors need {self.peak_words} words per "
                 f"bank — {listing} — against {capacity}{layout}")
 
@@ -286,7 +295,7 @@ def plan_memory(lifetimes, depth, *, banks=None, strict=True, apart=None):
                                               for i, p in enumerate(plans)),
                           tried={f"half {i}: {k}": v for i, p in enumerate(plans)
                                  for k, v in p.tried.items()},
-                          halves=half)
+                          halves=half, half_tops=tuple(p.top for p in plans))
     if strict and not plan.fits:
         shape = f"{banks} banks x {depth} words" if banks else f"{depth} words per bank"
         halves = " in two halves" if apart is not None else ""

@@ -13,7 +13,7 @@ from ...hw.layouts import (COUNTER_NAMES, ErrorCode, LayerKind, LayerOp, Memory,
                            layer_layout, memory_depth, memory_layout, row_line_layout,
                            row_record_layout)
 from ...hw.sequencer import MIN_BASIS_CYCLES
-from ..errors import DeviceError
+from ..errors import DeviceError, ShapeError
 from ..format import pow2_decode
 from ..format.words import unpack_word
 from .cycles import (LAYER_OVERHEAD, RUN_OVERHEAD, basis_layer_cycles, clear_layer_cycles,
@@ -192,6 +192,8 @@ class GoldenCore:
             address, y, valid = self._serial_writes(desc, sums.ravel(), rows_per_pixel,
                                                     pixel_bases)
             writer = segments
+        if cfg.bank_halves:
+            self._check_halves(desc, in_bases, offsets, banks, kept, address[valid])
         # Writes land in the writer's order: a later write to an element wins. Every read of
         # the layer sees the layer's input (the compiler never lets a layer's output overlap
         # its input; the RTL would read a word it has already written).
@@ -214,6 +216,23 @@ class GoldenCore:
         return [unpack_word(layout, self._mems[Memory.ROWS][(desc["row_base"] + r) %
                                                             self.cfg.row_depth])
                 for r in range(count)]
+
+    def _check_halves(self, desc, in_bases, offsets, banks, kept, written):
+        """On a core with bank halves a layer's reads of a half it writes are lost to the
+        writes (:class:`~gsaccel.hw.memory.HalvedMemory`): such a layer has no defined
+        result, and the compiler never makes one (ShapeError)."""
+        half = self.cfg.bank_depth // 2
+        wrote = np.unique((written // self.cfg.lanes) // half)
+        read = set()
+        for tap in np.unique(np.where(kept, offsets, -1)):
+            if tap >= 0:
+                read.update(np.unique(((in_bases + tap) % self.cfg.bank_depth) // half).tolist())
+        both = read & set(wrote.tolist())
+        if both:
+            raise ShapeError(f"GS layer (src_base {desc['src_base']}, dst_base "
+                             f"{desc['dst_base']}) reads and writes half {min(both)} of the "
+                             f"banks: on a core with bank halves its reads are lost "
+                             f"(compile the program for this core)")
 
     def _serial_writes(self, desc, sums, rows_per_pixel, pixel_bases):
         """The serial writer: slot k (of all the layer's vectors, in order) takes record

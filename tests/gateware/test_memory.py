@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gsaccel.hw.memory import SimpleDualPortMemory, SinglePortMemory, YOSYS_COLLISION_FREE
+from gsaccel.hw.memory import (HalvedMemory, SimpleDualPortMemory, SinglePortMemory,
+                               YOSYS_COLLISION_FREE)
 
 try:
     import cocotb
@@ -148,6 +149,77 @@ def test_simple_dual_port_memory_matches_model(rng):
     run_sim(dut, bench, name="simple_dual_port_memory", deadline=2_000)
 
 
+def halved_cycles(rng, depth, count):
+    """Cycles of a :class:`HalvedMemory` user that keeps reads and writes apart, as the
+    scratchpad's layers do: ``(wr_addr, wr_en, wr_data, rd_addr, rd_en)``, a write and a read
+    in one cycle always in different halves; every address is written before it is read
+    (SPRAM contents start undefined). Addresses include both ends of both halves."""
+    half = depth // 2
+    edges = [0, half - 1, half, depth - 1]
+    written, cycles = set(), []
+    for addr in edges:
+        cycles.append((addr, 1, int(rng.integers(0, 256)), 0, 0))
+        written.add(addr)
+    for _ in range(count):
+        wr_en = bool(rng.integers(0, 2))
+        wr_addr = int(rng.choice(edges)) if rng.random() < 0.2 else int(rng.integers(0, depth))
+        choices = [a for a in written if not wr_en or (a >= half) != (wr_addr >= half)]
+        rd_en = bool(choices) and bool(rng.integers(0, 4))
+        rd_addr = int(rng.choice(choices)) if rd_en else int(rng.integers(0, depth))
+        cycles.append((wr_addr, int(wr_en), int(rng.integers(0, 256)), rd_addr, int(rd_en)))
+        if wr_en:
+            written.add(wr_addr)
+    return cycles
+
+
+def halved_expected(cycles, depth, latency):
+    """``rd_data`` after each cycle (None where the memory does not define it)."""
+    words, data, expected, source = {}, [None] * latency, [], None
+    for wr_addr, wr_en, wr_data, rd_addr, rd_en in cycles:
+        # A read sees the writes of earlier cycles. The data holds while its half is neither
+        # read nor written (a write makes an SPRAM's output undefined).
+        if rd_en:
+            data.append(words.get(rd_addr))
+            source = rd_addr >= depth // 2
+        elif wr_en and source == (wr_addr >= depth // 2):
+            data.append(None)
+        else:
+            data.append(data[-1])
+        expected.append(data[-latency])
+        if wr_en:
+            words[wr_addr] = wr_data
+    return expected
+
+
+@pytest.mark.parametrize("latency", [1, 2])
+def test_halved_memory_matches_model(rng, latency):
+    """Reads of one half while the other is written, both halves, both latencies."""
+    from gsaccel.sim.amaranth_sim import run_sim
+
+    depth = 64
+    dut = HalvedMemory(width=8, depth=depth, latency=latency)
+    cycles = halved_cycles(rng, depth, 400)
+    expected = halved_expected(cycles, depth, latency)
+
+    async def bench(ctx):
+        for k, (wr_addr, wr_en, wr_data, rd_addr, rd_en) in enumerate(cycles):
+            for port, value in zip((dut.wr_addr, dut.wr_en, dut.wr_data, dut.rd_addr,
+                                    dut.rd_en), cycles[k]):
+                ctx.set(port, value)
+            await ctx.tick()
+            if expected[k] is not None:
+                assert ctx.get(dut.rd_data) == expected[k], (k, cycles[k])
+
+    run_sim(dut, bench, name="halved_memory", deadline=2_000)
+
+
+def test_halved_memory_rejects_bad_geometry():
+    with pytest.raises(ValueError, match="even"):
+        HalvedMemory(width=8, depth=7)
+    with pytest.raises(ValueError, match="Latency"):
+        HalvedMemory(width=8, depth=8, latency=3)
+
+
 @pytest.mark.parametrize("cls", [SimpleDualPortMemory, SinglePortMemory])
 def test_memories_reject_bad_geometry(cls):
     with pytest.raises(TypeError, match=r"^Width must be a positive integer, not 0$"):
@@ -275,7 +347,20 @@ def test_spram_matches_model_in_verilator():
     run_cocotb(spram_verilog_dir(mem, "spram_memory"), toplevel="spram_memory",
                test_module="test_memory", test_dir=HERE,
                extra_env={"SPRAM_GEOMETRY": json.dumps([WIDTH, DEPTH, GRANULARITY])},
-               timeout=600)
+               testcase="spram_random_ops", timeout=600)
+
+
+@pytest.mark.verilator
+def test_halved_memory_in_spram_matches_model_in_verilator():
+    """A scratchpad bank of the iCEBreaker's bank-halves core (32768 words: two SPRAMs)."""
+    from gsaccel.sim.build import run_cocotb
+    if cocotb is None:
+        pytest.skip("cocotb is not installed")
+    mem = HalvedMemory(width=8, depth=2 * 16384)
+    build = spram_verilog_dir(mem, "halved_memory")
+    assert (build / "halved_memory.v").read_text().count("SB_SPRAM256KA ") >= 2
+    run_cocotb(build, toplevel="halved_memory", test_module="test_memory", test_dir=HERE,
+               testcase="halved_random_ops", timeout=600)
 
 
 @pytest.mark.verilator
@@ -320,3 +405,24 @@ if cocotb is not None:
             if want is not None:
                 have = int(dut.rd_data.value)
                 assert have == want, f"after op {k} {op}: {have:#x} != {want:#x}"
+
+    @cocotb.test()
+    async def halved_random_ops(dut):
+        """The amaranth.sim test's cycles and expectations, on two SB_SPRAM256KA."""
+        from cocotb.clock import Clock
+        from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
+
+        seed = int(os.environ.get("GSACCEL_SEED") or "20261201", 0)
+        cycles = halved_cycles(np.random.default_rng([seed, 11]), 2 * 16384, 600)
+        expected = halved_expected(cycles, 2 * 16384, 1)
+        Clock(dut.clk, 10, unit="ns").start()
+        dut.rst.value = 0
+        for k, (cycle, want) in enumerate(zip(cycles, expected)):
+            await FallingEdge(dut.clk)
+            (dut.wr_addr.value, dut.wr_en.value, dut.wr_data.value, dut.rd_addr.value,
+             dut.rd_en.value) = cycle
+            await RisingEdge(dut.clk)
+            await ReadOnly()
+            if want is not None:
+                have = int(dut.rd_data.value)
+                assert have == want, f"after cycle {k} {cycle}: {have:#x} != {want:#x}"

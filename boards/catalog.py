@@ -102,16 +102,19 @@ ICEBREAKER = Board(
     # clocks per bit.
     clk_hz=30e6,
     baud=3_000_000,
-    # V = 4 shift lanes, the most that fit with the loop-nest sequencer (V = 8 needs 6438 of
-    # the 5280 logic cells and 36 of the 30 EBR): 3636 LUTs, 2006 FFs, 23 EBR and the row
-    # memory in 3 of the 4 SPRAMs; Fmax 34.5 MHz (`gsaccel build --board icebreaker`, seed 1).
-    # No deep pipeline (its registers cost a logic cell each and 30 MHz does not need them).
-    # No basis unit: it needs nine multipliers (the UP5K has eight DSPs) and about 1100
-    # LUTs; a one-vector result queue saves flip-flops. The serial writer: the row memory
-    # lives in SPRAM, which cannot be V times wider for row lines. docs/boards.md.
-    config=CoreConfig(lanes=4, bank_depth=128, weight_depth=512, row_depth=1024,
-                      layer_depth=8, result_queue=8, max_payload=256, basis=False,
-                      deep_pipeline=False, vector_writer=False),
+    # V = 2 shift lanes whose scratchpad banks are the four SPRAMs, two per bank
+    # (CoreConfig.bank_halves: a layer reads one half and writes the other): 32768 words per
+    # bank, 65536 activations, where the 30 EBR (15 KB) left V = 4 with 128 words per bank and
+    # no MLPerf Tiny network fitting. The row memory and weights go to EBR: 512 group words
+    # and 512 row records; a bigger program runs in phases, a bigger layer in row-group
+    # slices. 3293 LUTs, 1862 FFs, 26/30 EBR, 4/4 SPRAM, Fmax 32.3 MHz (seed 1). No deep
+    # pipeline (its registers cost a logic cell each and 30 MHz does not need them). No basis
+    # unit: it needs nine multipliers (the UP5K has eight DSPs), 1100 LUTs and V >= 4; a
+    # two-vector result queue saves flip-flops. The serial writer: a row line would be V
+    # records wide. docs/boards.md.
+    config=CoreConfig(lanes=2, bank_depth=32768, weight_depth=512, row_depth=512,
+                      layer_depth=32, result_queue=4, max_payload=256, basis=False,
+                      deep_pipeline=False, vector_writer=False, bank_halves=True),
     uart=("uart", 0),
     # The break-off PMOD's LEDs are attached at PMOD2 when the board ships.
     leds={"idle": ("led_g", 0, None), "error": ("led_r", 0, None),

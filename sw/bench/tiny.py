@@ -25,8 +25,8 @@ import numpy as np
 
 from ..errors import GsaccelError
 
-__all__ = ["run", "measure", "write", "table", "Row", "ANCHORS", "TARGETS", "prunable_layers",
-           "pruned_model"]
+__all__ = ["run", "measure", "write", "table", "Row", "ANCHORS", "TARGETS", "PHASED_TARGETS",
+           "prunable_layers", "pruned_model"]
 
 #: Published latencies (ms) to beat, per model (mlcommons tiny_results v0.5–v1.3).
 ANCHORS = {
@@ -42,6 +42,9 @@ ANCHORS = {
 TARGETS = {("resnet8", "ulx3s-85f"): (3.0, 0.75), ("ds-cnn", "orangecrab"): (2.0, None),
            ("ds-cnn", "icebreaker"): (50.0, None), ("mobilenetv1", "ulx3s-85f"): (9.0, None),
            ("fc-ae", "ulx3s-85f"): (0.1, None)}
+#: Targets a phased program meets when its core latency does (the issue: "or phased, with
+#: the reason"): the link time is given beside it, with the limit that makes it phased.
+PHASED_TARGETS = {("ds-cnn", "icebreaker")}
 PATTERNS = ("gs-gather", "1xN")
 SPARSITIES = (0.5, 0.75, 0.875)
 #: The column every program of which runs on the RTL (the quick variant runs one).
@@ -118,8 +121,11 @@ def _pruned_utilisation(program, pruned):
 
 
 def _short_reason(report):
-    over = [line for limit, line in zip(report.limits, report.lines()) if not limit.fits_phased]
-    text = "; ".join(over + report.problems)
+    """Why a program does not fit, or (phased) why it needs phases: the limits concerned."""
+    phased = report.status == "phased"
+    over = [line for limit, line in zip(report.limits, report.lines())
+            if (not limit.fits if phased else not limit.fits_phased)]
+    text = "; ".join(over + ([] if phased else report.problems))
     return text.split(" — ")[0] if text else ""
 
 
@@ -145,8 +151,8 @@ def measure(*, quick=False, progress=None, rtl=True):
                 started = time.monotonic()
                 report = compile_native(model, x, cfg, report_only=True)
                 row = Row(model_name, pattern, sparsity, board_name, report.status)
+                row.reason = _short_reason(report)
                 if report.status == "no":
-                    row.reason = _short_reason(report)
                     row.compile_s = time.monotonic() - started
                     rows.append(row)
                     continue
@@ -210,11 +216,19 @@ def table(rows):
                          f"| | | | | | {r.reason.replace('|', '/')} |")
             continue
         fit = "yes" if r.status == "fits" else f"phased ({r.phases})"
+        note = r.reason.replace('|', '/') if r.status == "phased" else ""
         lines.append(f"| {r.model} | {r.pattern} | {r.sparsity:.1%} | {r.board} | {fit} | "
                      f"{r.cycles} | {_ms(r.latency_ms)} | {r.utilisation:.1%} | "
                      f"{r.stall_cycles} | {r.weight_bytes} | {r.streamed_bytes} | "
-                     f"{_ms(r.link_ms) if r.streamed_bytes else '–'} | {r.rtl or '–'} | |")
+                     f"{_ms(r.link_ms) if r.streamed_bytes else '–'} | {r.rtl or '–'} | {note} |")
     return "\n".join(lines)
+
+
+def _meets(row, target, phased_ok):
+    # A phased program streams its weights every inference: it meets a target only where
+    # phases are allowed (PHASED_TARGETS).
+    return row.latency_ms < target and (row.status == "fits" or
+                                        (phased_ok and row.status == "phased"))
 
 
 def target_row(rows, model, board, sparsity, target):
@@ -224,8 +238,8 @@ def target_row(rows, model, board, sparsity, target):
                                                                         "gs-gather")
                   and (sparsity is None or r.sparsity == sparsity)]
     running = sorted((r for r in candidates if r.status != "no"), key=lambda r: r.sparsity)
-    # A phased program streams its weights every inference: it does not meet a target.
-    meeting = [r for r in running if r.latency_ms < target and r.status == "fits"]
+    phased_ok = (model, board) in PHASED_TARGETS
+    meeting = [r for r in running if _meets(r, target, phased_ok)]
     if meeting:
         return meeting[0]
     if running:
@@ -246,10 +260,13 @@ def target_table(rows):
             lines.append(f"| {model} | {board} | {asked} | – | < {target:g} | no: {why} | "
                          f"{anchors} |")
             continue
-        met = row.latency_ms < target and row.status == "fits"
-        phased = (f" + {_ms(row.link_ms)} of link (phased)" if row.status == "phased" else "")
+        met = _meets(row, target, (model, board) in PHASED_TARGETS)
+        phased = (f" + {_ms(row.link_ms)} of link ({row.phases} phases)"
+                  if row.status == "phased" else "")
+        verdict = ("yes, phased: " + row.reason if met and row.status == "phased" else
+                   "yes" if met else "no")
         lines.append(f"| {model} | {board} | {row.sparsity:.1%} | {_ms(row.latency_ms)}{phased} "
-                     f"| < {target:g} | {'yes' if met else 'no'} | {anchors} |")
+                     f"| < {target:g} | {verdict} | {anchors} |")
     return "\n".join(lines)
 
 
@@ -341,7 +358,10 @@ def write(rows, out_dir):
         "over the UART every inference: that link time is given apart.", "",
         "## Targets", "", "ResNet-8 is judged at GS 75 %; the others at the least GS "
         "sparsity of the bench that meets the target (else the fastest). A phased program "
-        "does not meet a target: its link time dominates.", "", target_table(rows), "",
+        "does not meet a target (its link time dominates), except DS-CNN on the iCEBreaker, "
+        "whose target the issue allows to be met in phases, with the reason: the limit "
+        "that needs them is in the *met* column, the link time beside the latency.", "",
+        target_table(rows), "",
         f"![latency per model and board](img/{plot.name})", "",
         "## Every model, pattern, sparsity and board", "",
         f"{len(rtl_rows)} of these programs ran one inference on the Verilator RTL of their "

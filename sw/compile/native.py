@@ -405,10 +405,17 @@ class _Compilation:
                 self.tensors[name].last = index
         self.tensors[self.graph.output].last = len(self.steps)
         self.depth = scratchpad_depth(self.cfg)
-        self.plan = plan_memory([Lifetime(t.name, t.geometry.words, t.first, t.last)
-                                 for t in self.tensors.values()], self.depth,
-                                banks=self.lanes, strict=False,
-                                apart=self._apart() if self.cfg.bank_halves else None)
+        lifetimes = [Lifetime(t.name, t.geometry.words, t.first, t.last)
+                     for t in self.tensors.values()]
+        self.halves_problem = None
+        try:
+            self.plan = plan_memory(lifetimes, self.depth, banks=self.lanes, strict=False,
+                                    apart=self._apart() if self.cfg.bank_halves else None)
+        except CapacityError as error:
+            # No halves for this graph: a problem of the report (every limit is still
+            # measured, on the plan without halves).
+            self.halves_problem = str(error)
+            self.plan = plan_memory(lifetimes, self.depth, banks=self.lanes, strict=False)
         if not self.plan.fits and self.transform.kind == "im2col" and self.im2col_fallback:
             raise _Im2colDoesNotFit(self.plan.top)
         for name, tensor in self.tensors.items():
@@ -449,7 +456,7 @@ class _Compilation:
                   most=65536),
             Limit("layers", "layer_depth", n_layers, cfg.layer_depth, 1, most=256),
         ]
-        problems = []
+        problems = [self.halves_problem] if self.halves_problem else []
         for step in self.steps:
             height, width = self.tensors[step.output].shape[1:]
             if max(height, width) > MAX_OUTPUT_SIDE:

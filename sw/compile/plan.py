@@ -228,9 +228,10 @@ def halves_of(names, apart):
                         f"Tensors {', '.join(cycle)} cannot take bank halves: each layer "
                         f"of the core (CoreConfig.bank_halves) reads one half of the "
                         f"scratchpad and writes the other, and these layers' inputs and "
-                        f"outputs form an odd cycle. Use a core without bank halves, or "
-                        f"route the shortcut through a layer of its own (an identity 1x1 "
-                        f"convolution)")
+                        f"outputs form an odd cycle (two paths to one layer, an odd and an "
+                        f"even number of layers long, such as a projection shortcut beside "
+                        f"two convolutions). Use a core without bank halves, or give both "
+                        f"paths the same parity (one more layer on one of them)")
     return half
 
 

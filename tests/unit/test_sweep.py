@@ -120,9 +120,9 @@ def test_a_failing_point_is_recorded_and_the_others_kept(tmp_path, capsys):
 
 
 def test_a_core_no_program_runs_on_is_not_built(tmp_path):
-    # ResNet-8 needs far more activation words than the iCEBreaker's V = 4 core has: the
-    # sweep measures the point and never starts the core's build (minutes of nextpnr).
-    spec = make_spec({"model": ["resnet8"], "board": ["icebreaker"]},
+    # MobileNetV1 needs more activation words than the iCEBreaker's core has: the sweep
+    # measures the point and never starts the core's build (minutes of nextpnr).
+    spec = make_spec({"model": ["mobilenetv1"], "board": ["icebreaker"]},
                      {"rtl": False, "build": True})
     _, tasks, _ = plan_tasks(spec)
     assert [task["kind"] for task in tasks] == ["point", "build"]
@@ -174,11 +174,11 @@ def test_spec_from_toml_and_its_errors(tmp_path):
     points, tasks, invalid = plan_tasks(spec)
     # dense ignores the sparsity axis: 2 lanes × (2 GS + 1 dense) points.
     assert len(points) == 6 and [p.sparsity for p, _, _ in points[:3]] == [0.5, 0.75, 0.0]
-    # The iCEBreaker's result queue holds 8 results: V = 16 is no core of it.
+    # The iCEBreaker's result queue holds 4 results: V = 16 is no core of it.
     assert [p.lanes for p in invalid] == [16, 16, 16]
     assert "Result queue" in next(iter(invalid.values())) and len(tasks) == 3
     # The board's core and the same core written out are one point (one cache entry).
-    written = make_spec({"board": ["icebreaker"], "lanes": [4], "weight_depth": [512]})
+    written = make_spec({"board": ["icebreaker"], "lanes": [2], "weight_depth": [512]})
     default = make_spec({"board": ["icebreaker"]})
     assert plan_tasks(written)[0][0][1] == plan_tasks(default)[0][0][1]
     for text, message in [('[axes]\nlane = [4]\n', "unknown axis 'lane'"),

@@ -315,15 +315,19 @@ def test_simple_dual_port_memory_is_bare_block_ram():
 
 
 def test_processor_memories_on_up5k():
-    """The command processor of the iCEBreaker's default core (V = 4): rows in SPRAM, the
-    weights (8-byte group words) and the layer table (17-byte descriptors) in 17 block RAMs
-    as byte lanes, and its checks need no DSP multiplier."""
+    """The iCEBreaker's default core (V = 2, bank halves): the scratchpad's two banks are the
+    four SPRAMs; the command processor's row memory (512 records), weights (512 group words)
+    and layer table (32 descriptors) are 24 block RAMs, and its checks need no DSP
+    multiplier."""
     from gsaccel.boards.catalog import BOARDS
     from gsaccel.hw.command import CommandProcessor
+    from gsaccel.hw.scratchpad import BankedScratchpad
     cfg = BOARDS["icebreaker"].config
     cells = yosys_cells(CommandProcessor(cfg), icebreaker())
-    assert cells.get("SB_SPRAM256KA") == 3 and block_rams(cells) == 17
+    assert "SB_SPRAM256KA" not in cells and block_rams(cells) == 24
     assert "SB_MAC16" not in cells
+    cells = yosys_cells(BankedScratchpad(cfg), icebreaker())
+    assert cells.get("SB_SPRAM256KA") == 4 and block_rams(cells) == 0
 
 
 def spram_verilog_dir(component, name, cfg=None):

@@ -123,6 +123,10 @@ class GoldenCore:
             elif kind == LayerKind.BASIS.value:
                 n = min(desc["group_count"], cfg.act_size // 3)
                 src = desc["src_base"] * cfg.lanes + np.arange(3 * n)
+                if cfg.bank_halves:
+                    words = np.arange(-(-3 * n // cfg.lanes))
+                    self._check_halves("BASIS", desc, desc["src_base"] + words,
+                                       desc["dst_base"] + words)
                 z = basis_layer(np.reshape(desc["basis"], (3, 3)),
                                 acts[src % cfg.act_size].astype(np.int64), n, desc["shift"],
                                 desc["relu"], cfg.acc_width)
@@ -193,7 +197,9 @@ class GoldenCore:
                                                     pixel_bases)
             writer = segments
         if cfg.bank_halves:
-            self._check_halves(desc, in_bases, offsets, banks, kept, address[valid])
+            taps = np.unique(offsets[kept])
+            self._check_halves("GS", desc, (in_bases[:, None] + taps[None]).ravel(),
+                               address[valid] // lanes)
         # Writes land in the writer's order: a later write to an element wins. Every read of
         # the layer sees the layer's input (the compiler never lets a layer's output overlap
         # its input; the RTL would read a word it has already written).
@@ -217,22 +223,22 @@ class GoldenCore:
                                                             self.cfg.row_depth])
                 for r in range(count)]
 
-    def _check_halves(self, desc, in_bases, offsets, banks, kept, written):
+    def _check_halves(self, kind, desc, read, written):
         """On a core with bank halves a layer's reads of a half it writes are lost to the
         writes (:class:`~gsaccel.hw.memory.HalvedMemory`): such a layer has no defined
-        result, and the compiler never makes one (ShapeError)."""
+        result, and the compiler never makes one (ShapeError). ``read``, ``written``: bank
+        addresses."""
         half = self.cfg.bank_depth // 2
-        wrote = np.unique((written // self.cfg.lanes) // half)
-        read = set()
-        for tap in np.unique(np.where(kept, offsets, -1)):
-            if tap >= 0:
-                read.update(np.unique(((in_bases + tap) % self.cfg.bank_depth) // half).tolist())
-        both = read & set(wrote.tolist())
+
+        def halves(words):
+            return set(np.unique(np.asarray(words) % self.cfg.bank_depth // half).tolist())
+
+        both = halves(read) & halves(written)
         if both:
-            raise ShapeError(f"GS layer (src_base {desc['src_base']}, dst_base "
+            raise ShapeError(f"{kind} layer (src_base {desc['src_base']}, dst_base "
                              f"{desc['dst_base']}) reads and writes half {min(both)} of the "
-                             f"banks: on a core with bank halves its reads are lost "
-                             f"(compile the program for this core)")
+                             f"banks: on a core with bank halves its reads are lost (compile "
+                             f"the program for this core)")
 
     def _serial_writes(self, desc, sums, rows_per_pixel, pixel_bases):
         """The serial writer: slot k (of all the layer's vectors, in order) takes record

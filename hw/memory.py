@@ -67,6 +67,18 @@ class _Geometry:
         return self._granularity
 
 
+def _dual_port_members(width, depth, write_lanes):
+    """The signature members of a RAM with a write port and a read port."""
+    return {
+        "wr_addr": In(range(depth)),
+        "wr_en":   In(write_lanes),
+        "wr_data": In(width),
+        "rd_addr": In(range(depth)),
+        "rd_en":   In(1),
+        "rd_data": Out(width),
+    }
+
+
 class SimpleDualPortMemory(_Geometry, wiring.Component):
     """A synchronous RAM with one write port and one read port that maps onto bare block RAM.
 
@@ -114,14 +126,7 @@ class SimpleDualPortMemory(_Geometry, wiring.Component):
         granularity = _check_geometry(width, depth, granularity)
         self._width, self._depth, self._granularity = width, depth, granularity
         self._block_ram = bool(block_ram)
-        super().__init__({
-            "wr_addr": In(range(depth)),
-            "wr_en":   In(width // granularity),
-            "wr_data": In(width),
-            "rd_addr": In(range(depth)),
-            "rd_en":   In(1),
-            "rd_data": Out(width),
-        })
+        super().__init__(_dual_port_members(width, depth, width // granularity))
 
     def elaborate(self, platform):
         m = Module()
@@ -300,14 +305,7 @@ class HalvedMemory(_Geometry, wiring.Component):
             raise ValueError(f"Latency must be 1 or 2, not {latency!r}")
         self._width, self._depth, self._granularity = width, depth, width
         self._latency = latency
-        super().__init__({
-            "wr_addr": In(range(depth)),
-            "wr_en":   In(1),
-            "wr_data": In(width),
-            "rd_addr": In(range(depth)),
-            "rd_en":   In(1),
-            "rd_data": Out(width),
-        })
+        super().__init__(_dual_port_members(width, depth, 1))
 
     def elaborate(self, platform):
         m = Module()

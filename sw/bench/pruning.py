@@ -1,12 +1,15 @@
 """Accuracy of each pruning pattern on the digits models (``gsaccel bench pruning``).
 
 For each seed, model (:class:`~gsaccel.sw.models.DigitsMLP`, :class:`~gsaccel.sw.models.DigitsCNN`),
-pattern and sparsity: train dense, prune every Linear/Conv2d layer and fine-tune (1×N: prune
-from scratch with the cubic schedule; SmartDeal: re-fit C·B after every fine-tuning epoch), then
-report test accuracy, real sparsity and the bytes of every layer packed with
-:meth:`GSMatrix.from_dense` (pow2 codes; conv layers in their GEMM view). The table replaces the
-section between the ``bench:pruning`` markers of ``<out_dir>/pruning.md``; the plot goes to
-``<out_dir>/img/pruning.png``.
+pattern and sparsity: train dense, prune every Linear/Conv2d layer and fine-tune (SmartDeal:
+C and B trained as such), every pattern within the dense model's training budget plus the
+fine-tuning's, which the dense baseline gets too. 1×N spends that budget on a fresh model: a
+dense warm-up, rows rearranged for 1×N (:func:`~gsaccel.sw.prune.rearrange_rows`), then
+gradual pruning with the cubic schedule; SmartDeal with a 1×N C′ factors that model before
+its last epochs. Then it reports test accuracy, real sparsity and the bytes of every layer
+packed with :meth:`GSMatrix.from_dense` (pow2 codes; conv layers in their GEMM view). The table
+replaces the section between the ``bench:pruning`` markers of ``<out_dir>/pruning.md``; the
+plot goes to ``<out_dir>/img/pruning.png``.
 
 The quantisation rows (between the ``bench:qat`` markers) compile the pruned digits MLP at
 75 % for the pow2 core, once as it is and once after quantisation-aware fine-tuning
@@ -36,7 +39,7 @@ PATTERN_RUNS = (
     ("GS-gather e=1", "gs-gather", 1, {}),
     (f"GS-gather e={LANES}", "gs-gather", LANES, {}),
     ("GS-scatter e=1", "gs-scatter", 1, {}),
-    ("1×N (SUBP, from scratch)", "1xN", 1, {}),
+    ("1×N (SUBP, rearranged)", "1xN", 1, {}),
     ("SmartDeal (C' 1×N)", "smartdeal", 1, {}),
     ("SmartDeal (C' GS-gather)", "smartdeal", 1, {"c_pattern": "gs-gather"}),
     ("unstructured", "unstructured", 1, {}),
@@ -45,7 +48,7 @@ PATTERN_RUNS = (
 
 #: The PATTERN_RUNS rows (at :attr:`Settings.qat_sparsity`, MLP) compiled for pow2, with and
 #: without quantisation-aware fine-tuning.
-QAT_LABELS = ("GS-gather e=1", f"GS-gather e={LANES}", "1×N (SUBP, from scratch)",
+QAT_LABELS = ("GS-gather e=1", f"GS-gather e={LANES}", "1×N (SUBP, rearranged)",
               "SmartDeal (C' 1×N)", "SmartDeal (C' GS-gather)")
 #: The learning rate of QAT fine-tuning decays in these steps (equal shares of the epochs).
 QAT_DECAY = (1.0, 0.5, 0.25, 0.1)
@@ -61,6 +64,17 @@ class Settings:
     lr: tuple = (("MLP", 3e-3), ("CNN", 1e-2))
     finetune_lr: tuple = (("MLP", 1e-3), ("CNN", 3e-3))
     smartdeal_lr: float = 5e-3      # C's exponents only move under larger steps
+    #: 1×N (and SmartDeal with a 1×N C'): a fresh model, trained dense for onebyn_warmup
+    #: epochs, its rows rearranged (:func:`~gsaccel.sw.prune.rearrange_rows`), then pruned
+    #: with the cubic schedule over the first onebyn_ramp of the rest of the dense +
+    #: fine-tuning budget, at onebyn_lr (larger steps than fine-tuning's: on the MLP at 75 %
+    #: they recovered more of what the shared keep decisions cost).
+    onebyn_warmup: int = 10
+    onebyn_ramp: float = 0.5
+    onebyn_lr: tuple = (("MLP", 1e-2), ("CNN", 1e-2))
+    #: SmartDeal with a 1×N C': of that budget, the last smartdeal_epochs fine-tune C and B
+    #: after the 1×N model is factored.
+    smartdeal_epochs: int = 10
     #: Layers left dense: the CNN's first conv has 72 weights (9 per output), too few to prune.
     exclude: tuple = (("MLP", ()), ("CNN", ("0",)))
     qat_sparsity: float = 0.75
@@ -76,8 +90,8 @@ class Settings:
 SETTINGS = Settings(seeds=(0, 1, 2), models=("MLP", "CNN"), sparsities=(0.5, 0.75, 0.875),
                     dense_epochs=25, finetune_epochs=15)
 QUICK_SETTINGS = Settings(seeds=(0,), models=("MLP",), sparsities=(0.75,), dense_epochs=10,
-                          finetune_epochs=3, qat_epochs=2, dscnn_channels=(16,),
-                          dscnn_epochs=2, dscnn_qat_epochs=1)
+                          finetune_epochs=3, onebyn_warmup=5, smartdeal_epochs=2, qat_epochs=2,
+                          dscnn_channels=(16,), dscnn_epochs=2, dscnn_qat_epochs=1)
 
 _START = "<!-- bench:pruning:start -->"
 _END = "<!-- bench:pruning:end -->"
@@ -158,30 +172,55 @@ def _own_weights(module, lanes):
     return gemm_layout(module, lanes).candidates()
 
 
-def _one_run(dense, data, pattern, per_row, options, sparsity, seed, model_name, settings):
+def _one_by_n_model(data, sparsity, seed, model_name, settings, epochs, options):
+    """The 1×N recipe: a fresh model (seeded apart from the dense one) trained dense for
+    ``settings.onebyn_warmup`` epochs, its rows rearranged for 1×N, then ``epochs − warmup``
+    epochs at ``onebyn_lr`` under the cubic schedule (full sparsity after ``onebyn_ramp`` of
+    them)."""
     import torch
-    lr, finetune_lr = dict(settings.lr)[model_name], dict(settings.finetune_lr)[model_name]
-    exclude = dict(settings.exclude)[model_name]
 
     from ..models import train
-    from ..prune import PruningScheduler, prune, smartdeal_freeze, smartdeal_trainable
+    from ..prune import PruningScheduler, rearrange_rows
+    exclude = dict(settings.exclude)[model_name]
+    torch.manual_seed(1000 + seed)
+    model = _build(model_name)
+    warmup = min(settings.onebyn_warmup, epochs - 1)
+    train(model, data, warmup, lr=dict(settings.lr)[model_name], seed=seed)
+    rearrange_rows(model, sparsity, LANES, exclude=exclude)
+    rest = epochs - warmup
+    scheduler = PruningScheduler(model, "1xN", sparsity, LANES, t0=0,
+                                 t1=max(1, round(settings.onebyn_ramp * rest)), seed=seed,
+                                 exclude=exclude, **options)
+    train(model, data, rest, lr=dict(settings.onebyn_lr)[model_name], seed=seed + 1,
+          on_epoch=scheduler.step)
+    return model
+
+
+def _one_run(dense, data, pattern, per_row, options, sparsity, seed, model_name, settings):
+    finetune_lr = dict(settings.finetune_lr)[model_name]
+    exclude = dict(settings.exclude)[model_name]
+    budget = settings.dense_epochs + settings.finetune_epochs
+
+    from ..models import train
+    from ..prune import prune, smartdeal_freeze, smartdeal_trainable
     if pattern == "1xN":
-        # SUBP prunes from scratch: a fresh model trained for the same budget as dense +
-        # fine-tuning, the cubic schedule over the first 60 % of it, the rest at full sparsity.
-        torch.manual_seed(1000 + seed)
-        model = _build(model_name)
-        epochs = settings.dense_epochs + settings.finetune_epochs
-        scheduler = PruningScheduler(model, "1xN", sparsity, LANES, t0=0,
-                                     t1=max(1, int(0.6 * epochs)), seed=seed, exclude=exclude,
-                                     **options)
-        train(model, data, epochs, lr=lr, seed=seed, on_epoch=scheduler.step)
-        return model
-    model = copy.deepcopy(dense)
+        # The same budget as dense + fine-tuning, spent on a warm-up, rearranged rows and
+        # gradual pruning (_one_by_n_model).
+        return _one_by_n_model(data, sparsity, seed, model_name, settings, budget, options)
+    if pattern == "smartdeal" and options.get("c_pattern", "1xN") == "1xN":
+        # C' inherits its 1×N structure from the 1×N recipe's model: factored after
+        # budget − smartdeal_epochs epochs of it, then C and B fine-tuned for the rest.
+        model = _one_by_n_model(data, sparsity, seed, model_name, settings,
+                                budget - settings.smartdeal_epochs, {})
+        epochs = settings.smartdeal_epochs
+    else:
+        model = copy.deepcopy(dense)
+        epochs = settings.finetune_epochs
     prune(model, pattern, sparsity, LANES, per_row, exclude=exclude, **options)
     if pattern == "smartdeal":
         # Fine-tune C (straight-through pow2 rounding, zeros fixed) and B directly.
         smartdeal_trainable(model)
-    train(model, data, settings.finetune_epochs, seed=seed,
+    train(model, data, epochs, seed=seed,
           lr=settings.smartdeal_lr if pattern == "smartdeal" else finetune_lr)
     if pattern == "smartdeal":
         smartdeal_freeze(model)
@@ -310,7 +349,8 @@ def _collect(settings, progress):
                     progress(f"seed {seed} {model_name} {label} {sparsity}: {accuracy:.4f}")
                     # QAT starts at the learning rate the model last trained at.
                     lr = settings.smartdeal_lr if pattern == "smartdeal" else \
-                        dict(settings.lr if pattern == "1xN" else settings.finetune_lr)[model_name]
+                        dict(settings.onebyn_lr if pattern == "1xN" else
+                             settings.finetune_lr)[model_name]
                     if model_name == "MLP" and label in QAT_LABELS and \
                             sparsity == settings.qat_sparsity:
                         row = qat_measure(model, data, epochs=settings.qat_epochs, lr=lr,
@@ -450,6 +490,7 @@ def run(*, out_dir, quick=False, progress=None):
     finally:
         torch.set_num_threads(threads)
     elapsed = time.monotonic() - started
+    budget = settings.dense_epochs + settings.finetune_epochs
     size = 1024 if quick else 4096
     timing = [(e, *time_gs_layer(size, per_row=e)) for e in (1, LANES)]
     plot = _plot(results, settings, out_dir)
@@ -459,10 +500,16 @@ def run(*, out_dir, quick=False, progress=None):
         f"(seeds {', '.join(map(str, settings.seeds))}; mean ± std over seeds; dense "
         f"{settings.dense_epochs} epochs (Adam, lr MLP/CNN {_lrs(settings.lr)}), then prune "
         f"(dense: don't) and fine-tune {settings.finetune_epochs} epochs (lr {_lrs(settings.finetune_lr)}, "
-        f"SmartDeal {settings.smartdeal_lr:g}); 1×N from scratch for "
-        f"{settings.dense_epochs + settings.finetune_epochs} epochs; V = {LANES}; every Linear "
-        f"and Conv2d pruned except the CNN's first conv; packed bytes = .gsf size of every layer, "
-        f"pow2 codes, convs in GEMM view).", "",
+        f"SmartDeal {settings.smartdeal_lr:g}); 1×N: the same {budget} epochs as dense + "
+        f"fine-tuning, from a fresh model: {settings.onebyn_warmup} dense (lr as dense), rows "
+        f"rearranged (`rearrange_rows`), then {budget - settings.onebyn_warmup} epochs at lr "
+        f"{_lrs(settings.onebyn_lr)} under the cubic schedule (full sparsity after "
+        f"{round(settings.onebyn_ramp * (budget - settings.onebyn_warmup))}); SmartDeal with a "
+        f"1×N C′: the 1×N recipe for {budget - settings.smartdeal_epochs} epochs, then factored "
+        f"and C, B fine-tuned {settings.smartdeal_epochs} (with a GS-gather C′: factored from "
+        f"the dense model, C, B fine-tuned {settings.finetune_epochs}); V = {LANES}; every "
+        f"Linear and Conv2d pruned except the CNN's first conv; packed bytes = .gsf size of "
+        f"every layer, pow2 codes, convs in GEMM view).", "",
         _table(results, settings), "",
         f"![accuracy vs sparsity](img/{plot.name})", "",
         f"GS-gather on a {size}×{size} Gaussian layer at 87.5 %, V = {LANES} (one thread; "
@@ -481,7 +528,7 @@ def run(*, out_dir, quick=False, progress=None):
         f"(error-feedback rounding, bias correction); *QAT* = `gsaccel.quantize_aware` on the "
         f"training inputs, fine-tuned {settings.qat_epochs} epochs (Adam from the learning rate "
         f"the model last trained at: GS {dict(settings.finetune_lr)['MLP']:g}, 1×N "
-        f"{dict(settings.lr)['MLP']:g}, SmartDeal {settings.smartdeal_lr:g}; decaying by "
+        f"{dict(settings.onebyn_lr)['MLP']:g}, SmartDeal {settings.smartdeal_lr:g}; decaying by "
         f"{'/'.join(f'{f:g}' for f in QAT_DECAY)} in equal shares), then compiled. DS-CNN: "
         f"`gsaccel.sw.models.DSCNN` (10 classes, seed "
         f"{', '.join(map(str, settings.dscnn_seeds))}) trained {settings.dscnn_epochs} epochs "

@@ -4,8 +4,8 @@ conventions of ``torch.nn.utils.prune``. Conv2d layers (grouped and depthwise in
 pruned in the GEMM view the core runs (:mod:`.view`).
 
 Modules by job: :mod:`.view` (GEMM view), :mod:`.masks` (mask algorithms on a matrix),
-:mod:`.smartdeal`, :mod:`.info` (pattern metadata), :mod:`.pruning` (the torch API, and every
-public name).
+:mod:`.rearrange` (row order for 1×N), :mod:`.smartdeal`, :mod:`.info` (pattern metadata),
+:mod:`.pruning` (the torch API, and every public name).
 
 Layer: beside :mod:`gsaccel.sw.compile`; imports :mod:`gsaccel.sw.format` and below.
 """

@@ -15,7 +15,8 @@ The masks are mapped back to torch's weight shape. SmartDeal factors ``weight.re
 -1)`` (DESIGN §1.3).
 
 The work is split by job: :mod:`.view` (the GEMM view), :mod:`.masks` (mask algorithms on a
-matrix), :mod:`.smartdeal`, :mod:`.info` (pattern metadata) and this module (the torch API);
+matrix), :mod:`.rearrange` (row order for 1×N), :mod:`.smartdeal`, :mod:`.info` (pattern
+metadata) and this module (the torch API);
 every public name is importable from here and from :mod:`gsaccel.sw.prune`.
 
 >>> import torch
@@ -38,6 +39,7 @@ from ..errors import PatternError, ShapeError, UnsupportedError
 from .info import PRUNE_PATTERNS, PatternInfo, _set_buffer, _set_info, pattern_info
 from .masks import (_check_gs_shape, block_redundancy_scores, gs_mask, one_by_n_mask,
                     unstructured_mask)
+from .rearrange import _rearrange, row_groups
 # _SmartDealWeight: models pickled while this module held the class name it here.
 from .smartdeal import _SmartDealWeight  # noqa: F401
 from .smartdeal import (SMARTDEAL_EXP_MAX, SMARTDEAL_EXP_MIN, _smartdeal_layer, pow2_quantize,
@@ -50,7 +52,8 @@ __all__ = [
     "PRUNE_PATTERNS", "PatternInfo", "prune", "PruningScheduler", "cubic_schedule",
     "pattern_info", "prunable_layers", "gemm_view", "gemm_layout", "from_gemm_view",
     "GemmLayout", "pruning_layout", "input_views", "restore", "gs_mask", "one_by_n_mask", "unstructured_mask",
-    "block_redundancy_scores", "pow2_quantize", "smartdeal_decompose", "smartdeal_factors",
+    "block_redundancy_scores", "rearrange_rows", "row_groups", "pow2_quantize",
+    "smartdeal_decompose", "smartdeal_factors",
     "smartdeal_cprime", "smartdeal_trainable", "smartdeal_freeze", "SMARTDEAL_EXP_MIN",
     "SMARTDEAL_EXP_MAX",
 ]
@@ -350,6 +353,52 @@ def prune(model, pattern, sparsity, lanes=8, per_row=1, *, layers=None, exclude=
         _set_info(module, PatternInfo(pattern, lanes, per_row), row_order)
         logger.info("%s: %s, sparsity %.4f", name or "layer", pattern, 1 - mask.mean())
     return model
+
+
+def rearrange_rows(model, sparsity, lanes=8, *, layers=None, exclude=(), iterations=10):
+    """Reorder the hidden units of ``model`` (in place) so that 1×N pruning to ``sparsity``
+    loses less, without changing what the model computes.
+
+    For every layer to be pruned (``layers``/``exclude`` as for :func:`prune`) whose output
+    only feeds, through channel-wise modules (activations, dropout, pooling, BatchNorm) and
+    at most one Flatten, the next Linear or Conv2d of an ``nn.Sequential``: its output rows
+    (Linear) or channels (Conv2d) are put in the order of :func:`row_groups` on its blocks'
+    |weights| (each row normalised; a conv's block sums its taps), keeping
+    ``channels − floor(sparsity · channels)`` per row group as :func:`one_by_n_mask` will;
+    the BatchNorm in between and the reading layer's input columns follow. The model's last
+    layer (its outputs are the model's) and grouped convolutions keep their order.
+
+    Call it on the dense (or warmed-up) model right before 1×N pruning starts: the order is
+    chosen from the weights it sees.
+
+    Parameters
+    ----------
+    model : nn.Sequential
+    sparsity : float in [0, 1)
+        The 1×N sparsity that will be applied.
+    lanes : int
+        V (N of the blocks).
+    layers, exclude : sequence of str
+        As for :func:`prune`: only the rows of layers that will be pruned are reordered.
+    iterations : int
+        Reassignment rounds of :func:`row_groups`.
+
+    Returns
+    -------
+    list of str
+        The names of the layers whose rows were reordered.
+
+    Raises
+    ------
+    UnsupportedError
+        ``model`` is not an ``nn.Sequential`` (the reading layer of an output is found from
+        the order of its children).
+    PatternError
+        A layer involved is pruned already (rearrange before pruning), or a bad sparsity.
+    """
+    _check_arguments("1xN", sparsity, lanes, 1, {})
+    selected = {name for name, _ in _select(model, layers, exclude)}
+    return _rearrange(model, selected, sparsity, lanes, iterations)
 
 
 def cubic_schedule(step, sparsity, t0, t1):

@@ -266,6 +266,7 @@ class _Compilation:
         self.fold = {}             # tensor -> factor its readers multiply their weights by
         self.chunked = {}          # tensor -> elements a SmartDeal basis layer reads
         self.layers, self.info = [], []
+        self.extra_slices = 0      # device layers beyond one per sliced layer
         self.transform = InputTransform()
         self.rng = np.random.default_rng(0)
 
@@ -440,7 +441,9 @@ class _Compilation:
         emission from the plan and the steps, after it from the layers as well."""
         cfg = self.cfg
         gs = [layer for layer in self.layers if layer.kind == "gs"]
-        n_layers = max(len(self.layers),
+        # A layer sliced for the weight or row memory counts once: with those memories big
+        # enough for one load (what the limit's remedy asks for) there are no slices.
+        n_layers = max(len(self.layers) - self.extra_slices,
                        sum(2 if step.kind == "smartdeal" else 1 for step in self.steps)
                        + sum(1 for t in self.tensors.values() if t.needs_clear))
         groups = [layer.matrix.n_groups for layer in gs]
@@ -700,6 +703,7 @@ class _Compilation:
             # Too big for one load of the weight or row memory: the layer runs as slices of
             # its row groups, one device layer each, which the phases load one by one. Each
             # computes its own output channels over every pixel.
+            self.extra_slices += len(parts) - 1
             for index, (first, end) in enumerate(parts):
                 part = dataclasses.replace(layer, name=f"{layer.name}.{index}",
                                            matrix=layer.matrix.take_rowgroups(first, end))

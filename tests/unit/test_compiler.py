@@ -297,12 +297,12 @@ def test_capacity_errors_name_every_limit_at_once():
         "bank_depth", "weight_depth", "row_depth", "layer_depth"]
     assert report.status == "no"
     with pytest.raises(CapacityError, match=r"^Program does not fit the core: group words: "
-                                            r"\d+ of 64 \(CoreConfig\.weight_depth\) "
+                                            r"\d+ of 32 \(CoreConfig\.weight_depth\) "
                                             r"\(largest layer \d+\) OVER\. To fit it, use a "
                                             r"core with weight_depth=\d+ .* or prune harder\.$"):
-        # A layer larger than the weight memory: no phase holds it.
+        # A row group (40 groups) larger than the weight memory: no phase, no slice holds it.
         compile(_mlp((40, 64, 3), SEED), _inputs((40,), n=8),
-                cfg=CoreConfig(lanes=8, weight_depth=64))
+                cfg=CoreConfig(lanes=8, weight_depth=32))
 
 
 def test_example_input_must_be_a_batch():

@@ -107,7 +107,7 @@ ICEBREAKER = Board(
     # bank, 65536 activations, where the 30 EBR (15 KB) left V = 4 with 128 words per bank and
     # no MLPerf Tiny network fitting. The row memory and weights go to EBR: 512 group words
     # and 512 row records; a bigger program runs in phases, a bigger layer in row-group
-    # slices. 3293 LUTs, 1862 FFs, 26/30 EBR, 4/4 SPRAM, Fmax 32.3 MHz (seed 1). No deep
+    # slices. 3301 LUTs, 1860 FFs, 26/30 EBR, 4/4 SPRAM, Fmax 34.5 MHz (seed 1). No deep
     # pipeline (its registers cost a logic cell each and 30 MHz does not need them). No basis
     # unit: it needs nine multipliers (the UP5K has eight DSPs), 1100 LUTs and V >= 4; a
     # two-vector result queue saves flip-flops. The serial writer: a row line would be V

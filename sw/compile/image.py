@@ -18,7 +18,8 @@ from ..format import pow2_encode
 from ..format.words import pack_word
 from ..golden.cycles import row_words
 
-__all__ = ["DeviceImage", "build_image", "layer_words", "layer_sizes", "phase_ranges"]
+__all__ = ["DeviceImage", "build_image", "layer_words", "layer_sizes", "phase_ranges",
+           "fill_ranges"]
 
 #: Output pixels per row and rows a descriptor counts (``last_col``/``last_row`` are 8 bits).
 MAX_OUTPUT_SIDE = 256
@@ -196,8 +197,8 @@ def phase_ranges(cfg: CoreConfig, layers):
 
     Raises :class:`CapacityError` for a single layer larger than a memory.
     """
-    ranges, first, used = [], 0, (0, 0)
-    for index, layer in enumerate(layers):
+    sizes = []
+    for layer in layers:
         size = layer_sizes(cfg, layer)
         for need, have, what, field_ in ((size[0], cfg.weight_depth, "group words",
                                           "weight_depth"),
@@ -206,14 +207,24 @@ def phase_ranges(cfg: CoreConfig, layers):
                 raise CapacityError(f"Layer {layer.name!r} needs {need} {what}, the core holds "
                                     f"{have} (CoreConfig.{field_}): no phase can hold it; "
                                     f"use a core with more, or prune the layer harder")
-        grown = (used[0] + size[0], used[1] + size[1])
-        if (index > first and (grown[0] > cfg.weight_depth or grown[1] > cfg.row_depth
-                               or index - first >= cfg.layer_depth)):
-            ranges.append((first, index - first))
+        sizes.append((*size, 1))                # and one entry of the layer table
+    return [(first, end - first) for first, end in
+            fill_ranges(sizes, (cfg.weight_depth, cfg.row_depth, cfg.layer_depth))]
+
+
+def fill_ranges(sizes, capacity):
+    """``[(first, end), ...]``: consecutive items whose ``sizes`` (tuples, one number per
+    memory) add up within ``capacity`` in every memory, each range as long as it can be.
+    An item larger than the capacity on its own gets a range of its own (callers check)."""
+    ranges, first, used = [], 0, None
+    for index, size in enumerate(sizes):
+        grown = size if used is None else tuple(u + s for u, s in zip(used, size))
+        if index > first and any(g > c for g, c in zip(grown, capacity)):
+            ranges.append((first, index))
             first, grown = index, size
         used = grown
-    if layers:
-        ranges.append((first, len(layers) - first))
+    if sizes:
+        ranges.append((first, len(sizes)))
     return ranges
 
 

@@ -45,7 +45,7 @@ from ..format.geometry import LoopNest, TensorGeometry
 from ..golden.cycles import row_words, writer_cycles
 from ..golden.numerics import quantize, requantize, wrap
 from .graph import ADD, AVGPOOL, CONV, LINEAR, MAXPOOL, _as_float64, _torch, lower_graph
-from .image import MAX_OUTPUT_SIDE
+from .image import MAX_OUTPUT_SIDE, fill_ranges
 from .layers import MAX, SUM, BasisLayer, ClearLayer, GSLayer, InputTransform, ResidualNest
 from .capacity import CapacityReport, Limit
 from .plan import Lifetime, plan_memory, scratchpad_depth
@@ -716,18 +716,12 @@ class _Compilation:
         """Row-group ranges ``[(first, end), ...]`` of a GS layer, each fitting the weight
         and row memories on its own (as many row groups as fit, in order); the whole layer
         when it fits, None when a single row group does not."""
-        groups = layer.matrix.rg_groups.tolist()
-        rows = writer_cycles(layer.matrix, self.cfg).tolist()
-        parts, first, used = [], 0, (0, 0)
-        for index, size in enumerate(zip(groups, rows)):
-            if size[0] > self.cfg.weight_depth or size[1] > self.cfg.row_depth:
-                return None
-            grown = (used[0] + size[0], used[1] + size[1])
-            if grown[0] > self.cfg.weight_depth or grown[1] > self.cfg.row_depth:
-                parts.append((first, index))
-                first, grown = index, size
-            used = grown
-        return parts + [(first, len(groups))]
+        capacity = (self.cfg.weight_depth, self.cfg.row_depth)
+        sizes = list(zip(layer.matrix.rg_groups.tolist(),
+                         writer_cycles(layer.matrix, self.cfg).tolist()))
+        if any(g > c for size in sizes for g, c in zip(size, capacity)):
+            return None
+        return fill_ranges(sizes, capacity)
 
     def _append_one(self, layer, s_x, s_w, s_y, kernel_weights, part_of=None):
         self.layers.append(layer)

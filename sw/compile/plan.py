@@ -16,6 +16,7 @@ set against the capacity and names the remedy.
 """
 
 import random
+from collections import deque
 from dataclasses import dataclass, field
 
 from ..errors import CapacityError, ShapeError
@@ -94,10 +95,8 @@ class MemoryPlan:
     peak_tensors: tuple
     strategy: str = ""
     tried: dict = field(default_factory=dict)
-    #: With bank halves: the half (0 or 1) of every tensor, and the words each half's
-    #: layout needs; else None.
+    #: With bank halves: the half (0 or 1) of every tensor; else None.
     halves: dict = None
-    half_tops: tuple = None
 
     @property
     def fits(self):
@@ -122,6 +121,13 @@ class MemoryPlan:
                       f"the space)")
         return (f"at step {self.peak_step} the live tensors need {self.peak_words} words per "
                 f"bank — {listing} — against {capacity}{layout}")
+
+    @property
+    def half_tops(self):
+        """With bank halves: the words each half's layout needs, from the start of its half."""
+        half = self.depth // 2
+        return tuple(max((self.end(n) - index * half for n, h in self.halves.items()
+                          if h == index), default=0) for index in (0, 1))
 
     def end(self, name):
         return self.bases[name] + self.lifetimes[name].words
@@ -215,9 +221,9 @@ def halves_of(names, apart):
         if root in half:
             continue
         half[root], parent[root] = 0, None
-        queue = [root]
+        queue = deque([root])
         while queue:
-            name = queue.pop(0)
+            name = queue.popleft()
             for other in neighbours[name]:
                 if other not in half:
                     half[other], parent[other] = 1 - half[name], name
@@ -296,7 +302,7 @@ def plan_memory(lifetimes, depth, *, banks=None, strict=True, apart=None):
                                               for i, p in enumerate(plans)),
                           tried={f"half {i}: {k}": v for i, p in enumerate(plans)
                                  for k, v in p.tried.items()},
-                          halves=half, half_tops=tuple(p.top for p in plans))
+                          halves=half)
     if strict and not plan.fits:
         shape = f"{banks} banks x {depth} words" if banks else f"{depth} words per bank"
         halves = " in two halves" if apart is not None else ""

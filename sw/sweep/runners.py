@@ -7,6 +7,7 @@ A runner is a context manager; :meth:`run` raises KeyboardInterrupt after cancel
 still running when Ctrl-C arrives, so the caller can keep what finished.
 """
 
+import contextlib
 import logging
 import multiprocessing
 import signal
@@ -125,10 +126,9 @@ class RayRunner:
 
     def cancel(self):
         for ref in self._pending:
-            try:
+            # A task already finished or gone has nothing to stop.
+            with contextlib.suppress(Exception):
                 self.ray.cancel(ref, force=True)
-            except Exception:           # already finished or gone: nothing to stop
-                pass
         self._pending = {}
 
 

@@ -91,7 +91,9 @@ class GatherEngine(CoreComponent):
     clear : In(1)
         Reset the accumulators (to 0, or to the most negative value for MAX; pulse it while
         ``idle`` with the new layer's ``control``, so that the groups of a previous layer
-        after its last ``last`` group leave nothing behind).
+        after its last ``last`` group leave nothing behind). It is registered: the
+        accumulators reset in the cycle after, before a group accepted with or after the
+        pulse reaches them.
     idle : Out(1)
         No group in flight (accumulators are clear between layers).
     issue : Out(1)
@@ -260,13 +262,17 @@ class GatherEngine(CoreComponent):
         start = Mux(is_max, lowest, 0)
         # What each accumulator does, registered a stage ahead with one copy per accumulator:
         # one valid/last pair fanned out to V * acc_width flip-flops took 8 ns across an
-        # ECP5-85 (``keep``: Yosys would merge the copies back into one).
+        # ECP5-85, and so did ``clear`` (an owner compare) ORed in after the register. The
+        # board build keeps the copies apart (``keep`` on the register: Yosys would merge
+        # them back into one). ``clear`` thus acts a cycle late; it is high while the
+        # sequencer is between layers, several cycles before a layer's first group can
+        # reach the accumulators.
         for j, accumulator in enumerate(accumulators):
             restart = Signal(name=f"restart{j}", attrs={"keep": 1})
             update = Signal(name=f"update{j}", attrs={"keep": 1})
-            m.d.sync += [restart.eq(valid[acc_stage - 1] & last[acc_stage - 1]),
+            m.d.sync += [restart.eq(self.clear | (valid[acc_stage - 1] & last[acc_stage - 1])),
                          update.eq(valid[acc_stage - 1] & ~last[acc_stage - 1])]
-            with m.If(self.clear | restart):
+            with m.If(restart):
                 m.d.sync += accumulator.eq(start)
             with m.Elif(update):
                 m.d.sync += accumulator.eq(updated[j])

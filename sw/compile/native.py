@@ -283,8 +283,12 @@ class _Compilation:
         self._plan()
         self.dry = bool(self._problems())      # known not to fit: only count what follows
         self._calibrate_input()
+        self.setup = []            # (CLEAR layer, info) of the resident tensors
         for index, step in enumerate(self.steps):
             self._emit(index, step)
+        # The setup layers first: the runtime runs them once, at load.
+        self.layers[:0] = [layer for layer, _ in self.setup]
+        self.info[:0] = [info for _, info in self.setup]
         report = self._report()
         if self.report_only:
             return report
@@ -300,7 +304,8 @@ class _Compilation:
             input_scale_log2=self.tensors[graph.input].scale_log2,
             input_transform=self.transform, output=graph.output,
             output_shape=tuple(graph.output_shape), output_scale_log2=out.scale_log2,
-            info=self.info, plan=self.plan, calibration_output=calibration)
+            info=self.info, plan=self.plan, calibration_output=calibration,
+            setup_layers=len(self.setup))
 
     def _step(self, index, op):
         graph = self.graph
@@ -406,17 +411,38 @@ class _Compilation:
                 self.tensors[name].last = index
         self.tensors[self.graph.output].last = len(self.steps)
         self.depth = scratchpad_depth(self.cfg)
+        self.release_after = {name: t.last for name, t in self.tensors.items()}
         lifetimes = [Lifetime(t.name, t.geometry.words, t.first, t.last)
                      for t in self.tensors.values()]
         self.halves_problem = None
+        apart = self._apart() if self.cfg.bank_halves else None
         try:
             self.plan = plan_memory(lifetimes, self.depth, banks=self.lanes, strict=False,
-                                    apart=self._apart() if self.cfg.bank_halves else None)
+                                    apart=apart)
         except CapacityError as error:
             # No halves for this graph: a problem of the report (every limit is still
             # measured, on the plan without halves).
             self.halves_problem = str(error)
+            apart = None
             self.plan = plan_memory(lifetimes, self.depth, banks=self.lanes, strict=False)
+        # Resident tensors: a tensor with a halo or padding channels is cleared before its
+        # producer writes it, since another tensor may have used its words. Live from the
+        # first step to the last, nothing else uses them: its CLEAR then runs once, when the
+        # program is loaded (a setup layer), not in every inference. Greedily, the largest
+        # (the longest CLEAR) first, as long as the plan fits.
+        self.resident = set()
+        candidates = sorted((t for t in self.tensors.values() if t.needs_clear),
+                            key=lambda t: (-t.geometry.words, t.name))
+        whole = len(self.steps)
+        for tensor in candidates if self.plan.fits else ():
+            trial = self.resident | {tensor.name}
+            plan = plan_memory(
+                [Lifetime(l.name, l.words, 0, whole) if l.name in trial else l
+                 for l in lifetimes], self.depth, banks=self.lanes, strict=False, apart=apart)
+            if plan.fits:
+                self.plan, self.resident = plan, trial
+        for name in self.resident:
+            self.tensors[name].first, self.tensors[name].last = 0, whole
         if not self.plan.fits and self.transform.kind == "im2col" and self.im2col_fallback:
             raise _Im2colDoesNotFit(self.plan.top)
         for name, tensor in self.tensors.items():
@@ -517,7 +543,8 @@ class _Compilation:
     def _release(self, index):
         """Drop the calibration values of tensors no later step reads."""
         for name, tensor in self.tensors.items():
-            if tensor.last is not None and tensor.last <= index and \
+            last = self.release_after[name]
+            if last is not None and last <= index and \
                     name != self.graph.output and name in self.device:
                 del self.device[name]
                 self.float.pop(name, None)
@@ -542,14 +569,18 @@ class _Compilation:
             self._smartdeal(step)
         out = self.tensors[step.output]
         if out.needs_clear:
-            # Right before the layer that writes it (its region is free all step long).
-            at = next(i for i in range(first, len(self.layers))
-                      if self.layers[i].output == out.name)
             g = out.geometry
-            self.layers.insert(at, ClearLayer(f"{out.name}.clear", out.name, g.base, g.words))
-            self.info.insert(at, {"name": f"{out.name}.clear", "kind": "clear",
-                                  "torch_op": "clear", "tensor": out.name,
-                                  "words": g.words})
+            clear = ClearLayer(f"{out.name}.clear", out.name, g.base, g.words)
+            info = {"name": clear.name, "kind": "clear", "torch_op": "clear",
+                    "tensor": out.name, "words": g.words}
+            if out.name in self.resident:
+                self.setup.append((clear, info | {"setup": True}))
+            else:
+                # Right before the layer that writes it (its region is free all step long).
+                at = next(i for i in range(first, len(self.layers))
+                          if self.layers[i].output == out.name)
+                self.layers.insert(at, clear)
+                self.info.insert(at, info)
         self._release(index)
 
     # Convolutions and Linear layers ----------------------------------------------------------

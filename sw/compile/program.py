@@ -17,7 +17,8 @@ tensor (transform, power-of-two scale) and reads the output tensor back.
                      input (tensor, shape, geometry, scale, transform), output (tensor, shape,
                      geometry, scale), per-layer records with their loop nests and the byte
                      ranges of each GS layer's .gsf matrix and int64 bias in the payload, and
-                     the per-layer report (``info``)
+                     the per-layer report (``info``), and how many layers are setup
+                     layers (``setup_layers``: run once, at load)
     plen    u32      payload length
     payload plen     the concatenated .gsf images and biases
     crc     u32      zlib.crc32 of everything before it
@@ -53,8 +54,9 @@ __all__ = ["Program", "ProgramTensor", "region", "gather_region", "jsonable", "G
            "GSP_VERSION"]
 
 GSP_MAGIC = b"GSP\x1a"
-#: 1: two-buffer Toeplitz programs; 2: loop-nest programs on planned tensors.
-GSP_VERSION = 2
+#: 1: two-buffer Toeplitz programs; 2: loop-nest programs on planned tensors; 3: setup
+#: layers (run once, at load).
+GSP_VERSION = 3
 _PREFIX = struct.Struct("<4sHI")
 
 
@@ -142,6 +144,11 @@ class Program:
         The device output on the example batch, as the compiler's calibration computed it
         (torch convolutions on the integers); :meth:`run_golden_int` on the same batch must
         equal it bit for bit. Not stored in ``.gsp`` files.
+    setup_layers : int
+        The first ``setup_layers`` layers are CLEAR layers of *resident* tensors (a halo or
+        padding channels, and words no other tensor uses: live from the first step to the
+        last). A one-phase program runs them once, when it is loaded, and every inference
+        runs the layers after them; a phased one runs them in its first phase.
     """
 
     cfg: CoreConfig
@@ -158,12 +165,18 @@ class Program:
     info: list = field(default_factory=list)
     plan: object = None
     calibration_output: np.ndarray = None
+    setup_layers: int = 0
 
     def __post_init__(self):
         self.input_shape = tuple(int(n) for n in self.input_shape)
         self.output_shape = tuple(int(n) for n in self.output_shape)
         if not self.layers:
             raise ShapeError("Program must have at least one layer, not 0")
+        if not 0 <= self.setup_layers < len(self.layers) or any(
+                layer.kind != "clear" for layer in self.layers[:self.setup_layers]):
+            raise ShapeError(f"Program's setup layers must be CLEAR layers before the last "
+                             f"layer, not the first {self.setup_layers} of "
+                             f"{len(self.layers)}")
         for what in ("input", "output"):
             if getattr(self, what) not in self.tensors:
                 raise ShapeError(f"Program's {what} tensor {getattr(self, what)!r} must be one "
@@ -324,11 +337,18 @@ class Program:
             rows.append(entry)
         return rows
 
+    def run_ranges(self):
+        """``(setup, per inference)``: the ``(first, count)`` layer ranges a one-phase program
+        runs once at load (``None`` without setup layers) and in every inference."""
+        setup = self.setup_layers
+        return ((0, setup) if setup else None), (setup, len(self.layers) - setup)
+
     def stats(self):
         """What one inference costs and what the program needs of a core.
 
         Keys: ``cycles``, ``stall_cycles``, ``groups`` (issued), ``busy_lane_cycles`` — the
-        counters a RUN of every layer reports, from the golden cycle model —,
+        counters the RUNs of an inference report, from the golden cycle model (a one-phase
+        program's setup layers run at load: ``setup_cycles``) —,
         ``utilisation`` (busy lanes / (V · groups)), ``layers``, ``group_words`` and
         ``row_words`` (weight and row memory), ``nnz`` (stored kept weights),
         ``weight_bytes`` (the packed .gsf matrices, 9 per basis), ``activation_words``
@@ -339,11 +359,14 @@ class Program:
         ``streamed_bytes`` (the images written before every inference, when there are more).
         """
         per_layer = self.layer_stats()
-        total = {name: sum(entry[name] for entry in per_layer)
+        phases = self.phase_images()
+        # A phased program's first phase runs its setup layers in every inference.
+        skip = self.setup_layers if len(phases) == 1 else 0
+        total = {name: sum(entry[name] for entry in per_layer[skip:])
                  for name in ("cycles", "stall_cycles", "groups", "busy_lane_cycles", "nnz",
                               "weight_bytes")}
-        phases = self.phase_images()
         total["cycles"] += RUN_OVERHEAD * len(phases)
+        setup_cycles = sum(entry["cycles"] for entry in per_layer[:skip])
         gs = [layer for layer in self.layers if layer.kind == "gs"]
         image_bytes = sum(image.nbytes for _, _, image in phases)
         return {
@@ -355,6 +378,7 @@ class Program:
             "utilisation": total["busy_lane_cycles"] / (self.cfg.lanes * total["groups"])
             if total["groups"] else 0.0,
             "layers": len(self.layers),
+            "setup_cycles": setup_cycles + (RUN_OVERHEAD if skip else 0),
             "group_words": sum(layer.matrix.n_groups for layer in gs),
             "row_words": sum(row_words(layer.matrix, self.cfg) for layer in gs),
             "activation_words": self.plan.top, "peak_live_words": self.plan.peak_words,
@@ -381,7 +405,8 @@ class Program:
             "output": {"tensor": self.output, "shape": list(self.output_shape),
                        "geometry": _geometry_to_json(self.output_geometry),
                        "scale_log2": int(self.output_scale_log2)},
-            "layers": layers, "info": jsonable(self.info)}
+            "layers": layers, "info": jsonable(self.info),
+            "setup_layers": int(self.setup_layers)}
         header = json.dumps(header, sort_keys=True).encode()
         body = (_PREFIX.pack(GSP_MAGIC, GSP_VERSION, len(header)) + header
                 + struct.pack("<I", len(payload)) + bytes(payload))
@@ -447,7 +472,9 @@ class Program:
                 cfg=cfg, depth=depth, tensors=tensors, layers=layers, input=inp["tensor"],
                 input_shape=inp["shape"], input_scale_log2=inp["scale_log2"],
                 input_transform=inp["transform"], output=out["tensor"],
-                output_shape=out["shape"], output_scale_log2=out["scale_log2"], info=info)
+                output_shape=out["shape"], output_scale_log2=out["scale_log2"], info=info,
+                setup_layers=read.integer(header["setup_layers"], "setup_layers", 0,
+                                          len(layers) - 1))
         return program
 
     def save(self, path):
@@ -582,7 +609,8 @@ MAX_INPUT_ELEMENTS = 1 << 22
 _MAX_SIDE = 1 << 16
 _MAX_NAME = 1024
 
-_HEADER_KEYS = ("cfg", "depth", "tensors", "input", "output", "layers", "info")
+_HEADER_KEYS = ("cfg", "depth", "tensors", "input", "output", "layers", "info",
+                "setup_layers")
 _TENSOR_KEYS = ("name", "shape", "geometry", "scale_log2", "producer", "first", "last")
 _TRANSFORM_KEYS = ("kind", "kernel", "stride", "padding", "dilation", "channels")
 _LAYER_KEYS = {

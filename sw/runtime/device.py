@@ -112,6 +112,11 @@ class Accelerator(abc.ABC):
         if len(phases) == 1:
             self._write_image(phases[0][2])
             self._phases = None
+            setup, _ = program.run_ranges()
+            if setup:
+                # The resident tensors' halos and padding channels: nothing writes them
+                # again, so they are cleared once.
+                self.run_layers(*setup)
         else:
             # Every inference streams each phase's image before running its layers.
             self._phases = phases
@@ -131,10 +136,10 @@ class Accelerator(abc.ABC):
                 self.write(mem, 0, list(words))
 
     def _run_program(self, program):
-        """RUN every layer of ``program`` once (per phase: write its image, then RUN its
-        layers); return the counters summed over the RUNs and the image bytes streamed."""
+        """RUN the layers of one inference of ``program`` (every layer after the setup ones;
+        per phase: write its image, then RUN its layers); return the counters summed over the RUNs and the image bytes streamed."""
         if not self._phases:
-            return self.run_layers(0, len(program.layers)), 0
+            return self.run_layers(*program.run_ranges()[1]), 0
         totals, streamed = {name: 0 for name in COUNTER_NAMES}, 0
         for _, count, image in self._phases:
             self._write_image(image)
@@ -155,7 +160,8 @@ class Accelerator(abc.ABC):
         ``output_shape`` for one input).
 
         Per input: WRITE the input tensor's whole region (bank words ``[base, end)`` of its
-        geometry in every bank, halo and padding channels zero), RUN every layer once, READ
+        geometry in every bank, halo and padding channels zero), RUN its layers (after the
+        setup layers :meth:`load` ran), READ
         the output tensor's region and gather the output from it.
         """
         program = self._require_program()

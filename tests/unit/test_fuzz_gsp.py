@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import test_fuzz_gsf as gsf                       # the .gsf mutator, categories and cap
 from gsaccel.hw.config import CoreConfig
 from gsaccel.sw.compile.layers import BasisLayer, ClearLayer, GSLayer, InputTransform, ResidualNest
-from gsaccel.sw.compile.program import Program, ProgramTensor
+from gsaccel.sw.compile.program import GSP_VERSION, Program, ProgramTensor
 from gsaccel.sw.errors import FormatError
 from gsaccel.sw.format import GSMatrix
 from gsaccel.sw.format.geometry import LoopNest, TensorGeometry
@@ -209,7 +209,7 @@ def split(data):
     return data[PREFIX.size:PREFIX.size + hlen], data[PREFIX.size + hlen + 4:-4]
 
 
-def assemble(text, payload, version=2):
+def assemble(text, payload, version=GSP_VERSION):
     body = PREFIX.pack(b"GSP\x1a", version, len(text)) + text + \
         struct.pack("<I", len(payload)) + payload
     return body + struct.pack("<I", zlib.crc32(body))

@@ -116,7 +116,7 @@ def test_wrong_version_and_magic():
         Program.from_bytes(bytes(data), source="p")
     with pytest.raises(FormatError, match=r"^p: not a gsaccel program \(magic b'GSF\\x1a'"):
         Program.from_bytes(b"GSF\x1a" + bytes(data[4:]), source="p")
-    assert bytes(data[:4]) == GSP_MAGIC and GSP_VERSION == 2
+    assert bytes(data[:4]) == GSP_MAGIC and GSP_VERSION == 3
 
 
 def _with_header(program, edit):
@@ -138,7 +138,7 @@ def _raw_header(text):
 
 def test_header_that_is_not_a_program():
     with pytest.raises(FormatError, match=r"^data: header: must have the keys cfg, depth, "
-                                          r"tensors, input, output, layers, info \(missing "
+                                          r"tensors, input, output, layers, info, setup_layers \(missing "
                                           r"depth, .*\)$"):
         Program.from_bytes(_raw_header(b'{"cfg": {"lanes": 3}}'))
     program = _mixed()
@@ -147,7 +147,7 @@ def test_header_that_is_not_a_program():
         layer = next(entry for entry in header["layers"] if entry["kind"] == "gs")
         layer["matrix"][1] += 10 ** 6
 
-    with pytest.raises(FormatError, match=r"^data: layers\[1\]\.matrix\[1\]: must be an integer "
+    with pytest.raises(FormatError, match=r"^data: layers\[\d+\]\.matrix\[1\]: must be an integer "
                                           r"in \[0, \d+\], not 1000168$"):
         Program.from_bytes(_with_header(program, span_past_payload))
 
@@ -156,7 +156,7 @@ def test_header_that_is_not_a_program():
         layer["bias"][1] = sum(e["bias"][1] + e["matrix"][1] for e in header["layers"]
                                if e["kind"] == "gs")
 
-    with pytest.raises(FormatError, match=r"^data: layers\[1\]\.bias: spans bytes 168\.\.\d+ "
+    with pytest.raises(FormatError, match=r"^data: layers\[\d+\]\.bias: spans bytes 168\.\.\d+ "
                                           r"of a \d+-byte payload$"):
         Program.from_bytes(_with_header(program, span_overlapping_the_end))
 
@@ -202,9 +202,9 @@ def _set(path, value):
     (("input", "scale_log2"), -4, r"input\.scale_log2: must be its tensor's -5, not -4"),
     (("tensors", 0, "scale_log2"), 10 ** 30, r"tensors\[0\]\.scale_log2: must be an integer "
                                              r"in \[-100, 100\], not 1000000000000000000000"),
-    (("gs", "relu"), "no", r"layers\[1\]\.relu: must be true or false, not \"no\""),
-    (("gs", "shift"), True, r"layers\[1\]\.shift: must be an integer in \[0, 31\], not true"),
-    (("gs", "shift"), 32, r"layers\[1\]\.shift: must be an integer in \[0, 31\], not 32"),
+    (("gs", "relu"), "no", r"layers\[\d+\]\.relu: must be true or false, not \"no\""),
+    (("gs", "shift"), True, r"layers\[\d+\]\.shift: must be an integer in \[0, 31\], not true"),
+    (("gs", "shift"), 32, r"layers\[\d+\]\.shift: must be an integer in \[0, 31\], not 32"),
     (("input", "shape"), [2, 6, 2 ** 40], r"input\.shape\[2\]: must be an integer in "
                                           r"\[1, 4194304\]"),
     (("input", "shape"), [2, 2048, 2048], r"input\.shape: \[2, 2048, 2048\] has more than "
@@ -219,9 +219,10 @@ def _set(path, value):
     (("depth",), 512, r"depth: must be an integer in \[1, 256\], not 512"),
     (("gs", "nest", "kernel"), [1, 1, 1], r"nest\.kernel: must be a list of 2 integers"),
     (("gs", "nest", "stride"), [0, 1], r"nest\.stride\[0\]: must be an integer in \[1, 65536\]"),
-    (("gs", "bias"), [168, 56], r"layers\[1\]\.bias: must be 64 bytes, not 56"),
-    (("gs", "matrix"), [1, 168], r"layers\[1\]\.matrix: starts at byte 1; the payload holds"),
-    (("clear", "words"), 35, r"layers\[0\]: clears \[0, 35\), tensor 'relu' occupies \[0, 36\)"),
+    (("gs", "bias"), [168, 56], r"layers\[\d+\]\.bias: must be 64 bytes, not 56"),
+    (("gs", "matrix"), [1, 168], r"layers\[\d+\]\.matrix: starts at byte 1; the payload holds"),
+    (("clear", "words"), 35, r"layers\[0\]: clears \[(\d+), \d+\), tensor 'relu' "
+                              r"occupies \[\1, \d+\)"),
     (("basis", "basis"), [0] * 8 + [128], r"basis\[8\]: must be an integer in \[-128, 127\]"),
     (("info",), [], r"^data: info: must be a list of 10\.\.10 entries, not a list$"),
     (("output", "extra"), 1, r"output: must have the keys tensor, shape, geometry, scale_log2 "
@@ -316,7 +317,11 @@ def test_golden_target_equals_the_layer_golden_and_the_cycle_model(name):
     stats = program.stats()
     for counter in ("cycles", "stall_cycles", "groups", "busy_lane_cycles"):
         assert device.counters[counter] == 3 * stats[counter], counter
-    assert stats["cycles"] == 1 + sum(entry["cycles"] for entry in stats["per_layer"])
+    setup = program.setup_layers
+    assert stats["cycles"] == 1 + sum(entry["cycles"] for entry in stats["per_layer"][setup:])
+    assert stats["setup_cycles"] == (1 + sum(entry["cycles"]
+                                             for entry in stats["per_layer"][:setup])
+                                     if setup else 0)
     assert np.array_equal(device.infer(x_test), program.run_golden(x_test))
     # The calibration's integers are the device's.
     assert np.array_equal(device.infer_quantized(program.quantize_input(x[:2])),

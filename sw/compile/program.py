@@ -586,8 +586,15 @@ def _layer_to_json(layer, put):
                      n_chunks=int(layer.n_chunks), source=_geometry_to_json(layer.source),
                      dest=_geometry_to_json(layer.dest))
     else:
+        # A .gsf holds whole matrices: a slice's (a layer too big for one load) is stored
+        # whole, with the range of its row groups.
+        matrix = layer.matrix
+        first = matrix.rowgroup_offset
+        entry["rowgroups"] = [first, first + matrix.n_rowgroups]
+        if matrix.is_slice:
+            matrix = matrix.as_whole()
         entry.update(op=layer.op, nest=_nest_to_json(layer.nest),
-                     matrix=put(layer.matrix.to_bytes()),
+                     matrix=put(matrix.to_bytes()),
                      bias=put(np.asarray(layer.bias, dtype="<i8").tobytes()))
     return entry
 
@@ -616,7 +623,7 @@ _TRANSFORM_KEYS = ("kind", "kernel", "stride", "padding", "dilation", "channels"
 _LAYER_KEYS = {
     "clear": ("kind", "name", "tensor", "base", "words"),
     "gs": ("kind", "name", "torch_op", "shift", "relu", "inputs", "output", "op", "nest",
-           "matrix", "bias"),
+           "matrix", "rowgroups", "bias"),
     "basis": ("kind", "name", "torch_op", "shift", "relu", "inputs", "output", "basis",
               "n_chunks", "source", "dest"),
 }
@@ -868,6 +875,18 @@ class _HeaderReader:
         nest = self.nest(value["nest"], f"{where}.nest", common["inputs"])
         matrix = GSMatrix.from_bytes(self.span(value["matrix"], f"{where}.matrix"),
                                      source=f"{self.source} {where}.matrix")
+        first, end = self.ints(value["rowgroups"], f"{where}.rowgroups", 2, 0,
+                               matrix.n_rowgroups)
+        if first >= end:
+            self.fail(f"{where}.rowgroups", f"must be a range of the matrix's "
+                                            f"{matrix.n_rowgroups} row groups, not "
+                                            f"{first}..{end}")
+        if (first, end) != (0, matrix.n_rowgroups):
+            whole, matrix = matrix, matrix.take_rowgroups(first, end)
+            if matrix.as_whole() != whole:
+                self.fail(f"{where}.rowgroups", f"a slice {first}..{end} is stored whole with "
+                                                f"one empty group in each other row group "
+                                                f"(gs-scatter: of the rows left, in order)")
         cfg = self.cfg
         if op == "max" and matrix.per_row != 1:
             self.fail(f"{where}.matrix", f"a max layer keeps one weight per row per group "

@@ -349,6 +349,9 @@ class GSMatrix:
     exp_bias : int
         pow2 only: the matrix is ``group_values · 2**exp_bias`` (fractional powers of two);
         0 for an integer matrix. A compiled layer folds it into its shift.
+    rowgroup_offset : int
+        A slice (:meth:`take_rowgroups`): the index of its first row group in the whole
+        matrix; 0 otherwise.
     """
 
     shape: tuple
@@ -361,6 +364,7 @@ class GSMatrix:
     rg_groups: np.ndarray
     rg_rows: np.ndarray
     exp_bias: int = 0
+    rowgroup_offset: int = 0
 
     # Construction -------------------------------------------------------------------------
     @classmethod
@@ -471,7 +475,45 @@ class GSMatrix:
         return dataclasses.replace(
             self, group_values=self.group_values[groups].copy(),
             group_cols=self.group_cols[groups].copy(),
-            rg_groups=self.rg_groups[first:end].copy(), rg_rows=self.rg_rows[first:end].copy())
+            rg_groups=self.rg_groups[first:end].copy(), rg_rows=self.rg_rows[first:end].copy(),
+            rowgroup_offset=self.rowgroup_offset + first)
+
+    @property
+    def is_slice(self):
+        """Whether this holds only some of its matrix's row groups (:meth:`take_rowgroups`)."""
+        segments = self.lanes // self.per_row
+        return self.rowgroup_offset != 0 or self.n_rowgroups != -(-self.shape[0] // segments)
+
+    def as_whole(self):
+        """A slice as a whole matrix (one a ``.gsf`` holds): its row groups in their place,
+        every other row group one empty group (of the rows no row group of the slice has,
+        for gs-scatter), so that ``as_whole().take_rowgroups(first, end)`` is the slice again,
+        ``first = rowgroup_offset``, ``end = first + n_rowgroups``."""
+        segments = self.lanes // self.per_row
+        rows = self.shape[0]
+        n_rg = -(-rows // segments)
+        first, end = self.rowgroup_offset, self.rowgroup_offset + self.n_rowgroups
+        if self.pattern == "gs-scatter":
+            rg_rows = -np.ones((n_rg, segments), dtype=np.int64)
+            rg_rows[first:end] = self.rg_rows
+            rest = np.setdiff1d(np.arange(rows), self.rg_rows[self.rg_rows >= 0])
+            others = [r for r in range(n_rg) if not first <= r < end]
+            slots = rg_rows[others].ravel()
+            slots[:len(rest)] = rest
+            rg_rows[others] = slots.reshape(len(others), segments)
+        else:
+            rg_rows = np.arange(n_rg * segments)
+            rg_rows[rg_rows >= rows] = -1
+            rg_rows = rg_rows.reshape(n_rg, segments)
+        rg_groups = np.ones(n_rg, dtype=np.int64)
+        rg_groups[first:end] = self.rg_groups
+        starts = np.concatenate([[0], np.cumsum(rg_groups)])
+        values = np.zeros((int(starts[-1]), self.lanes), dtype=self.group_values.dtype)
+        cols = np.zeros_like(values, dtype=self.group_cols.dtype)
+        inside = slice(int(starts[first]), int(starts[end]))
+        values[inside], cols[inside] = self.group_values, self.group_cols
+        return dataclasses.replace(self, group_values=values, group_cols=cols,
+                                   rg_groups=rg_groups, rg_rows=rg_rows, rowgroup_offset=0)
 
     @property
     def nnz(self):
@@ -891,10 +933,13 @@ class _FileLayout:
                       f"{int(members[pair_rg[i]])} rows keep column {int(pairs[i] % cols)}; "
                       f"1xN rows of a block share one mask")
         columns = np.bincount(pair_rg, minlength=n_rg)
-        if (columns != columns[0]).any():
-            r = int(np.argmax(columns != columns[0]))
-            self.fail(f"row group {r}: keeps {int(columns[r])} columns, row group 0 keeps "
-                      f"{int(columns[0])}; 1xN keeps the same count in every block")
+        # An empty block is allowed: a row-group slice is stored whole (GSMatrix.as_whole).
+        kept = np.flatnonzero(columns)
+        if kept.size and (columns[kept] != columns[kept[0]]).any():
+            r = int(kept[np.argmax(columns[kept] != columns[kept[0]])])
+            self.fail(f"row group {r}: keeps {int(columns[r])} columns, row group "
+                      f"{int(kept[0])} keeps {int(columns[kept[0]])}; 1xN keeps the same "
+                      f"count in every block that keeps any")
         self._check_depth(np.maximum(columns, 1), rg_groups)
 
     def _check_depth(self, expected, rg_groups):

@@ -12,8 +12,11 @@ from gsaccel.hw.config import CoreConfig
 from gsaccel.sw.compile import compile
 from gsaccel.sw.compile.image import phase_ranges
 from gsaccel.sw.compile.native import compile_native
+from gsaccel.sw.compile.program import Program
+from gsaccel.sw.format import GSMatrix
 from gsaccel.sw.errors import CapacityError
 from gsaccel.sw.prune import prune
+from gsaccel.sw.prune.masks import gs_mask, one_by_n_mask
 from gsaccel.sw.runtime.device import GoldenDevice
 
 #: The ``sim`` target's default build (shared with the demo and test_native).
@@ -102,6 +105,37 @@ def test_a_layer_larger_than_the_weight_memory_runs_as_row_group_slices():
         device.load(program)
         assert np.array_equal(device.infer_quantized(program.quantize_input(xs)),
                               whole.run_golden_int(xs))
+    # A .gsp holds the slices: each stored whole, with its row groups' range.
+    again = Program.from_bytes(program.to_bytes())
+    assert again.to_bytes() == program.to_bytes()
+    for layer, back in zip(program.layers, again.layers):
+        assert back.matrix == layer.matrix and \
+            back.matrix.rowgroup_offset == layer.matrix.rowgroup_offset
+    assert np.array_equal(again.run_golden_int(xs), whole.run_golden_int(xs))
+
+
+@pytest.mark.parametrize("pattern", ["gs-gather", "gs-scatter", "1xN", "unstructured"])
+def test_a_slice_as_a_whole_matrix_gives_the_slice_back(pattern):
+    rng = np.random.default_rng(3)
+    rows, cols, lanes = 37, 50, 4
+    dense = rng.choice([-4, -1, 1, 2, 8], (rows, cols))
+    if pattern == "1xN":
+        dense = dense * one_by_n_mask(dense.astype(float), 0.5, lanes)
+    elif pattern != "unstructured":
+        dense = dense * gs_mask(dense.astype(float), 0.5, lanes,
+                                scatter=pattern == "gs-scatter")[0]
+    matrix = GSMatrix.from_dense(dense, pattern, lanes)
+    for first, end in ((0, 2), (3, matrix.n_rowgroups), (1, matrix.n_rowgroups - 1)):
+        part = matrix.take_rowgroups(first, end)
+        assert part.is_slice and not matrix.is_slice
+        whole = GSMatrix.from_bytes(part.as_whole().to_bytes())
+        back = whole.take_rowgroups(first, end)
+        assert back == part and back.rowgroup_offset == first
+        # The whole matrix's other row groups hold nothing.
+        kept = np.zeros(rows, dtype=bool)
+        kept[part.rg_rows[part.rg_rows >= 0]] = True
+        assert not whole.to_dense()[~kept].any()
+        assert np.array_equal(whole.to_dense()[kept], dense[kept])
 
 
 def test_a_row_group_larger_than_the_weight_memory_is_refused_by_name():

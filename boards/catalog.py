@@ -131,14 +131,15 @@ ULX3S_85F = Board(
     device="LFE5U-85F",
     platform_class=ULX3S_85F_Platform,
     osc_hz=25e6,
-    # V = 16 at 56.25 MHz = 25 MHz * 9 / 4: this core, built for 62.5 MHz (seed 1), reached
-    # 59.2 MHz with 25552 LUT, 11882 FF, 188 of 208 DP16KD, 9 DSP (docs/boards.md); the
-    # critical paths are long nets from the host's write data into the weight memory's
-    # block RAMs and the engine's accumulator control. 3 Mbaud (the FT231X's top rate) is
-    # 20 5/6 clocks per bit. 8192 words per bank (131072 activations: MobileNetV1-0.25's
-    # peak of 7108 per bank, protocol v6's 24-bit addresses) and 4096 group words (64 k
-    # weights: a GS-75 % ResNet-8, MobileNetV1 or DS-CNN): about 64 + 90 of the 208 DP16KD.
-    clk_hz=56.25e6,
+    # V = 16 at 68.75 MHz = 25 MHz * 11 / 4: 69.4 MHz (seed 1) and 72.3 MHz (seed 2) with
+    # 25521 LUT, 11886 FF, 188 of 208 DP16KD, 9 DSP (docs/boards.md). What took it there
+    # from 56.25 MHz: router2's timing-driven rip-up (--tmg-ripup: 61.6 -> 69.8 MHz on one
+    # placement) and no wide enables from far away (the writer's stage 1 and the row
+    # stream's ready, the accumulators' clear). 3 Mbaud (the FT231X's top rate) is 22 11/12
+    # clocks per bit. 8192 words per bank (131072 activations: MobileNetV1-0.25's peak of
+    # 7108 per bank, protocol v6's 24-bit addresses) and 4096 group words (64 k weights: a
+    # GS-75 % ResNet-8, MobileNetV1 or DS-CNN): about 64 + 90 of the 208 DP16KD.
+    clk_hz=68.75e6,
     baud=3_000_000,
     config=CoreConfig(lanes=16, bank_depth=8192, weight_depth=4096, row_depth=256,
                       layer_depth=64, result_queue=64, max_payload=1024),

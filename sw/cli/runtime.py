@@ -169,7 +169,7 @@ def program_table(program, title=None):
             kind = "basis"
         else:
             row = ("-", "-", "-", "-", f"{layer.words} words", "-", "-")
-            kind = "clear"
+            kind = "clear (at load)" if index < program.setup_layers else "clear"
         table.add_row(str(index), layer.name, layer.torch_op, kind, *row,
                       str(stats["cycles"]), str(getattr(layer, "shift", "")),
                       "yes" if getattr(layer, "relu", False) else "")
@@ -183,7 +183,9 @@ def program_summary(program):
             f"words of {cfg.weight_depth}, {stats['row_words']} row words of "
             f"{cfg.row_depth}, {stats['activation_words']} activation words per bank of "
             f"{program.depth}; {stats['weight_bytes']} weight bytes, {stats['cycles']} cycles "
-            f"per inference, utilisation {stats['utilisation']:.1%}"
+            f"per inference"
+            + (f" (and {stats['setup_cycles']} once, at load)" if stats["setup_cycles"] else "")
+            + f", utilisation {stats['utilisation']:.1%}"
             + (f"; {stats['phases']} phases stream {stats['streamed_bytes']} bytes per "
                f"inference" if stats["phases"] > 1 else ""))
 

@@ -107,7 +107,7 @@ ICEBREAKER = Board(
     # bank, 65536 activations, where the 30 EBR (15 KB) left V = 4 with 128 words per bank and
     # no MLPerf Tiny network fitting. The row memory and weights go to EBR: 512 group words
     # and 512 row records; a bigger program runs in phases, a bigger layer in row-group
-    # slices. 3301 LUTs, 1860 FFs, 26/30 EBR, 4/4 SPRAM, Fmax 34.5 MHz (seed 1). No deep
+    # slices. 3289 LUTs, 1861 FFs, 26/30 EBR, 4/4 SPRAM, Fmax 33.5 MHz (seed 1). No deep
     # pipeline (its registers cost a logic cell each and 30 MHz does not need them). No basis
     # unit: it needs nine multipliers (the UP5K has eight DSPs), 1100 LUTs and V >= 4; a
     # two-vector result queue saves flip-flops. The serial writer: a row line would be V
@@ -158,8 +158,8 @@ ORANGECRAB = Board(
     # The USB port carries the DFU bootloader, not a serial bridge: the UART is on the
     # Feather header's pins 0 (RX) and 1 (TX), for an external 3.3 V USB-serial adapter.
     # The oscillator's 48 MHz, no PLL; 3 Mbaud is 16 clocks per bit. V = 16 with 2048 words
-    # per bank (DS-CNN's 1256 fit), 1024 group words and the serial writer: 16479 LUT, 8425
-    # FF, 42/56 DP16KD, 9 DSP, Fmax 103.3 MHz (`gsaccel build --board orangecrab`, seed 1).
+    # per bank (DS-CNN's 1256 fit), 1024 group words and the serial writer: 16486 LUT, 8232
+    # FF, 42/56 DP16KD, 9 DSP, Fmax 112.1 MHz (`gsaccel build --board orangecrab`, seed 1).
     # With the vector writer V = 16 does not fit the 25F (59/56 DP16KD, 25973/24288 LUT).
     clk_hz=48e6,
     baud=3_000_000,

@@ -322,6 +322,14 @@ def _schedule_row_group(counts, lanes, per_row, depth):
 
 # The matrix -------------------------------------------------------------------------------------
 
+
+def _rows_in_order(rows, segments):
+    """(row groups, segments) rows of a matrix whose row groups take its rows in order (all
+    patterns but gs-scatter, whose files list them); -1 past the last row."""
+    rg_rows = np.arange(-(-rows // segments) * segments)
+    rg_rows[rg_rows >= rows] = -1
+    return rg_rows.reshape(-1, segments)
+
 @dataclass(eq=False)
 class GSMatrix:
     """A sparse matrix in GS form.
@@ -481,8 +489,8 @@ class GSMatrix:
     @property
     def is_slice(self):
         """Whether this holds only some of its matrix's row groups (:meth:`take_rowgroups`)."""
-        segments = self.lanes // self.per_row
-        return self.rowgroup_offset != 0 or self.n_rowgroups != -(-self.shape[0] // segments)
+        whole = -(-self.shape[0] // (self.lanes // self.per_row))
+        return self.rowgroup_offset != 0 or self.n_rowgroups != whole
 
     def as_whole(self):
         """A slice as a whole matrix (one a ``.gsf`` holds): its row groups in their place,
@@ -502,9 +510,7 @@ class GSMatrix:
             slots[:len(rest)] = rest
             rg_rows[others] = slots.reshape(len(others), segments)
         else:
-            rg_rows = np.arange(n_rg * segments)
-            rg_rows[rg_rows >= rows] = -1
-            rg_rows = rg_rows.reshape(n_rg, segments)
+            rg_rows = _rows_in_order(rows, segments)
         rg_groups = np.ones(n_rg, dtype=np.int64)
         rg_groups[first:end] = self.rg_groups
         starts = np.concatenate([[0], np.cumsum(rg_groups)])
@@ -807,8 +813,7 @@ class _FileLayout:
                           f"gs-scatter matrix lists each row once" if twice.size else
                           f"the row groups list {real.size} rows, the matrix has {rows}")
         else:
-            rg_rows = np.arange(n_rg * segments)
-            rg_rows[rg_rows >= rows] = -1
+            rg_rows = _rows_in_order(rows, segments)
         rg_rows = rg_rows.reshape(n_rg, segments)
 
         codes = _unpack_bits(parts.pop(0), widths.pop(0), n_groups * lanes).reshape(

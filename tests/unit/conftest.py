@@ -18,3 +18,4 @@ def one_thread():
         with threadpool_limits(1):
             yield
     torch.set_num_threads(threads)
+

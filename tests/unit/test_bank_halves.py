@@ -17,6 +17,8 @@ from gsaccel.sw.golden.core import GoldenCore
 from gsaccel.sw.prune import prune
 from gsaccel.sw.runtime.device import GoldenDevice
 
+from rtl_check import assert_rtl_runs_like_golden
+
 #: Small enough for a quick Verilator build; odd shapes, every layer kind but BASIS.
 CFG = CoreConfig(lanes=2, bank_depth=2048, weight_depth=256, row_depth=256, layer_depth=8,
                  result_queue=4, max_payload=256, basis=False, deep_pipeline=False,
@@ -97,12 +99,5 @@ def test_halves_too_small_are_reported_with_the_depth_that_fits():
 
 @pytest.mark.verilator
 def test_bank_halves_core_runs_like_golden_on_the_rtl():
-    from gsaccel.sw.runtime.targets import connect
     program = compile(_model(), _inputs(16, 1), cfg=CFG)
-    xs = _inputs(3, 3).numpy()
-    with connect("sim", cfg=CFG, timeout=120) as device:
-        device.load(program)
-        got = device.infer_quantized(program.quantize_input(xs))
-        counters = dict(device.counters)
-    assert np.array_equal(got, program.run_golden_int(xs))
-    assert counters["cycles"] == program.stats()["cycles"] * len(xs)
+    assert_rtl_runs_like_golden(program, _inputs(3, 3).numpy(), CFG, timeout=120)

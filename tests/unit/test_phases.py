@@ -19,6 +19,8 @@ from gsaccel.sw.prune import prune
 from gsaccel.sw.prune.masks import gs_mask, one_by_n_mask
 from gsaccel.sw.runtime.device import GoldenDevice
 
+from rtl_check import assert_rtl_runs_like_golden
+
 #: The ``sim`` target's default build (shared with the demo and test_native).
 CFG = CoreConfig()
 
@@ -161,14 +163,7 @@ def test_phases_split_at_the_layer_table_too():
 
 @pytest.mark.verilator
 def test_phased_program_on_the_rtl_equals_golden():
-    from gsaccel.sw.runtime.targets import connect
     model, x = _mlp(), _inputs(32)
     program = compile(model, x, cfg=CFG)
     assert len(program.phases()) > 1
-    xs = _inputs(3, seed=6).numpy()
-    with connect("sim", cfg=CFG, timeout=60) as device:
-        device.load(program)
-        got = device.infer_quantized(program.quantize_input(xs))
-        counters = dict(device.counters)
-    assert np.array_equal(got, program.run_golden_int(xs))
-    assert counters["cycles"] == program.stats()["cycles"] * len(xs)
+    assert_rtl_runs_like_golden(program, _inputs(3, seed=6).numpy(), CFG, timeout=60)

@@ -14,12 +14,13 @@ from gsaccel.sw.compile.image import phase_ranges
 from gsaccel.sw.compile.native import compile_native
 from gsaccel.sw.compile.program import Program
 from gsaccel.sw.format import GSMatrix
-from gsaccel.sw.errors import CapacityError
+from gsaccel.sw.errors import CapacityError, FormatError
 from gsaccel.sw.prune import prune
 from gsaccel.sw.prune.masks import gs_mask, one_by_n_mask
 from gsaccel.sw.runtime.device import GoldenDevice
 
 from rtl_check import assert_rtl_runs_like_golden
+from test_program import _with_header
 
 #: The ``sim`` target's default build (shared with the demo and test_native).
 CFG = CoreConfig()
@@ -114,6 +115,23 @@ def test_a_layer_larger_than_the_weight_memory_runs_as_row_group_slices():
         assert back.matrix == layer.matrix and \
             back.matrix.rowgroup_offset == layer.matrix.rowgroup_offset
     assert np.array_equal(again.run_golden_int(xs), whole.run_golden_int(xs))
+    # A slice's range must be the one its whole matrix was stored for.
+    sliced = next(i for i, info in enumerate(program.info) if "part_of" in info)
+
+    def shifted(header):
+        first, end = header["layers"][sliced]["rowgroups"]
+        header["layers"][sliced]["rowgroups"] = [first, end - 1] if end - first > 1 else \
+            [first + 1, end + 1]
+
+    def backwards(header):
+        header["layers"][sliced]["rowgroups"] = [1, 1]
+
+    with pytest.raises(FormatError, match=rf"^data: layers\[{sliced}\]\.rowgroups: a slice "
+                                          r"\d+\.\.\d+ is stored whole with one empty group"):
+        Program.from_bytes(_with_header(program, shifted))
+    with pytest.raises(FormatError, match=rf"^data: layers\[{sliced}\]\.rowgroups: must be a "
+                                          r"range of the matrix's \d+ row groups, not 1\.\.1$"):
+        Program.from_bytes(_with_header(program, backwards))
 
 
 @pytest.mark.parametrize("pattern", ["gs-gather", "gs-scatter", "1xN", "unstructured"])
